@@ -1,0 +1,15 @@
+//! The shared runtime of agentmon's two services.
+//!
+//! Both the watcher and bot-bridge need the same operational surface: JSON logs
+//! with trace context, Prometheus metrics, health endpoints, one HTTP middleware
+//! stack, retries with jitter, graceful shutdown, secrets that cannot leak and
+//! layered configuration. Keeping it here means each concern has one
+//! implementation and the two services behave the same to an operator.
+
+pub mod backoff;
+pub mod secret;
+pub mod shutdown;
+
+pub use backoff::Backoff;
+pub use secret::Secret;
+pub use shutdown::Shutdown;
