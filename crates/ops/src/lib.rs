@@ -7,9 +7,18 @@
 //! implementation and the two services behave the same to an operator.
 
 pub mod backoff;
+pub mod config;
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod secret;
+pub mod server;
 pub mod shutdown;
+pub mod telemetry;
+pub mod trace;
 
 pub use backoff::Backoff;
+pub use health::{Health, Status};
+pub use metrics::Metrics;
 pub use secret::Secret;
 pub use shutdown::Shutdown;
