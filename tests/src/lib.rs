@@ -1,1 +1,305 @@
-//! placeholder
+//! Harness for agentmon's end-to-end scenarios: build and start the real
+//! binaries as processes on ephemeral loopback ports, capture their output, and
+//! wait on conditions with deadlines (never fixed sleeps).
+
+#![allow(clippy::missing_panics_doc)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The workspace root (this crate lives in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Path of a workspace binary, built once per test process (`cargo build` is a
+/// no-op when up to date; cargo releases its lock before running tests).
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .current_dir(workspace_root())
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "watcher",
+                "-p",
+                "bot-bridge",
+                "-p",
+                "fake-discord",
+                "--bins",
+            ])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    let path = target_dir().join("debug").join(name);
+    assert!(path.exists(), "{} missing", path.display());
+    path
+}
+
+/// A running binary with its stdout/stderr captured line by line.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+fn capture<R: std::io::Read + Send + 'static>(r: R, sink: Arc<Mutex<Vec<String>>>, echo: Option<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if let Some(prefix) = &echo {
+                eprintln!("[{prefix}] {line}");
+            }
+            sink.lock().expect("capture lock").push(line);
+        }
+    });
+}
+
+impl Proc {
+    /// Starts `bin(name)` with `args` and exactly `env` (plus PATH and HOME),
+    /// so the developer's environment cannot leak into a scenario.
+    pub fn start(name: &str, args: &[&str], env: &[(&str, String)]) -> Proc {
+        let mut cmd = Command::new(bin(name));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let echo = std::env::var_os("E2E_ECHO").map(|_| name.to_owned());
+        capture(child.stdout.take().expect("stdout"), stdout.clone(), echo.clone());
+        capture(child.stderr.take().expect("stderr"), stderr.clone(), echo);
+        Proc {
+            name: name.to_owned(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits i32")
+    }
+
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().expect("lock").clone()
+    }
+
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// All output so far, both streams.
+    pub fn output(&self) -> String {
+        let mut all = self.stdout();
+        all.extend(self.stderr());
+        all.join("\n")
+    }
+
+    /// Waits until a stdout line satisfies `pred`, returning it.
+    pub async fn wait_stdout(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.stdout().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out waiting for {what}; output:\n{}",
+                self.name,
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits for the JSON log line with `message == msg` (in either stream).
+    pub async fn wait_log(&self, msg: &str, timeout: Duration) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for l in self.stdout().into_iter().chain(self.stderr()) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&l) {
+                    if v["message"] == msg {
+                        return v;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: timed out waiting for log {msg:?}; output:\n{}",
+                self.name,
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    pub fn sigterm(&self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+    }
+
+    /// kill -9 and reap.
+    pub fn kill9(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+
+    /// Waits for exit with a deadline; `None` if still running.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs a binary to completion (for `--help`, `check-config`, bad configs).
+pub fn run_to_end(name: &str, args: &[&str], env: &[(&str, String)]) -> (i32, String, String) {
+    let mut cmd = Command::new(bin(name));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {name}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A started fake-discord process.
+pub struct FakeDiscordProc {
+    pub proc: Proc,
+    pub addr: String,
+    pub api_base: String,
+    pub webhook_url: Option<String>,
+}
+
+impl FakeDiscordProc {
+    pub async fn start(extra: &[&str]) -> FakeDiscordProc {
+        let mut args = vec!["--addr", "127.0.0.1:0", "--create-webhook"];
+        args.extend_from_slice(extra);
+        let proc = Proc::start("fake-discord", &args, &[]);
+        let line = proc
+            .wait_stdout("fake-discord listening line", Duration::from_secs(20), |l| l.contains("listening"))
+            .await;
+        let v: serde_json::Value = serde_json::from_str(&line).expect("listening line is JSON");
+        FakeDiscordProc {
+            addr: v["listening"].as_str().expect("listening").to_owned(),
+            api_base: v["api_base"].as_str().expect("api_base").to_owned(),
+            webhook_url: v["webhook_url"].as_str().map(str::to_owned),
+            proc,
+        }
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://{}/_admin/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// Messages the fake accepted, in arrival order.
+    pub async fn messages(&self) -> Vec<serde_json::Value> {
+        reqwest::get(self.admin("messages"))
+            .await
+            .expect("admin messages")
+            .json()
+            .await
+            .expect("messages JSON")
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        reqwest::get(self.admin("stats"))
+            .await
+            .expect("admin stats")
+            .json()
+            .await
+            .expect("stats JSON")
+    }
+
+    pub async fn inject(&self, fault: serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(self.admin("faults"))
+            .json(&fault)
+            .send()
+            .await
+            .expect("inject fault");
+        assert!(r.status().is_success(), "fault injection failed: {}", r.status());
+    }
+}
+
+/// The `ops_addr` a service logged in its "started" line.
+pub async fn started_ops_addr(p: &Proc) -> String {
+    let v = p.wait_log("started", Duration::from_secs(20)).await;
+    v["ops_addr"].as_str().expect("ops_addr in started line").to_owned()
+}
+
+/// `../shared/transcripts`, if present beside the repository (it is in CI).
+pub fn shared_transcripts() -> Option<PathBuf> {
+    let p = workspace_root().join("../shared/transcripts");
+    p.is_dir().then_some(p)
+}

@@ -1,0 +1,154 @@
+//! Foundation promises: both services boot observable, log JSON, expose the
+//! documented ops endpoints and metrics, and stop cleanly on SIGTERM.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use e2e::{eventually, started_ops_addr, FakeDiscordProc, Proc};
+use serde_json::Value;
+
+/// `promtool check metrics` on a scrape; required when AGENTMON_REQUIRE_TOOLS=1
+/// (scripts/test installs promtool), skipped with a reason otherwise.
+fn promtool_check(name: &str, text: &str) {
+    let Ok(mut child) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        assert!(
+            std::env::var_os("AGENTMON_REQUIRE_TOOLS").is_none(),
+            "promtool is required (AGENTMON_REQUIRE_TOOLS is set) but not installed"
+        );
+        eprintln!("SKIP promtool check for {name}: promtool not installed (scripts/test installs it)");
+        return;
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed for {name}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The checks shared by both services.
+async fn check_ops_surface(name: &str, proc: &mut Proc, ops: &str, prefix: &str) {
+    let (code, body) = get(&format!("http://{ops}/livez")).await;
+    assert_eq!(code, 200, "{name} /livez");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], "ok");
+
+    let (code, body) = get(&format!("http://{ops}/readyz")).await;
+    assert!(code == 200 || code == 503, "{name} /readyz {code}");
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert!(matches!(ready["status"].as_str(), Some("ready" | "not_ready")), "{ready}");
+    assert_eq!(ready["status"] == "ready", code == 200, "status matches code: {ready}");
+    for (check, v) in ready["checks"].as_object().unwrap() {
+        assert!(v["status"].is_string() && v["detail"].is_string() && v["since"].is_string(), "{check}: {v}");
+    }
+
+    let (code, body) = get(&format!("http://{ops}/healthz")).await;
+    assert_eq!(code, 200, "{name} /healthz");
+    let health: Value = serde_json::from_str(&body).unwrap();
+    assert!(matches!(health["status"].as_str(), Some("healthy" | "degraded" | "unhealthy")), "{health}");
+    assert!(health["version"].is_string() && health["uptime_seconds"].is_u64(), "{health}");
+    assert!(health["checks"].is_object(), "{health}");
+
+    let (code, metrics) = get(&format!("http://{ops}/metrics")).await;
+    assert_eq!(code, 200);
+    for needle in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        &format!("{prefix}_build_info{{version=\""),
+        "http_server_requests_total{",
+        "route=\"/livez\"",
+        "route=\"/healthz\"",
+        "http_server_request_duration_seconds_bucket{",
+    ] {
+        assert!(metrics.contains(needle), "{name} /metrics lacks {needle}:\n{metrics}");
+    }
+    let livez_line = metrics
+        .lines()
+        .find(|l| l.starts_with("http_server_requests_total{") && l.contains("route=\"/livez\"") && l.contains("status=\"200\""))
+        .unwrap_or_else(|| panic!("no /livez request counted:\n{metrics}"));
+    assert!(livez_line.ends_with(" 1"), "exactly one /livez so far: {livez_line}");
+    let (_, unknown) = get(&format!("http://{ops}/no/such/path/12345")).await;
+    drop(unknown);
+    let (_, metrics) = get(&format!("http://{ops}/metrics")).await;
+    assert!(!metrics.contains("/no/such/path"), "raw paths must not become labels");
+    promtool_check(name, &metrics);
+
+    proc.sigterm();
+    let status = proc.wait_exit(Duration::from_secs(5)).await;
+    let status = status.unwrap_or_else(|| panic!("{name} did not exit within 5 s of SIGTERM:\n{}", proc.output()));
+    assert!(status.success(), "{name} exit status {status:?}:\n{}", proc.output());
+
+    for line in proc.stdout() {
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name} stdout line is not JSON ({e}): {line}"));
+        for key in ["timestamp", "level", "message", "target"] {
+            assert!(v.get(key).is_some(), "{name} log line lacks {key}: {line}");
+        }
+        let ts = v["timestamp"].as_str().unwrap();
+        assert!(ts.ends_with('Z') && ts.len() == 24, "RFC 3339 with ms: {ts}");
+    }
+}
+
+#[tokio::test]
+async fn watcher_boots_observable_and_stops_on_sigterm() {
+    let fake = FakeDiscordProc::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let transcript = dir.path().join("session.jsonl");
+    let mut watcher = Proc::start(
+        "watcher",
+        &[],
+        &[
+            ("OPS_ADDR", "127.0.0.1:0".into()),
+            ("TRANSCRIPT_PATH", transcript.display().to_string()),
+            ("DISCORD_WEBHOOK_URL", fake.webhook_url.clone().unwrap()),
+            ("STATE_DIR", dir.path().join("state").display().to_string()),
+        ],
+    );
+    let ops = started_ops_addr(&watcher).await;
+    // No transcript yet: not ready, and the reason says so.
+    let (code, body) = get(&format!("http://{ops}/readyz")).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no transcript yet"), "{body}");
+    std::fs::write(&transcript, "").unwrap();
+    eventually("ready once the transcript exists", Duration::from_secs(10), || async {
+        let (code, _) = get(&format!("http://{ops}/readyz")).await;
+        (code == 200).then_some(())
+    })
+    .await;
+    check_ops_surface("watcher", &mut watcher, &ops, "watcher").await;
+}
+
+#[tokio::test]
+async fn bot_bridge_boots_observable_and_stops_on_sigterm() {
+    let fake = FakeDiscordProc::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut bridge = Proc::start(
+        "bot-bridge",
+        &[],
+        &[
+            ("OPS_ADDR", "127.0.0.1:0".into()),
+            ("API_ADDR", "127.0.0.1:0".into()),
+            ("API_TOKEN", "api-token-for-tests-0123456789".into()),
+            ("DISCORD_BOT_TOKEN", "bot-token-for-tests-0123456789".into()),
+            ("DISCORD_API_BASE", fake.api_base.clone()),
+            ("GUILD_ID", "1".into()),
+            ("DATABASE_URL", format!("sqlite://{}", dir.path().join("b.db").display())),
+        ],
+    );
+    let ops = started_ops_addr(&bridge).await;
+    check_ops_surface("bot-bridge", &mut bridge, &ops, "bridge").await;
+}
