@@ -1,1 +1,168 @@
-fn main() {}
+//! `bot-bridge` binary: parse config, initialise telemetry, wire, serve, exit.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use bot_bridge::config::{self, Config, Database};
+use bot_bridge::discord::rest::{MetricsObserver, RestDiscord};
+use bot_bridge::events::BridgeMetrics;
+use bot_bridge::relay::Relay;
+use bot_bridge::store::sqlite::SqliteStore;
+use bot_bridge::store::RunStore;
+use bot_bridge::{AppState, HealthParts, Settings};
+use clap::CommandFactory;
+use ops::http::{HttpLayer, HttpMetrics};
+use ops::telemetry::{LogTarget, TelemetryConfig};
+use ops::{Health, Metrics, Shutdown, Status};
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+fn main() -> ExitCode {
+    let command = config::Cli::command();
+    let matches = match command.clone().try_get_matches() {
+        Ok(m) => m,
+        // Prints help/version (exit 0) or a usage error (exit 2).
+        Err(e) => e.exit(),
+    };
+    let cfg = match config::load(&command, &matches) {
+        Ok((_, cfg)) => cfg,
+        Err(e) => {
+            eprintln!("bot-bridge: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bot-bridge: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bot-bridge: {e:#}");
+            tracing::error!(error = %format!("{e:#}"), "bot-bridge failed");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let _telemetry = ops::telemetry::init(&TelemetryConfig {
+        service: "bot-bridge",
+        format: cfg.log_format,
+        target: LogTarget::Stdout,
+        filter: Some(cfg.log_filter.clone()),
+        otlp_endpoint: cfg.otel_exporter_otlp_endpoint.clone(),
+    })?;
+    tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting bot-bridge");
+    let shutdown = Shutdown::on_signals().context("cannot install signal handlers")?;
+
+    let metrics = Metrics::new("bridge", VERSION)?;
+    let bridge_metrics = BridgeMetrics::new(&metrics)?;
+    let http_metrics = HttpMetrics::new(&metrics)?;
+    let health = Health::new(VERSION);
+    let parts = HealthParts {
+        store: health.component("store", true, Status::Ok, "opening"),
+        discord: health.component("discord", false, Status::Ok, "no request yet"),
+    };
+
+    let store: Arc<dyn RunStore> = Arc::new(match &cfg.database {
+        Database::Sqlite { path } => SqliteStore::open(path)
+            .with_context(|| format!("cannot open DATABASE_URL {}", path.display()))?,
+        Database::Memory => SqliteStore::memory()?,
+    });
+    let discord = RestDiscord::new(
+        &cfg.discord_api_base,
+        cfg.discord_bot_token.clone(),
+        Duration::from_secs(10),
+        Arc::new(MetricsObserver(bridge_metrics.clone())),
+    )
+    .context("cannot set up the Discord client")?;
+    let state = AppState::new(
+        Settings::from_config(&cfg),
+        store,
+        Arc::new(discord),
+        bridge_metrics,
+        Relay::new(Duration::from_secs(10))?,
+        Some(parts.clone()),
+    );
+    state.init_gauges().await?;
+    parts.store.ok("open");
+
+    if cfg.discord_application_id.is_some() {
+        // Not fatal: runs can be provisioned without slash commands.
+        match bot_bridge::api::interactions::register_commands(&state).await {
+            Ok(()) => tracing::info!("slash commands registered"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register slash commands");
+                parts
+                    .discord
+                    .degraded(format!("command registration failed: {e}"));
+            }
+        }
+    }
+
+    let layer = |service| HttpLayer {
+        service,
+        metrics: http_metrics.clone(),
+        body_limit: bot_bridge::api::BODY_LIMIT,
+        timeout: Duration::from_secs(30),
+    };
+    let api = ops::http::instrument(bot_bridge::api_router(state.clone()), &layer("bot-bridge"));
+    let ops_router = ops::http::instrument(
+        ops::server::ops_router(health.clone(), metrics.clone()),
+        &layer("bot-bridge"),
+    );
+    let api_listener = ops::server::bind("API_ADDR", cfg.api_addr).await?;
+    let ops_listener = ops::server::bind("OPS_ADDR", cfg.ops_addr).await?;
+    let shown = |l: &tokio::net::TcpListener, fallback| {
+        l.local_addr()
+            .map_or_else(|_| fallback, |a: std::net::SocketAddr| a.to_string())
+    };
+    tracing::info!(
+        api_addr = %shown(&api_listener, cfg.api_addr.to_string()),
+        ops_addr = %shown(&ops_listener, cfg.ops_addr.to_string()),
+        version = VERSION,
+        "started"
+    );
+
+    let retention_heartbeat = health.heartbeat(
+        "retention",
+        cfg.retention_interval * 3 + Duration::from_secs(300),
+    );
+    let retention = tokio::spawn(bot_bridge::retention::run(
+        state.clone(),
+        cfg.retention_interval,
+        shutdown.clone(),
+        Some(retention_heartbeat),
+    ));
+    let api_server = tokio::spawn(ops::server::serve(api_listener, api, shutdown.clone()));
+    let ops_server = tokio::spawn(ops::server::serve(
+        ops_listener,
+        ops_router,
+        shutdown.clone(),
+    ));
+
+    shutdown.wait().await;
+    tracing::info!("draining");
+    let drain = async {
+        let _ = retention.await;
+        let _ = api_server.await;
+        let _ = ops_server.await;
+    };
+    if tokio::time::timeout(cfg.shutdown_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain deadline passed; exiting with requests in flight");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

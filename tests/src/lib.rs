@@ -62,7 +62,11 @@ pub struct Proc {
     stderr: Arc<Mutex<Vec<String>>>,
 }
 
-fn capture<R: std::io::Read + Send + 'static>(r: R, sink: Arc<Mutex<Vec<String>>>, echo: Option<String>) {
+fn capture<R: std::io::Read + Send + 'static>(
+    r: R,
+    sink: Arc<Mutex<Vec<String>>>,
+    echo: Option<String>,
+) {
     std::thread::spawn(move || {
         for line in BufReader::new(r).lines() {
             let Ok(line) = line else { break };
@@ -82,7 +86,10 @@ impl Proc {
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+            .env(
+                "HOME",
+                std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -93,7 +100,11 @@ impl Proc {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let echo = std::env::var_os("E2E_ECHO").map(|_| name.to_owned());
-        capture(child.stdout.take().expect("stdout"), stdout.clone(), echo.clone());
+        capture(
+            child.stdout.take().expect("stdout"),
+            stdout.clone(),
+            echo.clone(),
+        );
         capture(child.stderr.take().expect("stderr"), stderr.clone(), echo);
         Proc {
             name: name.to_owned(),
@@ -123,7 +134,12 @@ impl Proc {
     }
 
     /// Waits until a stdout line satisfies `pred`, returning it.
-    pub async fn wait_stdout(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+    pub async fn wait_stdout(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(l) = self.stdout().into_iter().find(|l| pred(l)) {
@@ -204,7 +220,10 @@ pub fn run_to_end(name: &str, args: &[&str], env: &[(&str, String)]) -> (i32, St
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()))
+        .env(
+            "HOME",
+            std::env::var("HOME").unwrap_or_else(|_| "/tmp".into()),
+        )
         .stdin(Stdio::null());
     for (k, v) in env {
         cmd.env(k, v);
@@ -247,7 +266,11 @@ impl FakeDiscordProc {
         args.extend_from_slice(extra);
         let proc = Proc::start("fake-discord", &args, &[]);
         let line = proc
-            .wait_stdout("fake-discord listening line", Duration::from_secs(20), |l| l.contains("listening"))
+            .wait_stdout(
+                "fake-discord listening line",
+                Duration::from_secs(20),
+                |l| l.contains("listening"),
+            )
             .await;
         let v: serde_json::Value = serde_json::from_str(&line).expect("listening line is JSON");
         FakeDiscordProc {
@@ -259,7 +282,11 @@ impl FakeDiscordProc {
     }
 
     pub fn admin(&self, path: &str) -> String {
-        format!("http://{}/_admin/{}", self.addr, path.trim_start_matches('/'))
+        format!(
+            "http://{}/_admin/{}",
+            self.addr,
+            path.trim_start_matches('/')
+        )
     }
 
     /// Messages the fake accepted, in arrival order.
@@ -288,14 +315,21 @@ impl FakeDiscordProc {
             .send()
             .await
             .expect("inject fault");
-        assert!(r.status().is_success(), "fault injection failed: {}", r.status());
+        assert!(
+            r.status().is_success(),
+            "fault injection failed: {}",
+            r.status()
+        );
     }
 }
 
 /// The `ops_addr` a service logged in its "started" line.
 pub async fn started_ops_addr(p: &Proc) -> String {
     let v = p.wait_log("started", Duration::from_secs(20)).await;
-    v["ops_addr"].as_str().expect("ops_addr in started line").to_owned()
+    v["ops_addr"]
+        .as_str()
+        .expect("ops_addr in started line")
+        .to_owned()
 }
 
 /// `../shared/transcripts`, if present beside the repository (it is in CI).

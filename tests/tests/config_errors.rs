@@ -8,8 +8,15 @@ fn assert_config_error(name: &str, args: &[&str], env: &[(&str, String)], key: &
     assert_ne!(code, 0, "{name} must fail; stderr: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "exactly one line expected, got:\n{stderr}");
-    assert!(lines[0].contains(key), "the error names {key}: {}", lines[0]);
-    assert!(!stdout.contains("\"started\""), "nothing may start: {stdout}");
+    assert!(
+        lines[0].contains(key),
+        "the error names {key}: {}",
+        lines[0]
+    );
+    assert!(
+        !stdout.contains("\"started\""),
+        "nothing may start: {stdout}"
+    );
 }
 
 #[test]
@@ -17,7 +24,12 @@ fn watcher_rejects_unknown_file_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("w.toml");
     std::fs::write(&file, "poll_interval_ms = 100\npol_interval = 3\n").unwrap();
-    assert_config_error("watcher", &["check-config", "--config", file.to_str().unwrap()], &[], "pol_interval");
+    assert_config_error(
+        "watcher",
+        &["check-config", "--config", file.to_str().unwrap()],
+        &[],
+        "pol_interval",
+    );
 }
 
 #[test]
@@ -25,35 +37,79 @@ fn watcher_rejects_malformed_webhook_url() {
     assert_config_error(
         "watcher",
         &["check-config"],
-        &[("DISCORD_WEBHOOK_URL", "https://discord.com/api/webhooks/notanid/SeCrEtToKeN".into())],
+        &[(
+            "DISCORD_WEBHOOK_URL",
+            "https://discord.com/api/webhooks/notanid/SeCrEtToKeN".into(),
+        )],
         "DISCORD_WEBHOOK_URL",
     );
     let (_, out, err) = run_to_end(
         "watcher",
         &["check-config"],
-        &[("DISCORD_WEBHOOK_URL", "https://discord.com/api/webhooks/notanid/SeCrEtToKeN".into())],
+        &[(
+            "DISCORD_WEBHOOK_URL",
+            "https://discord.com/api/webhooks/notanid/SeCrEtToKeN".into(),
+        )],
     );
-    assert!(!out.contains("SeCrEtToKeN") && !err.contains("SeCrEtToKeN"), "token leaked: {err}");
+    assert!(
+        !out.contains("SeCrEtToKeN") && !err.contains("SeCrEtToKeN"),
+        "token leaked: {err}"
+    );
 }
 
 #[test]
 fn watcher_rejects_bad_values_naming_the_key() {
-    assert_config_error("watcher", &["check-config"], &[("BATCH_SIZE", "11".into())], "BATCH_SIZE");
-    assert_config_error("watcher", &["check-config"], &[("OPS_ADDR", "localhost".into())], "OPS_ADDR");
-    assert_config_error("watcher", &["check-config"], &[("QUEUE_MAX_BYTES", "lots".into())], "QUEUE_MAX_BYTES");
-    assert_config_error("watcher", &["check-config"], &[("DELIVERY_MAX_ELAPSED", "soon".into())], "DELIVERY_MAX_ELAPSED");
-    assert_config_error("watcher", &["check-config"], &[("FILTERS", "{not json".into())], "FILTERS");
+    assert_config_error(
+        "watcher",
+        &["check-config"],
+        &[("BATCH_SIZE", "11".into())],
+        "BATCH_SIZE",
+    );
+    assert_config_error(
+        "watcher",
+        &["check-config"],
+        &[("OPS_ADDR", "localhost".into())],
+        "OPS_ADDR",
+    );
+    assert_config_error(
+        "watcher",
+        &["check-config"],
+        &[("QUEUE_MAX_BYTES", "lots".into())],
+        "QUEUE_MAX_BYTES",
+    );
+    assert_config_error(
+        "watcher",
+        &["check-config"],
+        &[("DELIVERY_MAX_ELAPSED", "soon".into())],
+        "DELIVERY_MAX_ELAPSED",
+    );
+    assert_config_error(
+        "watcher",
+        &["check-config"],
+        &[("FILTERS", "{not json".into())],
+        "FILTERS",
+    );
 }
 
 #[test]
 fn watcher_rejects_unreadable_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope.toml");
-    assert_config_error("watcher", &["check-config", "--config", missing.to_str().unwrap()], &[], "nope.toml");
+    assert_config_error(
+        "watcher",
+        &["check-config", "--config", missing.to_str().unwrap()],
+        &[],
+        "nope.toml",
+    );
     // A directory cannot be read as a file either.
     let d = dir.path().join("dir.toml");
     std::fs::create_dir(&d).unwrap();
-    assert_config_error("watcher", &["check-config", "--config", d.to_str().unwrap()], &[], "dir.toml");
+    assert_config_error(
+        "watcher",
+        &["check-config", "--config", d.to_str().unwrap()],
+        &[],
+        "dir.toml",
+    );
 }
 
 #[test]
@@ -66,7 +122,10 @@ fn watcher_reports_port_in_use() {
         &[],
         &[
             ("OPS_ADDR", addr.clone()),
-            ("TRANSCRIPT_PATH", dir.path().join("t.jsonl").display().to_string()),
+            (
+                "TRANSCRIPT_PATH",
+                dir.path().join("t.jsonl").display().to_string(),
+            ),
             ("STATE_DIR", dir.path().join("s").display().to_string()),
         ],
     );
@@ -88,11 +147,31 @@ fn bot_bridge_rejects_bad_config_naming_the_key() {
         env.push(extra);
         env
     };
-    assert_config_error("bot-bridge", &[], &base(("DISCORD_API_BASE", "not a url".into())), "DISCORD_API_BASE");
-    assert_config_error("bot-bridge", &[], &base(("API_ADDR", "nowhere".into())), "API_ADDR");
-    assert_config_error("bot-bridge", &[], &base(("RETENTION", "forever".into())), "RETENTION");
+    assert_config_error(
+        "bot-bridge",
+        &[],
+        &base(("DISCORD_API_BASE", "not a url".into())),
+        "DISCORD_API_BASE",
+    );
+    assert_config_error(
+        "bot-bridge",
+        &[],
+        &base(("API_ADDR", "nowhere".into())),
+        "API_ADDR",
+    );
+    assert_config_error(
+        "bot-bridge",
+        &[],
+        &base(("RETENTION", "forever".into())),
+        "RETENTION",
+    );
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("b.toml");
     std::fs::write(&file, "retention = \"1h\"\nretension = \"2h\"\n").unwrap();
-    assert_config_error("bot-bridge", &["--config", file.to_str().unwrap()], &base(("GUILD_ID", "1".into())), "retension");
+    assert_config_error(
+        "bot-bridge",
+        &["--config", file.to_str().unwrap()],
+        &base(("GUILD_ID", "1".into())),
+        "retension",
+    );
 }

@@ -22,10 +22,17 @@ fn promtool_check(name: &str, text: &str) {
             std::env::var_os("AGENTMON_REQUIRE_TOOLS").is_none(),
             "promtool is required (AGENTMON_REQUIRE_TOOLS is set) but not installed"
         );
-        eprintln!("SKIP promtool check for {name}: promtool not installed (scripts/test installs it)");
+        eprintln!(
+            "SKIP promtool check for {name}: promtool not installed (scripts/test installs it)"
+        );
         return;
     };
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
         out.status.success(),
@@ -44,22 +51,44 @@ async fn get(url: &str) -> (u16, String) {
 async fn check_ops_surface(name: &str, proc: &mut Proc, ops: &str, prefix: &str) {
     let (code, body) = get(&format!("http://{ops}/livez")).await;
     assert_eq!(code, 200, "{name} /livez");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["status"], "ok");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["status"],
+        "ok"
+    );
 
     let (code, body) = get(&format!("http://{ops}/readyz")).await;
     assert!(code == 200 || code == 503, "{name} /readyz {code}");
     let ready: Value = serde_json::from_str(&body).unwrap();
-    assert!(matches!(ready["status"].as_str(), Some("ready" | "not_ready")), "{ready}");
-    assert_eq!(ready["status"] == "ready", code == 200, "status matches code: {ready}");
+    assert!(
+        matches!(ready["status"].as_str(), Some("ready" | "not_ready")),
+        "{ready}"
+    );
+    assert_eq!(
+        ready["status"] == "ready",
+        code == 200,
+        "status matches code: {ready}"
+    );
     for (check, v) in ready["checks"].as_object().unwrap() {
-        assert!(v["status"].is_string() && v["detail"].is_string() && v["since"].is_string(), "{check}: {v}");
+        assert!(
+            v["status"].is_string() && v["detail"].is_string() && v["since"].is_string(),
+            "{check}: {v}"
+        );
     }
 
     let (code, body) = get(&format!("http://{ops}/healthz")).await;
     assert_eq!(code, 200, "{name} /healthz");
     let health: Value = serde_json::from_str(&body).unwrap();
-    assert!(matches!(health["status"].as_str(), Some("healthy" | "degraded" | "unhealthy")), "{health}");
-    assert!(health["version"].is_string() && health["uptime_seconds"].is_u64(), "{health}");
+    assert!(
+        matches!(
+            health["status"].as_str(),
+            Some("healthy" | "degraded" | "unhealthy")
+        ),
+        "{health}"
+    );
+    assert!(
+        health["version"].is_string() && health["uptime_seconds"].is_u64(),
+        "{health}"
+    );
     assert!(health["checks"].is_object(), "{health}");
 
     let (code, metrics) = get(&format!("http://{ops}/metrics")).await;
@@ -75,31 +104,57 @@ async fn check_ops_surface(name: &str, proc: &mut Proc, ops: &str, prefix: &str)
         "route=\"/healthz\"",
         "http_server_request_duration_seconds_bucket{",
     ] {
-        assert!(metrics.contains(needle), "{name} /metrics lacks {needle}:\n{metrics}");
+        assert!(
+            metrics.contains(needle),
+            "{name} /metrics lacks {needle}:\n{metrics}"
+        );
     }
     let livez_line = metrics
         .lines()
-        .find(|l| l.starts_with("http_server_requests_total{") && l.contains("route=\"/livez\"") && l.contains("status=\"200\""))
+        .find(|l| {
+            l.starts_with("http_server_requests_total{")
+                && l.contains("route=\"/livez\"")
+                && l.contains("status=\"200\"")
+        })
         .unwrap_or_else(|| panic!("no /livez request counted:\n{metrics}"));
-    assert!(livez_line.ends_with(" 1"), "exactly one /livez so far: {livez_line}");
+    assert!(
+        livez_line.ends_with(" 1"),
+        "exactly one /livez so far: {livez_line}"
+    );
     let (_, unknown) = get(&format!("http://{ops}/no/such/path/12345")).await;
     drop(unknown);
     let (_, metrics) = get(&format!("http://{ops}/metrics")).await;
-    assert!(!metrics.contains("/no/such/path"), "raw paths must not become labels");
+    assert!(
+        !metrics.contains("/no/such/path"),
+        "raw paths must not become labels"
+    );
     promtool_check(name, &metrics);
 
     proc.sigterm();
     let status = proc.wait_exit(Duration::from_secs(5)).await;
-    let status = status.unwrap_or_else(|| panic!("{name} did not exit within 5 s of SIGTERM:\n{}", proc.output()));
-    assert!(status.success(), "{name} exit status {status:?}:\n{}", proc.output());
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "{name} did not exit within 5 s of SIGTERM:\n{}",
+            proc.output()
+        )
+    });
+    assert!(
+        status.success(),
+        "{name} exit status {status:?}:\n{}",
+        proc.output()
+    );
 
     for line in proc.stdout() {
-        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{name} stdout line is not JSON ({e}): {line}"));
+        let v: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("{name} stdout line is not JSON ({e}): {line}"));
         for key in ["timestamp", "level", "message", "target"] {
             assert!(v.get(key).is_some(), "{name} log line lacks {key}: {line}");
         }
         let ts = v["timestamp"].as_str().unwrap();
-        assert!(ts.ends_with('Z') && ts.len() == 24, "RFC 3339 with ms: {ts}");
+        assert!(
+            ts.ends_with('Z') && ts.len() == 24,
+            "RFC 3339 with ms: {ts}"
+        );
     }
 }
 
@@ -124,10 +179,14 @@ async fn watcher_boots_observable_and_stops_on_sigterm() {
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no transcript yet"), "{body}");
     std::fs::write(&transcript, "").unwrap();
-    eventually("ready once the transcript exists", Duration::from_secs(10), || async {
-        let (code, _) = get(&format!("http://{ops}/readyz")).await;
-        (code == 200).then_some(())
-    })
+    eventually(
+        "ready once the transcript exists",
+        Duration::from_secs(10),
+        || async {
+            let (code, _) = get(&format!("http://{ops}/readyz")).await;
+            (code == 200).then_some(())
+        },
+    )
     .await;
     check_ops_surface("watcher", &mut watcher, &ops, "watcher").await;
 }
@@ -146,7 +205,10 @@ async fn bot_bridge_boots_observable_and_stops_on_sigterm() {
             ("DISCORD_BOT_TOKEN", "bot-token-for-tests-0123456789".into()),
             ("DISCORD_API_BASE", fake.api_base.clone()),
             ("GUILD_ID", "1".into()),
-            ("DATABASE_URL", format!("sqlite://{}", dir.path().join("b.db").display())),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("b.db").display()),
+            ),
         ],
     );
     let ops = started_ops_addr(&bridge).await;

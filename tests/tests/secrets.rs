@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use e2e::{started_ops_addr, FakeDiscordProc, Proc, run_to_end};
+use e2e::{run_to_end, started_ops_addr, FakeDiscordProc, Proc};
 
 const BRIDGE_TOKEN: &str = "bridge-token-SECRET-b7c1";
 const INPUT_SECRET: &str = "input-secret-SECRET-9f3a";
@@ -28,17 +28,37 @@ async fn watcher_never_prints_its_secrets() {
     ];
     let (_, help, _) = run_to_end("watcher", &["--help"], &env);
     let (_, cc_out, cc_err) = run_to_end("watcher", &["check-config"], &env);
-    assert!(cc_out.contains("[redacted]"), "check-config shows the redaction: {cc_out}");
+    assert!(
+        cc_out.contains("[redacted]"),
+        "check-config shows the redaction: {cc_out}"
+    );
 
     let mut watcher = Proc::start("watcher", &[], &env);
     let ops = started_ops_addr(&watcher).await;
-    let health = reqwest::get(format!("http://{ops}/healthz")).await.unwrap().text().await.unwrap();
-    let metrics = reqwest::get(format!("http://{ops}/metrics")).await.unwrap().text().await.unwrap();
+    let health = reqwest::get(format!("http://{ops}/healthz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let metrics = reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     watcher.sigterm();
     assert!(watcher.wait_exit(Duration::from_secs(5)).await.is_some());
     let logs = watcher.output();
     assert!(logs.contains("****"), "webhook URLs print redacted: {logs}");
-    for (what, text) in [("--help", &help), ("check-config", &cc_out), ("check-config stderr", &cc_err), ("logs", &logs), ("/healthz", &health), ("/metrics", &metrics)] {
+    for (what, text) in [
+        ("--help", &help),
+        ("check-config", &cc_out),
+        ("check-config stderr", &cc_err),
+        ("logs", &logs),
+        ("/healthz", &health),
+        ("/metrics", &metrics),
+    ] {
         for secret in [token.as_str(), BRIDGE_TOKEN, INPUT_SECRET] {
             assert!(!text.contains(secret), "{what} leaks a secret:\n{text}");
         }
@@ -58,13 +78,21 @@ async fn bot_bridge_never_prints_its_secrets() {
         ("DISCORD_BOT_TOKEN", BOT.to_string()),
         ("DISCORD_API_BASE", fake.api_base.clone()),
         ("GUILD_ID", "1".to_string()),
-        ("DATABASE_URL", format!("sqlite://{}", dir.path().join("b.db").display())),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.path().join("b.db").display()),
+        ),
         ("RUST_LOG", "debug".to_string()),
     ];
     let (_, help, _) = run_to_end("bot-bridge", &["--help"], &env);
     let mut bridge = Proc::start("bot-bridge", &[], &env);
     let ops = started_ops_addr(&bridge).await;
-    let health = reqwest::get(format!("http://{ops}/healthz")).await.unwrap().text().await.unwrap();
+    let health = reqwest::get(format!("http://{ops}/healthz"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     bridge.sigterm();
     assert!(bridge.wait_exit(Duration::from_secs(5)).await.is_some());
     let logs = bridge.output();

@@ -1,0 +1,586 @@
+//! `POST /interactions`: Discord's interactions endpoint.
+//!
+//! Discord signs every request with the application's ed25519 key over
+//! `timestamp + body`; anything unsigned, wrongly signed or older/newer than
+//! five minutes is refused with 401 (Discord also probes this on purpose).
+//! `/input` relays text to the run's watcher and answers within Discord's 3 s:
+//! directly when the watcher answers within `defer_after`, otherwise with a
+//! deferred reply that is edited once the watcher answered.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use ed25519_dalek::{Signature, VerifyingKey};
+use ops::Secret;
+use serde_json::{json, Value};
+
+use super::ApiError;
+use crate::app::AppState;
+use crate::events::{Command, ErrorKind, InteractionHandled, Outcome};
+use crate::relay::{InputMessage, RelayOutcome};
+use crate::store::RunStatus;
+
+/// Header with the hex ed25519 signature.
+pub const SIGNATURE_HEADER: &str = "x-signature-ed25519";
+/// Header with the unix-seconds timestamp that is signed with the body.
+pub const TIMESTAMP_HEADER: &str = "x-signature-timestamp";
+/// Accepted clock difference between Discord and bot-bridge.
+pub const MAX_SKEW_SECS: i64 = 300;
+
+/// Interaction types and response types used here.
+const PING: u64 = 1;
+const APPLICATION_COMMAND: u64 = 2;
+const PONG: u64 = 1;
+const CHANNEL_MESSAGE: u64 = 4;
+const DEFERRED_CHANNEL_MESSAGE: u64 = 5;
+/// Message flag: only the invoking user sees the reply.
+const EPHEMERAL: u64 = 64;
+
+/// Why a request's signature was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SignatureError {
+    #[error("missing signature headers")]
+    Missing,
+    #[error("malformed signature or timestamp")]
+    Malformed,
+    #[error("timestamp outside the 5 minute window")]
+    Stale,
+    #[error("signature does not verify")]
+    Invalid,
+}
+
+/// Checks Discord's signature over `timestamp + body` and the timestamp's age.
+pub fn verify(
+    key: &VerifyingKey,
+    headers: &HeaderMap,
+    body: &[u8],
+    now: i64,
+) -> Result<(), SignatureError> {
+    let sig = headers.get(SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    let ts = headers.get(TIMESTAMP_HEADER).and_then(|v| v.to_str().ok());
+    let (Some(sig), Some(ts)) = (sig, ts) else {
+        return Err(SignatureError::Missing);
+    };
+    let mut raw = [0u8; 64];
+    hex::decode_to_slice(sig.trim(), &mut raw).map_err(|_| SignatureError::Malformed)?;
+    let signed_at: i64 = ts.trim().parse().map_err(|_| SignatureError::Malformed)?;
+    if (now - signed_at).abs() > MAX_SKEW_SECS {
+        return Err(SignatureError::Stale);
+    }
+    let mut message = Vec::with_capacity(ts.len() + body.len());
+    message.extend_from_slice(ts.as_bytes());
+    message.extend_from_slice(body);
+    key.verify_strict(&message, &Signature::from_bytes(&raw))
+        .map_err(|_| SignatureError::Invalid)
+}
+
+fn ephemeral(content: &str) -> Response {
+    Json(json!({
+        "type": CHANNEL_MESSAGE,
+        "data": {"content": content, "flags": EPHEMERAL, "allowed_mentions": {"parse": []}},
+    }))
+    .into_response()
+}
+
+fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(*p)?;
+    }
+    cur.as_str()
+}
+
+fn option_text(data: &Value, name: &str) -> Option<String> {
+    data.get("options")?
+        .as_array()?
+        .iter()
+        .find(|o| o.get("name").and_then(Value::as_str) == Some(name))?
+        .get("value")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn outcome_of(r: RelayOutcome) -> Outcome {
+    match r {
+        RelayOutcome::Forwarded => Outcome::Forwarded,
+        RelayOutcome::Busy => Outcome::Busy,
+        RelayOutcome::Unavailable => Outcome::Unavailable,
+        RelayOutcome::Rejected(_) => Outcome::Rejected,
+    }
+}
+
+/// The handler.
+pub async fn handle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(key) = state.settings().public_key else {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "interactions_disabled",
+            "DISCORD_PUBLIC_KEY is not configured",
+        )
+        .into_response();
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(e) => {
+            return ApiError::new(e.status(), "bad_request", "cannot read the request body")
+                .into_response()
+        }
+    };
+    if let Err(e) = verify(&key, &headers, &body, crate::runs::now_unix()) {
+        state.report(ErrorKind::Interaction, None, &e);
+        return ApiError::unauthorized("invalid request signature").into_response();
+    }
+    let Ok(interaction) = serde_json::from_slice::<Value>(&body) else {
+        return ApiError::bad_request("invalid interaction JSON").into_response();
+    };
+    match interaction.get("type").and_then(Value::as_u64) {
+        Some(PING) => {
+            InteractionHandled {
+                command: Command::Ping,
+                outcome: Outcome::Ok,
+                run_id: None,
+            }
+            .emit(state.metrics());
+            Json(json!({"type": PONG})).into_response()
+        }
+        Some(APPLICATION_COMMAND) => command(state, interaction).await,
+        _ => {
+            InteractionHandled {
+                command: Command::Unknown,
+                outcome: Outcome::Invalid,
+                run_id: None,
+            }
+            .emit(state.metrics());
+            ApiError::bad_request("unsupported interaction type").into_response()
+        }
+    }
+}
+
+async fn command(state: AppState, interaction: Value) -> Response {
+    let data = interaction.get("data").cloned().unwrap_or(Value::Null);
+    let name = str_at(&data, &["name"]).unwrap_or("");
+    let cmd = match name {
+        "input" => Command::Input,
+        "status" => Command::Status,
+        _ => Command::Unknown,
+    };
+    let done = |outcome: Outcome, run_id: Option<&str>, text: &str| {
+        InteractionHandled {
+            command: cmd,
+            outcome,
+            run_id,
+        }
+        .emit(state.metrics());
+        ephemeral(text)
+    };
+    if cmd == Command::Unknown {
+        return done(Outcome::Invalid, None, "unknown command");
+    }
+    let channel_id = str_at(&interaction, &["channel_id"])
+        .or_else(|| str_at(&interaction, &["channel", "id"]))
+        .unwrap_or("")
+        .to_owned();
+    let run = match state.store().find_by_channel(channel_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            state.report(ErrorKind::Store, None, &e);
+            return done(
+                Outcome::Unavailable,
+                None,
+                "bot-bridge cannot read its store, try again",
+            );
+        }
+    };
+    let Some(run) = run else {
+        return done(Outcome::NotRunChannel, None, "not a run channel");
+    };
+    if cmd == Command::Status {
+        let view = crate::runs::RunView::from(&run);
+        let text = format!(
+            "run `{}` ({} attempt {}): **{}**, created {}, channel <#{}>",
+            view.run_id,
+            view.task_id,
+            view.attempt,
+            view.status.as_str(),
+            view.created_at,
+            view.channel_id.as_deref().unwrap_or("?"),
+        );
+        return done(Outcome::Ok, Some(&run.run_id), &text);
+    }
+    if run.status != RunStatus::Active {
+        return done(Outcome::RunFinished, Some(&run.run_id), "run finished");
+    }
+    let Some(input_url) = run.input_url.clone() else {
+        return done(Outcome::Unavailable, Some(&run.run_id), "agent unavailable");
+    };
+    let Some(text) = option_text(&data, "text").filter(|t| !t.trim().is_empty()) else {
+        return done(
+            Outcome::Invalid,
+            Some(&run.run_id),
+            "nothing to send: /input text:<...>",
+        );
+    };
+    let user = str_at(&interaction, &["member", "user", "username"])
+        .or_else(|| str_at(&interaction, &["user", "username"]))
+        .unwrap_or("unknown")
+        .to_owned();
+    let msg = InputMessage {
+        run_id: run.run_id.clone(),
+        user,
+        text,
+        id: str_at(&interaction, &["id"]).unwrap_or("").to_owned(),
+    };
+    let relay = state.inner.relay.clone();
+    let secret = run.input_secret.clone();
+    let forward = async move { relay.forward(&input_url, &secret, &msg).await };
+    // The spawned task keeps this request's trace so the watcher joins it.
+    let mut task = match ops::trace::TraceContext::current() {
+        Some(cx) => tokio::spawn(cx.scope(forward)),
+        None => tokio::spawn(forward),
+    };
+    match tokio::time::timeout(state.settings().defer_after, &mut task).await {
+        Ok(result) => {
+            let outcome = result.unwrap_or(RelayOutcome::Unavailable);
+            if matches!(
+                outcome,
+                RelayOutcome::Rejected(_) | RelayOutcome::Unavailable
+            ) {
+                state.report(ErrorKind::Relay, Some(&run.run_id), &outcome.message());
+            }
+            done(outcome_of(outcome), Some(&run.run_id), outcome.message())
+        }
+        Err(_) => {
+            let app_id = state
+                .settings()
+                .application_id
+                .clone()
+                .or_else(|| str_at(&interaction, &["application_id"]).map(str::to_owned));
+            let token = str_at(&interaction, &["token"]).map(|t| Secret::new(t.to_owned()));
+            let run_id = run.run_id.clone();
+            let later = state.clone();
+            tokio::spawn(async move {
+                let outcome = task.await.unwrap_or(RelayOutcome::Unavailable);
+                InteractionHandled {
+                    command: Command::Input,
+                    outcome: outcome_of(outcome),
+                    run_id: Some(&run_id),
+                }
+                .emit(later.metrics());
+                let (Some(app_id), Some(token)) = (app_id, token) else {
+                    return;
+                };
+                let body = json!({"content": outcome.message(), "allowed_mentions": {"parse": []}});
+                if let Err(e) = later
+                    .discord()
+                    .edit_original_interaction_response(&app_id, &token, &body)
+                    .await
+                {
+                    later.report(ErrorKind::Discord, Some(&run_id), &e);
+                }
+            });
+            Json(json!({"type": DEFERRED_CHANNEL_MESSAGE, "data": {"flags": EPHEMERAL}}))
+                .into_response()
+        }
+    }
+}
+
+/// Registers `/input` and `/status` as guild commands of `GUILD_ID`.
+pub async fn register_commands(state: &AppState) -> Result<(), crate::discord::DiscordError> {
+    let Some(app_id) = state.settings().application_id.clone() else {
+        return Ok(());
+    };
+    let guild = state.settings().guild_id.clone();
+    state
+        .discord()
+        .bulk_overwrite_guild_commands(&app_id, &guild, &crate::discord::commands())
+        .await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use axum::routing::post;
+    use ed25519_dalek::{Signer, SigningKey};
+    use hmac::Mac;
+    use tokio::sync::{mpsc, Mutex};
+
+    use super::*;
+    use crate::app::fixture;
+    use crate::runs::{AttemptValue, NewRun};
+
+    fn signed(key: &SigningKey, ts: i64, body: &[u8]) -> HeaderMap {
+        let mut msg = ts.to_string().into_bytes();
+        msg.extend_from_slice(body);
+        let sig = key.sign(&msg);
+        let mut h = HeaderMap::new();
+        h.insert(
+            SIGNATURE_HEADER,
+            hex::encode(sig.to_bytes()).parse().unwrap(),
+        );
+        h.insert(TIMESTAMP_HEADER, ts.to_string().parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn verification_accepts_only_fresh_valid_signatures() {
+        let sk = SigningKey::from_bytes(&[7u8; 32]);
+        let vk = sk.verifying_key();
+        let body = br#"{"type":1}"#;
+        let now = 1_700_000_000;
+        assert_eq!(verify(&vk, &signed(&sk, now, body), body, now), Ok(()));
+        assert_eq!(
+            verify(&vk, &signed(&sk, now, body), b"{\"type\":2}", now),
+            Err(SignatureError::Invalid)
+        );
+        assert_eq!(
+            verify(&vk, &signed(&sk, now - 301, body), body, now),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            verify(&vk, &signed(&sk, now + 301, body), body, now),
+            Err(SignatureError::Stale)
+        );
+        assert_eq!(
+            verify(&vk, &HeaderMap::new(), body, now),
+            Err(SignatureError::Missing)
+        );
+        let other = SigningKey::from_bytes(&[8u8; 32]);
+        assert_eq!(
+            verify(&vk, &signed(&other, now, body), body, now),
+            Err(SignatureError::Invalid)
+        );
+        let mut bad = signed(&sk, now, body);
+        bad.insert(SIGNATURE_HEADER, "zz".parse().unwrap());
+        assert_eq!(verify(&vk, &bad, body, now), Err(SignatureError::Malformed));
+    }
+
+    /// What the test watcher received: (timestamp, signature, body).
+    type Received = (String, String, Vec<u8>);
+
+    /// A watcher input endpoint that records requests and answers `status`
+    /// once `gate` lets it.
+    async fn watcher(
+        status: u16,
+        gate: Option<Arc<Mutex<()>>>,
+    ) -> (String, mpsc::UnboundedReceiver<Received>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let app = axum::Router::new().route(
+            "/v1/input",
+            post(move |headers: HeaderMap, body: Bytes| {
+                let tx = tx.clone();
+                let gate = gate.clone();
+                async move {
+                    let h = |n: &str| {
+                        headers
+                            .get(n)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned()
+                    };
+                    tx.send((
+                        h("x-agentmon-timestamp"),
+                        h("x-agentmon-signature"),
+                        body.to_vec(),
+                    ))
+                    .unwrap();
+                    if let Some(g) = gate {
+                        let _held = g.lock().await;
+                    }
+                    StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}"), rx)
+    }
+
+    async fn post_interaction(base: &str, body: &Value, ts: i64) -> reqwest::Response {
+        let sk = SigningKey::from_bytes(&[7u8; 32]);
+        let raw = serde_json::to_vec(body).unwrap();
+        let headers = signed(&sk, ts, &raw);
+        reqwest::Client::new()
+            .post(format!("{base}/interactions"))
+            .headers(headers)
+            .body(raw)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    fn input(channel_id: &str, text: &str) -> Value {
+        json!({
+            "id": "interaction-1",
+            "type": 2,
+            "application_id": "77",
+            "token": "interaction-token-secret",
+            "channel_id": channel_id,
+            "member": {"user": {"id": "5", "username": "alice"}},
+            "data": {"name": "input", "options": [{"name": "text", "type": 3, "value": text}]},
+        })
+    }
+
+    async fn run_with_input(state: &AppState, input_url: &str) -> crate::runs::Provisioned {
+        state
+            .provision(NewRun {
+                task_id: "t".into(),
+                attempt: AttemptValue::Number(1),
+                short_id: "a".into(),
+                input_url: Some(input_url.into()),
+            })
+            .await
+            .unwrap()
+            .0
+    }
+
+    #[tokio::test]
+    async fn ping_is_answered_and_bad_signatures_are_refused() {
+        let (state, _) = fixture::state(fixture::settings());
+        let base = fixture::serve(state).await;
+        let now = crate::runs::now_unix();
+        let resp = post_interaction(&base, &json!({"type": 1}), now).await;
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.json::<Value>().await.unwrap(), json!({"type": 1}));
+        let stale = post_interaction(&base, &json!({"type": 1}), now - 600).await;
+        assert_eq!(stale.status(), 401);
+        let unsigned = reqwest::Client::new()
+            .post(format!("{base}/interactions"))
+            .body(r#"{"type":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(unsigned.status(), 401);
+        let v: Value = unsigned.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "unauthorized");
+    }
+
+    #[tokio::test]
+    async fn input_reaches_the_watcher_signed() {
+        let (state, _) = fixture::state(fixture::settings());
+        let (url, mut rx) = watcher(202, None).await;
+        let run = run_with_input(&state, &url).await;
+        let base = fixture::serve(state).await;
+        let resp = post_interaction(
+            &base,
+            &input(&run.channel_id, "hello agent"),
+            crate::runs::now_unix(),
+        )
+        .await;
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], 4);
+        assert_eq!(v["data"]["flags"], 64);
+        assert_eq!(v["data"]["content"], "forwarded");
+        let (ts, sig, body) = rx.recv().await.unwrap();
+        let mut mac =
+            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(run.input_secret.expose().as_bytes())
+                .unwrap();
+        mac.update(format!("{ts}.").as_bytes());
+        mac.update(&body);
+        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+        assert_eq!(sig, expected);
+        let got: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            got,
+            json!({"run_id": run.run_id, "user": "alice", "text": "hello agent", "id": "interaction-1"})
+        );
+    }
+
+    #[tokio::test]
+    async fn watcher_answers_map_to_operator_messages() {
+        for (status, text) in [(429, "agent busy, try again"), (503, "agent unavailable")] {
+            let (state, _) = fixture::state(fixture::settings());
+            let (url, _rx) = watcher(status, None).await;
+            let run = run_with_input(&state, &url).await;
+            let base = fixture::serve(state).await;
+            let v: Value =
+                post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
+                    .await
+                    .json()
+                    .await
+                    .unwrap();
+            assert_eq!(v["data"]["content"], text);
+        }
+        // Nobody listens: connection refused.
+        let (state, _) = fixture::state(fixture::settings());
+        let run = run_with_input(&state, "http://127.0.0.1:9").await;
+        let base = fixture::serve(state.clone()).await;
+        let now = crate::runs::now_unix();
+        let v: Value = post_interaction(&base, &input(&run.channel_id, "x"), now)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"]["content"], "agent unavailable");
+        let v: Value = post_interaction(&base, &input("999999", "x"), now)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"]["content"], "not a run channel");
+        assert_eq!(v["data"]["flags"], 64);
+        state.complete(&run.run_id, None).await.unwrap();
+        let v: Value = post_interaction(&base, &input(&run.channel_id, "x"), now)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"]["content"], "run finished");
+        let mut status = input(&run.channel_id, "");
+        status["data"] = json!({"name": "status"});
+        let v: Value = post_interaction(&base, &status, now)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let content = v["data"]["content"].as_str().unwrap();
+        assert!(
+            content.contains("completed") && content.contains(&run.run_id),
+            "{content}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_watcher_gets_a_deferred_reply_edited_later() {
+        let mut settings = fixture::settings();
+        settings.defer_after = Duration::from_millis(50);
+        let (state, discord) = fixture::state(settings);
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.clone().lock_owned().await;
+        let (url, mut rx) = watcher(202, Some(gate)).await;
+        let run = run_with_input(&state, &url).await;
+        let base = fixture::serve(state).await;
+        let v: Value =
+            post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
+                .await
+                .json()
+                .await
+                .unwrap();
+        assert_eq!(v, json!({"type": 5, "data": {"flags": 64}}));
+        rx.recv().await.unwrap();
+        assert!(discord.with(|s| s.edits.is_empty()));
+        drop(held);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(e) = discord.with(|s| s.edits.first().cloned()) {
+                assert_eq!(e["content"], "forwarded");
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no edit of the deferred reply"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}

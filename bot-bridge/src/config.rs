@@ -1,0 +1,464 @@
+//! bot-bridge's configuration: one documented struct, one `validate()`.
+//!
+//! Values come from CLI flags, environment variables, an optional `--config`
+//! file (TOML or YAML, snake_case keys) and defaults, in that order of precedence
+//! (see `ops::config::load`). Secrets are `Secret<String>` and every secret flag
+//! carries `hide_env_values`, so neither `--help` nor the effective configuration
+//! logged at start-up can show them. Required values are `Option` at the clap level
+//! so that a config file may supply them; `validate()` enforces them and names the key.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, ValueEnum};
+use ed25519_dalek::VerifyingKey;
+use ops::config::ConfigError;
+use ops::telemetry::LogFormat;
+use ops::Secret;
+use serde::{Deserialize, Serialize};
+
+/// What the retention worker does with a completed run's channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RetentionAction {
+    /// Move it into the archive category, read-only.
+    Archive,
+    /// Delete it.
+    Delete,
+}
+
+/// Where each run's messages live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RunContainer {
+    /// One text channel per run, in the runs category (≤ 500 per guild).
+    Channel,
+    /// One public thread per run under THREAD_PARENT_CHANNEL_ID (no guild limit).
+    Thread,
+}
+
+/// Provisions one Discord channel and webhook per agent run, relays operator
+/// input from slash commands to the run's watcher and archives channels.
+#[derive(Parser, Debug)]
+#[command(name = "bot-bridge", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (TOML or YAML) with snake_case keys, e.g. `retention = "24h"`.
+    #[arg(long, env = "BOT_BRIDGE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub options: Options,
+}
+
+/// Every configuration option. Argument ids are the config-file keys.
+#[derive(Args, Debug, Clone)]
+pub struct Options {
+    /// Discord bot token (secret, required).
+    #[arg(long, env = "DISCORD_BOT_TOKEN", hide_env_values = true)]
+    pub discord_bot_token: Option<String>,
+    /// Application id; enables slash-command registration.
+    #[arg(long, env = "DISCORD_APPLICATION_ID")]
+    pub discord_application_id: Option<String>,
+    /// Application public key (hex ed25519); enables POST /interactions.
+    #[arg(long, env = "DISCORD_PUBLIC_KEY")]
+    pub discord_public_key: Option<String>,
+    /// Discord REST base URL; point it at fake-discord in tests.
+    #[arg(
+        long,
+        env = "DISCORD_API_BASE",
+        default_value = "https://discord.com/api/v10"
+    )]
+    pub discord_api_base: String,
+    /// The guild (server) run channels live in (required).
+    #[arg(long, env = "GUILD_ID")]
+    pub guild_id: Option<String>,
+    /// Category of active run channels; overflow goes to "<name> 2", "<name> 3", ….
+    #[arg(long, env = "RUNS_CATEGORY", default_value = "Agent Runs")]
+    pub runs_category: String,
+    /// Category archived channels move to (with the same overflow).
+    #[arg(long, env = "ARCHIVE_CATEGORY", default_value = "Archived Runs")]
+    pub archive_category: String,
+    /// Listener for the runs API and interactions.
+    #[arg(long, env = "API_ADDR", default_value = "0.0.0.0:8080")]
+    pub api_addr: String,
+    /// Bearer token callers of the runs API present (secret, required).
+    #[arg(long, env = "API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+    /// Listener for /metrics /livez /readyz /healthz.
+    #[arg(long, env = "OPS_ADDR", default_value = "0.0.0.0:9090")]
+    pub ops_addr: String,
+    /// Run store: `sqlite://PATH` or `sqlite::memory:` (may contain credentials: secret).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        default_value = "sqlite://./bot-bridge.db"
+    )]
+    pub database_url: String,
+    /// Time a completed run's channel stays before archive/delete (e.g. 72h).
+    #[arg(long, env = "RETENTION", default_value = "72h")]
+    pub retention: String,
+    /// `archive` (move, read-only) or `delete`.
+    #[arg(long, env = "RETENTION_ACTION", value_enum, default_value = "archive")]
+    pub retention_action: RetentionAction,
+    /// How often the retention worker looks for due runs.
+    #[arg(long, env = "RETENTION_INTERVAL", default_value = "60s")]
+    pub retention_interval: String,
+    /// `channel` (one channel per run) or `thread` (one thread per run).
+    #[arg(long, env = "RUN_CONTAINER", value_enum, default_value = "channel")]
+    pub run_container: RunContainer,
+    /// Parent channel of run threads (required when RUN_CONTAINER=thread).
+    #[arg(long, env = "THREAD_PARENT_CHANNEL_ID")]
+    pub thread_parent_channel_id: Option<String>,
+    /// Time allowed between SIGTERM and exit.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "5s")]
+    pub shutdown_timeout: String,
+    /// `json` or `pretty`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Log filter, RUST_LOG syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+    /// OTLP/HTTP endpoint for span export (off when unset).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otel_exporter_otlp_endpoint: Option<String>,
+}
+
+/// The raw, layered values, before validation. Field names are the config keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub discord_bot_token: Option<Secret<String>>,
+    pub discord_application_id: Option<String>,
+    pub discord_public_key: Option<String>,
+    pub discord_api_base: String,
+    pub guild_id: Option<String>,
+    pub runs_category: String,
+    pub archive_category: String,
+    pub api_addr: String,
+    pub api_token: Option<Secret<String>>,
+    pub ops_addr: String,
+    pub database_url: Secret<String>,
+    pub retention: String,
+    pub retention_action: RetentionAction,
+    pub retention_interval: String,
+    pub run_container: RunContainer,
+    pub thread_parent_channel_id: Option<String>,
+    pub shutdown_timeout: String,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub otel_exporter_otlp_endpoint: Option<String>,
+}
+
+/// Where runs are stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Database {
+    /// A SQLite file (single replica: see `store`).
+    Sqlite { path: PathBuf },
+    /// An in-memory SQLite database, lost at exit (tests, demos).
+    Memory,
+}
+
+/// The validated configuration bot-bridge runs with.
+#[derive(Debug, Clone, Serialize)]
+pub struct Config {
+    pub discord_bot_token: Secret<String>,
+    pub discord_application_id: Option<String>,
+    /// Verifies interaction signatures; `None` disables `POST /interactions`.
+    #[serde(skip)]
+    pub discord_public_key: Option<VerifyingKey>,
+    /// Without a trailing slash.
+    pub discord_api_base: String,
+    pub guild_id: String,
+    pub runs_category: String,
+    pub archive_category: String,
+    pub api_addr: SocketAddr,
+    pub api_token: Secret<String>,
+    pub ops_addr: SocketAddr,
+    pub database: Database,
+    #[serde(with = "ops::config::duration")]
+    pub retention: Duration,
+    pub retention_action: RetentionAction,
+    #[serde(with = "ops::config::duration")]
+    pub retention_interval: Duration,
+    pub run_container: RunContainer,
+    pub thread_parent_channel_id: Option<String>,
+    #[serde(with = "ops::config::duration")]
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+    pub log_filter: String,
+    pub otel_exporter_otlp_endpoint: Option<String>,
+}
+
+fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        ConfigError::invalid(
+            key,
+            format!("{s:?} is not a duration ({e}); examples: 1s, 30m, 72h"),
+        )
+    })
+}
+
+fn addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
+    s.trim().parse().map_err(|_| {
+        ConfigError::invalid(key, format!("{s:?} is not an address like 0.0.0.0:8080"))
+    })
+}
+
+/// A Discord snowflake: a non-empty decimal number.
+fn snowflake(key: &str, s: &str) -> Result<String, ConfigError> {
+    let s = s.trim();
+    if s.is_empty() || s.len() > 20 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ConfigError::invalid(
+            key,
+            format!("{s:?} is not a Discord id (digits only)"),
+        ));
+    }
+    Ok(s.to_owned())
+}
+
+fn required_secret(key: &str, v: Option<Secret<String>>) -> Result<Secret<String>, ConfigError> {
+    v.filter(|s| !s.expose().trim().is_empty())
+        .ok_or_else(|| ConfigError::invalid(key, "required"))
+}
+
+/// Parses a hex ed25519 public key as Discord shows it in the developer portal.
+pub fn parse_public_key(s: &str) -> Result<VerifyingKey, String> {
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut bytes)
+        .map_err(|_| "expected 64 hex characters (the application's public key)".to_owned())?;
+    VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid ed25519 public key".to_owned())
+}
+
+fn database(url: &str) -> Result<Database, ConfigError> {
+    let url = url.trim();
+    if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+        return Ok(Database::Memory);
+    }
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(ConfigError::invalid(
+                "DATABASE_URL",
+                "sqlite:// needs a file path",
+            ));
+        }
+        return Ok(Database::Sqlite {
+            path: PathBuf::from(path),
+        });
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Err(ConfigError::invalid(
+            "DATABASE_URL",
+            "Postgres is not supported by this build yet; use sqlite://PATH (single replica)",
+        ));
+    }
+    // The value may carry credentials, so it is not echoed.
+    Err(ConfigError::invalid(
+        "DATABASE_URL",
+        "expected sqlite://PATH or sqlite::memory:",
+    ))
+}
+
+impl RawConfig {
+    /// Checks every value and derives the runtime configuration. Errors name the
+    /// environment variable, the name operators set in Kubernetes manifests.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        let discord_bot_token = required_secret("DISCORD_BOT_TOKEN", self.discord_bot_token)?;
+        let api_token = required_secret("API_TOKEN", self.api_token)?;
+        let guild_id = match self.guild_id.as_deref() {
+            Some(g) => snowflake("GUILD_ID", g)?,
+            None => return Err(ConfigError::invalid("GUILD_ID", "required")),
+        };
+        let discord_application_id = match self.discord_application_id.as_deref() {
+            None | Some("") => None,
+            Some(a) => Some(snowflake("DISCORD_APPLICATION_ID", a)?),
+        };
+        let discord_public_key = match self.discord_public_key.as_deref() {
+            None | Some("") => None,
+            Some(k) => Some(
+                parse_public_key(k).map_err(|p| ConfigError::invalid("DISCORD_PUBLIC_KEY", p))?,
+            ),
+        };
+        let base = self
+            .discord_api_base
+            .trim()
+            .trim_end_matches('/')
+            .to_owned();
+        match url::Url::parse(&base) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "DISCORD_API_BASE",
+                    format!("{base:?} is not an http(s) URL"),
+                ))
+            }
+        }
+        for (key, name) in [
+            ("RUNS_CATEGORY", &self.runs_category),
+            ("ARCHIVE_CATEGORY", &self.archive_category),
+        ] {
+            let len = name.trim().chars().count();
+            // Room for the overflow suffix (" 10") within Discord's 100 characters.
+            if len == 0 || len > 90 {
+                return Err(ConfigError::invalid(key, "must be 1 to 90 characters"));
+            }
+        }
+        if self.runs_category.trim() == self.archive_category.trim() {
+            return Err(ConfigError::invalid(
+                "ARCHIVE_CATEGORY",
+                "must differ from RUNS_CATEGORY",
+            ));
+        }
+        let thread_parent_channel_id = match self.thread_parent_channel_id.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(snowflake("THREAD_PARENT_CHANNEL_ID", t)?),
+        };
+        if self.run_container == RunContainer::Thread && thread_parent_channel_id.is_none() {
+            return Err(ConfigError::invalid(
+                "THREAD_PARENT_CHANNEL_ID",
+                "required when RUN_CONTAINER=thread",
+            ));
+        }
+        let retention = duration("RETENTION", &self.retention)?;
+        let retention_interval = duration("RETENTION_INTERVAL", &self.retention_interval)?;
+        if retention_interval.is_zero() {
+            return Err(ConfigError::invalid(
+                "RETENTION_INTERVAL",
+                "must be positive",
+            ));
+        }
+        Ok(Config {
+            discord_bot_token,
+            discord_application_id,
+            discord_public_key,
+            discord_api_base: base,
+            guild_id,
+            runs_category: self.runs_category.trim().to_owned(),
+            archive_category: self.archive_category.trim().to_owned(),
+            api_addr: addr("API_ADDR", &self.api_addr)?,
+            api_token,
+            ops_addr: addr("OPS_ADDR", &self.ops_addr)?,
+            database: database(self.database_url.expose())?,
+            retention,
+            retention_action: self.retention_action,
+            retention_interval,
+            run_container: self.run_container,
+            thread_parent_channel_id,
+            shutdown_timeout: duration("SHUTDOWN_TIMEOUT", &self.shutdown_timeout)?,
+            log_format: self.log_format,
+            log_filter: self.log_filter,
+            otel_exporter_otlp_endpoint: self.otel_exporter_otlp_endpoint.filter(|s| !s.is_empty()),
+        })
+    }
+}
+
+/// Parses the command line and environment (and the `--config` file) into a
+/// validated [`Config`].
+pub fn load(
+    command: &clap::Command,
+    matches: &clap::ArgMatches,
+) -> Result<(Cli, Config), ConfigError> {
+    use clap::FromArgMatches;
+    let cli = Cli::from_arg_matches(matches).map_err(|e| ConfigError::Other(e.to_string()))?;
+    let raw: RawConfig = ops::config::load(command, matches, cli.config.as_deref(), &["config"])?;
+    Ok((cli, raw.validate()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn load_args(args: &[&str]) -> Result<Config, ConfigError> {
+        let cmd = Cli::command();
+        let m = cmd.clone().try_get_matches_from(args).unwrap();
+        load(&cmd, &m).map(|(_, c)| c)
+    }
+
+    const BASE: &[&str] = &[
+        "bot-bridge",
+        "--discord-bot-token",
+        "bot-secret-token",
+        "--api-token",
+        "api-secret-token",
+        "--guild-id",
+        "123",
+    ];
+
+    fn with(extra: &[&'static str]) -> Vec<&'static str> {
+        BASE.iter().copied().chain(extra.iter().copied()).collect()
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = load_args(BASE).unwrap();
+        assert_eq!(c.discord_api_base, "https://discord.com/api/v10");
+        assert_eq!(c.runs_category, "Agent Runs");
+        assert_eq!(c.archive_category, "Archived Runs");
+        assert_eq!(c.api_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.ops_addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(c.retention, Duration::from_secs(72 * 3600));
+        assert_eq!(c.retention_action, RetentionAction::Archive);
+        assert_eq!(c.run_container, RunContainer::Channel);
+        assert_eq!(
+            c.database,
+            Database::Sqlite {
+                path: PathBuf::from("./bot-bridge.db")
+            }
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases: &[(&[&'static str], &str)] = &[
+            (&["--api-addr", "nope"], "API_ADDR"),
+            (&["--retention", "soon"], "RETENTION"),
+            (&["--discord-public-key", "abc"], "DISCORD_PUBLIC_KEY"),
+            (&["--run-container", "thread"], "THREAD_PARENT_CHANNEL_ID"),
+            (&["--database-url", "postgres://u:pw@h/db"], "DATABASE_URL"),
+            (&["--discord-api-base", "ftp://x"], "DISCORD_API_BASE"),
+        ];
+        for (extra, key) in cases {
+            let err = load_args(&with(extra)).unwrap_err().to_string();
+            assert!(err.contains(key), "{extra:?}: {err}");
+            assert!(!err.contains("pw@"), "credentials echoed: {err}");
+        }
+        let err = load_args(&["bot-bridge", "--guild-id", "1", "--api-token", "x"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("DISCORD_BOT_TOKEN"), "{err}");
+        let err = load_args(&["bot-bridge", "--discord-bot-token", "x", "--guild-id", "1"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("API_TOKEN"), "{err}");
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_help_or_config() {
+        let mut cmd = Cli::command();
+        let help = cmd.render_long_help().to_string();
+        assert!(help.contains("DISCORD_BOT_TOKEN"), "{help}");
+        // hide_env_values on every secret flag.
+        for arg in Cli::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if ["discord_bot_token", "api_token", "database_url"].contains(&id) {
+                assert!(arg.is_hide_env_values_set(), "{id} must hide its env value");
+            }
+        }
+        let c = load_args(BASE).unwrap();
+        let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
+        assert!(!shown.contains("bot-secret-token"), "{shown}");
+        assert!(!shown.contains("api-secret-token"), "{shown}");
+    }
+
+    #[test]
+    fn public_key_parses() {
+        let sk = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+        let hex_key = hex::encode(sk.verifying_key().as_bytes());
+        assert_eq!(parse_public_key(&hex_key).unwrap(), sk.verifying_key());
+        assert!(parse_public_key("zz").is_err());
+    }
+}

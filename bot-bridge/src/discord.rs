@@ -1,0 +1,837 @@
+//! The Discord operations bot-bridge needs, behind one small trait.
+//!
+//! Provisioning, retention and interactions talk to [`DiscordApi`], not to the
+//! REST client, so their logic is tested against an in-memory fake and the one
+//! production implementation (`rest`) stays a thin mapping onto
+//! `discord::rest::RestClient`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use ops::Secret;
+use serde_json::Value;
+
+/// A boxed future, so the trait stays object-safe (`Arc<dyn DiscordApi>`).
+pub type DiscordFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DiscordError>> + Send + 'a>>;
+
+/// Channel types bot-bridge creates or reads.
+pub mod kind {
+    pub const TEXT: u8 = 0;
+    pub const CATEGORY: u8 = 4;
+    pub const PUBLIC_THREAD: u8 = 11;
+}
+
+/// Permission bits used in overwrites (Discord's `permissions` bit set).
+pub mod perm {
+    pub const ADD_REACTIONS: u64 = 1 << 6;
+    pub const VIEW_CHANNEL: u64 = 1 << 10;
+    pub const SEND_MESSAGES: u64 = 1 << 11;
+    pub const READ_MESSAGE_HISTORY: u64 = 1 << 16;
+    pub const CREATE_PUBLIC_THREADS: u64 = 1 << 35;
+    pub const CREATE_PRIVATE_THREADS: u64 = 1 << 36;
+    pub const SEND_MESSAGES_IN_THREADS: u64 = 1 << 38;
+}
+
+/// Discord's error code when the guild already has 500 channels.
+pub const MAX_GUILD_CHANNELS_CODE: u64 = 30013;
+
+/// A guild channel, category or thread as far as bot-bridge cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    pub id: String,
+    pub name: String,
+    pub kind: u8,
+    pub parent_id: Option<String>,
+}
+
+/// One permission overwrite; `kind` 0 = role, 1 = member.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overwrite {
+    pub id: String,
+    pub kind: u8,
+    pub allow: u64,
+    pub deny: u64,
+}
+
+impl Overwrite {
+    /// The JSON shape Discord expects (bit sets as decimal strings).
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "id": self.id,
+            "type": self.kind,
+            "allow": self.allow.to_string(),
+            "deny": self.deny.to_string(),
+        })
+    }
+}
+
+/// A channel to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewChannel {
+    pub name: String,
+    pub kind: u8,
+    pub parent_id: Option<String>,
+    pub overwrites: Vec<Overwrite>,
+}
+
+/// A webhook with its token (only known right after creation).
+#[derive(Debug, Clone)]
+pub struct Webhook {
+    pub id: String,
+    pub token: Secret<String>,
+}
+
+/// Why a Discord call failed. Never carries a token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DiscordError {
+    /// 404: the channel, webhook or interaction is gone.
+    #[error("not found")]
+    NotFound,
+    /// Any other non-success answer from Discord, with its JSON error code.
+    #[error("discord answered {status} (code {code}): {message}")]
+    Http {
+        status: u16,
+        code: u64,
+        message: String,
+    },
+    /// The request did not complete (connect, timeout, rate-limit budget…).
+    #[error("discord request failed: {0}")]
+    Transport(String),
+}
+
+impl DiscordError {
+    /// Whether the guild refused a channel because it holds 500 already.
+    pub fn is_guild_full(&self) -> bool {
+        matches!(self, Self::Http { code, .. } if *code == MAX_GUILD_CHANNELS_CODE)
+    }
+}
+
+/// The Discord operations of bot-bridge. `reason` goes to the guild audit log.
+pub trait DiscordApi: Send + Sync + 'static {
+    fn list_guild_channels(&self, guild_id: &str) -> DiscordFuture<'_, Vec<Channel>>;
+    /// `Ok(None)` when the channel (or thread) no longer exists.
+    fn get_channel(&self, channel_id: &str) -> DiscordFuture<'_, Option<Channel>>;
+    fn create_channel(
+        &self,
+        guild_id: &str,
+        channel: &NewChannel,
+        reason: &str,
+    ) -> DiscordFuture<'_, Channel>;
+    fn modify_channel(
+        &self,
+        channel_id: &str,
+        patch: &Value,
+        reason: &str,
+    ) -> DiscordFuture<'_, ()>;
+    /// Deleting a channel that is already gone is `Err(NotFound)`.
+    fn delete_channel(&self, channel_id: &str, reason: &str) -> DiscordFuture<'_, ()>;
+    fn create_thread(
+        &self,
+        channel_id: &str,
+        name: &str,
+        reason: &str,
+    ) -> DiscordFuture<'_, Channel>;
+    fn create_webhook(
+        &self,
+        channel_id: &str,
+        name: &str,
+        reason: &str,
+    ) -> DiscordFuture<'_, Webhook>;
+    /// Whether the webhook still exists (someone may have deleted it in Discord).
+    fn webhook_exists(&self, webhook_id: &str) -> DiscordFuture<'_, bool>;
+    fn delete_webhook(&self, webhook_id: &str, reason: &str) -> DiscordFuture<'_, ()>;
+    fn bulk_overwrite_guild_commands(
+        &self,
+        application_id: &str,
+        guild_id: &str,
+        commands: &Value,
+    ) -> DiscordFuture<'_, ()>;
+    fn edit_original_interaction_response(
+        &self,
+        application_id: &str,
+        interaction_token: &Secret<String>,
+        body: &Value,
+    ) -> DiscordFuture<'_, ()>;
+}
+
+/// The overwrites of a live run channel: everyone may read, nobody but the
+/// webhook may post. The @everyone role's id is the guild id.
+pub fn run_overwrites(guild_id: &str) -> Vec<Overwrite> {
+    vec![Overwrite {
+        id: guild_id.to_owned(),
+        kind: 0,
+        allow: perm::VIEW_CHANNEL | perm::READ_MESSAGE_HISTORY,
+        deny: perm::SEND_MESSAGES
+            | perm::SEND_MESSAGES_IN_THREADS
+            | perm::CREATE_PUBLIC_THREADS
+            | perm::CREATE_PRIVATE_THREADS,
+    }]
+}
+
+/// The overwrites of an archived channel: readable history, nothing else.
+pub fn archive_overwrites(guild_id: &str) -> Vec<Overwrite> {
+    let mut o = run_overwrites(guild_id);
+    for w in &mut o {
+        w.deny |= perm::ADD_REACTIONS;
+    }
+    o
+}
+
+/// The slash commands bot-bridge answers, as registered with Discord.
+pub fn commands() -> Value {
+    serde_json::json!([
+        {
+            "name": "input",
+            "type": 1,
+            "description": "Send text to the agent of this run",
+            "options": [{
+                "type": 3,
+                "name": "text",
+                "description": "What to send to the agent",
+                "required": true,
+                "max_length": 4000
+            }]
+        },
+        {
+            "name": "status",
+            "type": 1,
+            "description": "Show the status of this run"
+        }
+    ])
+}
+
+/// The production [`DiscordApi`]: `discord::rest::RestClient` plus the two
+/// reads it does not offer (`GET /channels/{id}`, `GET /webhooks/{id}`), sent
+/// with the same bot token and reported to the same observer.
+pub mod rest {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ::discord::rest::{
+        CreateChannel, Overwrite as RestOverwrite, RestClient, RestConfig, RestError, RestObserver,
+    };
+    use http::HeaderValue;
+    use ops::Secret;
+    use serde_json::Value;
+
+    use super::{Channel, DiscordApi, DiscordError, DiscordFuture, NewChannel, Webhook};
+    use crate::events::BridgeMetrics;
+
+    /// Route templates of the reads done here (metric labels).
+    const GET_CHANNEL: &str = "GET /channels/{channel_id}";
+    const GET_WEBHOOK: &str = "GET /webhooks/{webhook_id}";
+
+    /// Maps the REST client's hooks onto `bridge_discord_*` metrics.
+    #[derive(Debug, Clone)]
+    pub struct MetricsObserver(pub BridgeMetrics);
+
+    impl RestObserver for MetricsObserver {
+        fn request_done(&self, route: &'static str, status: u16) {
+            self.0.discord_request(route, status);
+        }
+        fn rate_limited(&self, scope: &'static str) {
+            self.0.discord_rate_limited(scope);
+        }
+    }
+
+    /// [`DiscordApi`] over HTTP.
+    #[derive(Clone)]
+    pub struct RestDiscord {
+        client: RestClient,
+        http: reqwest::Client,
+        base_url: String,
+        auth: HeaderValue,
+        observer: Arc<dyn RestObserver>,
+    }
+
+    impl std::fmt::Debug for RestDiscord {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("RestDiscord")
+                .field("base_url", &self.base_url)
+                .finish_non_exhaustive()
+        }
+    }
+
+    impl RestDiscord {
+        pub fn new(
+            base_url: &str,
+            bot_token: Secret<String>,
+            timeout: Duration,
+            observer: Arc<dyn RestObserver>,
+        ) -> Result<Self, DiscordError> {
+            let mut auth =
+                HeaderValue::from_str(&format!("Bot {}", bot_token.expose())).map_err(|_| {
+                    DiscordError::Transport("the bot token is not a valid header value".into())
+                })?;
+            auth.set_sensitive(true);
+            let client = RestClient::new(
+                RestConfig {
+                    base_url: base_url.to_owned(),
+                    bot_token,
+                    timeout,
+                    max_retries: 3,
+                },
+                observer.clone(),
+            )
+            .map_err(map_err)?;
+            let http = reqwest::Client::builder()
+                .timeout(timeout)
+                .build()
+                .map_err(|e| DiscordError::Transport(e.without_url().to_string()))?;
+            Ok(Self {
+                client,
+                http,
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                auth,
+                observer,
+            })
+        }
+
+        /// GET a bot-authenticated resource; `Ok(None)` on 404.
+        async fn get(
+            &self,
+            route: &'static str,
+            path: String,
+        ) -> Result<Option<Value>, DiscordError> {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::AUTHORIZATION, self.auth.clone());
+            ops::trace::inject(&mut headers);
+            let response = self
+                .http
+                .get(format!("{}{path}", self.base_url))
+                .headers(headers)
+                .send()
+                .await;
+            let response = match response {
+                Ok(r) => r,
+                Err(e) => {
+                    self.observer.request_done(route, 0);
+                    // without_url: the path carries no secret here, but keep errors uniform.
+                    return Err(DiscordError::Transport(e.without_url().to_string()));
+                }
+            };
+            let status = response.status().as_u16();
+            self.observer.request_done(route, status);
+            if status == 429 {
+                self.observer.rate_limited("route");
+            }
+            if status == 404 {
+                return Ok(None);
+            }
+            let body = response
+                .bytes()
+                .await
+                .map_err(|e| DiscordError::Transport(e.without_url().to_string()))?;
+            if !(200..300).contains(&status) {
+                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                return Err(DiscordError::Http {
+                    status,
+                    code: v.get("code").and_then(Value::as_u64).unwrap_or(0),
+                    message: v
+                        .get("message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .chars()
+                        .take(200)
+                        .collect(),
+                });
+            }
+            serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(|e| DiscordError::Transport(format!("bad JSON from Discord: {e}")))
+        }
+    }
+
+    fn map_err(e: RestError) -> DiscordError {
+        match e {
+            RestError::Http { status: 404, .. } => DiscordError::NotFound,
+            RestError::Http {
+                status,
+                code,
+                message,
+            } => DiscordError::Http {
+                status,
+                code: code.unwrap_or(0),
+                message,
+            },
+            other => DiscordError::Transport(other.to_string()),
+        }
+    }
+
+    fn channel(c: ::discord::rest::Channel) -> Channel {
+        Channel {
+            id: c.id,
+            name: c.name,
+            kind: c.kind,
+            parent_id: c.parent_id,
+        }
+    }
+
+    fn reason(r: &str) -> Option<&str> {
+        Some(r).filter(|r| !r.is_empty())
+    }
+
+    impl DiscordApi for RestDiscord {
+        fn list_guild_channels(&self, guild_id: &str) -> DiscordFuture<'_, Vec<Channel>> {
+            let guild_id = guild_id.to_owned();
+            Box::pin(async move {
+                let list = self
+                    .client
+                    .list_guild_channels(&guild_id)
+                    .await
+                    .map_err(map_err)?;
+                Ok(list.into_iter().map(channel).collect())
+            })
+        }
+
+        fn get_channel(&self, channel_id: &str) -> DiscordFuture<'_, Option<Channel>> {
+            let path = format!("/channels/{}", ::discord::rest::percent_encode(channel_id));
+            Box::pin(async move {
+                let Some(v) = self.get(GET_CHANNEL, path).await? else {
+                    return Ok(None);
+                };
+                let c: ::discord::rest::Channel = serde_json::from_value(v)
+                    .map_err(|e| DiscordError::Transport(format!("bad channel JSON: {e}")))?;
+                Ok(Some(channel(c)))
+            })
+        }
+
+        fn create_channel(
+            &self,
+            guild_id: &str,
+            new: &NewChannel,
+            why: &str,
+        ) -> DiscordFuture<'_, Channel> {
+            let guild_id = guild_id.to_owned();
+            let why = why.to_owned();
+            let body = CreateChannel {
+                name: new.name.clone(),
+                kind: new.kind,
+                parent_id: new.parent_id.clone(),
+                permission_overwrites: new
+                    .overwrites
+                    .iter()
+                    .map(|o| RestOverwrite {
+                        id: o.id.clone(),
+                        kind: o.kind,
+                        allow: o.allow.to_string(),
+                        deny: o.deny.to_string(),
+                    })
+                    .collect(),
+            };
+            Box::pin(async move {
+                self.client
+                    .create_channel(&guild_id, &body, reason(&why))
+                    .await
+                    .map(channel)
+                    .map_err(map_err)
+            })
+        }
+
+        fn modify_channel(
+            &self,
+            channel_id: &str,
+            patch: &Value,
+            why: &str,
+        ) -> DiscordFuture<'_, ()> {
+            let (channel_id, patch, why) = (channel_id.to_owned(), patch.clone(), why.to_owned());
+            Box::pin(async move {
+                self.client
+                    .modify_channel(&channel_id, &patch, reason(&why))
+                    .await
+                    .map(drop)
+                    .map_err(map_err)
+            })
+        }
+
+        fn delete_channel(&self, channel_id: &str, why: &str) -> DiscordFuture<'_, ()> {
+            let (channel_id, why) = (channel_id.to_owned(), why.to_owned());
+            Box::pin(async move {
+                self.client
+                    .delete_channel(&channel_id, reason(&why))
+                    .await
+                    .map_err(map_err)
+            })
+        }
+
+        fn create_thread(
+            &self,
+            channel_id: &str,
+            name: &str,
+            why: &str,
+        ) -> DiscordFuture<'_, Channel> {
+            let (channel_id, name, why) = (channel_id.to_owned(), name.to_owned(), why.to_owned());
+            Box::pin(async move {
+                self.client
+                    .create_thread(&channel_id, &name, reason(&why))
+                    .await
+                    .map(channel)
+                    .map_err(map_err)
+            })
+        }
+
+        fn create_webhook(
+            &self,
+            channel_id: &str,
+            name: &str,
+            why: &str,
+        ) -> DiscordFuture<'_, Webhook> {
+            let (channel_id, name, why) = (channel_id.to_owned(), name.to_owned(), why.to_owned());
+            Box::pin(async move {
+                let w = self
+                    .client
+                    .create_webhook(&channel_id, &name, reason(&why))
+                    .await
+                    .map_err(map_err)?;
+                let token = w.token.ok_or_else(|| {
+                    DiscordError::Transport("Discord returned a webhook without a token".into())
+                })?;
+                Ok(Webhook { id: w.id, token })
+            })
+        }
+
+        fn webhook_exists(&self, webhook_id: &str) -> DiscordFuture<'_, bool> {
+            let path = format!("/webhooks/{}", ::discord::rest::percent_encode(webhook_id));
+            Box::pin(async move { Ok(self.get(GET_WEBHOOK, path).await?.is_some()) })
+        }
+
+        fn delete_webhook(&self, webhook_id: &str, why: &str) -> DiscordFuture<'_, ()> {
+            let (webhook_id, why) = (webhook_id.to_owned(), why.to_owned());
+            Box::pin(async move {
+                self.client
+                    .delete_webhook(&webhook_id, reason(&why))
+                    .await
+                    .map_err(map_err)
+            })
+        }
+
+        fn bulk_overwrite_guild_commands(
+            &self,
+            application_id: &str,
+            guild_id: &str,
+            commands: &Value,
+        ) -> DiscordFuture<'_, ()> {
+            let (app, guild, commands) = (
+                application_id.to_owned(),
+                guild_id.to_owned(),
+                commands.clone(),
+            );
+            Box::pin(async move {
+                self.client
+                    .bulk_overwrite_guild_commands(&app, &guild, &commands)
+                    .await
+                    .map(drop)
+                    .map_err(map_err)
+            })
+        }
+
+        fn edit_original_interaction_response(
+            &self,
+            application_id: &str,
+            interaction_token: &Secret<String>,
+            body: &Value,
+        ) -> DiscordFuture<'_, ()> {
+            let (app, token, body) = (
+                application_id.to_owned(),
+                interaction_token.clone(),
+                body.clone(),
+            );
+            Box::pin(async move {
+                self.client
+                    .edit_original_interaction_response(&app, &token, &body)
+                    .await
+                    .map(drop)
+                    .map_err(map_err)
+            })
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, post};
+        use axum::Json;
+
+        use super::*;
+        use crate::discord::NewChannel;
+
+        /// A Discord stand-in that checks the bot token and answers fixed bodies.
+        async fn stub() -> String {
+            fn authed(h: &HeaderMap) -> bool {
+                h.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bot bot-SECRET")
+            }
+            let app = axum::Router::new()
+                .route(
+                    "/api/v10/webhooks/{id}",
+                    get(|h: HeaderMap, axum::extract::Path(id): axum::extract::Path<String>| async move {
+                        if !authed(&h) {
+                            return (StatusCode::UNAUTHORIZED, Json(serde_json::json!({"code": 0})));
+                        }
+                        if id == "1" {
+                            (StatusCode::OK, Json(serde_json::json!({"id": "1", "type": 1})))
+                        } else {
+                            (
+                                StatusCode::NOT_FOUND,
+                                Json(serde_json::json!({"code": 10015, "message": "Unknown Webhook"})),
+                            )
+                        }
+                    }),
+                )
+                .route(
+                    "/api/v10/guilds/{g}/channels",
+                    post(|| async {
+                        (
+                            StatusCode::BAD_REQUEST,
+                            Json(serde_json::json!({
+                                "code": 30013,
+                                "message": "Maximum number of guild channels reached (500)"
+                            })),
+                        )
+                    }),
+                );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            format!("http://{addr}/api/v10")
+        }
+
+        #[tokio::test]
+        async fn rest_errors_map_to_the_trait() {
+            let base = stub().await;
+            let metrics = BridgeMetrics::unregistered().unwrap();
+            let d = RestDiscord::new(
+                &base,
+                Secret::new("bot-SECRET".into()),
+                Duration::from_secs(5),
+                Arc::new(MetricsObserver(metrics)),
+            )
+            .unwrap();
+            assert!(d.webhook_exists("1").await.unwrap());
+            assert!(!d.webhook_exists("2").await.unwrap());
+            let new = NewChannel {
+                name: "run-x".into(),
+                kind: 0,
+                parent_id: None,
+                overwrites: Vec::new(),
+            };
+            let err = d.create_channel("9", &new, "test").await.unwrap_err();
+            assert!(err.is_guild_full(), "{err}");
+            assert!(!format!("{d:?} {err}").contains("SECRET"));
+        }
+    }
+}
+
+pub mod memory {
+    //! An in-memory Discord for tests (here and in other crates): it enforces
+    //! the 50-per-category and 500-per-guild limits like the real one and
+    //! records every call, without any network.
+
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Everything the in-memory Discord holds; tests read and change it freely.
+    #[derive(Debug, Default)]
+    pub struct MockState {
+        pub next_id: u64,
+        pub channels: BTreeMap<String, Channel>,
+        pub webhooks: BTreeMap<String, String>,
+        pub calls: Vec<String>,
+        pub edits: Vec<Value>,
+        pub commands: Option<Value>,
+        pub overwrites: BTreeMap<String, Vec<Overwrite>>,
+    }
+
+    /// The in-memory [`DiscordApi`].
+    #[derive(Debug, Default)]
+    pub struct MockDiscord {
+        pub state: Mutex<MockState>,
+    }
+
+    impl MockDiscord {
+        /// Runs `f` on the state (to inspect it or to simulate changes made in
+        /// Discord, such as a webhook deleted by hand).
+        pub fn with<T>(&self, f: impl FnOnce(&mut MockState) -> T) -> T {
+            f(&mut self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner))
+        }
+    }
+
+    fn ready<'a, T: Send + 'a>(v: Result<T, DiscordError>) -> DiscordFuture<'a, T> {
+        Box::pin(async move { v })
+    }
+
+    impl MockState {
+        fn id(&mut self) -> String {
+            self.next_id += 1;
+            format!("{}", 1000 + self.next_id)
+        }
+    }
+
+    impl DiscordApi for MockDiscord {
+        fn list_guild_channels(&self, _guild_id: &str) -> DiscordFuture<'_, Vec<Channel>> {
+            ready(Ok(self.with(|s| {
+                s.calls.push("list".into());
+                s.channels
+                    .values()
+                    .filter(|c| c.kind != kind::PUBLIC_THREAD)
+                    .cloned()
+                    .collect()
+            })))
+        }
+        fn get_channel(&self, channel_id: &str) -> DiscordFuture<'_, Option<Channel>> {
+            ready(Ok(self.with(|s| s.channels.get(channel_id).cloned())))
+        }
+        fn create_channel(
+            &self,
+            _guild_id: &str,
+            channel: &NewChannel,
+            _reason: &str,
+        ) -> DiscordFuture<'_, Channel> {
+            let channel = channel.clone();
+            ready(self.with(|s| {
+                s.calls.push(format!("create_channel {}", channel.name));
+                let guild = s
+                    .channels
+                    .values()
+                    .filter(|c| c.kind != kind::PUBLIC_THREAD)
+                    .count();
+                if guild >= 500 {
+                    return Err(DiscordError::Http {
+                        status: 400,
+                        code: MAX_GUILD_CHANNELS_CODE,
+                        message: "Maximum number of guild channels reached (500)".into(),
+                    });
+                }
+                if let Some(p) = &channel.parent_id {
+                    let n = s
+                        .channels
+                        .values()
+                        .filter(|c| c.parent_id.as_deref() == Some(p))
+                        .count();
+                    if n >= 50 {
+                        return Err(DiscordError::Http {
+                            status: 400,
+                            code: 50035,
+                            message: "Maximum number of channels in category reached (50)".into(),
+                        });
+                    }
+                }
+                let id = s.id();
+                let c = Channel {
+                    id: id.clone(),
+                    name: channel.name.clone(),
+                    kind: channel.kind,
+                    parent_id: channel.parent_id.clone(),
+                };
+                s.overwrites.insert(id.clone(), channel.overwrites.clone());
+                s.channels.insert(id, c.clone());
+                Ok(c)
+            }))
+        }
+        fn modify_channel(
+            &self,
+            channel_id: &str,
+            patch: &Value,
+            _reason: &str,
+        ) -> DiscordFuture<'_, ()> {
+            let (channel_id, patch) = (channel_id.to_owned(), patch.clone());
+            ready(self.with(|s| {
+                s.calls.push(format!("modify {channel_id}"));
+                let c = s
+                    .channels
+                    .get_mut(&channel_id)
+                    .ok_or(DiscordError::NotFound)?;
+                if let Some(p) = patch.get("parent_id").and_then(Value::as_str) {
+                    c.parent_id = Some(p.to_owned());
+                }
+                Ok(())
+            }))
+        }
+        fn delete_channel(&self, channel_id: &str, _reason: &str) -> DiscordFuture<'_, ()> {
+            let channel_id = channel_id.to_owned();
+            ready(self.with(|s| {
+                s.calls.push(format!("delete_channel {channel_id}"));
+                s.channels
+                    .remove(&channel_id)
+                    .map(|_| ())
+                    .ok_or(DiscordError::NotFound)
+            }))
+        }
+        fn create_thread(
+            &self,
+            channel_id: &str,
+            name: &str,
+            _reason: &str,
+        ) -> DiscordFuture<'_, Channel> {
+            let (channel_id, name) = (channel_id.to_owned(), name.to_owned());
+            ready(self.with(|s| {
+                let id = s.id();
+                let c = Channel {
+                    id: id.clone(),
+                    name,
+                    kind: kind::PUBLIC_THREAD,
+                    parent_id: Some(channel_id),
+                };
+                s.channels.insert(id, c.clone());
+                Ok(c)
+            }))
+        }
+        fn create_webhook(
+            &self,
+            channel_id: &str,
+            _name: &str,
+            _reason: &str,
+        ) -> DiscordFuture<'_, Webhook> {
+            let channel_id = channel_id.to_owned();
+            ready(self.with(|s| {
+                if !s.channels.contains_key(&channel_id) {
+                    return Err(DiscordError::NotFound);
+                }
+                let id = s.id();
+                s.calls.push(format!("create_webhook {id}"));
+                s.webhooks.insert(id.clone(), channel_id);
+                Ok(Webhook {
+                    token: Secret::new(format!("webhook-token-{id}")),
+                    id,
+                })
+            }))
+        }
+        fn webhook_exists(&self, webhook_id: &str) -> DiscordFuture<'_, bool> {
+            ready(Ok(self.with(|s| s.webhooks.contains_key(webhook_id))))
+        }
+        fn delete_webhook(&self, webhook_id: &str, _reason: &str) -> DiscordFuture<'_, ()> {
+            let webhook_id = webhook_id.to_owned();
+            ready(self.with(|s| {
+                s.calls.push(format!("delete_webhook {webhook_id}"));
+                s.webhooks
+                    .remove(&webhook_id)
+                    .map(|_| ())
+                    .ok_or(DiscordError::NotFound)
+            }))
+        }
+        fn bulk_overwrite_guild_commands(
+            &self,
+            _application_id: &str,
+            _guild_id: &str,
+            commands: &Value,
+        ) -> DiscordFuture<'_, ()> {
+            let commands = commands.clone();
+            self.with(|s| s.commands = Some(commands));
+            ready(Ok(()))
+        }
+        fn edit_original_interaction_response(
+            &self,
+            _application_id: &str,
+            _interaction_token: &Secret<String>,
+            body: &Value,
+        ) -> DiscordFuture<'_, ()> {
+            let body = body.clone();
+            self.with(|s| s.edits.push(body));
+            ready(Ok(()))
+        }
+    }
+}

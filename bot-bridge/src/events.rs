@@ -1,0 +1,355 @@
+//! Telemetry as typed events: each thing that happens is one small struct whose
+//! `emit()` writes the log line and moves the metric. Business code calls
+//! `emit`, never the registry. Labels come only from the closed enums below,
+//! never from user data, so no caller can create new series.
+
+use ops::metrics::{Metrics, MetricsError};
+use prometheus::{IntCounter, IntCounterVec, IntGauge};
+
+/// `bridge_errors_total{kind}`: a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A Discord REST call failed.
+    Discord,
+    /// The run store failed.
+    Store,
+    /// Relaying operator input to a watcher failed.
+    Relay,
+    /// A retention action failed (retried next tick).
+    Retention,
+    /// No room for another channel in the guild.
+    GuildFull,
+    /// An interaction had a bad signature or body.
+    Interaction,
+}
+
+impl ErrorKind {
+    pub const ALL: [Self; 6] = [
+        Self::Discord,
+        Self::Store,
+        Self::Relay,
+        Self::Retention,
+        Self::GuildFull,
+        Self::Interaction,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Discord => "discord",
+            Self::Store => "store",
+            Self::Relay => "relay",
+            Self::Retention => "retention",
+            Self::GuildFull => "guild_full",
+            Self::Interaction => "interaction",
+        }
+    }
+}
+
+/// `bridge_interactions_total{command}`: a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    Ping,
+    Input,
+    Status,
+    Unknown,
+}
+
+impl Command {
+    pub const ALL: [Self; 4] = [Self::Ping, Self::Input, Self::Status, Self::Unknown];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ping => "ping",
+            Self::Input => "input",
+            Self::Status => "status",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// `bridge_interactions_total{outcome}`: a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// PONG or a status answer.
+    Ok,
+    /// The watcher accepted the input.
+    Forwarded,
+    /// The watcher answered 429.
+    Busy,
+    /// The watcher answered 503, or could not be reached.
+    Unavailable,
+    /// The watcher refused the input (another 4xx/5xx).
+    Rejected,
+    /// The channel is not a run's.
+    NotRunChannel,
+    /// The run already finished.
+    RunFinished,
+    /// Unknown command or malformed body.
+    Invalid,
+}
+
+impl Outcome {
+    pub const ALL: [Self; 8] = [
+        Self::Ok,
+        Self::Forwarded,
+        Self::Busy,
+        Self::Unavailable,
+        Self::Rejected,
+        Self::NotRunChannel,
+        Self::RunFinished,
+        Self::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Forwarded => "forwarded",
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::Rejected => "rejected",
+            Self::NotRunChannel => "not_run_channel",
+            Self::RunFinished => "run_finished",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+/// The bot-bridge metrics of DESIGN.md §5, registered once per process.
+#[derive(Clone, Debug)]
+pub struct BridgeMetrics {
+    forwarded: IntCounter,
+    errors: IntCounterVec,
+    runs_active: IntGauge,
+    runs_created: IntCounter,
+    discord_requests: IntCounterVec,
+    rate_limited: IntCounterVec,
+    interactions: IntCounterVec,
+}
+
+impl BridgeMetrics {
+    pub fn new(metrics: &Metrics) -> Result<Self, MetricsError> {
+        let m = Self {
+            forwarded: metrics.counter(
+                "bridge_forwarded_messages_total",
+                "Operator inputs the run's watcher accepted.",
+            )?,
+            errors: metrics.counter_vec(
+                "bridge_errors_total",
+                "Failures by kind (discord, store, relay, retention, guild_full, interaction).",
+                &["kind"],
+            )?,
+            runs_active: metrics.gauge("bridge_runs_active", "Runs currently active.")?,
+            runs_created: metrics.counter("bridge_runs_created_total", "Runs provisioned.")?,
+            discord_requests: metrics.counter_vec(
+                "bridge_discord_requests_total",
+                "Discord REST requests by route template and status.",
+                &["route", "status"],
+            )?,
+            rate_limited: metrics.counter_vec(
+                "bridge_discord_rate_limited_total",
+                "Discord 429 answers by scope (route, global, shared).",
+                &["scope"],
+            )?,
+            interactions: metrics.counter_vec(
+                "bridge_interactions_total",
+                "Interactions handled by command and outcome.",
+                &["command", "outcome"],
+            )?,
+        };
+        // Closed sets start at 0 so alerts on rate() see the series from the start.
+        for kind in ErrorKind::ALL {
+            m.errors.with_label_values(&[kind.as_str()]);
+        }
+        for command in Command::ALL {
+            for outcome in Outcome::ALL {
+                m.interactions
+                    .with_label_values(&[command.as_str(), outcome.as_str()]);
+            }
+        }
+        Ok(m)
+    }
+
+    /// Metrics in a private registry, for tests and tools that export nothing.
+    pub fn unregistered() -> Result<Self, MetricsError> {
+        Self::new(&Metrics::new("bridge", "0")?)
+    }
+
+    /// Sets `bridge_runs_active` from the store at start-up.
+    pub fn set_runs_active(&self, n: u64) {
+        self.runs_active.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Records one Discord REST answer (called by the REST client's observer).
+    pub fn discord_request(&self, route: &'static str, status: u16) {
+        self.discord_requests
+            .with_label_values(&[route, &status.to_string()])
+            .inc();
+    }
+
+    /// Records one 429 (called by the REST client's observer).
+    pub fn discord_rate_limited(&self, scope: &'static str) {
+        let scope = match scope {
+            "global" => "global",
+            "shared" => "shared",
+            "user" | "route" => "route",
+            _ => "other",
+        };
+        self.rate_limited.with_label_values(&[scope]).inc();
+    }
+}
+
+/// A run was provisioned (first call for its key).
+#[derive(Debug)]
+pub struct RunCreated<'a> {
+    pub run_id: &'a str,
+    pub channel_id: &'a str,
+}
+
+impl RunCreated<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        tracing::info!(
+            run_id = self.run_id,
+            channel_id = self.channel_id,
+            "run created"
+        );
+        m.runs_created.inc();
+        m.runs_active.inc();
+    }
+}
+
+/// A known run's channel or webhook was replaced because Discord lost it.
+#[derive(Debug)]
+pub struct RunRepaired<'a> {
+    pub run_id: &'a str,
+    pub channel_id: &'a str,
+    pub what: &'static str,
+}
+
+impl RunRepaired<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            run_id = self.run_id,
+            channel_id = self.channel_id,
+            replaced = self.what,
+            "run re-provisioned"
+        );
+    }
+}
+
+/// A run was marked completed (its webhook revoked).
+#[derive(Debug)]
+pub struct RunCompleted<'a> {
+    pub run_id: &'a str,
+    pub archive_due_at: i64,
+}
+
+impl RunCompleted<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        tracing::info!(
+            run_id = self.run_id,
+            archive_due_at = self.archive_due_at,
+            "run completed"
+        );
+        m.runs_active.dec();
+    }
+}
+
+/// Retention archived or deleted a run's channel.
+#[derive(Debug)]
+pub struct RetentionApplied<'a> {
+    pub run_id: &'a str,
+    pub channel_id: &'a str,
+    /// `archived`, `deleted`, or `gone` (the channel no longer existed).
+    pub outcome: &'static str,
+}
+
+impl RetentionApplied<'_> {
+    pub fn emit(&self) {
+        tracing::info!(
+            run_id = self.run_id,
+            channel_id = self.channel_id,
+            outcome = self.outcome,
+            "retention applied"
+        );
+    }
+}
+
+/// Something failed; logged once with its cause and counted by kind.
+pub struct BridgeError<'a> {
+    pub kind: ErrorKind,
+    pub run_id: Option<&'a str>,
+    pub error: &'a dyn std::fmt::Display,
+}
+
+impl BridgeError<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        tracing::warn!(
+            kind = self.kind.as_str(),
+            run_id = self.run_id.unwrap_or(""),
+            error = %self.error,
+            "bridge error"
+        );
+        m.errors.with_label_values(&[self.kind.as_str()]).inc();
+    }
+}
+
+/// An interaction was answered.
+#[derive(Debug)]
+pub struct InteractionHandled<'a> {
+    pub command: Command,
+    pub outcome: Outcome,
+    pub run_id: Option<&'a str>,
+}
+
+impl InteractionHandled<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        tracing::info!(
+            command = self.command.as_str(),
+            outcome = self.outcome.as_str(),
+            run_id = self.run_id.unwrap_or(""),
+            "interaction handled"
+        );
+        m.interactions
+            .with_label_values(&[self.command.as_str(), self.outcome.as_str()])
+            .inc();
+        if self.outcome == Outcome::Forwarded {
+            m.forwarded.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_metric_names_are_exported() {
+        let metrics = Metrics::new("bridge", "0").unwrap();
+        let m = BridgeMetrics::new(&metrics).unwrap();
+        m.discord_request("/channels/{channel_id}", 200);
+        m.discord_rate_limited("global");
+        RunCreated {
+            run_id: "r",
+            channel_id: "c",
+        }
+        .emit(&m);
+        InteractionHandled {
+            command: Command::Input,
+            outcome: Outcome::Forwarded,
+            run_id: None,
+        }
+        .emit(&m);
+        let text = metrics.encode();
+        for name in [
+            "bridge_forwarded_messages_total 1",
+            "bridge_errors_total{kind=\"guild_full\"} 0",
+            "bridge_runs_active 1",
+            "bridge_runs_created_total 1",
+            "bridge_discord_requests_total{route=\"/channels/{channel_id}\",status=\"200\"} 1",
+            "bridge_discord_rate_limited_total{scope=\"global\"} 1",
+            "bridge_interactions_total{command=\"input\",outcome=\"forwarded\"} 1",
+        ] {
+            assert!(text.contains(name), "missing {name}:\n{text}");
+        }
+    }
+}

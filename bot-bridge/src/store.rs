@@ -1,0 +1,175 @@
+//! Where runs, their channels and webhooks are remembered across restarts.
+//!
+//! The trait is asynchronous and every operation is a single statement or a
+//! single transaction keyed by ids, so a networked database (Postgres) can back
+//! several replicas later: uniqueness of (task_id, attempt, short_id) is enforced
+//! by the database, not by the process, and [`RunStore::insert_run`] reports an
+//! existing row instead of failing. The SQLite implementation is for one replica:
+//! the file lives on one volume and the retention worker assumes it is the only
+//! one running (with several replicas only an elected leader may run it).
+//!
+//! Secrets (webhook tokens, input secrets) are stored because bot-bridge must
+//! hand them out again to a restarted watcher; in memory they are
+//! `Secret<String>`, so a record can be logged or `Debug`-printed without
+//! leaking them, and no query result is ever logged as raw rows.
+
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use ops::Secret;
+use serde::Serialize;
+use serde_json::Value;
+
+/// A boxed future, so the trait stays object-safe (`Arc<dyn RunStore>`).
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// Store failures. Messages never contain stored values.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// A run's lifecycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    /// The agent runs; the webhook accepts posts.
+    Active,
+    /// The agent finished; the webhook is revoked, the channel awaits retention.
+    Completed,
+    /// The channel was moved to the archive category.
+    Archived,
+    /// The channel was deleted.
+    Deleted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Completed => "completed",
+            Self::Archived => "archived",
+            Self::Deleted => "deleted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "active" => Self::Active,
+            "completed" => Self::Completed,
+            "archived" => Self::Archived,
+            "deleted" => Self::Deleted,
+            _ => return None,
+        })
+    }
+}
+
+/// What identifies a run to its caller (the watcher): idempotency key of `POST /v1/runs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunKey {
+    pub task_id: String,
+    pub attempt: String,
+    pub short_id: String,
+}
+
+/// One run as stored.
+#[derive(Debug, Clone)]
+pub struct RunRecord {
+    /// bot-bridge's id of the run (a UUID), used in API paths.
+    pub run_id: String,
+    pub key: RunKey,
+    /// The run's channel, or its thread in thread mode; `None` until Discord
+    /// created it (the row is written first, so a crash leaves no orphan).
+    pub channel_id: Option<String>,
+    /// The webhook the watcher posts to (the shared parent webhook in thread mode).
+    pub webhook_id: Option<String>,
+    pub webhook_token: Option<Secret<String>>,
+    /// Base URL of the watcher's input listener.
+    pub input_url: Option<String>,
+    /// HMAC key for relayed operator input, hex of 32 random bytes.
+    pub input_secret: Secret<String>,
+    pub status: RunStatus,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub completed_at: Option<i64>,
+    /// When retention acts on the channel (unix seconds).
+    pub archive_due_at: Option<i64>,
+    /// The summary the watcher sent at completion.
+    pub summary: Option<Value>,
+    /// Outcome of the last retention attempt, for operators.
+    pub retention_note: Option<String>,
+}
+
+/// Category kinds: active runs or archive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CategoryKind {
+    Runs,
+    Archive,
+}
+
+impl CategoryKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Runs => "runs",
+            Self::Archive => "archive",
+        }
+    }
+}
+
+/// A category bot-bridge created (index 1 = the base name, 2.. = overflow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CategoryRecord {
+    pub id: String,
+    pub name: String,
+    pub kind: CategoryKind,
+    pub index: u32,
+}
+
+/// A webhook shared by all runs (thread mode: one per parent channel).
+#[derive(Debug, Clone)]
+pub struct StoredWebhook {
+    pub id: String,
+    pub token: Secret<String>,
+}
+
+/// Result of inserting a run whose key may already exist.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// The new row was written.
+    New,
+    /// Another call created the run first; this is the stored row.
+    Existing(Box<RunRecord>),
+}
+
+/// Persistent state of bot-bridge. See the module docs for the replica model.
+pub trait RunStore: Send + Sync + 'static {
+    /// Inserts `run` unless a run with the same key exists.
+    fn insert_run(&self, run: RunRecord) -> StoreFuture<'_, Inserted>;
+    /// Overwrites the stored run with the same `run_id`.
+    fn update_run(&self, run: RunRecord) -> StoreFuture<'_, ()>;
+    fn get_run(&self, run_id: String) -> StoreFuture<'_, Option<RunRecord>>;
+    fn find_by_key(&self, key: RunKey) -> StoreFuture<'_, Option<RunRecord>>;
+    /// The run whose channel (or thread) is `channel_id`.
+    fn find_by_channel(&self, channel_id: String) -> StoreFuture<'_, Option<RunRecord>>;
+    /// At most `limit` runs, newest first, optionally only one status.
+    fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> StoreFuture<'_, Vec<RunRecord>>;
+    /// Completed runs whose `archive_due_at` is at or before `now`.
+    fn due_runs(&self, now: i64) -> StoreFuture<'_, Vec<RunRecord>>;
+    fn count_runs(&self, status: RunStatus) -> StoreFuture<'_, u64>;
+    fn categories(&self) -> StoreFuture<'_, Vec<CategoryRecord>>;
+    fn put_category(&self, category: CategoryRecord) -> StoreFuture<'_, ()>;
+    fn remove_category(&self, id: String) -> StoreFuture<'_, ()>;
+    fn shared_webhook(&self, channel_id: String) -> StoreFuture<'_, Option<StoredWebhook>>;
+    fn put_shared_webhook(&self, channel_id: String, webhook: StoredWebhook)
+        -> StoreFuture<'_, ()>;
+    /// A cheap round trip, for health checks.
+    fn ping(&self) -> StoreFuture<'_, ()>;
+}

@@ -1,0 +1,545 @@
+//! The SQLite [`RunStore`]: embedded, one file, one replica.
+//!
+//! Calls run on tokio's blocking pool behind one connection; bot-bridge's write
+//! rate (a few runs per minute) is far below what one connection handles.
+//! Migrations are embedded and numbered; `schema_version` records the last one
+//! applied, so opening the same file again (restart, second binary version) is
+//! idempotent.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use ops::Secret;
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::{
+    CategoryKind, CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, RunStore, StoreError,
+    StoreFuture, StoredWebhook,
+};
+
+/// Schema migrations, applied in order; never edit one that shipped.
+const MIGRATIONS: &[&str] = &[r"
+CREATE TABLE runs (
+    run_id          TEXT PRIMARY KEY,
+    task_id         TEXT NOT NULL,
+    attempt         TEXT NOT NULL,
+    short_id        TEXT NOT NULL,
+    channel_id      TEXT,
+    webhook_id      TEXT,
+    webhook_token   TEXT,
+    input_url       TEXT,
+    input_secret    TEXT NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('active','completed','archived','deleted')),
+    created_at      INTEGER NOT NULL,
+    completed_at    INTEGER,
+    archive_due_at  INTEGER,
+    summary         TEXT,
+    retention_note  TEXT,
+    UNIQUE (task_id, attempt, short_id)
+);
+CREATE INDEX runs_channel ON runs (channel_id);
+CREATE INDEX runs_due ON runs (status, archive_due_at);
+CREATE TABLE categories (
+    id     TEXT PRIMARY KEY,
+    name   TEXT NOT NULL,
+    kind   TEXT NOT NULL CHECK (kind IN ('runs','archive')),
+    idx    INTEGER NOT NULL
+);
+CREATE TABLE shared_webhooks (
+    channel_id     TEXT PRIMARY KEY,
+    webhook_id     TEXT NOT NULL,
+    webhook_token  TEXT NOT NULL
+);
+"];
+
+/// A SQLite-backed store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+fn db(e: rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+    // A panic inside a statement leaves the connection usable (SQLite rolls back
+    // an unfinished transaction), so a poisoned lock is safe to keep using.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file and applies migrations.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::init(Connection::open(path).map_err(db)?)
+    }
+
+    /// A private in-memory database (tests, demos).
+    pub fn memory() -> Result<Self, StoreError> {
+        Self::init(Connection::open_in_memory().map_err(db)?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self, StoreError> {
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(db)?;
+        // WAL keeps readers from blocking the writer; memory databases ignore it.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(db)?;
+        migrate(&mut conn)?;
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreFuture<'_, T> {
+        let conn = self.conn.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || f(&mut lock(&conn)))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        })
+    }
+}
+
+/// Applies every migration newer than the recorded `schema_version`, each in
+/// its own transaction.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        .map_err(db)?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_version",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction().map_err(db)?;
+        tx.execute_batch(sql).map_err(db)?;
+        tx.execute("DELETE FROM schema_version", []).map_err(db)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            [version],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+    }
+    Ok(())
+}
+
+const RUN_COLUMNS: &str = "run_id, task_id, attempt, short_id, channel_id, webhook_id, \
+    webhook_token, input_url, input_secret, status, created_at, completed_at, archive_due_at, \
+    summary, retention_note";
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Result<RunRecord, StoreError>> {
+    let status: String = row.get(9)?;
+    let summary: Option<String> = row.get(13)?;
+    let Some(status) = RunStatus::parse(&status) else {
+        return Ok(Err(StoreError::Corrupt(format!(
+            "unknown run status {status:?}"
+        ))));
+    };
+    let summary = match summary.map(|s| serde_json::from_str(&s)).transpose() {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(StoreError::Corrupt(format!("run summary: {e}")))),
+    };
+    Ok(Ok(RunRecord {
+        run_id: row.get(0)?,
+        key: RunKey {
+            task_id: row.get(1)?,
+            attempt: row.get(2)?,
+            short_id: row.get(3)?,
+        },
+        channel_id: row.get(4)?,
+        webhook_id: row.get(5)?,
+        webhook_token: row.get::<_, Option<String>>(6)?.map(Secret::new),
+        input_url: row.get(7)?,
+        input_secret: Secret::new(row.get(8)?),
+        status,
+        created_at: row.get(10)?,
+        completed_at: row.get(11)?,
+        archive_due_at: row.get(12)?,
+        summary,
+        retention_note: row.get(14)?,
+    }))
+}
+
+fn query_runs(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RunRecord>, StoreError> {
+    let mut stmt = conn.prepare(sql).map_err(db)?;
+    let rows = stmt.query_map(params, run_from_row).map_err(db)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(row.map_err(db)??);
+    }
+    Ok(out)
+}
+
+fn one_run(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Option<RunRecord>, StoreError> {
+    Ok(query_runs(conn, sql, params)?.into_iter().next())
+}
+
+fn summary_text(run: &RunRecord) -> Option<String> {
+    run.summary.as_ref().map(|s| s.to_string())
+}
+
+impl RunStore for SqliteStore {
+    fn insert_run(&self, run: RunRecord) -> StoreFuture<'_, Inserted> {
+        self.run(move |conn| {
+            let changed = conn
+                .execute(
+                    &format!(
+                        "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+                         ON CONFLICT (task_id, attempt, short_id) DO NOTHING"
+                    ),
+                    params![
+                        run.run_id,
+                        run.key.task_id,
+                        run.key.attempt,
+                        run.key.short_id,
+                        run.channel_id,
+                        run.webhook_id,
+                        run.webhook_token.as_ref().map(|t| t.expose().clone()),
+                        run.input_url,
+                        run.input_secret.expose(),
+                        run.status.as_str(),
+                        run.created_at,
+                        run.completed_at,
+                        run.archive_due_at,
+                        summary_text(&run),
+                        run.retention_note,
+                    ],
+                )
+                .map_err(db)?;
+            if changed == 1 {
+                return Ok(Inserted::New);
+            }
+            let existing = one_run(
+                conn,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs \
+                     WHERE task_id = ?1 AND attempt = ?2 AND short_id = ?3"
+                ),
+                params![run.key.task_id, run.key.attempt, run.key.short_id],
+            )?
+            .ok_or_else(|| StoreError::Database("insert conflicted on a missing row".into()))?;
+            Ok(Inserted::Existing(Box::new(existing)))
+        })
+    }
+
+    fn update_run(&self, run: RunRecord) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                "UPDATE runs SET channel_id = ?2, webhook_id = ?3, webhook_token = ?4, \
+                 input_url = ?5, status = ?6, completed_at = ?7, archive_due_at = ?8, \
+                 summary = ?9, retention_note = ?10 WHERE run_id = ?1",
+                params![
+                    run.run_id,
+                    run.channel_id,
+                    run.webhook_id,
+                    run.webhook_token.as_ref().map(|t| t.expose().clone()),
+                    run.input_url,
+                    run.status.as_str(),
+                    run.completed_at,
+                    run.archive_due_at,
+                    summary_text(&run),
+                    run.retention_note,
+                ],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn get_run(&self, run_id: String) -> StoreFuture<'_, Option<RunRecord>> {
+        self.run(move |conn| {
+            one_run(
+                conn,
+                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?1"),
+                [run_id],
+            )
+        })
+    }
+
+    fn find_by_key(&self, key: RunKey) -> StoreFuture<'_, Option<RunRecord>> {
+        self.run(move |conn| {
+            one_run(
+                conn,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs \
+                     WHERE task_id = ?1 AND attempt = ?2 AND short_id = ?3"
+                ),
+                params![key.task_id, key.attempt, key.short_id],
+            )
+        })
+    }
+
+    fn find_by_channel(&self, channel_id: String) -> StoreFuture<'_, Option<RunRecord>> {
+        self.run(move |conn| {
+            one_run(
+                conn,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE channel_id = ?1 \
+                     ORDER BY created_at DESC LIMIT 1"
+                ),
+                [channel_id],
+            )
+        })
+    }
+
+    fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> StoreFuture<'_, Vec<RunRecord>> {
+        self.run(move |conn| match status {
+            Some(s) => query_runs(
+                conn,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 \
+                     ORDER BY created_at DESC, run_id LIMIT ?2"
+                ),
+                params![s.as_str(), limit],
+            ),
+            None => query_runs(
+                conn,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_id LIMIT ?1"
+                ),
+                [limit],
+            ),
+        })
+    }
+
+    fn due_runs(&self, now: i64) -> StoreFuture<'_, Vec<RunRecord>> {
+        self.run(move |conn| {
+            query_runs(
+                conn,
+                &format!(
+                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = 'completed' \
+                     AND archive_due_at IS NOT NULL AND archive_due_at <= ?1 \
+                     ORDER BY archive_due_at, run_id"
+                ),
+                [now],
+            )
+        })
+    }
+
+    fn count_runs(&self, status: RunStatus) -> StoreFuture<'_, u64> {
+        self.run(move |conn| {
+            let n: i64 = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM runs WHERE status = ?1",
+                    [status.as_str()],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    fn categories(&self) -> StoreFuture<'_, Vec<CategoryRecord>> {
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare("SELECT id, name, kind, idx FROM categories ORDER BY kind, idx")
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                    ))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (id, name, kind, idx) = row.map_err(db)?;
+                let kind = match kind.as_str() {
+                    "runs" => CategoryKind::Runs,
+                    "archive" => CategoryKind::Archive,
+                    other => {
+                        return Err(StoreError::Corrupt(format!(
+                            "unknown category kind {other:?}"
+                        )))
+                    }
+                };
+                out.push(CategoryRecord {
+                    id,
+                    name,
+                    kind,
+                    index: u32::try_from(idx).unwrap_or(0),
+                });
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_category(&self, c: CategoryRecord) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO categories (id, name, kind, idx) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (id) DO UPDATE SET name = ?2, kind = ?3, idx = ?4",
+                params![c.id, c.name, c.kind.as_str(), c.index],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn remove_category(&self, id: String) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute("DELETE FROM categories WHERE id = ?1", [id])
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn shared_webhook(&self, channel_id: String) -> StoreFuture<'_, Option<StoredWebhook>> {
+        self.run(move |conn| {
+            conn.query_row(
+                "SELECT webhook_id, webhook_token FROM shared_webhooks WHERE channel_id = ?1",
+                [channel_id],
+                |r| {
+                    Ok(StoredWebhook {
+                        id: r.get(0)?,
+                        token: Secret::new(r.get(1)?),
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+        })
+    }
+
+    fn put_shared_webhook(
+        &self,
+        channel_id: String,
+        webhook: StoredWebhook,
+    ) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO shared_webhooks (channel_id, webhook_id, webhook_token) \
+                 VALUES (?1, ?2, ?3) ON CONFLICT (channel_id) \
+                 DO UPDATE SET webhook_id = ?2, webhook_token = ?3",
+                params![channel_id, webhook.id, webhook.token.expose()],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn ping(&self) -> StoreFuture<'_, ()> {
+        self.run(|conn| {
+            conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db)?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(task: &str, short: &str) -> RunRecord {
+        RunRecord {
+            run_id: format!("run-{task}-{short}"),
+            key: RunKey {
+                task_id: task.into(),
+                attempt: "1".into(),
+                short_id: short.into(),
+            },
+            channel_id: None,
+            webhook_id: None,
+            webhook_token: None,
+            input_url: None,
+            input_secret: Secret::new("s3cr3t".into()),
+            status: RunStatus::Active,
+            created_at: 100,
+            completed_at: None,
+            archive_due_at: None,
+            summary: None,
+            retention_note: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_is_idempotent_on_the_key() {
+        let s = SqliteStore::memory().unwrap();
+        assert!(matches!(
+            s.insert_run(run("t", "a")).await.unwrap(),
+            Inserted::New
+        ));
+        let mut again = run("t", "a");
+        again.run_id = "other".into();
+        match s.insert_run(again).await.unwrap() {
+            Inserted::Existing(r) => assert_eq!(r.run_id, "run-t-a"),
+            Inserted::New => panic!("duplicate key inserted"),
+        }
+        assert_eq!(s.list_runs(None, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn survives_reopen_and_migrations_are_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert_run(run("t", "a")).await.unwrap();
+            let mut r = s.get_run("run-t-a".into()).await.unwrap().unwrap();
+            r.status = RunStatus::Completed;
+            r.archive_due_at = Some(150);
+            r.summary = Some(serde_json::json!({"tokens": 3}));
+            r.channel_id = Some("42".into());
+            s.update_run(r).await.unwrap();
+            s.put_category(CategoryRecord {
+                id: "9".into(),
+                name: "Agent Runs".into(),
+                kind: CategoryKind::Runs,
+                index: 1,
+            })
+            .await
+            .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        let r = s.find_by_channel("42".into()).await.unwrap().unwrap();
+        assert_eq!(r.status, RunStatus::Completed);
+        assert_eq!(r.summary.unwrap()["tokens"], 3);
+        assert_eq!(r.input_secret.expose(), "s3cr3t");
+        assert_eq!(s.due_runs(149).await.unwrap().len(), 0);
+        assert_eq!(s.due_runs(150).await.unwrap().len(), 1);
+        assert_eq!(s.categories().await.unwrap().len(), 1);
+        assert_eq!(s.count_runs(RunStatus::Completed).await.unwrap(), 1);
+    }
+
+    #[test]
+    fn debug_of_a_record_hides_secrets() {
+        let mut r = run("t", "a");
+        r.webhook_token = Some(Secret::new("tok-very-secret".into()));
+        let shown = format!("{r:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("tok-very-secret"),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,639 @@
+//! Wiring: config → telemetry → ops server → ingest → render → deliver →
+//! checkpoint, and the subcommands. `main.rs` only parses and calls in here.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use discord::embed::WebhookMessage;
+use ops::health::{Health, Status};
+use ops::telemetry::{LogTarget, TelemetryConfig};
+use ops::{Metrics, Shutdown};
+use tokio::time::Instant;
+
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::config::{Config, DlqCommand, RenderFormat, SinkConfig, StartAt};
+use crate::deliver::batch::{Batcher, Unit};
+use crate::deliver::bridge::{BridgeClient, Provisioned, RunRequest};
+use crate::deliver::dlq::Dlq;
+use crate::deliver::webhook::{Sent, WebhookSender};
+use crate::deliver::{DeliveryObserver, NoopObserver};
+use crate::events::{Telemetry, WatcherMetrics};
+use crate::ingest::{IngestConfig, IngestObserver};
+use crate::queue::{QueueRx, Record};
+use crate::render::{console, CostTable, Filters, RenderConfig, Renderer, RunInfo};
+use crate::tail::TailConfig;
+use crate::transcript::decode::{Decoder, DecoderConfig};
+use crate::transcript::{LinePos, Source};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the watcher stopped with an error; each maps to an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Bind(#[from] ops::server::BindError),
+    #[error(transparent)]
+    Telemetry(#[from] ops::telemetry::TelemetryError),
+    #[error(transparent)]
+    Metrics(#[from] ops::metrics::MetricsError),
+    #[error("state directory: {0}")]
+    State(String),
+    #[error("{0}")]
+    Io(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AppError {
+    /// 2 for configuration problems (like clap), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) | Self::Bind(_) | Self::Telemetry(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn init_telemetry(
+    cfg: &Config,
+    target: LogTarget,
+) -> Result<ops::telemetry::TelemetryGuard, AppError> {
+    Ok(ops::telemetry::init(&TelemetryConfig {
+        service: "watcher",
+        format: cfg.log_format,
+        target,
+        filter: Some(cfg.log_filter.clone()),
+        otlp_endpoint: cfg.otel_exporter_otlp_endpoint.clone(),
+    })?)
+}
+
+fn render_config(cfg: &Config) -> Result<RenderConfig, AppError> {
+    let filters = match &cfg.filters {
+        Some(f) => {
+            Filters::from_json(f).map_err(|e| AppError::Config(format!("invalid FILTERS: {e}")))?
+        }
+        None => Filters::default(),
+    };
+    let costs = match &cfg.model_costs {
+        Some(c) => CostTable::from_json(c)
+            .map_err(|e| AppError::Config(format!("invalid MODEL_COSTS: {e}")))?,
+        None => CostTable::builtin(),
+    };
+    Ok(RenderConfig {
+        parity: cfg.parity_mode,
+        filters,
+        costs,
+        run: RunInfo {
+            task_id: cfg.task_id.clone(),
+            attempt: cfg.attempt.clone(),
+            run_id: cfg.run_id.clone(),
+            short_id: cfg.short_id.clone(),
+        },
+        inline_output_chars: 1000,
+    })
+}
+
+fn now_rfc3339() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}
+
+/// `watcher check-config`: prints the effective configuration, secrets redacted.
+pub fn check_config(cfg: &Config) -> Result<(), AppError> {
+    let text = serde_json::to_string_pretty(cfg).map_err(|e| AppError::Other(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// `watcher render FILE`: what would be posted, without posting it.
+pub async fn render_file(cfg: &Config, file: &Path, format: RenderFormat) -> Result<(), AppError> {
+    use std::io::BufRead;
+    let f = std::fs::File::open(file)
+        .map_err(|e| AppError::Io(format!("cannot open {}: {e}", file.display())))?;
+    let mut renderer = Renderer::new(render_config(cfg)?);
+    let mut decoder = Decoder::new(DecoderConfig {
+        dedupe_capacity: 1_000_000,
+    });
+    let color = matches!(format, RenderFormat::Text)
+        && std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let mut batcher = Batcher::new(cfg.batch_size, None);
+    let file_name: Arc<str> = Arc::from(file.display().to_string());
+    let mut offset = 0u64;
+    let mut reader = std::io::BufReader::new(f);
+    let mut line = Vec::new();
+    let mut first_ts: Option<String> = None;
+    let mut last_ts: Option<String> = None;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    let started = now_rfc3339();
+    if matches!(format, RenderFormat::Json) {
+        batcher.push(unit(vec![renderer.header(&started)], vec![], None));
+    }
+    loop {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', &mut line)
+            .map_err(|e| AppError::Io(format!("cannot read {}: {e}", file.display())))?;
+        if n == 0 {
+            break;
+        }
+        let pos = LinePos {
+            file: file_name.clone(),
+            start: offset,
+            end: offset + n as u64,
+        };
+        offset += n as u64;
+        let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+        let events = match decoder.decode_line(raw, &pos, &Source::Main) {
+            Ok(evs) => evs,
+            Err(e) => {
+                eprintln!(
+                    "watcher: {}:{}: skipped line ({})",
+                    file.display(),
+                    pos.start,
+                    e.reason()
+                );
+                continue;
+            }
+        };
+        for ev in &events {
+            if let Some(ts) = &ev.timestamp {
+                first_ts.get_or_insert_with(|| ts.clone());
+                last_ts = Some(ts.clone());
+            }
+            match format {
+                RenderFormat::Text => {
+                    renderer.render(ev);
+                    if let Some(l) = console::line(ev, color) {
+                        let _ = writeln!(out, "{l}");
+                    }
+                }
+                RenderFormat::Json => {
+                    let r = renderer.render(ev);
+                    if !r.embeds.is_empty() || !r.files.is_empty() {
+                        batcher.push(unit(r.embeds, r.files, None));
+                    }
+                }
+            }
+        }
+    }
+    let ended = last_ts.unwrap_or_else(now_rfc3339);
+    match format {
+        RenderFormat::Text => {
+            let _ = writeln!(out, "{}", console::summary_line(renderer.stats(), color));
+        }
+        RenderFormat::Json => {
+            batcher.push(unit(vec![renderer.summary(&ended)], vec![], None));
+            while let Some(mut b) = batcher.next_batch() {
+                discord::truncate::fit_message(&mut b.message);
+                let json = serde_json::to_string(&b.message)
+                    .map_err(|e| AppError::Other(e.to_string()))?;
+                let _ = writeln!(out, "{json}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn unit(
+    embeds: Vec<discord::embed::Embed>,
+    files: Vec<discord::embed::Attachment>,
+    pos: Option<LinePos>,
+) -> Unit {
+    Unit {
+        embeds,
+        files,
+        pos,
+        read_at: Instant::now(),
+    }
+}
+
+/// `watcher dlq list|replay`.
+pub async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<(), AppError> {
+    let dlq =
+        Dlq::open(&cfg.state_dir, cfg.dlq_max_bytes).map_err(|e| AppError::State(e.to_string()))?;
+    let entries = dlq.entries().map_err(|e| AppError::State(e.to_string()))?;
+    match cmd {
+        DlqCommand::List => {
+            for (path, entry) in &entries {
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                match entry {
+                    Ok(e) => println!(
+                        "{name}\t{}\t{} embeds\tattempts={}\tlast_error_at={}\t{}",
+                        e.reason.as_str(),
+                        e.payload.embeds.len(),
+                        e.attempts,
+                        e.last_error_at,
+                        e.error.chars().take(160).collect::<String>()
+                    ),
+                    Err(err) => println!("{name}\tunreadable\t{err}"),
+                }
+            }
+            eprintln!(
+                "{} dead-lettered message(s) in {}",
+                entries.len(),
+                dlq.dir().display()
+            );
+            Ok(())
+        }
+        DlqCommand::Replay => replay(cfg, dlq).await,
+    }
+}
+
+async fn replay(cfg: &Config, dlq: Dlq) -> Result<(), AppError> {
+    let _guard = init_telemetry(cfg, LogTarget::Stderr)?;
+    let target = match &cfg.sink {
+        SinkConfig::Webhook { url } => url.clone(),
+        SinkConfig::Bridge { url, token } => {
+            let bridge = BridgeClient::new(url.clone(), token.clone(), run_request(cfg))
+                .map_err(|e| AppError::Other(e.to_string()))?;
+            bridge
+                .provision()
+                .await
+                .map_err(|e| AppError::Other(e.to_string()))?
+                .webhook
+        }
+        SinkConfig::Console => {
+            return Err(AppError::Config(
+                "dlq replay needs DISCORD_WEBHOOK_URL or BRIDGE_URL to send to".into(),
+            ))
+        }
+    };
+    let client = discord::webhook::WebhookClient::new(Duration::from_secs(15))
+        .map_err(|e| AppError::Other(e.to_string()))?;
+    let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
+        global_per_second: 50,
+        channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+    });
+    // Failures during replay are not re-queued into the DLQ being replayed: a
+    // scratch DLQ keeps them apart and the original entry stays in place.
+    let scratch = tempfile_dir(&cfg.state_dir)?;
+    let scratch_dlq =
+        Dlq::open(&scratch, cfg.dlq_max_bytes).map_err(|e| AppError::State(e.to_string()))?;
+    let mut sender = WebhookSender::new(
+        client,
+        limiter,
+        target,
+        None,
+        None,
+        ops::Backoff::default(),
+        Duration::from_secs(60),
+        scratch_dlq,
+        Arc::new(NoopObserver),
+    );
+    let mut replayed = 0usize;
+    let mut failed = false;
+    'files: for path in dlq.files().map_err(|e| AppError::State(e.to_string()))? {
+        let entries: Vec<_> = dlq
+            .entries()
+            .map_err(|e| AppError::State(e.to_string()))?
+            .into_iter()
+            .filter(|(p, _)| *p == path)
+            .collect();
+        for (_, entry) in entries {
+            let Ok(entry) = entry else {
+                eprintln!(
+                    "watcher: {}: unreadable entry left in place",
+                    path.display()
+                );
+                failed = true;
+                break 'files;
+            };
+            let msg: WebhookMessage = entry.message();
+            match sender.send(&msg, false).await {
+                Sent::Delivered => {
+                    dlq.remove_head(&path, 1)
+                        .map_err(|e| AppError::State(e.to_string()))?;
+                    replayed += 1;
+                }
+                Sent::DeadLettered(reason) => {
+                    eprintln!(
+                        "watcher: replay stopped: message failed again ({})",
+                        reason.as_str()
+                    );
+                    failed = true;
+                    break 'files;
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    eprintln!("replayed {replayed} message(s)");
+    if failed {
+        Err(AppError::Other(format!(
+            "replay incomplete after {replayed} message(s); the rest stays in the DLQ"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+fn tempfile_dir(state_dir: &Path) -> Result<std::path::PathBuf, AppError> {
+    let p = state_dir.join(format!(".replay-{}", std::process::id()));
+    std::fs::create_dir_all(&p).map_err(|e| AppError::State(format!("{}: {e}", p.display())))?;
+    Ok(p)
+}
+
+fn run_request(cfg: &Config) -> RunRequest {
+    let fallback = || cfg.run_id.clone().unwrap_or_else(|| "run".to_owned());
+    RunRequest {
+        task_id: cfg.task_id.clone().unwrap_or_else(fallback),
+        attempt: cfg.attempt.clone().unwrap_or_else(|| "1".to_owned()),
+        short_id: cfg
+            .short_id
+            .clone()
+            .unwrap_or_else(|| cfg.run_id.clone().unwrap_or_else(|| "0".to_owned())),
+        input_url: cfg.input.as_ref().map(|i| i.url.clone()),
+    }
+}
+
+/// Provisions the run's webhook from bot-bridge, retrying with backoff while it
+/// is unavailable (transcript events wait in the bounded queue and the file).
+async fn provision_until_ready(
+    bridge: &BridgeClient,
+    sink: &ops::health::Component,
+    shutdown: &Shutdown,
+) -> Option<Provisioned> {
+    let backoff = ops::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+    let mut attempt = 0u32;
+    loop {
+        match bridge.provision().await {
+            Ok(p) => return Some(p),
+            Err(e) => {
+                sink.failed(format!("provisioning from bot-bridge: {e}"));
+                if !e.is_transient() {
+                    tracing::error!(error = %e, "bot-bridge refused to provision the run; check BRIDGE_TOKEN and the run identity");
+                }
+                let delay = backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "bot-bridge unavailable; will retry");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.wait() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Keeps `/readyz` honest: the sink fails readiness when no delivery succeeded
+/// for `SINK_UNHEALTHY_AFTER` while work is pending.
+fn spawn_sink_watchdog(
+    state: Arc<std::sync::Mutex<crate::pipeline::SinkState>>,
+    component: ops::health::Component,
+    telemetry: Arc<Telemetry>,
+    unhealthy_after: Duration,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tick.tick().await;
+            let (failing, last_wall, pending) = {
+                let Ok(s) = state.lock() else { continue };
+                let failing = s.pending_since.is_some_and(|since| {
+                    let reference = match s.last_success {
+                        Some(ok) if ok > since => ok,
+                        _ => since,
+                    };
+                    reference.elapsed() > unhealthy_after
+                });
+                (
+                    failing,
+                    s.last_success_wall.clone(),
+                    s.pending_since.is_some(),
+                )
+            };
+            let last_error = telemetry.last_error();
+            component.set_data(serde_json::json!({
+                "queue_depth": telemetry.metrics.queue_depth.get(),
+                "queue_bytes": telemetry.metrics.queue_bytes.get(),
+                "last_delivery": last_wall,
+                "last_error": last_error,
+                "sending": pending,
+            }));
+            match (failing, component.status()) {
+                (true, Some(Status::Failed)) | (false, Some(Status::Ok)) => {}
+                (true, _) => component.failed(format!(
+                    "no successful delivery for more than {}",
+                    humantime::format_duration(unhealthy_after)
+                )),
+                (false, _) => component.ok("delivering"),
+            }
+        }
+    });
+}
+
+/// `watcher` (run): follow, render, deliver until SIGTERM, then drain, post the
+/// summary and exit within the shutdown budget.
+pub async fn run(cfg: Config) -> Result<(), AppError> {
+    let console = matches!(cfg.sink, SinkConfig::Console);
+    let _guard = init_telemetry(
+        &cfg,
+        if console {
+            LogTarget::Stderr
+        } else {
+            LogTarget::Stdout
+        },
+    )?;
+    let metrics = Metrics::new("watcher", VERSION)?;
+    let watcher_metrics = WatcherMetrics::new(&metrics)?;
+    let http_metrics = ops::http::HttpMetrics::new(&metrics)?;
+    let health = Health::new(VERSION);
+    let transcript_health =
+        health.component("transcript", true, Status::Failed, "no transcript yet");
+    let sink_health = health.component("sink", true, Status::Ok, "idle");
+    let telemetry = Arc::new(Telemetry::new(watcher_metrics, transcript_health));
+    let heartbeat = health.heartbeat("pipeline", Duration::from_secs(30));
+
+    let shutdown = Shutdown::on_signals()
+        .map_err(|e| AppError::Other(format!("cannot install signal handlers: {e}")))?;
+    let ops_listener = ops::server::bind("OPS_ADDR", cfg.ops_addr).await?;
+    let ops_addr = ops_listener
+        .local_addr()
+        .map_err(|e| AppError::Io(e.to_string()))?;
+    let layer = ops::http::HttpLayer {
+        service: "watcher",
+        metrics: http_metrics.clone(),
+        body_limit: 64 * 1024,
+        timeout: Duration::from_secs(10),
+    };
+    let ops_router = ops::http::instrument(
+        ops::server::ops_router(health.clone(), metrics.clone()),
+        &layer,
+    );
+    let server_stop = Shutdown::new();
+    let ops_server = tokio::spawn(ops::server::serve(
+        ops_listener,
+        ops_router,
+        server_stop.clone(),
+    ));
+
+    let effective = serde_json::to_value(&cfg).unwrap_or_default();
+    tracing::info!(version = VERSION, ops_addr = %ops_addr, config = %effective, "started");
+
+    let store =
+        CheckpointStore::open(&cfg.state_dir).map_err(|e| AppError::State(e.to_string()))?;
+    let checkpoint = match store.load() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "checkpoint unreadable; starting without it");
+            None
+        }
+    };
+    if let Some(c) = &checkpoint {
+        tracing::info!(
+            files = c.files.len(),
+            summary_posted = c.summary_posted,
+            "resuming from checkpoint"
+        );
+    }
+
+    let (tx, rx) = crate::queue::bounded(cfg.queue_max_events, cfg.queue_max_bytes);
+    let ingest_stop = Shutdown::new();
+    let ingest_cfg = IngestConfig {
+        transcript_path: cfg.transcript_path.clone(),
+        workspace: cfg.workspace_path.clone(),
+        projects_dir: cfg.claude_projects_dir.clone(),
+        start_at: match cfg.start_at {
+            StartAt::Beginning => crate::ingest::StartAt::Beginning,
+            StartAt::End => crate::ingest::StartAt::End,
+        },
+        tail: TailConfig {
+            max_line_bytes: cfg.max_line_bytes,
+            poll_interval: cfg.poll_interval,
+            read_chunk: 64 * 1024,
+        },
+        dedupe_capacity: 100_000,
+    };
+    let ingest_observer: Arc<dyn IngestObserver> = telemetry.clone();
+    let ingest = tokio::spawn(crate::ingest::run(
+        ingest_cfg,
+        tx,
+        checkpoint.clone(),
+        ingest_observer,
+        ingest_stop.clone(),
+    ));
+
+    let renderer = Renderer::new(render_config(&cfg)?);
+    let sink_state = Arc::new(std::sync::Mutex::new(crate::pipeline::SinkState {
+        pending_since: None,
+        last_success: None,
+        last_success_wall: None,
+    }));
+    let mut bridge_run: Option<(BridgeClient, String)> = None;
+    let remote = match &cfg.sink {
+        SinkConfig::Console => None,
+        SinkConfig::Webhook { url } => {
+            if !url.is_discord_host() {
+                tracing::warn!(webhook = %url, "DISCORD_WEBHOOK_URL does not point at Discord; fine for fakes and proxies");
+            }
+            Some((url.clone(), None))
+        }
+        SinkConfig::Bridge { url, token } => {
+            let bridge = BridgeClient::new(url.clone(), token.clone(), run_request(&cfg))
+                .map_err(|e| AppError::Other(e.to_string()))?;
+            let Some(p) = provision_until_ready(&bridge, &sink_health, &shutdown).await else {
+                ingest_stop.trigger();
+                server_stop.trigger();
+                return Ok(());
+            };
+            sink_health.ok("provisioned");
+            tracing::info!(run_id = %p.run_id, channel_id = %p.channel_id, webhook = %p.webhook, "run provisioned by bot-bridge");
+            bridge_run = Some((bridge.clone(), p.run_id.clone()));
+            Some((p.webhook, Some(bridge)))
+        }
+    };
+    let sink = match remote {
+        None => crate::pipeline::Sink::Console {
+            color: std::io::IsTerminal::is_terminal(&std::io::stdout()),
+        },
+        Some((target, bridge)) => {
+            let client = discord::webhook::WebhookClient::new(Duration::from_secs(15))
+                .map_err(|e| AppError::Other(e.to_string()))?;
+            let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
+                global_per_second: 50,
+                channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+            });
+            let dlq = Dlq::open(&cfg.state_dir, cfg.dlq_max_bytes)
+                .map_err(|e| AppError::State(e.to_string()))?;
+            let observer: Arc<dyn DeliveryObserver> = telemetry.clone();
+            crate::pipeline::Sink::Webhook(Box::new(WebhookSender::new(
+                client,
+                limiter,
+                target,
+                bridge,
+                None,
+                ops::Backoff::default(),
+                cfg.delivery_max_elapsed,
+                dlq,
+                observer,
+            )))
+        }
+    };
+    spawn_sink_watchdog(
+        sink_state.clone(),
+        sink_health.clone(),
+        telemetry.clone(),
+        cfg.sink_unhealthy_after,
+    );
+
+    let mut pipeline = crate::pipeline::Pipeline::new(
+        renderer,
+        Batcher::new(cfg.batch_size, None),
+        store,
+        checkpoint.unwrap_or_default(),
+        sink,
+        telemetry.clone(),
+        sink_state,
+        heartbeat,
+        cfg.idle_complete_after,
+    );
+    if let Some((bridge, run_id)) = bridge_run {
+        pipeline.on_complete = Some(Box::new(move |summary| {
+            Box::pin(async move {
+                match bridge.complete(&run_id, &summary).await {
+                    Ok(()) => tracing::info!(run_id = %run_id, "run completed at bot-bridge"),
+                    Err(e) => {
+                        tracing::warn!(run_id = %run_id, error = %e, "could not report completion to bot-bridge")
+                    }
+                }
+            })
+        }));
+    }
+    let pipeline_stop = shutdown.clone();
+    let budget = cfg.shutdown_timeout;
+    let mut sink_task = tokio::spawn(pipeline.run(rx, pipeline_stop, budget));
+
+    // Run until SIGTERM/SIGINT, or until the pipeline ends on its own.
+    let mut ingest = ingest;
+    tokio::select! {
+        _ = shutdown.wait() => {}
+        res = &mut ingest => {
+            match res {
+                Ok(Ok(())) => tracing::info!("ingest finished"),
+                Ok(Err(e)) => tracing::error!(error = %e, "ingest failed"),
+                Err(e) => tracing::error!(error = %e, "ingest task panicked"),
+            }
+            shutdown.trigger();
+        }
+    }
+    let deadline = Instant::now() + budget;
+    ingest_stop.trigger();
+    tracing::info!(budget_ms = budget.as_millis() as u64, "draining");
+    if tokio::time::timeout_at(deadline, &mut sink_task)
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown budget exceeded; exiting with work left in the transcript");
+        sink_task.abort();
+    }
+    server_stop.trigger();
+    let _ = tokio::time::timeout(Duration::from_millis(200), ops_server).await;
+    tracing::info!("stopped");
+    Ok(())
+}

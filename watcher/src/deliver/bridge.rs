@@ -1,0 +1,167 @@
+//! The watcher's client of bot-bridge: provision the run's webhook, re-provision
+//! it when Discord says it is gone, and report completion.
+//!
+//! bot-bridge being down must never stop streaming once a webhook is known, so
+//! every call here is retried by the caller with backoff and none of them sits on
+//! the delivery hot path except re-provisioning after a 401/404.
+
+use std::time::Duration;
+
+use discord::webhook_url::WebhookUrl;
+use ops::Secret;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// bot-bridge could not be reached or timed out; retry later.
+    #[error("bot-bridge unreachable: {0}")]
+    Unreachable(String),
+    /// bot-bridge answered with an error status.
+    #[error("bot-bridge answered {status}: {message}")]
+    Status { status: u16, message: String },
+    /// The answer was not what the contract says.
+    #[error("bot-bridge answered an invalid body: {0}")]
+    Invalid(String),
+}
+
+impl BridgeError {
+    /// Whether retrying can help (not for 400/401/403: the config is wrong).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Invalid(_) => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 404,
+        }
+    }
+}
+
+/// The run identity sent to bot-bridge.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRequest {
+    pub task_id: String,
+    pub attempt: String,
+    pub short_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub input_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RunResponse {
+    run_id: String,
+    channel_id: String,
+    webhook_url: Secret<String>,
+    input_secret: Option<Secret<String>>,
+}
+
+/// What provisioning gives the watcher.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub run_id: String,
+    pub channel_id: String,
+    pub webhook: WebhookUrl,
+    pub input_secret: Option<Secret<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BridgeClient {
+    http: reqwest::Client,
+    base: url::Url,
+    token: Secret<String>,
+    run: RunRequest,
+}
+
+impl BridgeClient {
+    pub fn new(
+        base: url::Url,
+        token: Secret<String>,
+        run: RunRequest,
+    ) -> Result<Self, BridgeError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| BridgeError::Unreachable(e.without_url().to_string()))?;
+        Ok(Self {
+            http,
+            base,
+            token,
+            run,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base.as_str().trim_end_matches('/'), path)
+    }
+
+    async fn post(
+        &self,
+        path: &str,
+        body: &impl Serialize,
+    ) -> Result<reqwest::Response, BridgeError> {
+        let mut headers = http::HeaderMap::new();
+        ops::trace::inject(&mut headers);
+        let resp = self
+            .http
+            .post(self.url(path))
+            .headers(headers)
+            .bearer_auth(self.token.expose())
+            .json(body)
+            .send()
+            .await
+            .map_err(|e| BridgeError::Unreachable(e.without_url().to_string()))?;
+        let status = resp.status().as_u16();
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        Err(BridgeError::Status { status, message })
+    }
+
+    /// `POST /v1/runs`: idempotent, so it also re-provisions a deleted webhook.
+    pub async fn provision(&self) -> Result<Provisioned, BridgeError> {
+        let resp = self.post("/v1/runs", &self.run).await?;
+        let body: RunResponse = resp
+            .json()
+            .await
+            .map_err(|e| BridgeError::Invalid(e.without_url().to_string()))?;
+        let webhook = WebhookUrl::parse(body.webhook_url.expose())
+            .map_err(|e| BridgeError::Invalid(format!("webhook_url: {e}")))?;
+        Ok(Provisioned {
+            run_id: body.run_id,
+            channel_id: body.channel_id,
+            webhook,
+            input_secret: body.input_secret.filter(|s| !s.expose().is_empty()),
+        })
+    }
+
+    /// `POST /v1/runs/{run_id}/complete` with the session summary.
+    pub async fn complete(
+        &self,
+        run_id: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), BridgeError> {
+        let path = format!("/v1/runs/{}/complete", urlencode(run_id));
+        self.post(&path, &serde_json::json!({ "summary": summary }))
+            .await?;
+        Ok(())
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~') {
+                c.to_string()
+            } else {
+                let mut buf = [0u8; 4];
+                c.encode_utf8(&mut buf)
+                    .bytes()
+                    .map(|b| format!("%{b:02X}"))
+                    .collect()
+            }
+        })
+        .collect()
+}
