@@ -337,3 +337,111 @@ pub fn shared_transcripts() -> Option<PathBuf> {
     let p = workspace_root().join("../shared/transcripts");
     p.is_dir().then_some(p)
 }
+
+/// Transcript lines in the real Claude Code format, for scenarios that write
+/// a live session file. Each function returns one complete line with its `\n`.
+pub mod transcript {
+    use serde_json::json;
+
+    pub const SESSION: &str = "7f2c5a8e-1b3d-4c6e-9f0a-2b4c6d8e0f1a";
+
+    fn envelope(kind: &str, uuid: &str, session: &str) -> serde_json::Value {
+        json!({
+            "type": kind,
+            "uuid": uuid,
+            "parentUuid": null,
+            "sessionId": session,
+            "timestamp": "2026-11-30T10:00:00.000Z",
+            "cwd": "/workspace",
+            "version": "2.1.3",
+            "isSidechain": false,
+            "userType": "external",
+        })
+    }
+
+    fn line(v: &serde_json::Value) -> String {
+        let mut s = v.to_string();
+        s.push('\n');
+        s
+    }
+
+    /// A prompt typed by the operator.
+    pub fn prompt(uuid: &str, session: &str, text: &str) -> String {
+        let mut v = envelope("user", uuid, session);
+        v["message"] = json!({"role": "user", "content": text});
+        line(&v)
+    }
+
+    /// One assistant text block with its usage.
+    pub fn assistant(uuid: &str, session: &str, msg_id: &str, text: &str, input: u64, output: u64) -> String {
+        let mut v = envelope("assistant", uuid, session);
+        v["requestId"] = json!(format!("req_{msg_id}"));
+        v["message"] = json!({
+            "id": msg_id, "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5-20250929",
+            "content": [{"type": "text", "text": text}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": input, "output_tokens": output,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        });
+        line(&v)
+    }
+
+    /// A Bash tool call.
+    pub fn bash(uuid: &str, session: &str, msg_id: &str, tool_id: &str, command: &str) -> String {
+        let mut v = envelope("assistant", uuid, session);
+        v["message"] = json!({
+            "id": msg_id, "type": "message", "role": "assistant",
+            "model": "claude-sonnet-4-5-20250929",
+            "content": [{"type": "tool_use", "id": tool_id, "name": "Bash",
+                         "input": {"command": command, "description": "run it"}}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 10, "output_tokens": 5,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0},
+        });
+        line(&v)
+    }
+
+    /// The result of a tool call.
+    pub fn tool_result(uuid: &str, session: &str, tool_id: &str, text: &str, is_error: bool) -> String {
+        let mut v = envelope("user", uuid, session);
+        v["message"] = json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": tool_id, "content": text, "is_error": is_error}
+        ]});
+        v["toolUseResult"] = json!({"stdout": text, "stderr": "", "interrupted": false});
+        line(&v)
+    }
+
+    /// `n` prompts `"{prefix}-{i:04} …"` with uuids `{prefix}-u{i}`; the text
+    /// carries multi-byte characters so that chunked writes split them.
+    pub fn prompts(prefix: &str, range: std::ops::Range<usize>) -> String {
+        range
+            .map(|i| prompt(&format!("{prefix}-u{i}"), SESSION, &format!("{prefix}-{i:04} héllo wörld 日本語 🎉")))
+            .collect()
+    }
+}
+
+/// Appends `bytes` to `path` in random chunk sizes (1..=max), flushing each,
+/// so that readers see split lines and split UTF-8 sequences.
+pub fn append_chunked(path: &Path, bytes: &[u8], max_chunk: usize, seed: u64) {
+    use rand::{Rng, SeedableRng};
+    use std::io::Write;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("open transcript for append");
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let n = rng.random_range(1..=max_chunk.max(1)).min(rest.len());
+        f.write_all(&rest[..n]).expect("append");
+        f.flush().expect("flush");
+        rest = &rest[n..];
+    }
+}
+
+/// How often `needle` occurs in `haystack`.
+pub fn count(haystack: &str, needle: &str) -> usize {
+    haystack.matches(needle).count()
+}

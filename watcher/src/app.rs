@@ -11,7 +11,7 @@ use ops::telemetry::{LogTarget, TelemetryConfig};
 use ops::{Metrics, Shutdown};
 use tokio::time::Instant;
 
-use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, DlqCommand, RenderFormat, SinkConfig, StartAt};
 use crate::deliver::batch::{Batcher, Unit};
 use crate::deliver::bridge::{BridgeClient, Provisioned, RunRequest};
@@ -20,7 +20,6 @@ use crate::deliver::webhook::{Sent, WebhookSender};
 use crate::deliver::{DeliveryObserver, NoopObserver};
 use crate::events::{Telemetry, WatcherMetrics};
 use crate::ingest::{IngestConfig, IngestObserver};
-use crate::queue::{QueueRx, Record};
 use crate::render::{console, CostTable, Filters, RenderConfig, Renderer, RunInfo};
 use crate::tail::TailConfig;
 use crate::transcript::decode::{Decoder, DecoderConfig};
@@ -381,6 +380,15 @@ async fn provision_until_ready(
     }
 }
 
+/// Operator input is signed with the secret bot-bridge issued for this run.
+fn set_input_secret(shared: &crate::input::SharedSecret, p: &Provisioned) {
+    if let Some(secret) = &p.input_secret {
+        if let Ok(mut g) = shared.write() {
+            *g = Some(secret.clone());
+        }
+    }
+}
+
 /// Keeps `/readyz` honest: the sink fails readiness when no delivery succeeded
 /// for `SINK_UNHEALTHY_AFTER` while work is pending.
 fn spawn_sink_watchdog(
@@ -473,6 +481,35 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         server_stop.clone(),
     ));
 
+    // Operator input listens before provisioning: its URL goes to bot-bridge.
+    let input_secret: crate::input::SharedSecret = Arc::new(std::sync::RwLock::new(
+        cfg.input.as_ref().and_then(|i| i.secret.clone()),
+    ));
+    let mut input_url = None;
+    if let Some(input) = &cfg.input {
+        let listener = ops::server::bind("INPUT_ADDR", input.addr).await?;
+        let bound = listener.local_addr().map_err(|e| AppError::Io(e.to_string()))?;
+        // An ephemeral port (`:0`) is only known now.
+        input_url = Some(if input.addr.port() == 0 && input.url == format!("http://{}", input.addr) {
+            format!("http://{bound}")
+        } else {
+            input.url.clone()
+        });
+        let router = crate::input::router(
+            crate::input::InputConfig {
+                fifo: input.fifo.clone(),
+                secret: input_secret.clone(),
+                rate_per_second: 20.0,
+                burst: 40.0,
+                queue: 64,
+            },
+            telemetry.clone(),
+        );
+        let router = ops::http::instrument(router, &layer);
+        tokio::spawn(ops::server::serve(listener, router, server_stop.clone()));
+        tracing::info!(input_addr = %bound, fifo = %input.fifo.display(), "operator input listening");
+    }
+
     let effective = serde_json::to_value(&cfg).unwrap_or_default();
     tracing::info!(version = VERSION, ops_addr = %ops_addr, config = %effective, "started");
 
@@ -535,7 +572,9 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             Some((url.clone(), None))
         }
         SinkConfig::Bridge { url, token } => {
-            let bridge = BridgeClient::new(url.clone(), token.clone(), run_request(&cfg))
+            let mut request = run_request(&cfg);
+            request.input_url = input_url.clone();
+            let bridge = BridgeClient::new(url.clone(), token.clone(), request)
                 .map_err(|e| AppError::Other(e.to_string()))?;
             let Some(p) = provision_until_ready(&bridge, &sink_health, &shutdown).await else {
                 ingest_stop.trigger();
@@ -543,6 +582,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                 return Ok(());
             };
             sink_health.ok("provisioned");
+            set_input_secret(&input_secret, &p);
             tracing::info!(run_id = %p.run_id, channel_id = %p.channel_id, webhook = %p.webhook, "run provisioned by bot-bridge");
             bridge_run = Some((bridge.clone(), p.run_id.clone()));
             Some((p.webhook, Some(bridge)))
@@ -562,12 +602,15 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             let dlq = Dlq::open(&cfg.state_dir, cfg.dlq_max_bytes)
                 .map_err(|e| AppError::State(e.to_string()))?;
             let observer: Arc<dyn DeliveryObserver> = telemetry.clone();
+            let secret = input_secret.clone();
+            let on_provisioned: crate::deliver::webhook::OnProvisioned =
+                Arc::new(move |p: &Provisioned| set_input_secret(&secret, p));
             crate::pipeline::Sink::Webhook(Box::new(WebhookSender::new(
                 client,
                 limiter,
                 target,
                 bridge,
-                None,
+                Some(on_provisioned),
                 ops::Backoff::default(),
                 cfg.delivery_max_elapsed,
                 dlq,

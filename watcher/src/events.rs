@@ -14,6 +14,7 @@ use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge};
 
 use crate::deliver::DeliveryObserver;
 use crate::ingest::IngestObserver;
+use crate::input::InputObserver;
 
 /// Buckets of `watcher_latency_seconds` (append → acknowledged), DESIGN.md §5.
 pub fn latency_buckets() -> Vec<f64> {
@@ -47,6 +48,7 @@ pub struct WatcherMetrics {
     pub last_event: Gauge,
     pub session_cost: Gauge,
     pub tokens: IntCounterVec,
+    pub input_requests: IntCounterVec,
 }
 
 impl WatcherMetrics {
@@ -145,6 +147,11 @@ impl WatcherMetrics {
                 "Tokens used by the session, by type.",
                 &["type"],
             )?,
+            input_requests: m.counter_vec(
+                "watcher_input_requests_total",
+                "Operator input requests on /v1/input, by outcome.",
+                &["outcome"],
+            )?,
         })
     }
 }
@@ -176,6 +183,27 @@ impl Telemetry {
     fn set_error(&self, e: String) {
         if let Ok(mut g) = self.last_error.lock() {
             *g = Some(e);
+        }
+    }
+
+    /// Token growth of one API response (`watcher_tokens_total{type}`).
+    pub fn usage(&self, u: &crate::transcript::Usage) {
+        for (kind, n) in [
+            ("input", u.input_tokens),
+            ("output", u.output_tokens),
+            ("cache_write", u.cache_creation_input_tokens),
+            ("cache_read", u.cache_read_input_tokens),
+        ] {
+            if n > 0 {
+                self.metrics.tokens.with_label_values(&[kind]).inc_by(n);
+            }
+        }
+    }
+
+    /// The session's estimated cost; unknown (unpriced model) leaves it at 0.
+    pub fn cost(&self, usd: Option<f64>) {
+        if let Some(usd) = usd {
+            self.metrics.session_cost.set(usd);
         }
     }
 
@@ -279,4 +307,10 @@ impl DeliveryObserver for Telemetry {
         self.metrics.truncations.with_label_values(&[field]).inc();
     }
     fn reprovisioned(&self) {}
+}
+
+impl InputObserver for Telemetry {
+    fn outcome(&self, outcome: &'static str) {
+        self.metrics.input_requests.with_label_values(&[outcome]).inc();
+    }
 }

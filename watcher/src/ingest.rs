@@ -1,14 +1,28 @@
 //! Ingest: discover → tail → decode → queue, with the checkpoint deciding
-//! where each file resumes. (STUB: being written.)
+//! where each file resumes.
+//!
+//! One task follows the active session file and its subagent files. Each pass
+//! looks for new files (at most once per poll interval), reads every followed
+//! file to its end, and then sleeps until a file notification or the poll tick.
+//! Every complete line becomes one [`Record`], even when it decodes to nothing
+//! or fails to decode, so the checkpoint can move past it. `QueueTx::send`
+//! waits while the queue is full, which is what stops reading under
+//! backpressure: the file stays the buffer.
 
-use std::path::PathBuf;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
-use ops::Shutdown;
+use ops::{Backoff, Shutdown};
+use tokio::time::Instant;
 
 use crate::checkpoint::Checkpoint;
-use crate::queue::QueueTx;
-use crate::tail::TailConfig;
+use crate::discover::{self, Lookup, SubagentScanner};
+use crate::queue::{Closed, QueueTx, Record};
+use crate::tail::{FileIdentity, Follower, Piece, Start, Step, TailConfig, Wake};
+use crate::transcript::decode::{Decoder, DecoderConfig};
+use crate::transcript::{EventKind, LinePos, Source};
 
 /// Where to start a file that already exists at start-up (no checkpoint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,14 +64,472 @@ pub enum IngestError {
     },
 }
 
+/// The `kind` label of `watcher_events_processed_total`.
+pub fn kind_label(kind: &EventKind) -> &'static str {
+    match kind {
+        EventKind::SessionMeta { .. } => "session_meta",
+        EventKind::UserPrompt { .. } => "user_prompt",
+        EventKind::AssistantText { .. } => "assistant_text",
+        EventKind::Thinking { .. } => "thinking",
+        EventKind::ToolUse { .. } => "tool_use",
+        EventKind::ToolResult { .. } => "tool_result",
+        EventKind::Notice { .. } => "notice",
+        EventKind::Usage { .. } => "usage",
+        EventKind::Title { .. } => "title",
+    }
+}
+
 /// Runs until `stop` triggers; dropping `tx` on return closes the queue.
+/// Returns early (`Ok`) only when the queue's receiver is gone.
 pub async fn run(
-    _cfg: IngestConfig,
-    _tx: QueueTx,
-    _checkpoint: Option<Checkpoint>,
-    _observer: Arc<dyn IngestObserver>,
+    cfg: IngestConfig,
+    tx: QueueTx,
+    checkpoint: Option<Checkpoint>,
+    observer: Arc<dyn IngestObserver>,
     stop: Shutdown,
 ) -> Result<(), IngestError> {
-    stop.wait().await;
-    Ok(())
+    let mut ingest = Ingest::new(cfg, tx, checkpoint, observer);
+    // Selecting here (not only between passes) also ends a send that waits on
+    // a full queue; nothing is lost, the file and the checkpoint still hold it.
+    tokio::select! {
+        biased;
+        () = stop.wait() => Ok(()),
+        res = ingest.run() => match res {
+            Ok(()) | Err(Closed) => Ok(()),
+        },
+    }
+}
+
+/// A followed file.
+struct Tracked {
+    follower: Follower,
+    source: Source,
+    /// Told the observer about it (the main file is announced once it opens).
+    announced: bool,
+    /// Last read error, logged once until it changes.
+    last_error: Option<String>,
+}
+
+impl Tracked {
+    fn new(follower: Follower, source: Source) -> Self {
+        Self {
+            follower,
+            source,
+            announced: false,
+            last_error: None,
+        }
+    }
+}
+
+/// Turns lines into records: the decoder (one for the whole run, so uuid
+/// dedupe spans files and rotations), the queue and the observer.
+struct Emitter {
+    decoder: Decoder,
+    tx: QueueTx,
+    observer: Arc<dyn IngestObserver>,
+    /// Reused between reads; holds at most one chunk's lines.
+    pieces: Vec<Piece>,
+}
+
+impl Emitter {
+    /// Reads `t` until it is idle or `max_steps` chunks were read; `true` when
+    /// it reached idle.
+    async fn pump(&mut self, t: &mut Tracked, max_steps: Option<usize>) -> Result<bool, Closed> {
+        let mut steps = 0usize;
+        loop {
+            if max_steps.is_some_and(|m| steps >= m) {
+                return Ok(false);
+            }
+            steps += 1;
+            let step = match t.follower.step(&mut self.pieces) {
+                Ok(s) => {
+                    t.last_error = None;
+                    s
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if t.last_error.as_deref() != Some(msg.as_str()) {
+                        tracing::warn!(file = %t.follower.label(), error = %msg, "cannot read transcript; will retry");
+                        t.last_error = Some(msg);
+                    }
+                    return Ok(true);
+                }
+            };
+            match step {
+                Step::Read(n) => {
+                    if n > 0 {
+                        self.observer.bytes_read(n);
+                    }
+                    let identity = t.follower.identity();
+                    let label = t.follower.label().clone();
+                    let pieces = std::mem::take(&mut self.pieces);
+                    for piece in &pieces {
+                        self.emit(piece, &label, &identity, &t.source).await?;
+                    }
+                    self.pieces = pieces;
+                    self.pieces.clear();
+                }
+                Step::Rotated(r) => self.observer.rotation(t.follower.label(), r.reason()),
+                Step::Idle => return Ok(true),
+            }
+        }
+    }
+
+    async fn emit(
+        &mut self,
+        piece: &Piece,
+        label: &Arc<str>,
+        identity: &FileIdentity,
+        source: &Source,
+    ) -> Result<(), Closed> {
+        let pos = LinePos {
+            file: label.clone(),
+            start: piece.start(),
+            end: piece.end(),
+        };
+        self.observer.record_seen();
+        let raw_len = usize::try_from(pos.end - pos.start).unwrap_or(usize::MAX);
+        let (events, bytes) = match piece {
+            Piece::Oversize { start, end } => {
+                self.observer.oversize_line(label, *start, end - start);
+                // Nothing of it is held, so it costs the queue nothing.
+                (Vec::new(), 0)
+            }
+            Piece::Line { bytes, .. } if bytes.is_empty() => (Vec::new(), raw_len),
+            Piece::Line { bytes, .. } => {
+                let events = match self.decoder.decode_line(bytes, &pos, source) {
+                    Ok(events) => events,
+                    Err(e) => {
+                        self.observer.parse_error(e.reason(), label, pos.start);
+                        Vec::new()
+                    }
+                };
+                for e in &events {
+                    self.observer.event(kind_label(&e.kind));
+                }
+                (events, raw_len)
+            }
+        };
+        self.tx
+            .send(Record {
+                pos,
+                identity: identity.clone(),
+                events,
+                read_at: Instant::now(),
+                bytes,
+            })
+            .await
+    }
+}
+
+/// Ingest state across passes.
+struct Ingest {
+    cfg: IngestConfig,
+    checkpoint: Option<Checkpoint>,
+    emitter: Emitter,
+    wake: Wake,
+    /// Sizes of the transcript files that existed at start-up: only these are
+    /// subject to `START_AT`; a file that appears later is read from 0.
+    startup: HashMap<PathBuf, u64>,
+    /// Where followers that were dropped (old session) stopped, so a file that
+    /// becomes active again resumes there instead of replaying.
+    left_off: HashMap<PathBuf, (FileIdentity, u64)>,
+    /// The session file (`TRANSCRIPT_PATH` or the discovered active one).
+    main: Option<Tracked>,
+    /// Project directory of the main file: where its subagents are looked for.
+    project_dir: Option<PathBuf>,
+    subagents: Vec<Tracked>,
+    scanner: SubagentScanner,
+    last_scan: Option<Instant>,
+    last_waiting: Option<String>,
+}
+
+impl Ingest {
+    fn new(
+        mut cfg: IngestConfig,
+        tx: QueueTx,
+        checkpoint: Option<Checkpoint>,
+        observer: Arc<dyn IngestObserver>,
+    ) -> Self {
+        cfg.projects_dir = absolute(&cfg.projects_dir);
+        cfg.transcript_path = cfg.transcript_path.as_deref().map(absolute);
+        let mut startup = HashMap::new();
+        match &cfg.transcript_path {
+            Some(p) => {
+                if let Some(dir) = p.parent() {
+                    discover::snapshot_project(dir, &mut startup);
+                }
+            }
+            None => startup = discover::snapshot(&cfg.projects_dir),
+        }
+        let wake = Wake::new(cfg.tail.poll_interval);
+        Self {
+            emitter: Emitter {
+                decoder: Decoder::new(DecoderConfig {
+                    dedupe_capacity: cfg.dedupe_capacity,
+                }),
+                tx,
+                observer,
+                pieces: Vec::new(),
+            },
+            cfg,
+            checkpoint,
+            wake,
+            startup,
+            left_off: HashMap::new(),
+            main: None,
+            project_dir: None,
+            subagents: Vec::new(),
+            scanner: SubagentScanner::default(),
+            last_scan: None,
+            last_waiting: None,
+        }
+    }
+
+    fn observer(&self) -> &Arc<dyn IngestObserver> {
+        &self.emitter.observer
+    }
+
+    async fn run(&mut self) -> Result<(), Closed> {
+        let poll = self.cfg.tail.poll_interval;
+        let backoff = Backoff::new(
+            poll.max(Duration::from_millis(20)),
+            Duration::from_secs(1).max(poll),
+        );
+        let mut waiting_attempt = 0u32;
+        loop {
+            if self.emitter.tx.is_closed() {
+                return Err(Closed);
+            }
+            let due = self.last_scan.is_none_or(|t| t.elapsed() >= poll);
+            if due {
+                self.last_scan = Some(Instant::now());
+                self.scan().await?;
+            }
+            let all_idle = self.pump_all().await?;
+            self.announce_main();
+            if self.waiting() {
+                self.wake.wait_at_most(backoff.delay(waiting_attempt)).await;
+                waiting_attempt = waiting_attempt.saturating_add(1);
+            } else {
+                waiting_attempt = 0;
+                if all_idle {
+                    self.wake.wait().await;
+                } else {
+                    // A busy file got its share; let other tasks run, then go on.
+                    tokio::task::yield_now().await;
+                }
+            }
+        }
+    }
+
+    /// No file is being read yet (readiness: "no transcript yet").
+    fn waiting(&self) -> bool {
+        self.main.as_ref().is_none_or(|m| !m.announced)
+    }
+
+    /// Reads every followed file; `true` when all of them reached idle.
+    async fn pump_all(&mut self) -> Result<bool, Closed> {
+        const FAIR_SHARE: Option<usize> = Some(64);
+        let mut idle = true;
+        if let Some(main) = self.main.as_mut() {
+            idle &= self.emitter.pump(main, FAIR_SHARE).await?;
+        }
+        for t in &mut self.subagents {
+            idle &= self.emitter.pump(t, FAIR_SHARE).await?;
+        }
+        Ok(idle)
+    }
+
+    /// Tells the observer the main file is being followed, once it is open.
+    fn announce_main(&mut self) {
+        let Some(main) = self.main.as_mut() else {
+            return;
+        };
+        if main.announced || !main.follower.is_open() {
+            if !main.announced && self.cfg.transcript_path.is_some() {
+                let detail = format!("{} does not exist yet", main.follower.label());
+                if self.last_waiting.as_ref() != Some(&detail) {
+                    self.emitter.observer.waiting_for_transcript(&detail);
+                    self.last_waiting = Some(detail);
+                }
+            }
+            return;
+        }
+        main.announced = true;
+        self.last_waiting = None;
+        self.emitter.observer.following(main.follower.label());
+    }
+
+    /// Where a newly followed file starts: where an earlier follower of this
+    /// very file stopped, else the checkpoint, else `START_AT` for a file that
+    /// existed at start-up, else its beginning.
+    fn start_for(&self, path: &Path) -> Start {
+        if let Some((id, offset)) = self.left_off.get(path) {
+            if id.same_file(path) {
+                return Start::At(*offset);
+            }
+        }
+        let label = path.to_string_lossy();
+        if let Some(offset) = self
+            .checkpoint
+            .as_ref()
+            .and_then(|c| c.resume_offset(&label))
+        {
+            return Start::At(offset);
+        }
+        match (self.startup.get(path), self.cfg.start_at) {
+            (Some(&limit), StartAt::End) => Start::EndOfLines { limit },
+            _ => Start::At(0),
+        }
+    }
+
+    fn follow(&self, path: PathBuf, source: Source) -> Tracked {
+        let start = self.start_for(&path);
+        tracing::debug!(file = %path.display(), ?start, ?source, "following file");
+        Tracked::new(Follower::new(path, start, &self.cfg.tail), source)
+    }
+
+    /// Looks for the session file, a newer session, and new subagent files.
+    async fn scan(&mut self) -> Result<(), Closed> {
+        if let Some(path) = self.cfg.transcript_path.clone() {
+            if self.main.is_none() {
+                self.project_dir = path.parent().map(Path::to_path_buf);
+                self.main = Some(self.follow(path, Source::Main));
+            }
+        } else {
+            self.scan_session().await?;
+        }
+        self.scan_subagents();
+        self.watch_dirs();
+        Ok(())
+    }
+
+    async fn scan_session(&mut self) -> Result<(), Closed> {
+        // While following, a newer session shows up in the same project directory.
+        if let (Some(dir), Some(current)) = (self.project_dir.clone(), self.main.as_ref()) {
+            let files = discover::session_files(&dir);
+            if let Some(next) = self.successor(files, current.follower.path()) {
+                return self.switch_to(dir, next.path).await;
+            }
+            return Ok(());
+        }
+        match discover::find_session(&self.cfg.projects_dir, &self.cfg.workspace) {
+            Lookup::Waiting(detail) => {
+                if self.last_waiting.as_ref() != Some(&detail) {
+                    self.observer().waiting_for_transcript(&detail);
+                    self.last_waiting = Some(detail);
+                }
+            }
+            Lookup::Session {
+                project_dir,
+                session,
+            } => {
+                self.project_dir = Some(project_dir);
+                self.main = Some(self.follow(session.path, Source::Main));
+            }
+        }
+        Ok(())
+    }
+
+    /// The session file to switch to from `current`, if any: one modified
+    /// later, or, since file times are coarse and `/clear` writes the old
+    /// file's last lines and the new file's first within one tick, one with
+    /// the same mtime that appeared after start-up and was never followed. A
+    /// file that existed at start-up must be strictly newer, so old sessions
+    /// sharing a timestamp neither make the choice flap nor get replayed.
+    fn successor(&self, files: Vec<discover::Found>, current: &Path) -> Option<discover::Found> {
+        let current_mtime = std::fs::metadata(current).and_then(|m| m.modified()).ok();
+        let candidates = files.into_iter().filter(|f| {
+            f.path != current
+                && match current_mtime {
+                    None => true,
+                    Some(m) => {
+                        f.modified > m
+                            || (f.modified == m
+                                && !self.startup.contains_key(&f.path)
+                                && !self.left_off.contains_key(&f.path))
+                    }
+                }
+        });
+        discover::newest(candidates.collect())
+    }
+
+    /// Finishes the old session (and its subagents) to EOF, then follows the new one.
+    async fn switch_to(&mut self, project_dir: PathBuf, session: PathBuf) -> Result<(), Closed> {
+        let old_main = self.main.take();
+        let old_subagents = std::mem::take(&mut self.subagents);
+        for mut t in old_main.into_iter().chain(old_subagents) {
+            self.emitter.pump(&mut t, None).await?;
+            if let Some(point) = t.follower.resume_point() {
+                self.left_off.insert(t.follower.path().to_path_buf(), point);
+            }
+        }
+        self.project_dir = Some(project_dir);
+        let mut main = self.follow(session, Source::Main);
+        // The new file exists (discovery saw it): announce the switch now.
+        main.announced = true;
+        self.observer().session_switched(main.follower.label());
+        self.main = Some(main);
+        Ok(())
+    }
+
+    fn scan_subagents(&mut self) {
+        let (Some(dir), Some(main)) = (self.project_dir.as_ref(), self.main.as_ref()) else {
+            return;
+        };
+        let found = self.scanner.scan(dir, main.follower.path());
+        for f in found {
+            if let Some(t) = self
+                .subagents
+                .iter_mut()
+                .find(|t| t.follower.path() == f.path)
+            {
+                // The meta file may be written after the transcript.
+                if let Source::Subagent {
+                    description: d @ None,
+                    ..
+                } = &mut t.source
+                {
+                    *d = discover::meta_description(&f.path);
+                }
+                continue;
+            }
+            let source = Source::Subagent {
+                description: discover::meta_description(&f.path),
+                agent_id: Some(f.agent_id),
+            };
+            let t = self.follow(f.path, source);
+            self.subagents.push(t);
+        }
+    }
+
+    /// Notifications for the directories where lines and files appear.
+    fn watch_dirs(&mut self) {
+        let mut dirs = HashSet::new();
+        if self.cfg.transcript_path.is_none() {
+            dirs.insert(self.cfg.projects_dir.clone());
+            dirs.insert(
+                self.cfg
+                    .projects_dir
+                    .join(discover::project_dir_name(&self.cfg.workspace)),
+            );
+        }
+        if let Some(dir) = &self.project_dir {
+            dirs.insert(dir.clone());
+            if let Some(main) = &self.main {
+                if let Some(sub) = discover::subagents_dir(dir, main.follower.path()) {
+                    dirs.insert(sub);
+                }
+            }
+        }
+        for d in &dirs {
+            self.wake.watch_dir(d);
+        }
+        self.wake.retain(&dirs);
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }

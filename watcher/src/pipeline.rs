@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ops::health::{Component, Heartbeat};
+use ops::health::Heartbeat;
 use ops::Shutdown;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -17,6 +17,7 @@ use crate::deliver::DeliveryObserver;
 use crate::events::Telemetry;
 use crate::queue::{QueueRx, Record};
 use crate::render::{console, Renderer};
+use crate::transcript::EventKind;
 
 /// How often the checkpoint may be written (DESIGN.md: at most every 250 ms).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
@@ -173,6 +174,9 @@ impl Pipeline {
         self.last_record = Instant::now();
         let mut units = Vec::new();
         for ev in &record.events {
+            if let EventKind::Usage { usage, .. } = &ev.kind {
+                self.telemetry.usage(usage);
+            }
             let rendered = self.renderer.render(ev);
             for f in &rendered.truncated {
                 self.telemetry.truncated(f.as_str());
@@ -195,6 +199,7 @@ impl Pipeline {
                 }
             }
         }
+        self.telemetry.cost(self.renderer.stats().cost_usd);
         if !units.is_empty() && !self.run_state.header_posted {
             let header = self.renderer.header(&self.started_wall);
             self.batcher.push(Unit {
@@ -275,7 +280,10 @@ impl Pipeline {
                 self.telemetry.acked(unit.read_at.elapsed());
             }
         }
-        self.dirty = true;
+        // Persist before the next send: a crash then re-sends at most the
+        // batch in flight. One small fsync per webhook message is cheap next to
+        // Discord's pace (≤ 30 messages per minute per channel).
+        self.save();
         true
     }
 

@@ -1,12 +1,24 @@
 //! Following one transcript file: notifications with a poll fallback, partial
 //! lines held until complete, rotation and rewrite detection, oversize lines
 //! skipped in bounded memory.
+//!
+//! - [`lines`]: the pure incremental line splitter with the line-length cap;
+//! - [`follow`]: reads one file from an offset and detects truncation,
+//!   in-place rewrite, replacement and vanishing;
+//! - [`identity`]: (device, inode) + fingerprint, what a checkpoint belongs to;
+//! - [`wake`]: `notify` wake-ups with the poll tick as a safety net.
 
+pub mod follow;
 pub mod identity;
+pub mod lines;
+pub mod wake;
 
 use std::time::Duration;
 
+pub use follow::{Follower, Rotation, Start, Step};
 pub use identity::FileIdentity;
+pub use lines::{LineSplitter, Piece};
+pub use wake::Wake;
 
 /// How files are read.
 #[derive(Debug, Clone)]

@@ -159,6 +159,7 @@ impl Usage {
     }
 
     /// Field-wise sum, for session totals.
+    #[allow(clippy::should_implement_trait)]
     pub fn add(self, other: Usage) -> Usage {
         Usage {
             input_tokens: self.input_tokens + other.input_tokens,

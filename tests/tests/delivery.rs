@@ -1,0 +1,270 @@
+//! Delivery promises: the real watcher posting to the real fake-discord, which
+//! enforces Discord's limits and rate limits and can inject faults.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use e2e::transcript::{self, SESSION};
+use e2e::{append_chunked, count, eventually, run_to_end, started_ops_addr, FakeDiscordProc, Proc};
+use serde_json::{json, Value};
+
+const DEADLINE: Duration = Duration::from_secs(40);
+
+fn webhook_env(fake: &FakeDiscordProc, transcript: &Path, state: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPS_ADDR", "127.0.0.1:0".to_string()),
+        ("TRANSCRIPT_PATH", transcript.display().to_string()),
+        ("START_AT", "beginning".to_string()),
+        ("STATE_DIR", state.display().to_string()),
+        ("DISCORD_WEBHOOK_URL", fake.webhook_url.clone().unwrap_or_default()),
+        ("POLL_INTERVAL_MS", "50".to_string()),
+        ("TASK_ID", "task-42".to_string()),
+        ("ATTEMPT", "1".to_string()),
+        ("RUN_ID", "run-e2e".to_string()),
+    ]
+}
+
+/// Everything the fake accepted, as one string (for marker counting).
+async fn delivered_text(fake: &FakeDiscordProc) -> String {
+    fake.messages()
+        .await
+        .iter()
+        .map(|m| m["payload"].to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+async fn wait_delivered(fake: &FakeDiscordProc, prefix: &str, range: std::ops::Range<usize>) -> String {
+    eventually(&format!("{prefix} {range:?} delivered"), DEADLINE, || {
+        let r = range.clone();
+        async move {
+            let text = delivered_text(fake).await;
+            r.clone()
+                .all(|i| text.contains(&format!("{prefix}-{i:04}")))
+                .then_some(text)
+        }
+    })
+    .await
+}
+
+fn rate_limited_total(stats: &Value) -> u64 {
+    stats["rate_limited"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+}
+
+/// Validates one recorded payload with twilight-validate, an oracle
+/// independent of agentmon's own checks.
+fn twilight_check(payload: &Value) {
+    let embeds: Vec<twilight_model::channel::message::Embed> = payload
+        .get("embeds")
+        .map(|e| serde_json::from_value(e.clone()).expect("embeds parse as Discord embeds"))
+        .unwrap_or_default();
+    twilight_validate::message::embeds(&embeds)
+        .unwrap_or_else(|e| panic!("twilight rejects embeds: {e}\n{payload}"));
+    for embed in &embeds {
+        twilight_validate::embed::embed(embed).unwrap_or_else(|e| panic!("twilight rejects an embed: {e}\n{payload}"));
+    }
+    if let Some(content) = payload.get("content").and_then(Value::as_str) {
+        twilight_validate::message::content(content).unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert_eq!(payload["allowed_mentions"], json!({"parse": []}), "mentions disabled: {payload}");
+}
+
+fn example_session() -> PathBuf {
+    e2e::workspace_root().join("examples/session.jsonl")
+}
+
+fn summary_index(messages: &[Value]) -> Option<usize> {
+    messages
+        .iter()
+        .rposition(|m| m["payload"].to_string().to_lowercase().contains("session complete"))
+}
+
+#[tokio::test]
+async fn a_session_arrives_complete_in_order_header_first_summary_last() {
+    let fake = FakeDiscordProc::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.jsonl");
+    let mut body = std::fs::read_to_string(example_session()).unwrap();
+    body.push_str(&transcript::prompts("order", 0..25));
+    std::fs::write(&file, &body).unwrap();
+    let mut w = Proc::start("watcher", &[], &webhook_env(&fake, &file, &dir.path().join("state")));
+    started_ops_addr(&w).await;
+    let text = wait_delivered(&fake, "order", 0..25).await;
+    let mut last = 0;
+    for i in 0..25 {
+        let at = text.find(&format!("order-{i:04}")).unwrap();
+        assert!(at >= last, "order-{i:04} out of order");
+        last = at;
+        assert_eq!(count(&text, &format!("order-{i:04}")), 1, "order-{i:04} once");
+    }
+    w.sigterm();
+    let status = w.wait_exit(Duration::from_secs(6)).await;
+    assert!(status.is_some_and(|s| s.success()), "exit 0 within the budget:\n{}", w.output());
+
+    let messages = fake.messages().await;
+    let first = messages[0]["payload"].to_string();
+    assert!(first.contains("task-42") && first.contains("run-e2e"), "header first: {first}");
+    let summary = summary_index(&messages).expect("a summary was posted");
+    assert_eq!(summary, messages.len() - 1, "the summary is the last message");
+    assert_eq!(
+        messages.iter().filter(|m| m["payload"].to_string().to_lowercase().contains("session complete")).count(),
+        1,
+        "exactly one summary"
+    );
+    let s = messages[summary]["payload"].to_string();
+    // examples/session.jsonl's usage, counted once per API response.
+    assert!(s.contains("Bash"), "tools by name in the summary: {s}");
+    for m in &messages {
+        twilight_check(&m["payload"]);
+    }
+    let stats = fake.stats().await;
+    assert_eq!(rate_limited_total(&stats), 0, "no 429 in steady state: {stats}");
+    assert_eq!(stats["missing_allowed_mentions"], 0, "{stats}");
+
+    // A restart after completion never posts a second summary.
+    let mut again = Proc::start("watcher", &[], &webhook_env(&fake, &file, &dir.path().join("state")));
+    started_ops_addr(&again).await;
+    again.sigterm();
+    assert!(again.wait_exit(Duration::from_secs(6)).await.is_some());
+    let after = fake.messages().await;
+    assert_eq!(after.len(), messages.len(), "nothing re-posted after completion");
+
+    let token = fake.webhook_url.as_deref().unwrap().rsplit('/').next().unwrap().to_owned();
+    for out in [w.output(), again.output()] {
+        assert!(!out.contains(&token), "the webhook token leaked into the logs");
+    }
+}
+
+#[tokio::test]
+async fn server_errors_slow_answers_and_resets_still_deliver_everything() {
+    let fake = FakeDiscordProc::start(&[]).await;
+    fake.inject(json!({"kind": "status", "status": 503, "count": 3})).await;
+    fake.inject(json!({"kind": "reset", "count": 2})).await;
+    fake.inject(json!({"kind": "slow", "delay_ms": 1500, "count": 2})).await;
+    fake.inject(json!({"kind": "status", "status": 502, "count": 2})).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let w = Proc::start("watcher", &[], &webhook_env(&fake, &file, &dir.path().join("state")));
+    let ops = started_ops_addr(&w).await;
+    for chunk in 0..4 {
+        append_chunked(&file, transcript::prompts("flaky", chunk * 10..chunk * 10 + 10).as_bytes(), 256, chunk as u64);
+    }
+    wait_delivered(&fake, "flaky", 0..40).await;
+    let stats = fake.stats().await;
+    let served: u64 = stats["faults_served"]
+        .as_object()
+        .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    assert_eq!(served, 9, "every injected fault was hit: {stats}");
+    let metrics = reqwest::get(format!("http://{ops}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("watcher_webhook_retries_total{reason="), "{metrics}");
+    let dlq = metrics
+        .lines()
+        .find(|l| l.starts_with("watcher_dlq_messages_total "))
+        .unwrap_or("watcher_dlq_messages_total 0");
+    assert!(dlq.ends_with(" 0"), "transient faults never dead-letter: {dlq}");
+}
+
+#[tokio::test]
+async fn webhook_404_dead_letters_and_replay_delivers_after_recovery() {
+    let fake = FakeDiscordProc::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("s.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let env = webhook_env(&fake, &file, &state);
+    fake.inject(json!({"kind": "not_found", "count": 1000})).await;
+    let mut w = Proc::start("watcher", &[], &env);
+    let ops = started_ops_addr(&w).await;
+    append_chunked(&file, transcript::prompts("lost", 0..12).as_bytes(), 512, 1);
+    eventually("dead-lettered", DEADLINE, || async {
+        let m = reqwest::get(format!("http://{ops}/metrics")).await.ok()?.text().await.ok()?;
+        m.lines()
+            .any(|l| l.starts_with("watcher_delivery_failures_total{reason=\"not_found\"}"))
+            .then_some(())
+    })
+    .await;
+    w.sigterm();
+    assert!(w.wait_exit(Duration::from_secs(6)).await.is_some());
+
+    let (code, list, err) = run_to_end("watcher", &["dlq", "list"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert!(list.contains("not_found"), "dlq list names the reason:\n{list}\n{err}");
+
+    // Discord is back: replay delivers what was dead-lettered, in order.
+    let r = reqwest::Client::new().delete(fake.admin("faults")).send().await.unwrap();
+    assert!(r.status().is_success());
+    let (code, _, err) = run_to_end("watcher", &["dlq", "replay"], &env);
+    assert_eq!(code, 0, "replay succeeds: {err}");
+    let text = wait_delivered(&fake, "lost", 0..12).await;
+    for i in 0..12 {
+        assert_eq!(count(&text, &format!("lost-{i:04}")), 1);
+    }
+    let (code, list, err) = run_to_end("watcher", &["dlq", "list"], &env);
+    assert_eq!(code, 0);
+    assert!(!list.contains("not_found"), "replayed entries are removed:\n{list}\n{err}");
+}
+
+#[tokio::test]
+async fn kill9_during_delivery_restart_delivers_the_rest_duplicating_at_most_one_batch() {
+    let fake = FakeDiscordProc::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let file = dir.path().join("s.jsonl");
+    std::fs::write(&file, transcript::prompts("crash", 0..80)).unwrap();
+    let env = webhook_env(&fake, &file, &state);
+    let mut w = Proc::start("watcher", &[], &env);
+    eventually("some delivered", DEADLINE, || async {
+        (fake.messages().await.len() >= 3).then_some(())
+    })
+    .await;
+    w.kill9();
+    let w2 = Proc::start("watcher", &[], &env);
+    let text = wait_delivered(&fake, "crash", 0..80).await;
+    let duplicated = (0..80)
+        .filter(|i| count(&text, &format!("crash-{i:04}")) > 1)
+        .count();
+    assert!(duplicated <= 10, "at most the in-flight batch (10 embeds) repeats, got {duplicated}");
+    assert!((0..80).all(|i| count(&text, &format!("crash-{i:04}")) >= 1));
+    drop(w2);
+}
+
+#[tokio::test]
+async fn shared_sample_transcripts_render_to_payloads_discord_accepts() {
+    let Some(dir) = e2e::shared_transcripts() else {
+        eprintln!("SKIP: ../shared/transcripts absent (present beside CI)");
+        return;
+    };
+    let mut samples: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .collect();
+    samples.sort();
+    assert!(!samples.is_empty());
+    let fake = FakeDiscordProc::start(&["--no-rate-limits"]).await;
+    let webhook = format!("{}?wait=true", fake.webhook_url.clone().unwrap());
+    let http = reqwest::Client::new();
+    for sample in samples {
+        // `render --format json` prints exactly the payloads the sink would post.
+        let (code, out, err) = run_to_end(
+            "watcher",
+            &["render", "--format", "json", sample.to_str().unwrap()],
+            &[("PARITY_MODE", "true".to_string())],
+        );
+        assert_eq!(code, 0, "{}: {err}", sample.display());
+        let payloads: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert!(payloads.len() >= 2, "{}: header, events, summary", sample.display());
+        for p in &payloads {
+            twilight_check(p);
+            // …and the strict fake, which validates like Discord, accepts them.
+            let r = http.post(&webhook).json(p).send().await.unwrap();
+            let status = r.status().as_u16();
+            assert_eq!(status, 200, "{}: {}\n{p}", sample.display(), r.text().await.unwrap_or_default());
+        }
+    }
+    let _ = SESSION;
+}

@@ -1,0 +1,130 @@
+//! Decode throughput over a large generated transcript, against the cheapest
+//! possible parse of the same lines (`serde_json` into `IgnoredAny`) as the
+//! baseline. Run: `cargo bench -p watcher --bench decode`.
+
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use serde_json::json;
+use watcher::transcript::decode::{Decoder, DecoderConfig};
+use watcher::transcript::fixtures as fx;
+use watcher::transcript::{LinePos, Source, TitleSource};
+
+const TARGET_BYTES: usize = 32 << 20;
+
+/// A realistic mix: prompts, responses split over lines, tool calls with
+/// sizeable outputs, thinking, titles.
+fn transcript() -> Vec<u8> {
+    let mut out = String::with_capacity(TARGET_BYTES + (1 << 20));
+    let output: String = (1..=40)
+        .map(|i| format!("{i:>6}→    let value_{i} = compute(&input, {i}); // some source text\n"))
+        .collect();
+    let mut turn = 0usize;
+    let mut until_title = 50;
+    while out.len() < TARGET_BYTES {
+        turn += 1;
+        let id = |k: usize| format!("{turn:08x}-0000-4000-8000-{k:012x}");
+        let msg = format!("msg_{turn:x}");
+        let tool = format!("toolu_{turn:x}");
+        let u1 = fx::usage(3, 12, 1200, 20_000 + turn as u64);
+        let u2 = fx::usage(3, 180, 1200, 20_000 + turn as u64);
+        for line in [
+            fx::user_prompt(
+                &id(1),
+                "Please look at src/lib.rs and fix the failing test.",
+            ),
+            fx::thinking(
+                &id(2),
+                &msg,
+                "The failure is probably in compute(); read it first.",
+                u1,
+            ),
+            fx::assistant_text(&id(3), &msg, "I'll read the file first.", u1),
+            fx::tool_use(
+                &id(4),
+                &msg,
+                &tool,
+                "Read",
+                json!({"file_path": "/workspace/src/lib.rs"}),
+                u2,
+            ),
+            fx::with_fields(
+                &fx::tool_result(&id(5), &tool, &output, None),
+                json!({"toolUseResult": {"type": "text", "file": {"filePath": "/workspace/src/lib.rs", "content": output}}}),
+            ),
+            fx::assistant_text(
+                &id(6),
+                &format!("{msg}b"),
+                "Found it: the loop is off by one.",
+                u2,
+            ),
+            fx::turn_duration(&id(7), 4200),
+        ] {
+            out.push_str(&line);
+            out.push('\n');
+        }
+        until_title -= 1;
+        if until_title == 0 {
+            until_title = 50;
+            out.push_str(&fx::title(
+                TitleSource::AiTitle,
+                &format!("Fix test {turn}"),
+            ));
+            out.push('\n');
+        }
+    }
+    out.into_bytes()
+}
+
+fn lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty())
+}
+
+fn decode_all(bytes: &[u8]) -> usize {
+    let mut d = Decoder::new(DecoderConfig {
+        dedupe_capacity: 100_000,
+    });
+    let pos = LinePos {
+        file: "/bench".into(),
+        start: 0,
+        end: 0,
+    };
+    let mut events = 0;
+    for line in lines(bytes) {
+        if let Ok(evs) = d.decode_line(line, &pos, &Source::Main) {
+            events += evs.len();
+        }
+    }
+    events
+}
+
+fn ignored_any(bytes: &[u8]) -> usize {
+    lines(bytes)
+        .filter(|l| serde_json::from_slice::<serde::de::IgnoredAny>(l).is_ok())
+        .count()
+}
+
+fn bench(c: &mut Criterion) {
+    let bytes = transcript();
+    let n_events = decode_all(&bytes);
+    let n_lines = lines(&bytes).count();
+    eprintln!(
+        "transcript: {:.1} MB, {n_lines} lines, {n_events} events per pass",
+        bytes.len() as f64 / 1e6
+    );
+    let mut g = c.benchmark_group("decode");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(8))
+        .throughput(Throughput::Bytes(bytes.len() as u64));
+    g.bench_function("decoder", |b| {
+        b.iter(|| decode_all(std::hint::black_box(&bytes)))
+    });
+    g.bench_function("ignored_any_baseline", |b| {
+        b.iter(|| ignored_any(std::hint::black_box(&bytes)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
