@@ -373,7 +373,14 @@ pub mod transcript {
     }
 
     /// One assistant text block with its usage.
-    pub fn assistant(uuid: &str, session: &str, msg_id: &str, text: &str, input: u64, output: u64) -> String {
+    pub fn assistant(
+        uuid: &str,
+        session: &str,
+        msg_id: &str,
+        text: &str,
+        input: u64,
+        output: u64,
+    ) -> String {
         let mut v = envelope("assistant", uuid, session);
         v["requestId"] = json!(format!("req_{msg_id}"));
         v["message"] = json!({
@@ -403,7 +410,13 @@ pub mod transcript {
     }
 
     /// The result of a tool call.
-    pub fn tool_result(uuid: &str, session: &str, tool_id: &str, text: &str, is_error: bool) -> String {
+    pub fn tool_result(
+        uuid: &str,
+        session: &str,
+        tool_id: &str,
+        text: &str,
+        is_error: bool,
+    ) -> String {
         let mut v = envelope("user", uuid, session);
         v["message"] = json!({"role": "user", "content": [
             {"type": "tool_result", "tool_use_id": tool_id, "content": text, "is_error": is_error}
@@ -416,7 +429,13 @@ pub mod transcript {
     /// carries multi-byte characters so that chunked writes split them.
     pub fn prompts(prefix: &str, range: std::ops::Range<usize>) -> String {
         range
-            .map(|i| prompt(&format!("{prefix}-u{i}"), SESSION, &format!("{prefix}-{i:04} héllo wörld 日本語 🎉")))
+            .map(|i| {
+                prompt(
+                    &format!("{prefix}-u{i}"),
+                    SESSION,
+                    &format!("{prefix}-{i:04} héllo wörld 日本語 🎉"),
+                )
+            })
             .collect()
     }
 }

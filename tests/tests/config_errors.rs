@@ -1,6 +1,9 @@
 //! Bad configuration fails fast: one clear line naming the key, a non-zero
 //! exit, nothing started.
 
+// Scenarios fail fast on anything unexpected; that is the point of a test.
+#![allow(clippy::unwrap_used)]
+
 use e2e::run_to_end;
 
 fn assert_config_error(name: &str, args: &[&str], env: &[(&str, String)], key: &str) {

@@ -1,6 +1,9 @@
 //! Ingest promises, checked against the real watcher binary following a live
 //! transcript in a temp dir (console sink: what it prints is what it read).
 
+// Scenarios fail fast on anything unexpected; that is the point of a test.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -24,7 +27,11 @@ async fn wait_printed(w: &Proc, prefix: &str, range: std::ops::Range<usize>) {
     eventually(&format!("{prefix} {range:?} printed"), DEADLINE, || {
         let out = w.stdout().join("\n");
         let r = range.clone();
-        async move { r.clone().all(|i| out.contains(&format!("{prefix}-{i:04}"))).then_some(()) }
+        async move {
+            r.clone()
+                .all(|i| out.contains(&format!("{prefix}-{i:04}")))
+                .then_some(())
+        }
     })
     .await;
 }
@@ -53,7 +60,12 @@ async fn chunked_appends_split_lines_and_utf8_yet_every_record_prints_once() {
     );
     started_ops_addr(&w).await;
     // Chunks of 1..=7 bytes cut through every line and most multi-byte chars.
-    append_chunked(&file, transcript::prompts("chunk", 0..120).as_bytes(), 7, 42);
+    append_chunked(
+        &file,
+        transcript::prompts("chunk", 0..120).as_bytes(),
+        7,
+        42,
+    );
     wait_printed(&w, "chunk", 0..120).await;
     assert_once_in_order(&w, "chunk", 0..120);
 }
@@ -159,6 +171,10 @@ async fn start_at_end_skips_history_and_restart_resumes_from_the_checkpoint() {
     let w2 = console_watcher(&env, &state);
     wait_printed(&w2, "more", 0..5).await;
     let out = w2.stdout().join("\n");
-    assert_eq!(count(&out, "new-"), 0, "acknowledged records are not repeated:\n{out}");
+    assert_eq!(
+        count(&out, "new-"),
+        0,
+        "acknowledged records are not repeated:\n{out}"
+    );
     assert_once_in_order(&w2, "more", 0..5);
 }

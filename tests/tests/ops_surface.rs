@@ -1,6 +1,9 @@
 //! Foundation promises: both services boot observable, log JSON, expose the
 //! documented ops endpoints and metrics, and stop cleanly on SIGTERM.
 
+// Scenarios fail fast on anything unexpected; that is the point of a test.
+#![allow(clippy::unwrap_used)]
+
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;

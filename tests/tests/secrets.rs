@@ -1,6 +1,9 @@
 //! Secrets given by env or config never appear in logs, `--help`, errors,
 //! health bodies or metrics.
 
+// Scenarios fail fast on anything unexpected; that is the point of a test.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use e2e::{run_to_end, started_ops_addr, FakeDiscordProc, Proc};

@@ -488,13 +488,17 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let mut input_url = None;
     if let Some(input) = &cfg.input {
         let listener = ops::server::bind("INPUT_ADDR", input.addr).await?;
-        let bound = listener.local_addr().map_err(|e| AppError::Io(e.to_string()))?;
+        let bound = listener
+            .local_addr()
+            .map_err(|e| AppError::Io(e.to_string()))?;
         // An ephemeral port (`:0`) is only known now.
-        input_url = Some(if input.addr.port() == 0 && input.url == format!("http://{}", input.addr) {
-            format!("http://{bound}")
-        } else {
-            input.url.clone()
-        });
+        input_url = Some(
+            if input.addr.port() == 0 && input.url == format!("http://{}", input.addr) {
+                format!("http://{bound}")
+            } else {
+                input.url.clone()
+            },
+        );
         let router = crate::input::router(
             crate::input::InputConfig {
                 fifo: input.fifo.clone(),

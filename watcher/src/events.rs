@@ -311,6 +311,9 @@ impl DeliveryObserver for Telemetry {
 
 impl InputObserver for Telemetry {
     fn outcome(&self, outcome: &'static str) {
-        self.metrics.input_requests.with_label_values(&[outcome]).inc();
+        self.metrics
+            .input_requests
+            .with_label_values(&[outcome])
+            .inc();
     }
 }

@@ -69,6 +69,9 @@ pub struct StoredFile {
 }
 
 /// One dead-lettered message.
+/// One stored entry, or why it could not be read (kept in place).
+pub type EntryResult = Result<DlqEntry, String>;
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DlqEntry {
     pub payload: WebhookMessage,
@@ -217,7 +220,7 @@ impl Dlq {
     }
 
     /// Every entry, oldest first. Unreadable lines are reported, not fatal.
-    pub fn entries(&self) -> Result<Vec<(PathBuf, Result<DlqEntry, String>)>, DlqError> {
+    pub fn entries(&self) -> Result<Vec<(PathBuf, EntryResult)>, DlqError> {
         let mut out = Vec::new();
         for path in self.files()? {
             let f = File::open(&path).map_err(io(&path))?;
