@@ -45,6 +45,30 @@ fn promtool_check(name: &str, text: &str) {
     );
 }
 
+/// DESIGN.md §5, watcher metric names.
+const WATCHER_METRICS: &[&str] = &[
+    "watcher_events_processed_total{kind=",
+    "watcher_embeds_sent_total",
+    "watcher_messages_sent_total",
+    "watcher_bytes_sent_total",
+    "watcher_rate_limit_hits_total{scope=",
+    "watcher_webhook_retries_total{reason=",
+    "watcher_delivery_failures_total{reason=",
+    "watcher_dlq_messages_total",
+    "watcher_dlq_replayed_total",
+    "watcher_truncations_total{field=",
+    "watcher_transcript_parse_errors_total{reason=",
+    "watcher_transcript_bytes_read_total",
+    "watcher_transcript_rotations_total",
+    "watcher_queue_depth",
+    "watcher_queue_bytes",
+    "watcher_latency_seconds_bucket",
+    "watcher_last_delivery_timestamp_seconds",
+    "watcher_last_event_timestamp_seconds",
+    "watcher_session_cost_usd",
+    "watcher_tokens_total{type=",
+];
+
 async fn get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.unwrap();
     (r.status().as_u16(), r.text().await.unwrap())
@@ -191,6 +215,17 @@ async fn watcher_boots_observable_and_stops_on_sigterm() {
         },
     )
     .await;
+    // The instrumentation spec (DESIGN.md §5): every documented series exists
+    // from the first scrape, before anything happened.
+    let (_, metrics) = get(&format!("http://{ops}/metrics")).await;
+    for name in WATCHER_METRICS {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(name) && !l.starts_with('#')),
+            "watcher /metrics lacks the documented {name}:\n{metrics}"
+        );
+    }
     check_ops_surface("watcher", &mut watcher, &ops, "watcher").await;
 }
 

@@ -51,8 +51,66 @@ pub struct WatcherMetrics {
     pub input_requests: IntCounterVec,
 }
 
+/// The closed label sets, pre-registered so every series exists (at 0) from
+/// the first scrape: alerts on `rate()` and `absent()` then behave.
+const EVENT_KINDS: &[&str] = &[
+    "session_meta",
+    "user_prompt",
+    "assistant_text",
+    "thinking",
+    "tool_use",
+    "tool_result",
+    "notice",
+    "usage",
+    "title",
+];
+const RATE_LIMIT_SCOPES: &[&str] = &["user", "shared", "global"];
+const RETRY_REASONS: &[&str] = &["server_error", "network", "provision"];
+const FAILURE_REASONS: &[&str] = &["rejected", "webhook_gone", "retries_exhausted"];
+const PARSE_REASONS: &[&str] = &[
+    "torn",
+    "nul",
+    "invalid_utf8",
+    "surrogate",
+    "not_object",
+    "oversize",
+];
+const TOKEN_TYPES: &[&str] = &["input", "output", "cache_write", "cache_read"];
+const INPUT_OUTCOMES: &[&str] = &[
+    "accepted",
+    "bad_request",
+    "unauthorized",
+    "duplicate",
+    "too_large",
+    "rate_limited",
+    "unavailable",
+];
+
+fn preregister(vec: &IntCounterVec, labels: &[&str]) {
+    for l in labels {
+        let _ = vec.with_label_values(&[l]);
+    }
+}
+
 impl WatcherMetrics {
     pub fn new(m: &Metrics) -> Result<Self, MetricsError> {
+        let metrics = Self::register(m)?;
+        preregister(&metrics.events_processed, EVENT_KINDS);
+        preregister(&metrics.rate_limit_hits, RATE_LIMIT_SCOPES);
+        preregister(&metrics.webhook_retries, RETRY_REASONS);
+        preregister(&metrics.delivery_failures, FAILURE_REASONS);
+        preregister(&metrics.parse_errors, PARSE_REASONS);
+        preregister(&metrics.tokens, TOKEN_TYPES);
+        preregister(&metrics.input_requests, INPUT_OUTCOMES);
+        let fields: Vec<&str> = discord::truncate::Field::ALL
+            .iter()
+            .map(|f| f.as_str())
+            .collect();
+        preregister(&metrics.truncations, &fields);
+        Ok(metrics)
+    }
+
+    fn register(m: &Metrics) -> Result<Self, MetricsError> {
         Ok(Self {
             events_processed: m.counter_vec(
                 "watcher_events_processed_total",
@@ -200,11 +258,10 @@ impl Telemetry {
         }
     }
 
-    /// The session's estimated cost; unknown (unpriced model) leaves it at 0.
-    pub fn cost(&self, usd: Option<f64>) {
-        if let Some(usd) = usd {
-            self.metrics.session_cost.set(usd);
-        }
+    /// The session's estimated cost over the priced models (an unpriced
+    /// model adds nothing here; the summary names it as unknown).
+    pub fn cost(&self, usd: f64) {
+        self.metrics.session_cost.set(usd);
     }
 
     pub fn last_error(&self) -> Option<String> {

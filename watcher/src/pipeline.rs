@@ -199,7 +199,7 @@ impl Pipeline {
                 }
             }
         }
-        self.telemetry.cost(self.renderer.stats().cost_usd);
+        self.telemetry.cost(self.renderer.stats().priced_cost_usd);
         if !units.is_empty() && !self.run_state.header_posted {
             let header = self.renderer.header(&self.started_wall);
             self.batcher.push(Unit {

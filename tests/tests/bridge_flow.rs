@@ -1,0 +1,6 @@
+//! stub
+#![allow(clippy::unwrap_used)]
+#[test]
+fn build_bins() {
+    e2e::bin("watcher");
+}
