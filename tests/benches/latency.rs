@@ -24,6 +24,9 @@ use fake_discord::{FakeConfig, FakeDiscord};
 use serde_json::json;
 use tokio::time::Instant;
 
+/// Gap between appends in the latency run: 40 events/s.
+const PACE: Duration = Duration::from_millis(25);
+
 fn watcher_env(webhook: &str, file: &Path, state: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("OPS_ADDR", "127.0.0.1:0".to_string()),
@@ -32,7 +35,7 @@ fn watcher_env(webhook: &str, file: &Path, state: &Path) -> Vec<(&'static str, S
         ("STATE_DIR", state.display().to_string()),
         ("DISCORD_WEBHOOK_URL", webhook.to_string()),
         ("POLL_INTERVAL_MS", "100".to_string()),
-        ("RUST_LOG", "warn".to_string()),
+        ("RUST_LOG", "info".to_string()),
     ]
 }
 
@@ -54,11 +57,10 @@ async fn latency(events: usize) -> serde_json::Value {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s.jsonl");
     std::fs::write(&file, "").unwrap();
-    let w = Proc::start(
-        "watcher",
-        &[],
-        &watcher_env(&hook.url, &file, &dir.path().join("state")),
-    );
+    let mut env = watcher_env(&hook.url, &file, &dir.path().join("state"));
+    // Limits off on both sides: the watcher's own per-channel pacing too.
+    env.push(("CHANNEL_MESSAGES_PER_MINUTE", "1000000".to_string()));
+    let w = Proc::start("watcher", &[], &env);
     e2e::started_ops_addr(&w).await;
     // Warm-up: the header and the first message.
     append(&file, &transcript::prompt("warm", SESSION, "warm-up"));
@@ -81,6 +83,9 @@ async fn latency(events: usize) -> serde_json::Value {
         let t1 = Instant::now();
         assert!(!got.is_empty(), "event {i} was not delivered");
         samples.push((t1 - t0).as_secs_f64() * 1000.0);
+        // Pace the producer below the watcher's global 50 requests/s budget
+        // (a Discord limit it honours even here), like a real agent would.
+        tokio::time::sleep_until(t0 + PACE).await;
         rate_limited += fake.stats().rate_limited.values().sum::<u64>();
         fake.reset();
     }

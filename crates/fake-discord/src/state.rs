@@ -664,7 +664,13 @@ impl State {
             }
         }
         w.take(now);
-        let bucket = Self::advertised(w, &key, now);
+        let mut bucket = Self::advertised(w, &key, now);
+        if !enforce {
+            // Limits off: advertise a budget no client will exhaust, so a
+            // header-driven limiter does not pace either.
+            bucket.state.limit = 1_000_000;
+            bucket.state.remaining = 1_000_000;
+        }
         self.count_global(now);
         Ok(bucket)
     }
