@@ -72,7 +72,14 @@ fn rate_limited_total(stats: &Value) -> u64 {
 fn twilight_check(payload: &Value) {
     let embeds: Vec<twilight_model::channel::message::Embed> = payload
         .get("embeds")
-        .map(|e| serde_json::from_value(e.clone()).expect("embeds parse as Discord embeds"))
+        .map(|e| {
+            // Discord fills in `type: "rich"` on its side; twilight's model wants it.
+            let mut e = e.clone();
+            for embed in e.as_array_mut().into_iter().flatten() {
+                embed["type"] = json!("rich");
+            }
+            serde_json::from_value(e).expect("embeds parse as Discord embeds")
+        })
         .unwrap_or_default();
     twilight_validate::message::embeds(&embeds)
         .unwrap_or_else(|e| panic!("twilight rejects embeds: {e}\n{payload}"));
@@ -99,7 +106,7 @@ fn summary_index(messages: &[Value]) -> Option<usize> {
         m["payload"]
             .to_string()
             .to_lowercase()
-            .contains("session complete")
+            .contains("run complete")
     })
 }
 
@@ -155,7 +162,7 @@ async fn a_session_arrives_complete_in_order_header_first_summary_last() {
             .filter(|m| m["payload"]
                 .to_string()
                 .to_lowercase()
-                .contains("session complete"))
+                .contains("run complete"))
             .count(),
         1,
         "exactly one summary"
@@ -371,9 +378,25 @@ async fn shared_sample_transcripts_render_to_payloads_discord_accepts() {
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
+        let embeds: Vec<&Value> = payloads
+            .iter()
+            .flat_map(|p| p["embeds"].as_array().into_iter().flatten())
+            .collect();
         assert!(
-            payloads.len() >= 2,
+            embeds.len() >= 3,
             "{}: header, events, summary",
+            sample.display()
+        );
+        let first = embeds[0].to_string().to_lowercase();
+        let last = embeds[embeds.len() - 1].to_string().to_lowercase();
+        assert!(
+            first.contains("run started"),
+            "{}: header first: {first}",
+            sample.display()
+        );
+        assert!(
+            last.contains("run complete"),
+            "{}: summary last: {last}",
             sample.display()
         );
         for p in &payloads {
@@ -391,4 +414,51 @@ async fn shared_sample_transcripts_render_to_payloads_discord_accepts() {
         }
     }
     let _ = SESSION;
+}
+
+#[tokio::test]
+async fn readiness_fails_while_discord_fails_and_recovers_after_the_next_success() {
+    let fake = FakeDiscordProc::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let mut env = webhook_env(&fake, &file, &dir.path().join("state"));
+    env.push(("SINK_UNHEALTHY_AFTER", "1s".to_string()));
+    let w = Proc::start("watcher", &[], &env);
+    let ops = started_ops_addr(&w).await;
+    let readyz = || async {
+        let r = reqwest::get(format!("http://{ops}/readyz")).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    append_chunked(&file, transcript::prompts("ready", 0..2).as_bytes(), 512, 1);
+    wait_delivered(&fake, "ready", 0..2).await;
+    assert_eq!(readyz().await.0, 200);
+
+    fake.inject(json!({"kind": "status", "status": 503, "count": 100_000}))
+        .await;
+    append_chunked(&file, transcript::prompts("ready", 2..4).as_bytes(), 512, 2);
+    let body = eventually("not ready while Discord fails", DEADLINE, || async {
+        let (code, body) = readyz().await;
+        (code == 503).then_some(body)
+    })
+    .await;
+    assert!(body.contains("no successful delivery"), "{body}");
+    let live = reqwest::get(format!("http://{ops}/livez")).await.unwrap();
+    assert_eq!(
+        live.status().as_u16(),
+        200,
+        "an outage never fails liveness"
+    );
+
+    let r = reqwest::Client::new()
+        .delete(fake.admin("faults"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    wait_delivered(&fake, "ready", 2..4).await;
+    eventually("ready again after a success", DEADLINE, || async {
+        (readyz().await.0 == 200).then_some(())
+    })
+    .await;
 }
