@@ -26,6 +26,11 @@ async fn watcher_never_prints_its_secrets() {
         ("DISCORD_WEBHOOK_URL", webhook.clone()),
         ("BRIDGE_TOKEN", BRIDGE_TOKEN.to_string()),
         ("INPUT_SECRET", INPUT_SECRET.to_string()),
+        ("INPUT_ADDR", "127.0.0.1:0".to_string()),
+        (
+            "AGENT_INPUT_FIFO",
+            dir.path().join("input.fifo").display().to_string(),
+        ),
         ("STATE_DIR", dir.path().join("state").display().to_string()),
         ("RUST_LOG", "debug".to_string()),
     ];

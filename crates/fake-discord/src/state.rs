@@ -266,6 +266,10 @@ pub struct InteractionEdit {
     pub body: Value,
 }
 
+/// What the fake advertises in rate-limit headers when limits are off: a budget
+/// no client exhausts, so header-driven limiters do not pace either.
+pub const UNLIMITED_BUDGET: u32 = 1_000_000;
+
 /// Counters since start (or the last `POST /_admin/reset`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Stats {
@@ -668,8 +672,8 @@ impl State {
         if !enforce {
             // Limits off: advertise a budget no client will exhaust, so a
             // header-driven limiter does not pace either.
-            bucket.state.limit = 1_000_000;
-            bucket.state.remaining = 1_000_000;
+            bucket.state.limit = UNLIMITED_BUDGET;
+            bucket.state.remaining = UNLIMITED_BUDGET;
         }
         self.count_global(now);
         Ok(bucket)
@@ -900,7 +904,8 @@ mod tests {
         let mut s = State::new(FakeConfig::without_rate_limits());
         for _ in 0..100 {
             let b = s.limit_execute("1", Instant::now()).unwrap();
-            assert_eq!(b.state.limit, 5);
+            assert_eq!(b.state.limit, UNLIMITED_BUDGET);
+            assert_eq!(b.state.remaining, UNLIMITED_BUDGET);
             s.count_message("c", Instant::now());
             assert_eq!(s.channel_check("c", Instant::now()), Ok(()));
         }
