@@ -360,10 +360,13 @@ pub fn load(
     command: &clap::Command,
     matches: &clap::ArgMatches,
 ) -> Result<(Cli, Config), ConfigError> {
-    use clap::FromArgMatches;
-    let cli = Cli::from_arg_matches(matches).map_err(|e| ConfigError::Other(e.to_string()))?;
-    let raw: RawConfig = ops::config::load(command, matches, cli.config.as_deref(), &["config"])?;
-    Ok((cli, raw.validate()?))
+    ops::config::load_cli(command, matches, RawConfig::validate)
+}
+
+impl ops::config::ConfigFileArg for Cli {
+    fn config_file(&self) -> Option<&std::path::Path> {
+        self.config.as_deref()
+    }
 }
 
 #[cfg(test)]

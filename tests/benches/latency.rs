@@ -209,11 +209,13 @@ async fn idle(seconds: u64) -> serde_json::Value {
 #[tokio::main]
 async fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
+    e2e::use_release_binaries();
     let drain_messages: usize = std::env::var("DRAIN_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(45);
     let report = json!({
+        "binaries": e2e::profile(),
         "latency_append_to_accepted": latency(1000).await,
         "drain_default_limits": drain(drain_messages).await,
         "idle": idle(10).await,

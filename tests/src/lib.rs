@@ -26,30 +26,52 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target"))
 }
 
+static RELEASE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Makes [`bin`] build and run release binaries (what users deploy); benches
+/// call it first. `E2E_PROFILE=release` does the same for tests.
+pub fn use_release_binaries() {
+    RELEASE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// The cargo profile the binaries are built with.
+pub fn profile() -> &'static str {
+    let env = std::env::var("E2E_PROFILE");
+    if RELEASE.load(std::sync::atomic::Ordering::SeqCst) || env.as_deref() == Ok("release") {
+        "release"
+    } else {
+        "debug"
+    }
+}
+
 /// Path of a workspace binary, built once per test process (`cargo build` is a
 /// no-op when up to date; cargo releases its lock before running tests).
 pub fn bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut args = vec![
+            "build",
+            "--quiet",
+            "-p",
+            "watcher",
+            "-p",
+            "bot-bridge",
+            "-p",
+            "fake-discord",
+            "--bins",
+        ];
+        if profile() == "release" {
+            args.push("--release");
+        }
         let status = Command::new(cargo)
             .current_dir(workspace_root())
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "watcher",
-                "-p",
-                "bot-bridge",
-                "-p",
-                "fake-discord",
-                "--bins",
-            ])
+            .args(&args)
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building the binaries failed");
     });
-    let path = target_dir().join("debug").join(name);
+    let path = target_dir().join(profile()).join(name);
     assert!(path.exists(), "{} missing", path.display());
     path
 }

@@ -512,7 +512,7 @@ fn summary_with_an_unpriced_model() {
     let mut r = Renderer::new(cfg(false));
     r.render(&ev(EventKind::Usage {
         message_id: "m".into(),
-        model: "claude-opus-4-5-20251101".into(),
+        model: "claude-opus-4-9-20270101".into(),
         usage: Usage {
             input_tokens: 100,
             output_tokens: 10,
@@ -527,7 +527,7 @@ fn summary_with_an_unpriced_model() {
         .map(|f| f.value.clone());
     assert_eq!(
         cost.as_deref(),
-        Some("unknown (no price for: claude-opus-4-5-20251101)")
+        Some("unknown (no price for: claude-opus-4-9-20270101)")
     );
     assert_eq!(r.stats().cost_usd, None);
 }

@@ -35,6 +35,29 @@ impl ConfigError {
     }
 }
 
+/// A binary's command line that may name a `--config` file.
+pub trait ConfigFileArg {
+    fn config_file(&self) -> Option<&Path>;
+}
+
+/// The whole load of a binary: parses `matches` into its CLI type `C`, layers
+/// flags over env, the `--config` file and defaults into the raw config `R`
+/// (see [`load`]), and validates that into the runtime config. Both binaries go
+/// through here, so precedence and error wording cannot drift apart.
+pub fn load_cli<C, R, V>(
+    command: &clap::Command,
+    matches: &ArgMatches,
+    validate: impl FnOnce(R) -> Result<V, ConfigError>,
+) -> Result<(C, V), ConfigError>
+where
+    C: clap::FromArgMatches + ConfigFileArg,
+    R: DeserializeOwned,
+{
+    let cli = C::from_arg_matches(matches).map_err(|e| ConfigError::Other(e.to_string()))?;
+    let raw: R = load(command, matches, cli.config_file(), &["config"])?;
+    Ok((cli, validate(raw)?))
+}
+
 /// Builds `T` from the arguments of `command` as parsed into `matches`, and an
 /// optional config file. `skip` lists argument ids that are not configuration
 /// (e.g. `config` itself).

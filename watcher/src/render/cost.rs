@@ -51,8 +51,17 @@ impl Price {
     }
 }
 
-/// Current Claude models (Anthropic list prices).
-const BUILTIN: [(&str, Price); 7] = [
+/// Claude models and their Anthropic list prices (USD per million tokens:
+/// input, output, 5-minute cache write at 1.25× input, cache read at 0.1×), as
+/// published on platform.claude.com. Anything else is priced through
+/// `MODEL_COSTS`, or shown as unknown, never as 0.
+const BUILTIN: [(&str, Price); 13] = [
+    ("claude-opus-5-5", Price::new(4.0, 20.0, 5.0, 0.4)),
+    ("claude-opus-5", Price::new(5.0, 25.0, 6.25, 0.5)),
+    ("claude-sonnet-5-5", Price::new(2.0, 10.0, 2.5, 0.2)),
+    ("claude-opus-4-6", Price::new(5.0, 25.0, 6.25, 0.5)),
+    ("claude-sonnet-4-6", Price::new(3.0, 15.0, 3.75, 0.3)),
+    ("claude-opus-4-5", Price::new(5.0, 25.0, 6.25, 0.5)),
     ("claude-opus-4-1", Price::new(15.0, 75.0, 18.75, 1.5)),
     ("claude-opus-4", Price::new(15.0, 75.0, 18.75, 1.5)),
     ("claude-sonnet-4-5", Price::new(3.0, 15.0, 3.75, 0.3)),
@@ -285,6 +294,12 @@ mod tests {
             Some((15.0, 75.0, 18.75, 1.5))
         );
         assert_eq!(p("claude-opus-4-20250514"), Some((15.0, 75.0, 18.75, 1.5)));
+        assert_eq!(p("claude-opus-4-6"), Some((5.0, 25.0, 6.25, 0.5)));
+        assert_eq!(p("claude-opus-4-5-20251101"), Some((5.0, 25.0, 6.25, 0.5)));
+        assert_eq!(p("claude-opus-5"), Some((5.0, 25.0, 6.25, 0.5)));
+        assert_eq!(p("claude-opus-5-5"), Some((4.0, 20.0, 5.0, 0.4)));
+        assert_eq!(p("claude-sonnet-5-5"), Some((2.0, 10.0, 2.5, 0.2)));
+        assert_eq!(p("claude-sonnet-4-6"), Some((3.0, 15.0, 3.75, 0.3)));
         assert_eq!(
             p("claude-sonnet-4-5-20250929"),
             Some((3.0, 15.0, 3.75, 0.3))
@@ -302,9 +317,9 @@ mod tests {
     fn unknown_models_have_no_price_not_zero() {
         let t = CostTable::builtin();
         assert_eq!(
-            t.price("claude-opus-4-5-20251101"),
+            t.price("claude-opus-4-9-20270101"),
             None,
-            "not a prefix match"
+            "not a prefix match of claude-opus-4"
         );
         assert_eq!(t.price("gpt-4o"), None);
         assert_eq!(t.price("<synthetic>"), None);

@@ -4,7 +4,10 @@
 //! Notifications are only a latency optimisation. They can be unavailable
 //! (no inotify in the container, watch limits), overflow, or miss a file
 //! created before its directory was watched, so the poll keeps running
-//! regardless and a notify error simply means "look now".
+//! regardless and a notify error simply means "look now". While every
+//! directory is watched the poll relaxes to [`SAFETY_POLL`] (an idle sidecar
+//! should cost nothing); `POLL_INTERVAL_MS` applies when notifications are
+//! unavailable or a directory could not be watched.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,15 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tokio::time::{Interval, MissedTickBehavior};
 
+/// The poll interval while notifications cover every directory.
+pub const SAFETY_POLL: Duration = Duration::from_secs(1);
+
+fn interval(period: Duration) -> Interval {
+    let mut tick = tokio::time::interval(period.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    tick
+}
+
 /// Wake-ups for the ingest loop.
 pub struct Wake {
     signal: Arc<Notify>,
@@ -23,6 +35,10 @@ pub struct Wake {
     /// Directories watched so far (watching is idempotent per directory).
     watched: HashSet<PathBuf>,
     tick: Interval,
+    /// `POLL_INTERVAL_MS`, used once notifications cannot be relied on.
+    fallback: Duration,
+    /// Whether the tick runs at `fallback` already.
+    polling: bool,
 }
 
 impl Wake {
@@ -40,13 +56,31 @@ impl Wake {
                 None
             }
         };
-        let mut tick = tokio::time::interval(poll_interval.max(Duration::from_millis(1)));
-        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let polling = watcher.is_none();
+        let period = if polling {
+            poll_interval
+        } else {
+            poll_interval.max(SAFETY_POLL)
+        };
         Self {
             signal,
             watcher,
             watched: HashSet::new(),
-            tick,
+            tick: interval(period),
+            fallback: poll_interval,
+            polling,
+        }
+    }
+
+    /// The current poll period (tests, diagnostics).
+    pub fn poll_period(&self) -> Duration {
+        self.tick.period()
+    }
+
+    fn fall_back_to_polling(&mut self) {
+        if !self.polling {
+            self.polling = true;
+            self.tick = interval(self.fallback);
         }
     }
 
@@ -67,6 +101,7 @@ impl Wake {
                 tracing::debug!(dir = %dir.display(), error = %e, "cannot watch directory; polling it");
                 // Do not retry on every pass.
                 self.watched.insert(dir.to_path_buf());
+                self.fall_back_to_polling();
             }
         }
     }
@@ -97,5 +132,43 @@ impl Wake {
             () = self.signal.notified() => {}
             () = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn notifications_relax_the_poll_and_still_wake_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wake = Wake::new(Duration::from_millis(100));
+        if wake.watcher.is_none() {
+            eprintln!("skipped: no file notifications on this machine");
+            assert_eq!(wake.poll_period(), Duration::from_millis(100));
+            return;
+        }
+        assert_eq!(wake.poll_period(), SAFETY_POLL);
+        wake.watch_dir(dir.path());
+        // The first tick of an interval fires at once; consume it.
+        wake.wait().await;
+        let start = tokio::time::Instant::now();
+        std::fs::write(dir.path().join("s.jsonl"), b"{}\n").unwrap();
+        tokio::time::timeout(SAFETY_POLL / 2, wake.wait())
+            .await
+            .expect("a write in a watched directory wakes before the safety poll");
+        assert!(start.elapsed() < SAFETY_POLL / 2);
+    }
+
+    #[tokio::test]
+    async fn an_unwatchable_directory_brings_the_fast_poll_back() {
+        let mut wake = Wake::new(Duration::from_millis(100));
+        wake.fall_back_to_polling();
+        assert_eq!(wake.poll_period(), Duration::from_millis(100));
+        // Idempotent.
+        wake.fall_back_to_polling();
+        assert_eq!(wake.poll_period(), Duration::from_millis(100));
     }
 }
