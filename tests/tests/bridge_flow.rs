@@ -61,10 +61,15 @@ fn bridge_env(fake: &FakeDiscordProc, db: &Path) -> Vec<(&'static str, String)> 
 impl Bridge {
     /// Starts bot-bridge on `api_addr` (`127.0.0.1:0` for any port; a restart
     /// reuses the old one, as a Kubernetes Service would keep the address).
-    async fn start(fake: &FakeDiscordProc, db: &Path, api_addr: &str) -> Bridge {
+    async fn start(
+        fake: &FakeDiscordProc,
+        db: &Path,
+        api_addr: &str,
+        extra: &[(&'static str, String)],
+    ) -> Bridge {
         let mut env = bridge_env(fake, db);
-        env.retain(|(k, _)| *k != "API_ADDR");
         env.push(("API_ADDR", api_addr.to_owned()));
+        env.extend_from_slice(extra);
         let proc = Proc::start("bot-bridge", &[], &env);
         let started = proc.wait_log("started", DEADLINE).await;
         let api = started["api_addr"].as_str().unwrap().to_owned();
@@ -289,7 +294,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     let fake = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bridge.db");
-    let mut bridge = Bridge::start(&fake, &db, "127.0.0.1:0").await;
+    let mut bridge = Bridge::start(&fake, &db, "127.0.0.1:0", &[]).await;
     let mut outputs: Vec<(String, String)> = Vec::new();
     let mut responses: Vec<String> = Vec::new();
 
@@ -455,7 +460,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
 
     // Restarted on the same database: the run, its channel and input are intact.
     let api_addr = bridge.api.clone();
-    bridge = Bridge::start(&fake, &db, &api_addr).await;
+    bridge = Bridge::start(&fake, &db, &api_addr, &[]).await;
     let view = bridge.run(&run_id).await;
     assert_eq!(view["status"], "active");
     assert_eq!(view["channel_id"], channel_id.as_str());
@@ -556,6 +561,116 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
             );
         }
     }
+}
+
+/// Discord's scale limits, against the fake that enforces them: a full
+/// category (50 channels) overflows into `Agent Runs 2`.
+#[tokio::test]
+async fn a_full_category_overflows_into_the_next() {
+    let fake = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = reqwest::Client::new();
+    let category: Value = admin
+        .post(fake.admin("channels"))
+        .json(&json!({"name": "Agent Runs", "type": 4}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    for i in 0..50 {
+        let r = admin
+            .post(fake.admin("channels"))
+            .json(&json!({"name": format!("run-old-{i}"), "type": 0, "parent_id": category["id"]}))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+    }
+    let bridge = Bridge::start(&fake, &dir.path().join("b.db"), "127.0.0.1:0", &[]).await;
+    let (status, run) = bridge.create_run().await;
+    assert_eq!(status, 201, "{run}");
+    let channels = admin_list(&fake, "channels").await;
+    let channel = channels
+        .iter()
+        .find(|c| c["id"] == run["channel_id"])
+        .unwrap();
+    let parent = channels
+        .iter()
+        .find(|c| c["id"] == channel["parent_id"])
+        .unwrap();
+    assert_eq!(parent["name"], "Agent Runs 2", "{channel}");
+    assert_eq!(parent["type"], 4);
+}
+
+/// `RUN_CONTAINER=thread`: each run is a thread of one channel, and the
+/// watcher's posts land in that thread through the parent's webhook.
+#[tokio::test]
+async fn thread_mode_streams_into_the_runs_thread() {
+    let fake = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let parent: Value = reqwest::Client::new()
+        .post(fake.admin("channels"))
+        .json(&json!({"name": "agent-runs", "type": 0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let parent_id = parent["id"].as_str().unwrap().to_owned();
+    let bridge = Bridge::start(
+        &fake,
+        &dir.path().join("b.db"),
+        "127.0.0.1:0",
+        &[
+            ("RUN_CONTAINER", "thread".to_string()),
+            ("THREAD_PARENT_CHANNEL_ID", parent_id.clone()),
+        ],
+    )
+    .await;
+    let transcript_path = dir.path().join("s.jsonl");
+    std::fs::write(&transcript_path, transcript::prompts("thread", 0..4)).unwrap();
+    let fifo = Fifo::open(dir.path(), None);
+    let env = watcher_env(
+        &bridge,
+        &transcript_path,
+        &dir.path().join("state"),
+        &fifo.path,
+    );
+    let watcher = Proc::start("watcher", &[], &env);
+    let provisioned = watcher
+        .wait_log("run provisioned by bot-bridge", DEADLINE)
+        .await;
+    let thread_id = provisioned["channel_id"].as_str().unwrap().to_owned();
+    let thread = admin_list(&fake, "channels")
+        .await
+        .into_iter()
+        .find(|c| c["id"] == thread_id.as_str())
+        .unwrap();
+    assert_eq!(thread["parent_id"], parent_id.as_str(), "{thread}");
+    eventually("the session in the run's thread", DEADLINE, || async {
+        let in_thread: Vec<Value> =
+            reqwest::get(fake.admin(&format!("messages?thread_id={thread_id}")))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+        let text: String = in_thread.iter().map(|m| m["payload"].to_string()).collect();
+        (0..4)
+            .all(|i| text.contains(&format!("thread-{i:04}")))
+            .then_some(())
+    })
+    .await;
+    assert!(
+        fake.messages()
+            .await
+            .iter()
+            .all(|m| m["thread_id"] == thread_id.as_str()),
+        "nothing lands in the parent channel itself"
+    );
 }
 
 fn sign_input(secret: &str, ts: &str, body: &[u8]) -> String {
