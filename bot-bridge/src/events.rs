@@ -126,6 +126,9 @@ pub struct BridgeMetrics {
     interactions: IntCounterVec,
 }
 
+/// The `scope` label values of `bridge_discord_rate_limited_total`.
+pub const RATE_LIMIT_SCOPES: [&str; 4] = ["route", "global", "shared", "other"];
+
 impl BridgeMetrics {
     pub fn new(metrics: &Metrics) -> Result<Self, MetricsError> {
         let m = Self {
@@ -160,6 +163,9 @@ impl BridgeMetrics {
         for kind in ErrorKind::ALL {
             m.errors.with_label_values(&[kind.as_str()]);
         }
+        for scope in RATE_LIMIT_SCOPES {
+            m.rate_limited.with_label_values(&[scope]);
+        }
         for command in Command::ALL {
             for outcome in Outcome::ALL {
                 m.interactions
@@ -186,7 +192,8 @@ impl BridgeMetrics {
             .inc();
     }
 
-    /// Records one 429 (called by the REST client's observer).
+    /// Records one 429 (called by the REST client's observer); the scope is
+    /// one of [`RATE_LIMIT_SCOPES`].
     pub fn discord_rate_limited(&self, scope: &'static str) {
         let scope = match scope {
             "global" => "global",
@@ -347,6 +354,7 @@ mod tests {
             "bridge_runs_created_total 1",
             "bridge_discord_requests_total{route=\"/channels/{channel_id}\",status=\"200\"} 1",
             "bridge_discord_rate_limited_total{scope=\"global\"} 1",
+            "bridge_discord_rate_limited_total{scope=\"route\"} 0",
             "bridge_interactions_total{command=\"input\",outcome=\"forwarded\"} 1",
         ] {
             assert!(text.contains(name), "missing {name}:\n{text}");

@@ -37,6 +37,7 @@ fn now_unix() -> i64 {
 struct Bridge {
     proc: Proc,
     api: String,
+    ops: String,
 }
 
 fn bridge_env(fake: &FakeDiscordProc, db: &Path) -> Vec<(&'static str, String)> {
@@ -73,7 +74,8 @@ impl Bridge {
         let proc = Proc::start("bot-bridge", &[], &env);
         let started = proc.wait_log("started", DEADLINE).await;
         let api = started["api_addr"].as_str().unwrap().to_owned();
-        Bridge { proc, api }
+        let ops = started["ops_addr"].as_str().unwrap().to_owned();
+        Bridge { proc, api, ops }
     }
 
     fn url(&self, path: &str) -> String {
@@ -519,6 +521,40 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
         bridge.input("9007", &channel_id, "too late").await,
         "run finished"
     );
+
+    // What happened is visible in the metrics (DESIGN.md §5 names).
+    let metrics = reqwest::get(format!("http://{}/metrics", bridge.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in [
+        "bridge_runs_created_total",
+        "bridge_runs_active",
+        "bridge_forwarded_messages_total",
+        "bridge_errors_total",
+        "bridge_discord_requests_total",
+        "bridge_discord_rate_limited_total",
+        "bridge_interactions_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    let forwarded = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("bridge_interactions_total{")
+                && l.contains(r#"command="input""#)
+                && l.contains(r#"outcome="forwarded""#)
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        forwarded >= 1.0,
+        "the input after the restart is counted:\n{metrics}"
+    );
+    responses.push(metrics);
 
     // Secrets: nothing but the authenticated POST /v1/runs answer carries them.
     let (_, listed) = bridge.get("/v1/runs").await;
