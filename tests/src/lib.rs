@@ -311,14 +311,77 @@ impl FakeDiscordProc {
         )
     }
 
-    /// Messages the fake accepted, in arrival order.
-    pub async fn messages(&self) -> Vec<serde_json::Value> {
-        reqwest::get(self.admin("messages"))
+    /// `GET /_admin/{path}` as JSON.
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.admin(path))
             .await
-            .expect("admin messages")
+            .unwrap_or_else(|e| panic!("admin GET {path}: {e}"))
             .json()
             .await
-            .expect("messages JSON")
+            .unwrap_or_else(|e| panic!("admin GET {path} JSON: {e}"))
+    }
+
+    /// `POST /_admin/{path}` with `body`; the created object.
+    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = reqwest::Client::new()
+            .post(self.admin(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("admin POST {path}: {e}"));
+        assert!(r.status().is_success(), "admin POST {path}: {}", r.status());
+        r.json()
+            .await
+            .unwrap_or_else(|e| panic!("admin POST {path} JSON: {e}"))
+    }
+
+    /// `GET /_admin/{path}` as a list (channels, webhooks, messages…).
+    pub async fn admin_list(&self, path: &str) -> Vec<serde_json::Value> {
+        match self.admin_get(path).await {
+            serde_json::Value::Array(list) => list,
+            other => panic!("admin GET {path}: not a list: {other}"),
+        }
+    }
+
+    /// Messages the fake accepted, in arrival order.
+    pub async fn messages(&self) -> Vec<serde_json::Value> {
+        self.admin_list("messages").await
+    }
+
+    /// The payloads of the accepted messages matching `query` (e.g.
+    /// `?channel_id=1`, or `""` for all), as one string for marker counting.
+    pub async fn payload_text(&self, query: &str) -> String {
+        self.admin_list(&format!("messages{query}"))
+            .await
+            .iter()
+            .map(|m| m["payload"].to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Waits until every marker `{prefix}-{i:04}` of `range` arrived among the
+    /// messages matching `query`; returns their payload text.
+    pub async fn wait_markers(
+        &self,
+        query: &str,
+        prefix: &str,
+        range: std::ops::Range<usize>,
+        timeout: Duration,
+    ) -> String {
+        eventually(
+            &format!("{prefix} {range:?} delivered (messages{query})"),
+            timeout,
+            || {
+                let r = range.clone();
+                async move {
+                    let text = self.payload_text(query).await;
+                    r.clone()
+                        .all(|i| text.contains(&format!("{prefix}-{i:04}")))
+                        .then_some(text)
+                }
+            },
+        )
+        .await
     }
 
     pub async fn stats(&self) -> serde_json::Value {
@@ -343,6 +406,18 @@ impl FakeDiscordProc {
             r.status()
         );
     }
+}
+
+/// The environment every watcher scenario starts from: ephemeral ops port,
+/// the transcript read from its beginning, a private state dir, a short poll.
+pub fn watcher_env(transcript: &Path, state: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPS_ADDR", "127.0.0.1:0".to_string()),
+        ("TRANSCRIPT_PATH", transcript.display().to_string()),
+        ("START_AT", "beginning".to_string()),
+        ("STATE_DIR", state.display().to_string()),
+        ("POLL_INTERVAL_MS", "50".to_string()),
+    ]
 }
 
 /// The `ops_addr` a service logged in its "started" line.

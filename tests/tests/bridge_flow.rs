@@ -216,12 +216,8 @@ fn watcher_env(
     state: &Path,
     fifo: &Path,
 ) -> Vec<(&'static str, String)> {
-    vec![
-        ("OPS_ADDR", "127.0.0.1:0".to_string()),
-        ("TRANSCRIPT_PATH", transcript.display().to_string()),
-        ("START_AT", "beginning".to_string()),
-        ("STATE_DIR", state.display().to_string()),
-        ("POLL_INTERVAL_MS", "50".to_string()),
+    let mut env = e2e::watcher_env(transcript, state);
+    env.extend([
         ("BRIDGE_URL", format!("http://{}", bridge.api)),
         ("BRIDGE_TOKEN", API_TOKEN.to_string()),
         ("TASK_ID", TASK.to_string()),
@@ -230,21 +226,14 @@ fn watcher_env(
         ("INPUT_ADDR", "127.0.0.1:0".to_string()),
         ("AGENT_INPUT_FIFO", fifo.display().to_string()),
         ("RUST_LOG", "debug".to_string()),
-    ]
+    ]);
+    env
 }
 
 /// Every payload the fake accepted in `channel_id`, as one string.
 async fn channel_text(fake: &FakeDiscordProc, channel_id: &str) -> String {
-    reqwest::get(fake.admin(&format!("messages?channel_id={channel_id}")))
+    fake.payload_text(&format!("?channel_id={channel_id}"))
         .await
-        .unwrap()
-        .json::<Vec<Value>>()
-        .await
-        .unwrap()
-        .iter()
-        .map(|m| m["payload"].to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 async fn wait_channel_has(
@@ -253,34 +242,18 @@ async fn wait_channel_has(
     prefix: &str,
     range: std::ops::Range<usize>,
 ) {
-    eventually(
-        &format!("{prefix} {range:?} in the run channel"),
+    fake.wait_markers(
+        &format!("?channel_id={channel_id}"),
+        prefix,
+        range,
         DEADLINE,
-        || {
-            let r = range.clone();
-            async move {
-                let text = channel_text(fake, channel_id).await;
-                r.clone()
-                    .all(|i| text.contains(&format!("{prefix}-{i:04}")))
-                    .then_some(())
-            }
-        },
     )
     .await;
 }
 
-async fn admin_list(fake: &FakeDiscordProc, what: &str) -> Vec<Value> {
-    reqwest::get(fake.admin(what))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The live (not deleted) webhooks of a channel.
 async fn live_webhooks(fake: &FakeDiscordProc, channel_id: &str) -> Vec<Value> {
-    admin_list(fake, "webhooks")
+    fake.admin_list("webhooks")
         .await
         .into_iter()
         .filter(|w| w["channel_id"] == channel_id && w["deleted"] != true)
@@ -313,7 +286,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     let channel_id = created["channel_id"].as_str().unwrap().to_owned();
     let input_secret = created["input_secret"].as_str().unwrap().to_owned();
     assert!(input_secret.len() >= 16);
-    let channels = admin_list(&fake, "channels").await;
+    let channels = fake.admin_list("channels").await;
     let channel = channels.iter().find(|c| c["id"] == channel_id).unwrap();
     assert_eq!(channel["name"], format!("run-{TASK}-1-{SHORT}"));
     let runs_category = channels
@@ -509,7 +482,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
         (v["status"] == "archived").then_some(())
     })
     .await;
-    let channels = admin_list(&fake, "channels").await;
+    let channels = fake.admin_list("channels").await;
     let channel = channels.iter().find(|c| c["id"] == channel_id).unwrap();
     let parent = channels
         .iter()
@@ -576,7 +549,8 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
         .is_some());
     outputs.push(("bot-bridge".into(), bridge.proc.output()));
     outputs.push(("watcher".into(), watcher.output()));
-    let webhook_tokens: Vec<String> = admin_list(&fake, "webhooks")
+    let webhook_tokens: Vec<String> = fake
+        .admin_list("webhooks")
         .await
         .iter()
         .filter(|w| w["channel_id"] == channel_id)
@@ -605,29 +579,20 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
 async fn a_full_category_overflows_into_the_next() {
     let fake = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
     let dir = tempfile::tempdir().unwrap();
-    let admin = reqwest::Client::new();
-    let category: Value = admin
-        .post(fake.admin("channels"))
-        .json(&json!({"name": "Agent Runs", "type": 4}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let category = fake
+        .admin_post("channels", json!({"name": "Agent Runs", "type": 4}))
+        .await;
     for i in 0..50 {
-        let r = admin
-            .post(fake.admin("channels"))
-            .json(&json!({"name": format!("run-old-{i}"), "type": 0, "parent_id": category["id"]}))
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        fake.admin_post(
+            "channels",
+            json!({"name": format!("run-old-{i}"), "type": 0, "parent_id": category["id"]}),
+        )
+        .await;
     }
     let bridge = Bridge::start(&fake, &dir.path().join("b.db"), "127.0.0.1:0", &[]).await;
     let (status, run) = bridge.create_run().await;
     assert_eq!(status, 201, "{run}");
-    let channels = admin_list(&fake, "channels").await;
+    let channels = fake.admin_list("channels").await;
     let channel = channels
         .iter()
         .find(|c| c["id"] == run["channel_id"])
@@ -646,15 +611,9 @@ async fn a_full_category_overflows_into_the_next() {
 async fn thread_mode_streams_into_the_runs_thread() {
     let fake = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
     let dir = tempfile::tempdir().unwrap();
-    let parent: Value = reqwest::Client::new()
-        .post(fake.admin("channels"))
-        .json(&json!({"name": "agent-runs", "type": 0}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let parent = fake
+        .admin_post("channels", json!({"name": "agent-runs", "type": 0}))
+        .await;
     let parent_id = parent["id"].as_str().unwrap().to_owned();
     let bridge = Bridge::start(
         &fake,
@@ -680,26 +639,15 @@ async fn thread_mode_streams_into_the_runs_thread() {
         .wait_log("run provisioned by bot-bridge", DEADLINE)
         .await;
     let thread_id = provisioned["channel_id"].as_str().unwrap().to_owned();
-    let thread = admin_list(&fake, "channels")
+    let thread = fake
+        .admin_list("channels")
         .await
         .into_iter()
         .find(|c| c["id"] == thread_id.as_str())
         .unwrap();
     assert_eq!(thread["parent_id"], parent_id.as_str(), "{thread}");
-    eventually("the session in the run's thread", DEADLINE, || async {
-        let in_thread: Vec<Value> =
-            reqwest::get(fake.admin(&format!("messages?thread_id={thread_id}")))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-        let text: String = in_thread.iter().map(|m| m["payload"].to_string()).collect();
-        (0..4)
-            .all(|i| text.contains(&format!("thread-{i:04}")))
-            .then_some(())
-    })
-    .await;
+    fake.wait_markers(&format!("?thread_id={thread_id}"), "thread", 0..4, DEADLINE)
+        .await;
     assert!(
         fake.messages()
             .await

@@ -18,30 +18,17 @@ fn webhook_env(
     transcript: &Path,
     state: &Path,
 ) -> Vec<(&'static str, String)> {
-    vec![
-        ("OPS_ADDR", "127.0.0.1:0".to_string()),
-        ("TRANSCRIPT_PATH", transcript.display().to_string()),
-        ("START_AT", "beginning".to_string()),
-        ("STATE_DIR", state.display().to_string()),
+    let mut env = e2e::watcher_env(transcript, state);
+    env.extend([
         (
             "DISCORD_WEBHOOK_URL",
             fake.webhook_url.clone().unwrap_or_default(),
         ),
-        ("POLL_INTERVAL_MS", "50".to_string()),
         ("TASK_ID", "task-42".to_string()),
         ("ATTEMPT", "1".to_string()),
         ("RUN_ID", "run-e2e".to_string()),
-    ]
-}
-
-/// Everything the fake accepted, as one string (for marker counting).
-async fn delivered_text(fake: &FakeDiscordProc) -> String {
-    fake.messages()
-        .await
-        .iter()
-        .map(|m| m["payload"].to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+    ]);
+    env
 }
 
 async fn wait_delivered(
@@ -49,16 +36,7 @@ async fn wait_delivered(
     prefix: &str,
     range: std::ops::Range<usize>,
 ) -> String {
-    eventually(&format!("{prefix} {range:?} delivered"), DEADLINE, || {
-        let r = range.clone();
-        async move {
-            let text = delivered_text(fake).await;
-            r.clone()
-                .all(|i| text.contains(&format!("{prefix}-{i:04}")))
-                .then_some(text)
-        }
-    })
-    .await
+    fake.wait_markers("", prefix, range, DEADLINE).await
 }
 
 fn rate_limited_total(stats: &Value) -> u64 {
