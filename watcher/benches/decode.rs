@@ -1,6 +1,7 @@
 //! Decode throughput over a large generated transcript, against the cheapest
 //! possible parse of the same lines (`serde_json` into `IgnoredAny`) as the
-//! baseline. Run: `cargo bench -p watcher --bench decode`.
+//! baseline. `typed_parse_only` is the decoder's parse without building events,
+//! so the report shows where the time between the two goes. Run: `cargo bench -p watcher --bench decode`.
 
 use std::time::Duration;
 
@@ -103,6 +104,10 @@ fn decode_all(lines: &[&[u8]]) -> usize {
     events
 }
 
+fn parse_only(lines: &[&[u8]]) -> usize {
+    lines.iter().filter(|l| Decoder::parse_only(l)).count()
+}
+
 fn ignored_any(lines: &[&[u8]]) -> usize {
     lines
         .iter()
@@ -126,6 +131,9 @@ fn bench(c: &mut Criterion) {
         .throughput(Throughput::Bytes(bytes.len() as u64));
     g.bench_function("decoder", |b| {
         b.iter(|| decode_all(std::hint::black_box(&lines)))
+    });
+    g.bench_function("typed_parse_only", |b| {
+        b.iter(|| parse_only(std::hint::black_box(&lines)))
     });
     g.bench_function("ignored_any_baseline", |b| {
         b.iter(|| ignored_any(std::hint::black_box(&lines)))
