@@ -58,6 +58,7 @@ const WATCHER_METRICS: &[&str] = &[
     "watcher_dlq_replayed_total",
     "watcher_truncations_total{field=",
     "watcher_transcript_parse_errors_total{reason=",
+    "watcher_transcript_repaired_lines_total{reason=",
     "watcher_transcript_bytes_read_total",
     "watcher_transcript_rotations_total",
     "watcher_queue_depth",

@@ -38,6 +38,7 @@ pub struct WatcherMetrics {
     pub dlq_replayed: IntCounter,
     pub truncations: IntCounterVec,
     pub parse_errors: IntCounterVec,
+    pub repaired_lines: IntCounterVec,
     pub bytes_read: IntCounter,
     pub rotations: IntCounter,
     pub oversize_lines: IntCounter,
@@ -75,6 +76,15 @@ const PARSE_REASONS: &[&str] = &[
     "not_object",
     "oversize",
 ];
+const REPAIR_REASONS: [&str; 4] = {
+    let all = crate::transcript::decode::Repair::ALL;
+    [
+        all[0].reason(),
+        all[1].reason(),
+        all[2].reason(),
+        all[3].reason(),
+    ]
+};
 const TOKEN_TYPES: &[&str] = &["input", "output", "cache_write", "cache_read"];
 const INPUT_OUTCOMES: &[&str] = &[
     "accepted",
@@ -100,6 +110,7 @@ impl WatcherMetrics {
         preregister(&metrics.webhook_retries, RETRY_REASONS);
         preregister(&metrics.delivery_failures, FAILURE_REASONS);
         preregister(&metrics.parse_errors, PARSE_REASONS);
+        preregister(&metrics.repaired_lines, &REPAIR_REASONS);
         preregister(&metrics.tokens, TOKEN_TYPES);
         preregister(&metrics.input_requests, INPUT_OUTCOMES);
         let fields: Vec<&str> = discord::truncate::Field::ALL
@@ -161,6 +172,11 @@ impl WatcherMetrics {
             parse_errors: m.counter_vec(
                 "watcher_transcript_parse_errors_total",
                 "Transcript lines that could not be decoded, by reason.",
+                &["reason"],
+            )?,
+            repaired_lines: m.counter_vec(
+                "watcher_transcript_repaired_lines_total",
+                "Damaged transcript lines that decoded after a repair, by what was repaired.",
                 &["reason"],
             )?,
             bytes_read: m.counter(
@@ -281,6 +297,13 @@ impl IngestObserver for Telemetry {
             offset,
             "skipped a transcript line that could not be decoded"
         );
+    }
+    fn repaired(&self, reason: &'static str, file: &str, offset: u64) {
+        self.metrics
+            .repaired_lines
+            .with_label_values(&[reason])
+            .inc();
+        tracing::info!(reason, file, offset, "repaired a damaged transcript line");
     }
     fn oversize_line(&self, file: &str, offset: u64, len: u64) {
         self.metrics.oversize_lines.inc();

@@ -46,6 +46,10 @@ pub struct IngestConfig {
 pub trait IngestObserver: Send + Sync {
     fn bytes_read(&self, n: u64);
     fn parse_error(&self, reason: &'static str, file: &str, offset: u64);
+    /// A damaged line that decoded after a repair (NULs stripped, invalid
+    /// UTF-8 or lone surrogates replaced, a record recovered behind a torn
+    /// prefix): nothing was lost, but the writer is misbehaving.
+    fn repaired(&self, reason: &'static str, file: &str, offset: u64);
     fn oversize_line(&self, file: &str, offset: u64, len: u64);
     fn rotation(&self, file: &str, reason: &'static str);
     fn event(&self, kind: &'static str);
@@ -198,7 +202,12 @@ impl Emitter {
             Piece::Line { bytes, .. } if bytes.is_empty() => (Vec::new(), raw_len),
             Piece::Line { bytes, .. } => {
                 let events = match self.decoder.decode_line(bytes, &pos, source) {
-                    Ok(events) => events,
+                    Ok(events) => {
+                        if let Some(r) = self.decoder.last_repair() {
+                            self.observer.repaired(r.reason(), label, pos.start);
+                        }
+                        events
+                    }
                     Err(e) => {
                         self.observer.parse_error(e.reason(), label, pos.start);
                         Vec::new()

@@ -63,6 +63,7 @@ fn decoder_is_real() -> bool {
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
     ParseError(&'static str, String, u64),
+    Repaired(&'static str, String, u64),
     Oversize(String, u64, u64),
     Rotation(String, &'static str),
     Waiting(String),
@@ -105,6 +106,9 @@ impl IngestObserver for Recorder {
     }
     fn parse_error(&self, reason: &'static str, file: &str, offset: u64) {
         self.push(Seen::ParseError(reason, file.into(), offset));
+    }
+    fn repaired(&self, reason: &'static str, file: &str, offset: u64) {
+        self.push(Seen::Repaired(reason, file.into(), offset));
     }
     fn oversize_line(&self, file: &str, offset: u64, len: u64) {
         self.push(Seen::Oversize(file.into(), offset, len));
@@ -895,6 +899,39 @@ async fn a_torn_line_is_reported_with_its_offset_and_the_stream_goes_on() {
             )]
         );
         assert!(live.obs.events.lock().unwrap().contains(&"user_prompt"));
+    }
+    live.stop().await;
+}
+
+#[tokio::test]
+async fn a_repaired_line_is_delivered_and_reported_with_its_offset() {
+    let (tmp, projects) = Live::new_dirs();
+    let session = projects.join("-w/s.jsonl");
+    let disk = Disk::default();
+    let before = user_line("r1", "before");
+    // A lone high surrogate escape: serde_json refuses it, the decoder repairs it.
+    let damaged = user_line("r2", r"half an emoji: \ud83d!");
+    let after = user_line("r3", "after");
+    disk.append_lines(&session, &[before.clone(), damaged.clone(), after.clone()]);
+    let mut live = Live::start(tmp, projects, disk, Opts::default());
+    let got = live.take(3).await;
+    assert_eq!(live.texts(&got), vec![before.clone(), damaged, after]);
+    if decoder_is_real() {
+        assert_eq!(event_uuids(&got), ["r1", "r2", "r3"].map(String::from));
+        let reports: Vec<Seen> = live
+            .obs
+            .seen()
+            .into_iter()
+            .filter(|s| matches!(s, Seen::ParseError(..) | Seen::Repaired(..)))
+            .collect();
+        assert_eq!(
+            reports,
+            vec![Seen::Repaired(
+                "surrogate",
+                session.display().to_string(),
+                before.len() as u64
+            )]
+        );
     }
     live.stop().await;
 }

@@ -127,7 +127,10 @@ pub enum Repair {
 }
 
 impl Repair {
-    pub fn reason(&self) -> &'static str {
+    /// Every repair, for pre-registering metric labels.
+    pub const ALL: [Repair; 4] = [Self::Nul, Self::InvalidUtf8, Self::Surrogate, Self::Fused];
+
+    pub const fn reason(&self) -> &'static str {
         match self {
             Self::Nul => "nul",
             Self::InvalidUtf8 => "invalid_utf8",
