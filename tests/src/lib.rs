@@ -420,6 +420,14 @@ pub fn watcher_env(transcript: &Path, state: &Path) -> Vec<(&'static str, String
     ]
 }
 
+/// GET `url`: status and body. Panics on a transport error, which in these
+/// tests means the service under test is gone.
+pub async fn get_text(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.expect("GET failed");
+    let status = r.status().as_u16();
+    (status, r.text().await.expect("body"))
+}
+
 /// The `ops_addr` a service logged in its "started" line.
 pub async fn started_ops_addr(p: &Proc) -> String {
     let v = p.wait_log("started", Duration::from_secs(20)).await;

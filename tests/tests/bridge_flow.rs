@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use e2e::{count, eventually, started_ops_addr, transcript, FakeDiscordProc, Proc};
+use e2e::{count, eventually, get_text, started_ops_addr, transcript, FakeDiscordProc, Proc};
 use ed25519_dalek::{Signer, SigningKey};
 use hmac::Mac;
 use serde_json::{json, Value};
@@ -496,12 +496,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     );
 
     // What happened is visible in the metrics (DESIGN.md §5 names).
-    let metrics = reqwest::get(format!("http://{}/metrics", bridge.ops))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://{}/metrics", bridge.ops)).await.1;
     for name in [
         "bridge_runs_created_total",
         "bridge_runs_active",

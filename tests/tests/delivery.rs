@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use e2e::transcript::{self, SESSION};
-use e2e::{append_chunked, count, eventually, run_to_end, started_ops_addr, FakeDiscordProc, Proc};
+use e2e::{
+    append_chunked, count, eventually, get_text, run_to_end, started_ops_addr, FakeDiscordProc,
+    Proc,
+};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(40);
@@ -224,12 +227,7 @@ async fn server_errors_slow_answers_and_resets_still_deliver_everything() {
         .as_object()
         .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
     assert_eq!(served, 9, "every injected fault was hit: {stats}");
-    let metrics = reqwest::get(format!("http://{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
     assert!(
         metrics.contains("watcher_webhook_retries_total{reason="),
         "{metrics}"

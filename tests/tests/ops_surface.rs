@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use e2e::{eventually, started_ops_addr, FakeDiscordProc, Proc};
+use e2e::{eventually, get_text, started_ops_addr, FakeDiscordProc, Proc};
 use serde_json::Value;
 
 /// `promtool check metrics` on a scrape; required when AGENTMON_REQUIRE_TOOLS=1
@@ -70,21 +70,16 @@ const WATCHER_METRICS: &[&str] = &[
     "watcher_tokens_total{type=",
 ];
 
-async fn get(url: &str) -> (u16, String) {
-    let r = reqwest::get(url).await.unwrap();
-    (r.status().as_u16(), r.text().await.unwrap())
-}
-
 /// The checks shared by both services.
 async fn check_ops_surface(name: &str, proc: &mut Proc, ops: &str, prefix: &str) {
-    let (code, body) = get(&format!("http://{ops}/livez")).await;
+    let (code, body) = get_text(&format!("http://{ops}/livez")).await;
     assert_eq!(code, 200, "{name} /livez");
     assert_eq!(
         serde_json::from_str::<Value>(&body).unwrap()["status"],
         "ok"
     );
 
-    let (code, body) = get(&format!("http://{ops}/readyz")).await;
+    let (code, body) = get_text(&format!("http://{ops}/readyz")).await;
     assert!(code == 200 || code == 503, "{name} /readyz {code}");
     let ready: Value = serde_json::from_str(&body).unwrap();
     assert!(
@@ -103,7 +98,7 @@ async fn check_ops_surface(name: &str, proc: &mut Proc, ops: &str, prefix: &str)
         );
     }
 
-    let (code, body) = get(&format!("http://{ops}/healthz")).await;
+    let (code, body) = get_text(&format!("http://{ops}/healthz")).await;
     assert_eq!(code, 200, "{name} /healthz");
     let health: Value = serde_json::from_str(&body).unwrap();
     assert!(
@@ -119,7 +114,7 @@ async fn check_ops_surface(name: &str, proc: &mut Proc, ops: &str, prefix: &str)
     );
     assert!(health["checks"].is_object(), "{health}");
 
-    let (code, metrics) = get(&format!("http://{ops}/metrics")).await;
+    let (code, metrics) = get_text(&format!("http://{ops}/metrics")).await;
     assert_eq!(code, 200);
     for needle in [
         "process_cpu_seconds_total",
@@ -149,9 +144,9 @@ async fn check_ops_surface(name: &str, proc: &mut Proc, ops: &str, prefix: &str)
         livez_line.ends_with(" 1"),
         "exactly one /livez so far: {livez_line}"
     );
-    let (_, unknown) = get(&format!("http://{ops}/no/such/path/12345")).await;
+    let (_, unknown) = get_text(&format!("http://{ops}/no/such/path/12345")).await;
     drop(unknown);
-    let (_, metrics) = get(&format!("http://{ops}/metrics")).await;
+    let (_, metrics) = get_text(&format!("http://{ops}/metrics")).await;
     assert!(
         !metrics.contains("/no/such/path"),
         "raw paths must not become labels"
@@ -203,7 +198,7 @@ async fn watcher_boots_observable_and_stops_on_sigterm() {
     );
     let ops = started_ops_addr(&watcher).await;
     // No transcript yet: not ready, and the reason says so.
-    let (code, body) = get(&format!("http://{ops}/readyz")).await;
+    let (code, body) = get_text(&format!("http://{ops}/readyz")).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("no transcript yet"), "{body}");
     std::fs::write(&transcript, "").unwrap();
@@ -211,14 +206,14 @@ async fn watcher_boots_observable_and_stops_on_sigterm() {
         "ready once the transcript exists",
         Duration::from_secs(10),
         || async {
-            let (code, _) = get(&format!("http://{ops}/readyz")).await;
+            let (code, _) = get_text(&format!("http://{ops}/readyz")).await;
             (code == 200).then_some(())
         },
     )
     .await;
     // The instrumentation spec (DESIGN.md §5): every documented series exists
     // from the first scrape, before anything happened.
-    let (_, metrics) = get(&format!("http://{ops}/metrics")).await;
+    let (_, metrics) = get_text(&format!("http://{ops}/metrics")).await;
     for name in WATCHER_METRICS {
         assert!(
             metrics

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use e2e::{run_to_end, started_ops_addr, FakeDiscordProc, Proc};
+use e2e::{get_text, run_to_end, started_ops_addr, FakeDiscordProc, Proc};
 
 const BRIDGE_TOKEN: &str = "bridge-token-SECRET-b7c1";
 const INPUT_SECRET: &str = "input-secret-SECRET-9f3a";
@@ -43,18 +43,8 @@ async fn watcher_never_prints_its_secrets() {
 
     let mut watcher = Proc::start("watcher", &[], &env);
     let ops = started_ops_addr(&watcher).await;
-    let health = reqwest::get(format!("http://{ops}/healthz"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let metrics = reqwest::get(format!("http://{ops}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let health = get_text(&format!("http://{ops}/healthz")).await.1;
+    let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
     watcher.sigterm();
     assert!(watcher.wait_exit(Duration::from_secs(5)).await.is_some());
     let logs = watcher.output();
@@ -95,12 +85,7 @@ async fn bot_bridge_never_prints_its_secrets() {
     let (_, help, _) = run_to_end("bot-bridge", &["--help"], &env);
     let mut bridge = Proc::start("bot-bridge", &[], &env);
     let ops = started_ops_addr(&bridge).await;
-    let health = reqwest::get(format!("http://{ops}/healthz"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let health = get_text(&format!("http://{ops}/healthz")).await.1;
     bridge.sigterm();
     assert!(bridge.wait_exit(Duration::from_secs(5)).await.is_some());
     let logs = bridge.output();
