@@ -393,6 +393,87 @@ async fn shared_sample_transcripts_render_to_payloads_discord_accepts() {
 }
 
 #[tokio::test]
+async fn two_large_tool_outputs_go_in_separate_messages_under_the_upload_limit() {
+    // Each output is attached whole and fits Discord's 10 MiB upload limit
+    // alone; together they do not, and the fake answers 413 to such a message.
+    const OUTPUT_BYTES: usize = 6 << 20;
+    let fake = FakeDiscordProc::start(&[]).await;
+    // The first message (the header) is held, so that everything after it is
+    // rendered and waiting when the next message is cut.
+    fake.inject(json!({"kind": "slow", "delay_ms": 3000, "count": 1}))
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let mut env = webhook_env(&fake, &file, &dir.path().join("state"));
+    // Room for both records at once, so that they meet in the batcher.
+    env.push(("QUEUE_MAX_BYTES", "64MiB".to_string()));
+    let w = Proc::start("watcher", &[], &env);
+    let ops = started_ops_addr(&w).await;
+    let row = "0123456789abcdef ".repeat(4) + "\n";
+    let output: String = row.repeat(OUTPUT_BYTES / row.len());
+    let mut lines = String::new();
+    for i in 0..2 {
+        let tool = format!("toolu_big{i}");
+        lines += &transcript::bash(
+            &format!("big-call-{i}"),
+            SESSION,
+            &format!("msg_big{i}"),
+            &tool,
+            "cat big.log",
+        );
+        lines +=
+            &transcript::tool_result(&format!("big-result-{i}"), SESSION, &tool, &output, false);
+    }
+    lines += &transcript::prompts("after-big", 0..1);
+    std::fs::write(&file, lines).unwrap();
+    wait_delivered(&fake, "after-big", 0..1).await;
+
+    let messages = fake.messages().await;
+    let sizes: Vec<Vec<u64>> = messages
+        .iter()
+        .map(|m| {
+            m["attachments"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["size"].as_u64())
+                .collect()
+        })
+        .filter(|s: &Vec<u64>| !s.is_empty())
+        .collect();
+    let big: Vec<u64> = sizes
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|&n| n > (5 << 20))
+        .collect();
+    assert_eq!(big.len(), 2, "both outputs attached: {sizes:?}");
+    let whole = output.trim_end().len() as u64;
+    assert!(
+        big.iter().all(|&n| n == whole),
+        "each attached whole ({whole} bytes): {sizes:?}"
+    );
+    for per_message in &sizes {
+        assert!(
+            per_message.iter().sum::<u64>() <= 10 << 20,
+            "one message over the upload limit: {sizes:?}"
+        );
+    }
+    let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
+    for failed in metrics.lines().filter(|l| {
+        l.starts_with("watcher_delivery_failures_total")
+            || l.starts_with("watcher_dlq_messages_total")
+            || l.starts_with("watcher_truncations_total{field=\"files\"}")
+    }) {
+        assert!(
+            failed.ends_with(" 0"),
+            "nothing failed, dead-lettered or dropped from a message: {failed}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn readiness_fails_while_discord_fails_and_recovers_after_the_next_success() {
     let fake = FakeDiscordProc::start(&[]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -402,10 +483,7 @@ async fn readiness_fails_while_discord_fails_and_recovers_after_the_next_success
     env.push(("SINK_UNHEALTHY_AFTER", "1s".to_string()));
     let w = Proc::start("watcher", &[], &env);
     let ops = started_ops_addr(&w).await;
-    let readyz = || async {
-        let r = reqwest::get(format!("http://{ops}/readyz")).await.unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
+    let readyz = || async { get_text(&format!("http://{ops}/readyz")).await };
     append_chunked(&file, transcript::prompts("ready", 0..2).as_bytes(), 512, 1);
     wait_delivered(&fake, "ready", 0..2).await;
     assert_eq!(readyz().await.0, 200);

@@ -24,6 +24,10 @@ impl Unit {
     fn chars(&self) -> usize {
         self.embeds.iter().map(Embed::char_count).sum()
     }
+
+    fn file_bytes(&self) -> usize {
+        self.files.iter().map(|f| f.bytes.len()).sum()
+    }
 }
 
 /// A message ready to send and the units it acknowledges.
@@ -70,27 +74,33 @@ impl Batcher {
     }
 
     /// Takes the longest prefix of units that fits in one message: at most
-    /// `max_embeds` embeds, 6000 characters and 10 files. The first unit is
-    /// always taken (it was fitted to the limits when rendered).
+    /// `max_embeds` embeds, 6000 characters, 10 files and Discord's upload
+    /// limit in file bytes (each file fits it alone, two large tool outputs
+    /// together need not). The first unit is always taken (it was fitted to
+    /// the limits when rendered).
     pub fn next_batch(&mut self) -> Option<Batch> {
         let first = self.pending.pop_front()?;
         let mut embeds = first.embeds.len();
         let mut chars = first.chars();
         let mut files = first.files.len();
+        let mut file_bytes = first.file_bytes();
         let mut units = vec![first];
         while let Some(next) = self.pending.front() {
             let e = embeds + next.embeds.len();
             let c = chars + next.chars();
             let f = files + next.files.len();
+            let fb = file_bytes + next.file_bytes();
             if e > self.max_embeds
                 || c > discord::limits::EMBEDS_TOTAL
                 || f > discord::limits::ATTACHMENTS_PER_MESSAGE
+                || fb > discord::limits::ATTACHMENT_BYTES
             {
                 break;
             }
             embeds = e;
             chars = c;
             files = f;
+            file_bytes = fb;
             if let Some(u) = self.pending.pop_front() {
                 units.push(u);
             }
@@ -145,6 +155,33 @@ mod tests {
         for batch in &batches {
             let total: usize = batch.message.embeds.iter().map(Embed::char_count).sum();
             assert!(total <= 6000);
+        }
+    }
+
+    #[test]
+    fn batches_respect_the_upload_limit_in_file_bytes() {
+        let with_file = |name: &str, len: usize| {
+            let mut u = unit(name);
+            u.files.push(Attachment {
+                filename: format!("{name}.txt"),
+                bytes: vec![b'x'; len],
+            });
+            u
+        };
+        let mut b = Batcher::new(10, None);
+        for i in 0..3 {
+            b.push(with_file(&format!("big{i}"), 4 << 20));
+        }
+        for i in 0..12 {
+            b.push(with_file(&format!("small{i}"), 10));
+        }
+        let batches: Vec<Batch> = std::iter::from_fn(|| b.next_batch()).collect();
+        let shape: Vec<usize> = batches.iter().map(|m| m.units.len()).collect();
+        // 4 + 4 MiB fit the 10 MiB limit, a third does not; the small ones
+        // then fill the rest of its message.
+        assert_eq!(shape, [2, 10, 3]);
+        for batch in &batches {
+            assert!(discord::validate::validate(&batch.message).is_ok());
         }
     }
 }
