@@ -178,3 +178,41 @@ fn bot_bridge_rejects_bad_config_naming_the_key() {
         "retension",
     );
 }
+
+#[test]
+fn watcher_names_settings_that_have_no_effect() {
+    let webhook = "https://discord.com/api/webhooks/123/SeCrEtToKeN".to_string();
+    let cases: [(&[(&str, String)], &str); 3] = [
+        (
+            &[
+                ("DISCORD_WEBHOOK_URL", webhook.clone()),
+                ("BRIDGE_URL", "http://bridge:8080".into()),
+                ("BRIDGE_TOKEN", "bridge-SeCrEt".into()),
+            ],
+            "BRIDGE_URL is ignored",
+        ),
+        (
+            &[("BRIDGE_TOKEN", "bridge-SeCrEt".into())],
+            "BRIDGE_TOKEN is ignored",
+        ),
+        (&[("DISCORD_WEBHOOK_URL", webhook.clone())], ""),
+    ];
+    for (env, expected) in cases {
+        let (code, stdout, stderr) = run_to_end("watcher", &["check-config"], env);
+        assert_eq!(code, 0, "a warning is not an error: {stderr}");
+        let cfg: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let warnings: Vec<&str> = cfg["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w.as_str())
+            .collect();
+        if expected.is_empty() {
+            assert!(warnings.is_empty(), "{warnings:?}");
+        } else {
+            assert_eq!(warnings.len(), 1, "{warnings:?}");
+            assert!(warnings[0].contains(expected), "{warnings:?}");
+        }
+        assert!(!stdout.contains("SeCrEt") && !stderr.contains("SeCrEt"));
+    }
+}

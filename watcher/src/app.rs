@@ -516,6 +516,9 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 
     let effective = serde_json::to_value(&cfg).unwrap_or_default();
     tracing::info!(version = VERSION, ops_addr = %ops_addr, config = %effective, "started");
+    for warning in &cfg.warnings {
+        tracing::warn!(warning = %warning, "configuration has no effect");
+    }
 
     let store =
         CheckpointStore::open(&cfg.state_dir).map_err(|e| AppError::State(e.to_string()))?;

@@ -341,6 +341,9 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// Settings that were given but have no effect, each naming its key: shown
+    /// by `check-config` and logged at start, so a half-done setup is visible.
+    pub warnings: Vec<String>,
 }
 
 mod opt_duration {
@@ -401,6 +404,15 @@ impl RawConfig {
     /// Checks every value and derives the runtime configuration. Errors name the
     /// environment variable, the name operators set in Kubernetes manifests.
     pub fn validate(self) -> Result<Config, ConfigError> {
+        let mut warnings = Vec::new();
+        let given = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
+        if self.discord_webhook_url.is_some() && given(&self.bridge_url) {
+            warnings.push(
+                "BRIDGE_URL is ignored: DISCORD_WEBHOOK_URL is set and takes precedence".to_owned(),
+            );
+        } else if self.bridge_token.is_some() && !given(&self.bridge_url) {
+            warnings.push("BRIDGE_TOKEN is ignored: BRIDGE_URL is not set".to_owned());
+        }
         let sink = match (&self.discord_webhook_url, &self.bridge_url) {
             (Some(url), _) => SinkConfig::Webhook {
                 url: discord::webhook_url::WebhookUrl::parse(url.expose())
@@ -544,6 +556,7 @@ impl RawConfig {
             log_format: self.log_format,
             log_filter: self.log_filter,
             otel_exporter_otlp_endpoint: self.otel_exporter_otlp_endpoint.filter(|s| !s.is_empty()),
+            warnings,
         })
     }
 }
