@@ -42,6 +42,18 @@ async fn wait_delivered(
     fake.wait_markers("", prefix, range, DEADLINE).await
 }
 
+/// Every series of each metric in `series` (a name, or a name with labels)
+/// is present in the scrape and 0.
+fn assert_zero(metrics: &str, series: &[&str], why: &str) {
+    for name in series {
+        let lines: Vec<&str> = metrics.lines().filter(|l| l.starts_with(name)).collect();
+        assert!(!lines.is_empty(), "{name} missing from the scrape");
+        for line in lines {
+            assert!(line.ends_with(" 0"), "{why}: {line}");
+        }
+    }
+}
+
 fn rate_limited_total(stats: &Value) -> u64 {
     stats["rate_limited"]
         .as_object()
@@ -232,13 +244,10 @@ async fn server_errors_slow_answers_and_resets_still_deliver_everything() {
         metrics.contains("watcher_webhook_retries_total{reason="),
         "{metrics}"
     );
-    let dlq = metrics
-        .lines()
-        .find(|l| l.starts_with("watcher_dlq_messages_total "))
-        .unwrap_or("watcher_dlq_messages_total 0");
-    assert!(
-        dlq.ends_with(" 0"),
-        "transient faults never dead-letter: {dlq}"
+    assert_zero(
+        &metrics,
+        &["watcher_dlq_messages_total"],
+        "transient faults never dead-letter",
     );
 }
 
@@ -461,16 +470,15 @@ async fn two_large_tool_outputs_go_in_separate_messages_under_the_upload_limit()
         );
     }
     let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
-    for failed in metrics.lines().filter(|l| {
-        l.starts_with("watcher_delivery_failures_total")
-            || l.starts_with("watcher_dlq_messages_total")
-            || l.starts_with("watcher_truncations_total{field=\"files\"}")
-    }) {
-        assert!(
-            failed.ends_with(" 0"),
-            "nothing failed, dead-lettered or dropped from a message: {failed}"
-        );
-    }
+    assert_zero(
+        &metrics,
+        &[
+            "watcher_delivery_failures_total",
+            "watcher_dlq_messages_total",
+            "watcher_truncations_total{field=\"files\"}",
+        ],
+        "nothing failed, dead-lettered or dropped from a message",
+    );
 }
 
 #[tokio::test]
