@@ -54,6 +54,17 @@ fn assert_zero(metrics: &str, series: &[&str], why: &str) {
     }
 }
 
+/// The value of one series (`name{labels}` exactly as scraped).
+fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
 fn rate_limited_total(stats: &Value) -> u64 {
     stats["rate_limited"]
         .as_object()
@@ -240,10 +251,16 @@ async fn server_errors_slow_answers_and_resets_still_deliver_everything() {
         .map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
     assert_eq!(served, 9, "every injected fault was hit: {stats}");
     let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
-    assert!(
-        metrics.contains("watcher_webhook_retries_total{reason="),
-        "{metrics}"
-    );
+    // 3 × 503 and 2 × 502 are retried as server errors, 2 resets as network.
+    let retries = |reason: &str| {
+        metric_value(
+            &metrics,
+            &format!("watcher_webhook_retries_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(retries("server_error"), 5.0, "{metrics}");
+    assert_eq!(retries("network"), 2.0, "{metrics}");
     assert_zero(
         &metrics,
         &["watcher_dlq_messages_total"],
@@ -264,16 +281,21 @@ async fn webhook_404_dead_letters_and_replay_delivers_after_recovery() {
     let mut w = Proc::start("watcher", &[], &env);
     let ops = started_ops_addr(&w).await;
     append_chunked(&file, transcript::prompts("lost", 0..12).as_bytes(), 512, 1);
-    eventually("dead-lettered", DEADLINE, || async {
+    // Every line read and the webhook seen gone: the series exist from the
+    // first scrape, so their values are what counts.
+    eventually("all read, dead-lettered", DEADLINE, || async {
         let m = reqwest::get(format!("http://{ops}/metrics"))
             .await
             .ok()?
             .text()
             .await
             .ok()?;
-        m.lines()
-            .any(|l| l.starts_with("watcher_delivery_failures_total{reason=\"webhook_gone\"}"))
-            .then_some(())
+        let gone = metric_value(
+            &m,
+            "watcher_delivery_failures_total{reason=\"webhook_gone\"}",
+        )?;
+        let prompts = metric_value(&m, "watcher_events_processed_total{kind=\"user_prompt\"}")?;
+        (gone >= 1.0 && prompts >= 12.0).then_some(())
     })
     .await;
     w.sigterm();
@@ -331,6 +353,35 @@ async fn kill9_during_delivery_restart_delivers_the_rest_duplicating_at_most_one
         "at most the in-flight batch (10 embeds) repeats, got {duplicated}"
     );
     assert!((0..80).all(|i| count(&text, &format!("crash-{i:04}")) >= 1));
+    drop(w2);
+}
+
+#[tokio::test]
+async fn a_file_rewritten_shorter_while_stopped_is_reread_without_reposting() {
+    let fake = FakeDiscordProc::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.jsonl");
+    let env = webhook_env(&fake, &file, &dir.path().join("state"));
+    std::fs::write(&file, transcript::prompts("rw", 0..10)).unwrap();
+    let mut w = Proc::start("watcher", &[], &env);
+    wait_delivered(&fake, "rw", 0..10).await;
+    w.sigterm();
+    assert!(w.wait_exit(DEADLINE).await.is_some());
+
+    // Rewritten in place (same inode, same first bytes), shorter than the
+    // checkpointed offset: the watcher must read it again from the top.
+    let rewritten = transcript::prompts("rw", 0..3) + &transcript::prompts("fresh", 0..2);
+    assert!(rewritten.len() < transcript::prompts("rw", 0..10).len());
+    std::fs::write(&file, rewritten).unwrap();
+    let w2 = Proc::start("watcher", &[], &env);
+    let text = wait_delivered(&fake, "fresh", 0..2).await;
+    for i in 0..10 {
+        assert_eq!(
+            count(&text, &format!("rw-{i:04}")),
+            1,
+            "rw-{i:04} posted once, not again after the rewrite"
+        );
+    }
     drop(w2);
 }
 

@@ -33,7 +33,16 @@ pub struct Checkpoint {
     /// The sink loop's own state (header posted, running totals).
     #[serde(default)]
     pub totals: serde_json::Value,
+    /// Uuids of the most recently committed records, oldest first. The
+    /// decoder's deduplication is in memory; seeded from this list, a file
+    /// rewritten in place (or shorter) while the watcher was down is re-read
+    /// without posting again what was already delivered.
+    #[serde(default)]
+    pub recent_uuids: Vec<String>,
 }
+
+/// How many committed record uuids the checkpoint keeps.
+pub const RECENT_UUIDS: usize = 512;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileCheckpoint {
@@ -140,6 +149,7 @@ struct Pending {
     end: u64,
     outstanding: usize,
     identity: FileIdentity,
+    uuid: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -155,20 +165,39 @@ struct FileTrack {
 #[derive(Debug, Default)]
 pub struct AckTracker {
     files: HashMap<String, FileTrack>,
+    /// Uuids of committed records, oldest first, at most [`RECENT_UUIDS`].
+    recent: VecDeque<String>,
 }
 
 impl AckTracker {
-    /// Registers a line that rendered to `units` messages-to-be; a line with
-    /// none (filtered, metadata) is acknowledged at once.
-    pub fn track(&mut self, pos: &LinePos, identity: &FileIdentity, units: usize) {
+    /// A tracker that continues the committed-uuid list of a checkpoint.
+    pub fn resuming(cp: &Checkpoint) -> Self {
+        let skip = cp.recent_uuids.len().saturating_sub(RECENT_UUIDS);
+        Self {
+            files: HashMap::new(),
+            recent: cp.recent_uuids.iter().skip(skip).cloned().collect(),
+        }
+    }
+
+    /// Registers a line (the record `uuid`, when it has one) that rendered to
+    /// `units` messages-to-be; a line with none (filtered, metadata) is
+    /// acknowledged at once.
+    pub fn track(
+        &mut self,
+        pos: &LinePos,
+        identity: &FileIdentity,
+        units: usize,
+        uuid: Option<&str>,
+    ) {
         let t = self.files.entry(pos.file.to_string()).or_default();
         t.pending.push_back(Pending {
             start: pos.start,
             end: pos.end,
             outstanding: units,
             identity: identity.clone(),
+            uuid: uuid.map(str::to_owned),
         });
-        Self::advance(t);
+        Self::advance(t, &mut self.recent);
     }
 
     /// One unit of the line at `pos` was acknowledged.
@@ -183,13 +212,19 @@ impl AckTracker {
         {
             p.outstanding -= 1;
         }
-        Self::advance(t);
+        Self::advance(t, &mut self.recent);
     }
 
-    fn advance(t: &mut FileTrack) {
+    fn advance(t: &mut FileTrack, recent: &mut VecDeque<String>) {
         while t.pending.front().is_some_and(|p| p.outstanding == 0) {
             if let Some(p) = t.pending.pop_front() {
                 t.committed = Some((p.end, p.identity));
+                if let Some(u) = p.uuid {
+                    if recent.len() >= RECENT_UUIDS {
+                        recent.pop_front();
+                    }
+                    recent.push_back(u);
+                }
             }
         }
     }
@@ -204,8 +239,10 @@ impl AckTracker {
         self.files.values().map(|t| t.pending.len()).sum()
     }
 
-    /// Writes every file's committed offset and identity into `cp`.
+    /// Writes every file's committed offset and identity, and the recent
+    /// committed uuids, into `cp`.
     pub fn apply(&self, cp: &mut Checkpoint) {
+        cp.recent_uuids = self.recent.iter().cloned().collect();
         for (file, t) in &self.files {
             if let Some((offset, identity)) = &t.committed {
                 cp.files.insert(
@@ -237,10 +274,10 @@ mod tests {
     fn committed_offset_never_passes_an_unacknowledged_line() {
         let id = FileIdentity::default();
         let mut t = AckTracker::default();
-        t.track(&pos(0, 10), &id, 1);
-        t.track(&pos(10, 20), &id, 0); // metadata line: nothing to send
-        t.track(&pos(20, 30), &id, 2);
-        t.track(&pos(30, 40), &id, 1);
+        t.track(&pos(0, 10), &id, 1, None);
+        t.track(&pos(10, 20), &id, 0, None); // metadata line: nothing to send
+        t.track(&pos(20, 30), &id, 2, None);
+        t.track(&pos(30, 40), &id, 1, None);
         assert_eq!(t.committed("/t/s.jsonl"), None);
         t.ack(&pos(30, 40)); // acked out of order: may not commit yet
         assert_eq!(t.committed("/t/s.jsonl"), None);
@@ -268,12 +305,36 @@ mod tests {
             ..Default::default()
         };
         let mut t = AckTracker::default();
-        t.track(&pos(0, 100), &old, 0);
-        t.track(&pos(0, 10), &new, 0);
+        t.track(&pos(0, 100), &old, 0, None);
+        t.track(&pos(0, 10), &new, 0, None);
         let mut cp = Checkpoint::default();
         t.apply(&mut cp);
         assert_eq!(cp.files["/t/s.jsonl"].offset, 10);
         assert_eq!(cp.files["/t/s.jsonl"].identity.inode, 2);
+    }
+
+    #[test]
+    fn only_committed_uuids_are_kept_bounded_and_carried_across_restarts() {
+        let id = FileIdentity::default();
+        let mut t = AckTracker::default();
+        t.track(&pos(0, 10), &id, 1, Some("a"));
+        t.track(&pos(10, 20), &id, 0, Some("b"));
+        let mut cp = Checkpoint::default();
+        t.apply(&mut cp);
+        assert!(cp.recent_uuids.is_empty(), "nothing committed yet");
+        t.ack(&pos(0, 10));
+        t.apply(&mut cp);
+        assert_eq!(cp.recent_uuids, ["a", "b"]);
+
+        let mut again = AckTracker::resuming(&cp);
+        for i in 0..RECENT_UUIDS as u64 {
+            again.track(&pos(i * 10, i * 10 + 10), &id, 0, Some(&format!("u{i}")));
+        }
+        again.apply(&mut cp);
+        assert_eq!(cp.recent_uuids.len(), RECENT_UUIDS);
+        assert_eq!(cp.recent_uuids.first().map(String::as_str), Some("u0"));
+        let last = format!("u{}", RECENT_UUIDS - 1);
+        assert_eq!(cp.recent_uuids.last(), Some(&last));
     }
 
     #[test]

@@ -272,11 +272,15 @@ impl Ingest {
             None => startup = discover::snapshot(&cfg.projects_dir),
         }
         let wake = Wake::new(cfg.tail.poll_interval);
+        let mut decoder = Decoder::new(DecoderConfig {
+            dedupe_capacity: cfg.dedupe_capacity,
+        });
+        for uuid in checkpoint.iter().flat_map(|c| &c.recent_uuids) {
+            decoder.remember(uuid);
+        }
         Self {
             emitter: Emitter {
-                decoder: Decoder::new(DecoderConfig {
-                    dedupe_capacity: cfg.dedupe_capacity,
-                }),
+                decoder,
                 tx,
                 observer,
                 pieces: Vec::new(),

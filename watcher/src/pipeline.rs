@@ -100,7 +100,7 @@ impl Pipeline {
         Self {
             renderer,
             batcher,
-            tracker: AckTracker::default(),
+            tracker: AckTracker::resuming(&checkpoint),
             store,
             checkpoint,
             run_state,
@@ -210,8 +210,9 @@ impl Pipeline {
             });
             self.run_state.header_posted = true;
         }
+        let uuid = record.events.iter().find_map(|e| e.uuid.as_deref());
         self.tracker
-            .track(&record.pos, &record.identity, units.len());
+            .track(&record.pos, &record.identity, units.len(), uuid);
         if units.is_empty() {
             self.telemetry.acked(record.read_at.elapsed());
             self.dirty = true;

@@ -181,6 +181,12 @@ impl Decoder {
         }
     }
 
+    /// Counts `uuid` as already delivered: its record, if read again, yields
+    /// nothing (restart seeding from the checkpoint).
+    pub fn remember(&mut self, uuid: &str) {
+        self.seen.insert_new(UuidKey::new(uuid));
+    }
+
     /// What the most recent [`decode_line`](Self::decode_line) call had to
     /// repair (the first repair when there were several), for metrics.
     pub fn last_repair(&self) -> Option<Repair> {
