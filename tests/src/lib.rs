@@ -406,6 +406,20 @@ impl FakeDiscordProc {
             r.status()
         );
     }
+
+    /// Removes every injected fault: "Discord is back".
+    pub async fn clear_faults(&self) {
+        let r = reqwest::Client::new()
+            .delete(self.admin("faults"))
+            .send()
+            .await
+            .expect("clear faults");
+        assert!(
+            r.status().is_success(),
+            "clearing faults failed: {}",
+            r.status()
+        );
+    }
 }
 
 /// The environment every watcher scenario starts from: ephemeral ops port,

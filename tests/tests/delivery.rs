@@ -309,12 +309,7 @@ async fn webhook_404_dead_letters_and_replay_delivers_after_recovery() {
     );
 
     // Discord is back: replay delivers what was dead-lettered, in order.
-    let r = reqwest::Client::new()
-        .delete(fake.admin("faults"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    fake.clear_faults().await;
     let (code, _, err) = run_to_end("watcher", &["dlq", "replay"], &env);
     assert_eq!(code, 0, "replay succeeds: {err}");
     let text = wait_delivered(&fake, "lost", 0..12).await;
@@ -563,12 +558,7 @@ async fn readiness_fails_while_discord_fails_and_recovers_after_the_next_success
         "an outage never fails liveness"
     );
 
-    let r = reqwest::Client::new()
-        .delete(fake.admin("faults"))
-        .send()
-        .await
-        .unwrap();
-    assert!(r.status().is_success());
+    fake.clear_faults().await;
     wait_delivered(&fake, "ready", 2..4).await;
     eventually("ready again after a success", DEADLINE, || async {
         (readyz().await.0 == 200).then_some(())
