@@ -394,17 +394,7 @@ impl FakeDiscordProc {
     }
 
     pub async fn inject(&self, fault: serde_json::Value) {
-        let r = reqwest::Client::new()
-            .post(self.admin("faults"))
-            .json(&fault)
-            .send()
-            .await
-            .expect("inject fault");
-        assert!(
-            r.status().is_success(),
-            "fault injection failed: {}",
-            r.status()
-        );
+        self.admin_post("faults", fault).await;
     }
 
     /// Removes every injected fault: "Discord is back".
@@ -577,6 +567,18 @@ pub fn append_chunked(path: &Path, bytes: &[u8], max_chunk: usize, seed: u64) {
         f.flush().expect("flush");
         rest = &rest[n..];
     }
+}
+
+/// The value of one series of a Prometheus scrape, named exactly as scraped
+/// (`name` or `name{label="value",…}`).
+pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// How often `needle` occurs in `haystack`.

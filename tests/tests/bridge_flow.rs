@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use e2e::{count, eventually, get_text, started_ops_addr, transcript, FakeDiscordProc, Proc};
+use e2e::{
+    count, eventually, get_text, metric_value, started_ops_addr, transcript, FakeDiscordProc, Proc,
+};
 use ed25519_dalek::{Signer, SigningKey};
 use hmac::Mac;
 use serde_json::{json, Value};
@@ -508,16 +510,11 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
-    let forwarded = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("bridge_interactions_total{")
-                && l.contains(r#"command="input""#)
-                && l.contains(r#"outcome="forwarded""#)
-        })
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let forwarded = metric_value(
+        &metrics,
+        r#"bridge_interactions_total{command="input",outcome="forwarded"}"#,
+    )
+    .unwrap_or(0.0);
     assert!(
         forwarded >= 1.0,
         "the input after the restart is counted:\n{metrics}"

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use e2e::transcript::{self, SESSION};
 use e2e::{
-    append_chunked, count, eventually, get_text, run_to_end, started_ops_addr, FakeDiscordProc,
-    Proc,
+    append_chunked, count, eventually, get_text, metric_value, run_to_end, started_ops_addr,
+    FakeDiscordProc, Proc,
 };
 use serde_json::{json, Value};
 
@@ -52,17 +52,6 @@ fn assert_zero(metrics: &str, series: &[&str], why: &str) {
             assert!(line.ends_with(" 0"), "{why}: {line}");
         }
     }
-}
-
-/// The value of one series (`name{labels}` exactly as scraped).
-fn metric_value(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        l.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .trim()
-            .parse()
-            .ok()
-    })
 }
 
 fn rate_limited_total(stats: &Value) -> u64 {

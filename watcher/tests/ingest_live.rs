@@ -89,6 +89,13 @@ impl Recorder {
     fn bytes_read(&self) -> u64 {
         *self.bytes_read.lock().unwrap()
     }
+    /// How damaged lines were reported: skipped (parse error) or repaired.
+    fn line_reports(&self) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| matches!(s, Seen::ParseError(..) | Seen::Repaired(..)))
+            .collect()
+    }
     fn rotations(&self) -> Vec<&'static str> {
         self.seen()
             .into_iter()
@@ -884,14 +891,8 @@ async fn a_torn_line_is_reported_with_its_offset_and_the_stream_goes_on() {
     );
     if decoder_is_real() {
         assert_eq!(event_uuids(&got), vec!["a1".to_owned(), "a2".to_owned()]);
-        let errors: Vec<Seen> = live
-            .obs
-            .seen()
-            .into_iter()
-            .filter(|s| matches!(s, Seen::ParseError(..)))
-            .collect();
         assert_eq!(
-            errors,
+            live.obs.line_reports(),
             vec![Seen::ParseError(
                 "torn",
                 session.display().to_string(),
@@ -918,14 +919,8 @@ async fn a_repaired_line_is_delivered_and_reported_with_its_offset() {
     assert_eq!(live.texts(&got), vec![before.clone(), damaged, after]);
     if decoder_is_real() {
         assert_eq!(event_uuids(&got), ["r1", "r2", "r3"].map(String::from));
-        let reports: Vec<Seen> = live
-            .obs
-            .seen()
-            .into_iter()
-            .filter(|s| matches!(s, Seen::ParseError(..) | Seen::Repaired(..)))
-            .collect();
         assert_eq!(
-            reports,
+            live.obs.line_reports(),
             vec![Seen::Repaired(
                 "surrogate",
                 session.display().to_string(),
