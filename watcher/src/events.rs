@@ -76,15 +76,6 @@ const PARSE_REASONS: &[&str] = &[
     "not_object",
     "oversize",
 ];
-const REPAIR_REASONS: [&str; 4] = {
-    let all = crate::transcript::decode::Repair::ALL;
-    [
-        all[0].reason(),
-        all[1].reason(),
-        all[2].reason(),
-        all[3].reason(),
-    ]
-};
 const TOKEN_TYPES: &[&str] = &["input", "output", "cache_write", "cache_read"];
 const INPUT_OUTCOMES: &[&str] = &[
     "accepted",
@@ -110,7 +101,11 @@ impl WatcherMetrics {
         preregister(&metrics.webhook_retries, RETRY_REASONS);
         preregister(&metrics.delivery_failures, FAILURE_REASONS);
         preregister(&metrics.parse_errors, PARSE_REASONS);
-        preregister(&metrics.repaired_lines, &REPAIR_REASONS);
+        let repairs: Vec<&str> = crate::transcript::decode::Repair::ALL
+            .iter()
+            .map(|r| r.reason())
+            .collect();
+        preregister(&metrics.repaired_lines, &repairs);
         preregister(&metrics.tokens, TOKEN_TYPES);
         preregister(&metrics.input_requests, INPUT_OUTCOMES);
         let fields: Vec<&str> = discord::truncate::Field::ALL

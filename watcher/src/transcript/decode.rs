@@ -130,7 +130,7 @@ impl Repair {
     /// Every repair, for pre-registering metric labels.
     pub const ALL: [Repair; 4] = [Self::Nul, Self::InvalidUtf8, Self::Surrogate, Self::Fused];
 
-    pub const fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> &'static str {
         match self {
             Self::Nul => "nul",
             Self::InvalidUtf8 => "invalid_utf8",
@@ -199,9 +199,7 @@ impl Decoder {
     /// took the fast path.
     #[doc(hidden)]
     pub fn parse_only(raw: &[u8]) -> bool {
-        simdutf8::basic::from_utf8(raw)
-            .ok()
-            .is_some_and(|text| serde_json::from_str::<Record<'_>>(text).is_ok())
+        parse_fast(raw).is_some()
     }
 
     /// Decodes one line (without its newline). `source` is the file's source;
@@ -227,13 +225,9 @@ impl Decoder {
         }
         let mut out = Vec::new();
         if bytes.first() == Some(&b'{') {
-            // One vectorised UTF-8 check of the whole line lets serde_json read
-            // it as `str` and skip validating every key and value again.
-            if let Ok(text) = simdutf8::basic::from_utf8(bytes) {
-                if let Ok(rec) = serde_json::from_str::<Record<'_>>(text) {
-                    self.process(rec, source, &mut out);
-                    return Ok(out);
-                }
+            if let Some(rec) = parse_fast(bytes) {
+                self.process(rec, source, &mut out);
+                return Ok(out);
             }
         }
         let (values, repair) = parse_slow(bytes)?;
@@ -954,6 +948,14 @@ fn trim_ascii(b: &[u8]) -> &[u8] {
         .rposition(|c| !c.is_ascii_whitespace())
         .map_or(start, |i| i + 1);
     b.get(start..end.max(start)).unwrap_or(&[])
+}
+
+/// The fast path's parse: one vectorised UTF-8 check of the whole line lets
+/// serde_json read it as `str` and skip validating every key and value again.
+/// `None` sends the line to the slow path.
+fn parse_fast(bytes: &[u8]) -> Option<Record<'_>> {
+    let text = simdutf8::basic::from_utf8(bytes).ok()?;
+    serde_json::from_str(text).ok()
 }
 
 /// The slow path: a line the typed parse rejected. Returns the record(s) it
