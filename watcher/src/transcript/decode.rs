@@ -1305,67 +1305,60 @@ impl<'de: 'a, 'a> Deserialize<'de> for LStr<'a> {
     }
 }
 
-/// A boolean field; any other type reads as absent.
-#[derive(Default)]
-struct LBool(Option<bool>);
+/// Declares a lenient `Copy` scalar field: `$read` maps the [`Scalar`] seen
+/// to the value, `None` (absent) for any other type.
+macro_rules! lenient_scalar {
+    ($(#[$meta:meta])* $name:ident($ty:ty), $read:expr) => {
+        $(#[$meta])*
+        #[derive(Default)]
+        struct $name(Option<$ty>);
 
-impl LBool {
-    fn get(&self) -> Option<bool> {
-        self.0
-    }
+        impl $name {
+            fn get(&self) -> Option<$ty> {
+                self.0
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let read: fn(Scalar<'de>) -> Option<$ty> = $read;
+                Ok($name(read(d.deserialize_any(ScalarVisitor)?)))
+            }
+        }
+    };
 }
 
-impl<'de> Deserialize<'de> for LBool {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(match d.deserialize_any(ScalarVisitor)? {
-            Scalar::Bool(b) => LBool(Some(b)),
-            _ => LBool(None),
-        })
+lenient_scalar!(
+    /// A boolean field; any other type reads as absent.
+    LBool(bool),
+    |s| match s {
+        Scalar::Bool(b) => Some(b),
+        _ => None,
     }
-}
+);
 
-/// A non-negative number field (floats truncated); anything else is absent.
-#[derive(Default)]
-struct LU64(Option<u64>);
-
-impl LU64 {
-    fn get(&self) -> Option<u64> {
-        self.0
+lenient_scalar!(
+    /// A non-negative number field (floats truncated); anything else is absent.
+    LU64(u64),
+    |s| match s {
+        Scalar::U64(n) => Some(n),
+        Scalar::I64(n) => u64::try_from(n).ok(),
+        // Truncation is intended: token counts written as floats.
+        Scalar::F64(f) if f.is_finite() && f >= 0.0 => Some(f as u64),
+        _ => None,
     }
-}
+);
 
-impl<'de> Deserialize<'de> for LU64 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(LU64(match d.deserialize_any(ScalarVisitor)? {
-            Scalar::U64(n) => Some(n),
-            Scalar::I64(n) => u64::try_from(n).ok(),
-            // Truncation is intended: token counts written as floats.
-            Scalar::F64(f) if f.is_finite() && f >= 0.0 => Some(f as u64),
-            _ => None,
-        }))
+lenient_scalar!(
+    /// A number field as `f64`; anything else is absent.
+    LF64(f64),
+    |s| match s {
+        Scalar::U64(n) => Some(n as f64),
+        Scalar::I64(n) => Some(n as f64),
+        Scalar::F64(f) => Some(f),
+        _ => None,
     }
-}
-
-/// A number field as `f64`; anything else is absent.
-#[derive(Default)]
-struct LF64(Option<f64>);
-
-impl LF64 {
-    fn get(&self) -> Option<f64> {
-        self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for LF64 {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(LF64(match d.deserialize_any(ScalarVisitor)? {
-            Scalar::U64(n) => Some(n as f64),
-            Scalar::I64(n) => Some(n as f64),
-            Scalar::F64(f) => Some(f),
-            _ => None,
-        }))
-    }
-}
+);
 
 /// Visitor methods for the scalar types a lenient container field does not
 /// accept: each reads as `$absent` instead of failing the record.
