@@ -10,10 +10,10 @@
 //! # Parsing strategy
 //!
 //! The fast path fills borrowed, *lenient* structs in place
-//! (`lenient_struct!`): every field we read accepts any JSON type (a wrong type reads as
-//! absent instead of failing the record) and every field we do not read (the
-//! big `toolUseResult`, base64 images, signatures, …) is skipped by serde
-//! without allocating. Only when that fails does the slow path run: parse into
+//! (`lenient_struct!`): every field we read accepts any JSON type (a wrong
+//! type reads as absent instead of failing the record) and every field we do
+//! not read (the big `toolUseResult`, base64 images, signatures, …) is skipped
+//! by serde without allocating. Only when that fails does the slow path run: parse into
 //! [`serde_json::Value`] (tolerates duplicate keys, tells "not an object" from
 //! "torn"), then the repairs of §6 in order: lossy UTF-8, lone UTF-16
 //! surrogate escapes → `\uFFFD`, and recovery of a record fused behind a torn
@@ -1136,8 +1136,8 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
     }
 
     /// Inserts or updates; an update keeps the entry's age. The owned key is
-    /// only made when the key is new (and then once: `K` is shared between
-    /// the map and the eviction order).
+    /// only made when the key is new; with `Arc<str>` keys the map and the
+    /// eviction order then share that one allocation.
     fn insert<Q>(&mut self, k: &Q, v: V)
     where
         K: Borrow<Q> + for<'q> From<&'q Q>,
