@@ -51,8 +51,9 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::Hash;
 use std::marker::PhantomData;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
+use memchr::memmem;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -913,7 +914,11 @@ fn readable_tagged(s: &str) -> Option<String> {
 fn strip_system_reminders(text: String) -> String {
     const OPEN: &str = "<system-reminder>";
     const CLOSE: &str = "</system-reminder>";
-    if memchr::memmem::find(text.as_bytes(), OPEN.as_bytes()).is_none() {
+    // Built once: `memmem::find` would build (and rank) a searcher per call,
+    // and this runs on every tool result and prompt.
+    static FINDER: LazyLock<memmem::Finder<'static>> =
+        LazyLock::new(|| memmem::Finder::new(OPEN.as_bytes()));
+    if FINDER.find(text.as_bytes()).is_none() {
         return text;
     }
     let s = text.as_str();
