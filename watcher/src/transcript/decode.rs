@@ -2035,6 +2035,28 @@ mod tests {
     }
 
     #[test]
+    fn uuid_keys_are_exact_for_canonical_uuids_and_hashed_otherwise() {
+        let canonical = "0123abcd-4567-4890-8abc-def012345678";
+        assert_eq!(uuid_key(canonical), 0x0123abcd_4567_4890_8abc_def012345678);
+        assert_eq!(uuid_key(canonical), uuid_key(&canonical.to_uppercase()));
+        // Not canonical: hashed, stable, and distinct from each other.
+        let odd = [
+            "u1",
+            "u2",
+            "",
+            "0123abcd-4567-4890-8abc-def01234567",
+            "0123abcd_4567",
+        ];
+        for (i, a) in odd.iter().enumerate() {
+            assert_eq!(uuid_key(a), uuid_key(a));
+            assert_ne!(uuid_key(a), uuid_key(canonical));
+            for b in &odd[i + 1..] {
+                assert_ne!(uuid_key(a), uuid_key(b), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    #[test]
     fn dedupe_capacity_evicts_the_oldest_uuid_first() {
         let mut d = Decoder::new(DecoderConfig { dedupe_capacity: 2 });
         let a = fx::user_prompt("a", "a");
