@@ -220,12 +220,8 @@ impl Decoder {
         // so only lines that need trimming are trimmed. Trimming first read
         // each line's last byte before its first, a cache miss per line that
         // measured 3 % of decoding.
-        if raw.first() == Some(&b'{') {
-            let mut rec = Record::default();
-            if parse_fast(raw, &mut rec) {
-                self.process(&mut rec, source, &mut out);
-                return Ok(out);
-            }
+        if self.decode_fast(raw, source, &mut out) {
+            return Ok(out);
         }
         let line = raw.strip_suffix(b"\r").unwrap_or(raw);
         let trimmed = trim_nuls(line);
@@ -239,12 +235,8 @@ impl Decoder {
         if bytes.is_empty() {
             return Ok(Vec::new());
         }
-        if bytes.first() == Some(&b'{') && bytes.len() != raw.len() {
-            let mut rec = Record::default();
-            if parse_fast(bytes, &mut rec) {
-                self.process(&mut rec, source, &mut out);
-                return Ok(out);
-            }
+        if bytes.len() != raw.len() && self.decode_fast(bytes, source, &mut out) {
+            return Ok(out);
         }
         let (values, repair) = parse_slow(bytes)?;
         if self.last_repair.is_none() {
@@ -260,6 +252,20 @@ impl Decoder {
             self.process(&mut rec, source, &mut out);
         }
         Ok(out)
+    }
+
+    /// The fast path for one object line: `false` (with `out` untouched) when
+    /// the line needs the slow path.
+    fn decode_fast(&mut self, bytes: &[u8], source: &Source, out: &mut Vec<Event>) -> bool {
+        if bytes.first() != Some(&b'{') {
+            return false;
+        }
+        let mut rec = Record::default();
+        if !parse_fast(bytes, &mut rec) {
+            return false;
+        }
+        self.process(&mut rec, source, out);
+        true
     }
 
     fn process(&mut self, rec: &mut Record<'_>, given: &Source, out: &mut Vec<Event>) {
@@ -1173,7 +1179,15 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
         if self.cap == 0 {
             return;
         }
-        while self.map.len() >= self.cap {
+        self.order.push_back(k.clone());
+        self.map.insert(k, v);
+        self.evict_over_cap();
+    }
+
+    /// Forgets the oldest entries until at most `cap` are left. The newest
+    /// key is at the back of `order`, so with `cap >= 1` it always stays.
+    fn evict_over_cap(&mut self) {
+        while self.map.len() > self.cap {
             match self.order.pop_front() {
                 Some(old) => {
                     self.map.remove(&old);
@@ -1181,8 +1195,6 @@ impl<K: Hash + Eq + Clone, V> Bounded<K, V> {
                 None => break,
             }
         }
-        self.order.push_back(k.clone());
-        self.map.insert(k, v);
     }
 }
 
@@ -1197,14 +1209,7 @@ impl<K: Hash + Eq + Clone> Bounded<K, ()> {
             return false;
         }
         self.order.push_back(k);
-        while self.map.len() > self.cap {
-            match self.order.pop_front() {
-                Some(old) => {
-                    self.map.remove(&old);
-                }
-                None => break,
-            }
-        }
+        self.evict_over_cap();
         true
     }
 }
