@@ -4,6 +4,7 @@
 
 #![allow(clippy::missing_panics_doc)]
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -584,4 +585,79 @@ pub fn metric_value(metrics: &str, series: &str) -> Option<f64> {
 /// How often `needle` occurs in `haystack`.
 pub fn count(haystack: &str, needle: &str) -> usize {
     haystack.matches(needle).count()
+}
+
+/// The text of the shipped alert rules and dashboards (`deploy/prometheus/*.yml`,
+/// `deploy/grafana/*.json`; not the promtool tests, whose series are made up).
+pub fn monitoring_sources() -> Vec<(String, String)> {
+    let deploy = workspace_root().join("deploy");
+    let mut out = Vec::new();
+    for dir in ["prometheus", "grafana"] {
+        let Ok(entries) = std::fs::read_dir(deploy.join(dir)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if matches!(
+                path.extension().and_then(|x| x.to_str()),
+                Some("yml" | "yaml" | "json")
+            ) {
+                let Ok(text) = std::fs::read_to_string(&path) else {
+                    panic!("cannot read {}", path.display());
+                };
+                out.push((path.display().to_string(), text));
+            }
+        }
+    }
+    out
+}
+
+/// Metric names with one of `prefixes` in `text`: a prefix at an identifier
+/// start, up to the end of the identifier.
+pub fn metric_names(text: &str, prefixes: &[&str]) -> BTreeSet<String> {
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = text.as_bytes();
+    let mut names = BTreeSet::new();
+    for prefix in prefixes {
+        for (at, _) in text.match_indices(prefix) {
+            if at > 0 && ident(bytes[at - 1]) {
+                continue;
+            }
+            let len = bytes[at..].iter().take_while(|&&b| ident(b)).count();
+            names.insert(text[at..at + len].to_owned());
+        }
+    }
+    names
+}
+
+/// Every metric the shipped alerts and dashboards query for this service is in
+/// its real scrape: a rule on a misspelt or never-exported name would parse,
+/// pass promtool, and never fire.
+pub fn check_monitoring_names(name: &str, metrics: &str, prefixes: &[&str]) {
+    // Sample names, and family names from `# TYPE` (a histogram's own name).
+    let exported: BTreeSet<&str> = metrics
+        .lines()
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(t) => t.split(' ').next(),
+            None if l.starts_with('#') => None,
+            None => l.split(['{', ' ']).next(),
+        })
+        .filter(|n| !n.is_empty())
+        .collect();
+    let sources = monitoring_sources();
+    assert!(
+        sources.iter().any(|(p, _)| p.ends_with(".yml")),
+        "deploy/prometheus has no rules file"
+    );
+    let mut checked = 0;
+    for (path, text) in &sources {
+        for metric in metric_names(text, prefixes) {
+            assert!(
+                exported.contains(metric.as_str()),
+                "{path} queries {metric}, which {name} does not export:\n{metrics}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 0, "no {prefixes:?} metric found in deploy/");
 }

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e::{
-    count, eventually, get_text, metric_value, started_ops_addr, transcript, FakeDiscordProc, Proc,
+    check_monitoring_names, count, eventually, get_text, metric_value, started_ops_addr,
+    transcript, FakeDiscordProc, Proc,
 };
 use ed25519_dalek::{Signer, SigningKey};
 use hmac::Mac;
@@ -518,6 +519,13 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     assert!(
         forwarded >= 1.0,
         "the input after the restart is counted:\n{metrics}"
+    );
+    // After a whole lifecycle every series exists, also those only a first
+    // Discord request creates: the shipped alerts and dashboards query only these.
+    check_monitoring_names(
+        "bot-bridge",
+        &metrics,
+        &["bridge_", "http_server_", "process_"],
     );
     responses.push(metrics);
 

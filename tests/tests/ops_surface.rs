@@ -4,11 +4,15 @@
 // Scenarios fail fast on anything unexpected; that is the point of a test.
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use e2e::{eventually, get_text, started_ops_addr, FakeDiscordProc, Proc};
+use e2e::{
+    check_monitoring_names, eventually, get_text, started_ops_addr, workspace_root,
+    FakeDiscordProc, Proc,
+};
 use serde_json::Value;
 
 /// `promtool check metrics` on a scrape; required when AGENTMON_REQUIRE_TOOLS=1
@@ -69,6 +73,41 @@ const WATCHER_METRICS: &[&str] = &[
     "watcher_session_cost_usd",
     "watcher_tokens_total{type=",
 ];
+
+#[test]
+fn every_alert_has_annotations_and_a_runbook() {
+    let deploy = workspace_root().join("deploy");
+    let rules = std::fs::read_to_string(deploy.join("prometheus/agentmon-rules.yml")).unwrap();
+    let runbooks = std::fs::read_to_string(deploy.join("runbooks.md")).unwrap();
+    let headings: BTreeSet<&str> = runbooks
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .collect();
+    let mut alerts = BTreeSet::new();
+    for chunk in rules.split("- alert: ").skip(1) {
+        let alert = chunk.split_whitespace().next().unwrap();
+        for key in ["summary:", "description:", "runbook_url:", "severity:"] {
+            assert!(chunk.contains(key), "{alert} lacks {key}");
+        }
+        let anchor = format!("/deploy/runbooks.md#{}\n", alert.to_lowercase());
+        assert!(
+            chunk.contains(&anchor),
+            "{alert}'s runbook_url does not end in {anchor:?}"
+        );
+        assert!(
+            headings.contains(alert),
+            "deploy/runbooks.md has no \"## {alert}\" section"
+        );
+        alerts.insert(alert);
+    }
+    assert!(alerts.len() >= 10, "only {} alerts found", alerts.len());
+    for heading in headings.iter().filter(|h| h.starts_with("Agentmon")) {
+        assert!(
+            alerts.contains(heading),
+            "deploy/runbooks.md documents {heading}, which is no alert"
+        );
+    }
+}
 
 /// The checks shared by both services.
 async fn check_ops_surface(name: &str, proc: &mut Proc, ops: &str, prefix: &str) {
@@ -222,6 +261,11 @@ async fn watcher_boots_observable_and_stops_on_sigterm() {
             "watcher /metrics lacks the documented {name}:\n{metrics}"
         );
     }
+    check_monitoring_names(
+        "watcher",
+        &metrics,
+        &["watcher_", "http_server_", "process_"],
+    );
     check_ops_surface("watcher", &mut watcher, &ops, "watcher").await;
 }
 
