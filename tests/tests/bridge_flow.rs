@@ -497,6 +497,33 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
         bridge.input("9007", &channel_id, "too late").await,
         "run finished"
     );
+    // A watcher started again for the finished run (a sidecar restarted after
+    // its summary) is refused once, says why, stays not ready, and does not
+    // retry a refusal that cannot clear; SIGTERM still stops it cleanly.
+    let mut rerun = Proc::start("watcher", &[], &env);
+    rerun
+        .wait_log(
+            "bot-bridge already completed this run; not retrying",
+            DEADLINE,
+        )
+        .await;
+    let rerun_ops = started_ops_addr(&rerun).await;
+    let (code, ready) = get_text(&format!("http://{rerun_ops}/readyz")).await;
+    assert_eq!(code, 503, "{ready}");
+    assert!(ready.contains("already completed"), "{ready}");
+    rerun.sigterm();
+    let status = rerun.wait_exit(Duration::from_secs(5)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        rerun.output()
+    );
+    assert!(
+        !rerun.output().contains("will retry"),
+        "a completed run is not retried:\n{}",
+        rerun.output()
+    );
+    outputs.push(("watcher (rerun)".into(), rerun.output()));
 
     // What happened is visible in the metrics (DESIGN.md §5 names).
     let metrics = get_text(&format!("http://{}/metrics", bridge.ops)).await.1;

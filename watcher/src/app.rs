@@ -353,6 +353,11 @@ fn run_request(cfg: &Config) -> RunRequest {
 
 /// Provisions the run's webhook from bot-bridge, retrying with backoff while it
 /// is unavailable (transcript events wait in the bounded queue and the file).
+///
+/// A run bot-bridge already completed (a watcher restarted after its summary,
+/// or a rerun with the old identity) is not retried: it would fail forever.
+/// The watcher then waits, not ready, for its shutdown instead of exiting,
+/// because a native sidecar that exits is restarted into the same refusal.
 async fn provision_until_ready(
     bridge: &BridgeClient,
     sink: &ops::health::Component,
@@ -363,6 +368,18 @@ async fn provision_until_ready(
     loop {
         match bridge.provision().await {
             Ok(p) => return Some(p),
+            Err(e) if e.is_run_completed() => {
+                sink.failed(format!(
+                    "bot-bridge already completed this run; nothing is delivered (a new run needs a new ATTEMPT): {e}"
+                ));
+                tracing::error!(
+                    error = %e,
+                    hint = "a new run needs a new ATTEMPT",
+                    "bot-bridge already completed this run; not retrying"
+                );
+                shutdown.wait().await;
+                return None;
+            }
             Err(e) => {
                 sink.failed(format!("provisioning from bot-bridge: {e}"));
                 if !e.is_transient() {

@@ -32,6 +32,12 @@ impl BridgeError {
             Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 404,
         }
     }
+
+    /// bot-bridge already completed this run (409): its webhook is revoked and
+    /// no retry can bring it back; a new run needs a new `ATTEMPT`.
+    pub fn is_run_completed(&self) -> bool {
+        matches!(self, Self::Status { status: 409, .. })
+    }
 }
 
 /// The run identity sent to bot-bridge.
