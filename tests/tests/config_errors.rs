@@ -216,3 +216,23 @@ fn watcher_names_settings_that_have_no_effect() {
         assert!(!stdout.contains("SeCrEt") && !stderr.contains("SeCrEt"));
     }
 }
+
+#[test]
+fn watcher_counts_an_empty_run_identity_as_unset() {
+    // A chart or compose file that renders `TASK_ID=""` must not send an empty
+    // identity that bot-bridge refuses on every attempt: empty means unset.
+    let (code, stdout, stderr) = run_to_end(
+        "watcher",
+        &["check-config"],
+        &[
+            ("TASK_ID", String::new()),
+            ("ATTEMPT", "  ".into()),
+            ("SHORT_ID", "abc".into()),
+        ],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["task_id"], serde_json::Value::Null, "{stdout}");
+    assert_eq!(v["attempt"], serde_json::Value::Null, "{stdout}");
+    assert_eq!(v["short_id"], "abc", "{stdout}");
+}

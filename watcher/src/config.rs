@@ -531,10 +531,13 @@ impl RawConfig {
             workspace_path: self.workspace_path,
             claude_projects_dir,
             sink,
-            task_id: self.task_id,
-            attempt: self.attempt,
-            short_id: self.short_id,
-            run_id: self.run_id,
+            // An empty value is an unset one (a template that renders
+            // `TASK_ID=""`): sent as is, bot-bridge would refuse the run with
+            // 400 on every provisioning attempt.
+            task_id: non_empty(self.task_id),
+            attempt: non_empty(self.attempt),
+            short_id: non_empty(self.short_id),
+            run_id: non_empty(self.run_id),
             start_at: self.start_at,
             state_dir: self.state_dir,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
@@ -559,6 +562,10 @@ impl RawConfig {
             warnings,
         })
     }
+}
+
+fn non_empty(v: Option<String>) -> Option<String> {
+    v.filter(|s| !s.trim().is_empty())
 }
 
 /// Layers env, file and defaults under the parsed command line into a [`Config`].
