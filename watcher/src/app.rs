@@ -18,6 +18,7 @@ use crate::deliver::bridge::{BridgeClient, Provisioned, RunRequest};
 use crate::deliver::dlq::Dlq;
 use crate::deliver::webhook::{Sent, WebhookSender};
 use crate::deliver::{DeliveryObserver, NoopObserver};
+use crate::delivered::DeliveredLog;
 use crate::events::{Telemetry, WatcherMetrics};
 use crate::ingest::{IngestConfig, IngestObserver};
 use crate::render::{console, CostTable, Filters, RenderConfig, Renderer, RunInfo};
@@ -351,6 +352,41 @@ fn run_request(cfg: &Config) -> RunRequest {
     }
 }
 
+/// Records the decoder remembers as seen; also how many delivered uuids the
+/// state directory keeps for a restart.
+const DEDUPE_CAPACITY: usize = 100_000;
+
+/// The delivered-records journal and the uuids it seeds deduplication with.
+/// Uuids a checkpoint of an earlier version kept are moved into the journal.
+/// An unreadable journal costs only possible reposts after a rewrite, so it
+/// is logged, not fatal.
+fn open_delivered(
+    dir: &std::path::Path,
+    checkpoint: Option<&crate::checkpoint::Checkpoint>,
+) -> Result<(DeliveredLog, Vec<String>), AppError> {
+    let mut log =
+        DeliveredLog::open(dir, DEDUPE_CAPACITY).map_err(|e| AppError::State(e.to_string()))?;
+    let legacy = checkpoint
+        .map(|c| c.recent_uuids.clone())
+        .unwrap_or_default();
+    if !legacy.is_empty() {
+        if let Err(e) = log.append(&legacy) {
+            tracing::error!(error = %e, "cannot move the checkpoint's uuids into the delivered journal");
+        }
+    }
+    let mut delivered = log.recent().unwrap_or_else(|e| {
+        tracing::error!(error = %e, "delivered journal unreadable; a rewritten transcript may be reposted");
+        Vec::new()
+    });
+    if delivered.is_empty() {
+        delivered = legacy;
+    }
+    if !delivered.is_empty() {
+        tracing::info!(records = delivered.len(), "remembering delivered records");
+    }
+    Ok((log, delivered))
+}
+
 /// Provisions the run's webhook from bot-bridge, retrying with backoff while it
 /// is unavailable (transcript events wait in the bounded queue and the file).
 ///
@@ -553,6 +589,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             "resuming from checkpoint"
         );
     }
+    let (delivered_log, delivered) = open_delivered(&cfg.state_dir, checkpoint.as_ref())?;
 
     let (tx, rx) = crate::queue::bounded(cfg.queue_max_events, cfg.queue_max_bytes);
     let ingest_stop = Shutdown::new();
@@ -569,13 +606,14 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             poll_interval: cfg.poll_interval,
             read_chunk: 64 * 1024,
         },
-        dedupe_capacity: 100_000,
+        dedupe_capacity: DEDUPE_CAPACITY,
     };
     let ingest_observer: Arc<dyn IngestObserver> = telemetry.clone();
     let ingest = tokio::spawn(crate::ingest::run(
         ingest_cfg,
         tx,
         checkpoint.clone(),
+        delivered,
         ingest_observer,
         ingest_stop.clone(),
     ));
@@ -653,6 +691,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         renderer,
         Batcher::new(cfg.batch_size, None),
         store,
+        delivered_log,
         checkpoint.unwrap_or_default(),
         sink,
         telemetry.clone(),

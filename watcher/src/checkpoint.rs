@@ -33,16 +33,12 @@ pub struct Checkpoint {
     /// The sink loop's own state (header posted, running totals).
     #[serde(default)]
     pub totals: serde_json::Value,
-    /// Uuids of the most recently committed records, oldest first. The
-    /// decoder's deduplication is in memory; seeded from this list, a file
-    /// rewritten in place (or shorter) while the watcher was down is re-read
-    /// without posting again what was already delivered.
-    #[serde(default)]
+    /// Committed record uuids as earlier versions kept them (the last 512).
+    /// Read once to seed deduplication and moved into `delivered.log`
+    /// ([`crate::delivered`]), which now keeps them; never written again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recent_uuids: Vec<String>,
 }
-
-/// How many committed record uuids the checkpoint keeps.
-pub const RECENT_UUIDS: usize = 512;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileCheckpoint {
@@ -165,18 +161,15 @@ struct FileTrack {
 #[derive(Debug, Default)]
 pub struct AckTracker {
     files: HashMap<String, FileTrack>,
-    /// Uuids of committed records, oldest first, at most [`RECENT_UUIDS`].
-    recent: VecDeque<String>,
+    /// Uuids of records committed since the last [`take_committed`](Self::take_committed),
+    /// oldest first: what the next checkpoint write adds to `delivered.log`.
+    committed_uuids: Vec<String>,
 }
 
 impl AckTracker {
-    /// A tracker that continues the committed-uuid list of a checkpoint.
-    pub fn resuming(cp: &Checkpoint) -> Self {
-        let skip = cp.recent_uuids.len().saturating_sub(RECENT_UUIDS);
-        Self {
-            files: HashMap::new(),
-            recent: cp.recent_uuids.iter().skip(skip).cloned().collect(),
-        }
+    /// The uuids committed since the last call, oldest first.
+    pub fn take_committed(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.committed_uuids)
     }
 
     /// Registers a line (the record `uuid`, when it has one) that rendered to
@@ -197,7 +190,7 @@ impl AckTracker {
             identity: identity.clone(),
             uuid: uuid.map(str::to_owned),
         });
-        Self::advance(t, &mut self.recent);
+        Self::advance(t, &mut self.committed_uuids);
     }
 
     /// One unit of the line at `pos` was acknowledged.
@@ -212,19 +205,14 @@ impl AckTracker {
         {
             p.outstanding -= 1;
         }
-        Self::advance(t, &mut self.recent);
+        Self::advance(t, &mut self.committed_uuids);
     }
 
-    fn advance(t: &mut FileTrack, recent: &mut VecDeque<String>) {
+    fn advance(t: &mut FileTrack, committed: &mut Vec<String>) {
         while t.pending.front().is_some_and(|p| p.outstanding == 0) {
             if let Some(p) = t.pending.pop_front() {
                 t.committed = Some((p.end, p.identity));
-                if let Some(u) = p.uuid {
-                    if recent.len() >= RECENT_UUIDS {
-                        recent.pop_front();
-                    }
-                    recent.push_back(u);
-                }
+                committed.extend(p.uuid);
             }
         }
     }
@@ -239,10 +227,8 @@ impl AckTracker {
         self.files.values().map(|t| t.pending.len()).sum()
     }
 
-    /// Writes every file's committed offset and identity, and the recent
-    /// committed uuids, into `cp`.
+    /// Writes every file's committed offset and identity into `cp`.
     pub fn apply(&self, cp: &mut Checkpoint) {
-        cp.recent_uuids = self.recent.iter().cloned().collect();
         for (file, t) in &self.files {
             if let Some((offset, identity)) = &t.committed {
                 cp.files.insert(
@@ -314,27 +300,26 @@ mod tests {
     }
 
     #[test]
-    fn only_committed_uuids_are_kept_bounded_and_carried_across_restarts() {
+    fn only_committed_uuids_are_handed_on_in_commit_order_once() {
         let id = FileIdentity::default();
         let mut t = AckTracker::default();
         t.track(&pos(0, 10), &id, 1, Some("a"));
         t.track(&pos(10, 20), &id, 0, Some("b"));
-        let mut cp = Checkpoint::default();
-        t.apply(&mut cp);
-        assert!(cp.recent_uuids.is_empty(), "nothing committed yet");
+        assert!(t.take_committed().is_empty(), "nothing committed yet");
         t.ack(&pos(0, 10));
-        t.apply(&mut cp);
-        assert_eq!(cp.recent_uuids, ["a", "b"]);
+        assert_eq!(t.take_committed(), ["a", "b"]);
+        assert!(t.take_committed().is_empty(), "handed on once");
+        t.track(&pos(20, 30), &id, 0, None);
+        t.track(&pos(30, 40), &id, 0, Some("c"));
+        assert_eq!(t.take_committed(), ["c"]);
+    }
 
-        let mut again = AckTracker::resuming(&cp);
-        for i in 0..RECENT_UUIDS as u64 {
-            again.track(&pos(i * 10, i * 10 + 10), &id, 0, Some(&format!("u{i}")));
-        }
-        again.apply(&mut cp);
-        assert_eq!(cp.recent_uuids.len(), RECENT_UUIDS);
-        assert_eq!(cp.recent_uuids.first().map(String::as_str), Some("u0"));
-        let last = format!("u{}", RECENT_UUIDS - 1);
-        assert_eq!(cp.recent_uuids.last(), Some(&last));
+    #[test]
+    fn legacy_recent_uuids_are_read_but_not_written() {
+        let cp: Checkpoint = serde_json::from_str(r#"{"version":1,"recent_uuids":["x"]}"#).unwrap();
+        assert_eq!(cp.recent_uuids, ["x"]);
+        let fresh = serde_json::to_string(&Checkpoint::default()).unwrap();
+        assert!(!fresh.contains("recent_uuids"), "{fresh}");
     }
 
     #[test]

@@ -89,10 +89,12 @@ pub async fn run(
     cfg: IngestConfig,
     tx: QueueTx,
     checkpoint: Option<Checkpoint>,
+    delivered: Vec<String>,
     observer: Arc<dyn IngestObserver>,
     stop: Shutdown,
 ) -> Result<(), IngestError> {
-    let mut ingest = Ingest::new(cfg, tx, checkpoint, observer);
+    let mut ingest = Ingest::new(cfg, tx, checkpoint, &delivered, observer);
+    drop(delivered);
     // Selecting here (not only between passes) also ends a send that waits on
     // a full queue; nothing is lost, the file and the checkpoint still hold it.
     tokio::select! {
@@ -258,6 +260,7 @@ impl Ingest {
         mut cfg: IngestConfig,
         tx: QueueTx,
         checkpoint: Option<Checkpoint>,
+        delivered: &[String],
         observer: Arc<dyn IngestObserver>,
     ) -> Self {
         cfg.projects_dir = absolute(&cfg.projects_dir);
@@ -275,7 +278,9 @@ impl Ingest {
         let mut decoder = Decoder::new(DecoderConfig {
             dedupe_capacity: cfg.dedupe_capacity,
         });
-        for uuid in checkpoint.iter().flat_map(|c| &c.recent_uuids) {
+        // Records delivered before a restart are not posted again when a
+        // rewritten file has to be read from the top (`crate::delivered`).
+        for uuid in delivered {
             decoder.remember(uuid);
         }
         Self {

@@ -11,6 +11,7 @@ pub mod app;
 pub mod checkpoint;
 pub mod config;
 pub mod deliver;
+pub mod delivered;
 pub mod discover;
 pub mod events;
 pub mod ingest;

@@ -14,6 +14,7 @@ use crate::checkpoint::{AckTracker, Checkpoint, CheckpointStore};
 use crate::deliver::batch::{Batch, Batcher, Unit};
 use crate::deliver::webhook::{Sent, WebhookSender};
 use crate::deliver::DeliveryObserver;
+use crate::delivered::DeliveredLog;
 use crate::events::Telemetry;
 use crate::queue::{QueueRx, Record};
 use crate::render::{console, Renderer};
@@ -53,6 +54,8 @@ pub struct Pipeline {
     pub batcher: Batcher,
     pub tracker: AckTracker,
     pub store: CheckpointStore,
+    /// Committed record uuids, journaled with each checkpoint write.
+    pub delivered: DeliveredLog,
     pub checkpoint: Checkpoint,
     pub run_state: RunState,
     pub sink: Sink,
@@ -80,6 +83,7 @@ impl Pipeline {
         renderer: Renderer,
         batcher: Batcher,
         store: CheckpointStore,
+        delivered: DeliveredLog,
         checkpoint: Checkpoint,
         sink: Sink,
         telemetry: Arc<Telemetry>,
@@ -100,8 +104,9 @@ impl Pipeline {
         Self {
             renderer,
             batcher,
-            tracker: AckTracker::resuming(&checkpoint),
+            tracker: AckTracker::default(),
             store,
+            delivered,
             checkpoint,
             run_state,
             sink,
@@ -315,6 +320,14 @@ impl Pipeline {
     /// Writes the checkpoint: each file's committed (contiguously acknowledged)
     /// offset, never beyond; plus the run state.
     pub fn save(&mut self) {
+        // Journal first: a crash between the two leaves delivered uuids whose
+        // records lie past the checkpoint, which a restart then rightly skips.
+        let committed = self.tracker.take_committed();
+        if let Err(e) = self.delivered.append(&committed) {
+            tracing::error!(error = %e, "cannot journal delivered records; a restart may repost them if the transcript was rewritten");
+        }
+        // Moved into the journal at start-up (`app`); no longer kept here.
+        self.checkpoint.recent_uuids.clear();
         self.tracker.apply(&mut self.checkpoint);
         self.run_state.stats = serde_json::to_value(self.renderer.stats()).ok();
         self.checkpoint.totals = serde_json::to_value(&self.run_state).unwrap_or_default();

@@ -231,6 +231,7 @@ struct Opts {
     transcript: Option<PathBuf>,
     start_at: StartAt,
     checkpoint: Option<Checkpoint>,
+    delivered: Vec<String>,
     max_line_bytes: usize,
     read_chunk: usize,
     queue_events: usize,
@@ -242,6 +243,7 @@ impl Default for Opts {
             transcript: None,
             start_at: StartAt::Beginning,
             checkpoint: None,
+            delivered: Vec::new(),
             max_line_bytes: 64 * 1024,
             read_chunk: 61,
             queue_events: 1024,
@@ -292,6 +294,7 @@ impl Live {
             cfg,
             tx,
             opts.checkpoint,
+            opts.delivered,
             observer,
             stop.clone(),
         ));

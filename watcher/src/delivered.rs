@@ -1,0 +1,257 @@
+//! Which records were delivered, remembered across restarts.
+//!
+//! The checkpoint says where reading resumes, which is enough while the file
+//! only grows. But the CLI sometimes rewrites a transcript (a removed record
+//! truncates the file and writes the rest back; garbage collection renames a
+//! new file over it), and a watcher that was down meanwhile must read it again
+//! from the top. Without this list every record it had already delivered would
+//! be posted a second time. `STATE_DIR/delivered.log` is an append-only journal
+//! of committed record uuids, one per line, that seeds the decoder's
+//! deduplication on start. It keeps the newest `capacity` (the decoder's
+//! window) and is compacted when it reaches twice that, so it stays bounded.
+//!
+//! Appends happen with each checkpoint write and before it: a crash between
+//! the two leaves uuids in the journal whose records lie past the checkpoint.
+//! They were acknowledged, so skipping them on restart is right.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+pub const FILE_NAME: &str = "delivered.log";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveredError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// The journal in one state directory.
+#[derive(Debug)]
+pub struct DeliveredLog {
+    dir: PathBuf,
+    capacity: usize,
+    /// Lines in the file, so that compaction needs no re-count.
+    lines: usize,
+    /// The file ends without a newline (a crash mid-append): the next append
+    /// starts a new line first, so the torn tail cannot swallow a uuid.
+    torn: bool,
+}
+
+impl DeliveredLog {
+    /// Opens (without reading) the journal of `dir`, keeping `capacity` uuids.
+    pub fn open(dir: &Path, capacity: usize) -> Result<Self, DeliveredError> {
+        let mut log = Self {
+            dir: dir.to_path_buf(),
+            capacity,
+            lines: 0,
+            torn: false,
+        };
+        log.lines = log.count_lines()?;
+        log.torn = log.ends_torn();
+        Ok(log)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    /// The newest `capacity` uuids, oldest first. Lines that are not text are
+    /// skipped; a torn last line (a crash mid-append) reads as a uuid no record
+    /// has, which is harmless.
+    pub fn recent(&self) -> Result<Vec<String>, DeliveredError> {
+        let skip = self.lines.saturating_sub(self.capacity);
+        let Some(reader) = self.reader()? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(self.lines.min(self.capacity));
+        for line in reader.split(b'\n').skip(skip) {
+            let line = line.map_err(|source| self.read_error(source))?;
+            if let Ok(uuid) = std::str::from_utf8(&line) {
+                if !uuid.is_empty() {
+                    out.push(uuid.to_owned());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Appends `uuids` and makes them durable; compacts when the journal
+    /// holds twice its capacity.
+    pub fn append(&mut self, uuids: &[String]) -> Result<(), DeliveredError> {
+        if uuids.is_empty() || self.capacity == 0 {
+            return Ok(());
+        }
+        let path = self.path();
+        let write = |source| DeliveredError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut buf = Vec::with_capacity(uuids.iter().map(|u| u.len() + 1).sum::<usize>() + 1);
+        if self.torn {
+            buf.push(b'\n');
+        }
+        for u in uuids {
+            // A uuid is one line; one with a newline in it (never seen) would
+            // become two and is left out rather than corrupting the journal.
+            if !u.is_empty() && !u.contains('\n') {
+                buf.extend_from_slice(u.as_bytes());
+                buf.push(b'\n');
+                self.lines += 1;
+            }
+        }
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(write)?;
+        f.write_all(&buf).map_err(write)?;
+        f.sync_data().map_err(write)?;
+        self.torn = false;
+        if self.lines >= self.capacity.saturating_mul(2) {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the journal with its newest `capacity` lines (temp file,
+    /// fsync, rename: a crash leaves the old or the new journal).
+    fn compact(&mut self) -> Result<(), DeliveredError> {
+        let keep = self.recent()?;
+        let path = self.path();
+        let tmp = self.dir.join(format!(".{FILE_NAME}.tmp"));
+        let write = |source| DeliveredError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut buf = Vec::with_capacity(keep.iter().map(|u| u.len() + 1).sum());
+        for u in &keep {
+            buf.extend_from_slice(u.as_bytes());
+            buf.push(b'\n');
+        }
+        let mut f = File::create(&tmp).map_err(write)?;
+        f.write_all(&buf).map_err(write)?;
+        f.sync_all().map_err(write)?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(write)?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.lines = keep.len();
+        Ok(())
+    }
+
+    /// Whether the last byte is not a newline (read alone, not the file).
+    fn ends_torn(&self) -> bool {
+        let Ok(mut f) = File::open(self.path()) else {
+            return false;
+        };
+        let mut last = [0u8; 1];
+        f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] != b'\n'
+    }
+
+    fn count_lines(&self) -> Result<usize, DeliveredError> {
+        let Some(reader) = self.reader()? else {
+            return Ok(0);
+        };
+        let mut n = 0;
+        for line in reader.split(b'\n') {
+            line.map_err(|source| self.read_error(source))?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn reader(&self) -> Result<Option<BufReader<File>>, DeliveredError> {
+        match File::open(self.path()) {
+            Ok(f) => Ok(Some(BufReader::new(f))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(self.read_error(source)),
+        }
+    }
+
+    fn read_error(&self, source: std::io::Error) -> DeliveredError {
+        DeliveredError::Read {
+            path: self.path(),
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(range: std::ops::Range<usize>) -> Vec<String> {
+        range.map(|i| format!("uuid-{i}")).collect()
+    }
+
+    #[test]
+    fn appended_uuids_survive_a_reopen_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DeliveredLog::open(dir.path(), 100).unwrap();
+        assert!(log.recent().unwrap().is_empty(), "no journal yet");
+        log.append(&ids(0..3)).unwrap();
+        log.append(&ids(3..5)).unwrap();
+        let again = DeliveredLog::open(dir.path(), 100).unwrap();
+        assert_eq!(again.recent().unwrap(), ids(0..5));
+    }
+
+    #[test]
+    fn only_the_newest_capacity_are_kept_and_the_file_stays_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DeliveredLog::open(dir.path(), 10).unwrap();
+        for chunk in 0..7 {
+            log.append(&ids(chunk * 5..chunk * 5 + 5)).unwrap();
+        }
+        assert_eq!(log.recent().unwrap(), ids(25..35));
+        let text = fs::read_to_string(log.path()).unwrap();
+        assert!(
+            text.lines().count() < 20,
+            "compacted at twice the capacity: {} lines",
+            text.lines().count()
+        );
+        let again = DeliveredLog::open(dir.path(), 10).unwrap();
+        assert_eq!(again.recent().unwrap(), ids(25..35));
+    }
+
+    #[test]
+    fn a_torn_last_line_and_garbage_are_skipped_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAME);
+        fs::write(&path, b"uuid-0\n\xff\xfe\n\nuuid-1\nuuid-2-tor").unwrap();
+        let log = DeliveredLog::open(dir.path(), 100).unwrap();
+        let recent = log.recent().unwrap();
+        assert_eq!(&recent[..2], &ids(0..2)[..]);
+        // The torn tail reads as a (harmless) unknown uuid, never as an error.
+        assert_eq!(recent.len(), 3, "{recent:?}");
+        // An append after the torn tail starts a line of its own.
+        let mut log = log;
+        log.append(&ids(3..4)).unwrap();
+        let recent = DeliveredLog::open(dir.path(), 100)
+            .unwrap()
+            .recent()
+            .unwrap();
+        assert_eq!(
+            recent.last().map(String::as_str),
+            Some("uuid-3"),
+            "{recent:?}"
+        );
+    }
+
+    #[test]
+    fn zero_capacity_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = DeliveredLog::open(dir.path(), 0).unwrap();
+        log.append(&ids(0..3)).unwrap();
+        assert!(!log.path().exists());
+    }
+}
