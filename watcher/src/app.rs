@@ -18,7 +18,7 @@ use crate::deliver::bridge::{BridgeClient, Provisioned, RunRequest};
 use crate::deliver::dlq::Dlq;
 use crate::deliver::webhook::{Sent, WebhookSender};
 use crate::deliver::{DeliveryObserver, NoopObserver};
-use crate::delivered::DeliveredLog;
+use crate::delivered::{Delivered, DeliveredLog};
 use crate::events::{Telemetry, WatcherMetrics};
 use crate::ingest::{IngestConfig, IngestObserver};
 use crate::render::{console, CostTable, Filters, RenderConfig, Renderer, RunInfo};
@@ -363,7 +363,7 @@ const DEDUPE_CAPACITY: usize = 100_000;
 fn open_delivered(
     dir: &std::path::Path,
     checkpoint: Option<&crate::checkpoint::Checkpoint>,
-) -> Result<(DeliveredLog, Vec<String>), AppError> {
+) -> Result<(DeliveredLog, Delivered), AppError> {
     let mut log =
         DeliveredLog::open(dir, DEDUPE_CAPACITY).map_err(|e| AppError::State(e.to_string()))?;
     let legacy = checkpoint
@@ -376,10 +376,10 @@ fn open_delivered(
     }
     let mut delivered = log.recent().unwrap_or_else(|e| {
         tracing::error!(error = %e, "delivered journal unreadable; a rewritten transcript may be reposted");
-        Vec::new()
+        Delivered::default()
     });
     if delivered.is_empty() {
-        delivered = legacy;
+        delivered = Delivered::from_uuids(&legacy);
     }
     if !delivered.is_empty() {
         tracing::info!(records = delivered.len(), "remembering delivered records");

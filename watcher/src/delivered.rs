@@ -34,6 +34,35 @@ pub enum DeliveredError {
     },
 }
 
+/// Delivered uuids, oldest first, as one newline-separated buffer: a single
+/// allocation for up to 100 000 of them, handed back to the system when
+/// dropped after seeding (a `Vec<String>` of them kept 8 MiB resident).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Delivered(String);
+
+impl Delivered {
+    pub fn from_uuids(uuids: &[String]) -> Self {
+        let mut s = String::with_capacity(uuids.iter().map(|u| u.len() + 1).sum());
+        for u in uuids.iter().filter(|u| !u.is_empty() && !u.contains('\n')) {
+            s.push_str(u);
+            s.push('\n');
+        }
+        Self(s)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.split('\n').filter(|u| !u.is_empty())
+    }
+
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// The journal in one state directory.
 #[derive(Debug)]
 pub struct DeliveredLog {
@@ -67,21 +96,23 @@ impl DeliveredLog {
     /// The newest `capacity` uuids, oldest first. Lines that are not text are
     /// skipped; a torn last line (a crash mid-append) reads as a uuid no record
     /// has, which is harmless.
-    pub fn recent(&self) -> Result<Vec<String>, DeliveredError> {
+    pub fn recent(&self) -> Result<Delivered, DeliveredError> {
         let skip = self.lines.saturating_sub(self.capacity);
         let Some(reader) = self.reader()? else {
-            return Ok(Vec::new());
+            return Ok(Delivered::default());
         };
-        let mut out = Vec::with_capacity(self.lines.min(self.capacity));
+        // 37 bytes a canonical uuid line.
+        let mut out = String::with_capacity(self.lines.min(self.capacity) * 37);
         for line in reader.split(b'\n').skip(skip) {
             let line = line.map_err(|source| self.read_error(source))?;
             if let Ok(uuid) = std::str::from_utf8(&line) {
                 if !uuid.is_empty() {
-                    out.push(uuid.to_owned());
+                    out.push_str(uuid);
+                    out.push('\n');
                 }
             }
         }
-        Ok(out)
+        Ok(Delivered(out))
     }
 
     /// Appends `uuids` and makes them durable; compacts when the journal
@@ -132,13 +163,8 @@ impl DeliveredLog {
             path: path.clone(),
             source,
         };
-        let mut buf = Vec::with_capacity(keep.iter().map(|u| u.len() + 1).sum());
-        for u in &keep {
-            buf.extend_from_slice(u.as_bytes());
-            buf.push(b'\n');
-        }
         let mut f = File::create(&tmp).map_err(write)?;
-        f.write_all(&buf).map_err(write)?;
+        f.write_all(keep.0.as_bytes()).map_err(write)?;
         f.sync_all().map_err(write)?;
         drop(f);
         fs::rename(&tmp, &path).map_err(write)?;
@@ -194,15 +220,19 @@ mod tests {
         range.map(|i| format!("uuid-{i}")).collect()
     }
 
+    fn recent(log: &DeliveredLog) -> Vec<String> {
+        log.recent().unwrap().iter().map(str::to_owned).collect()
+    }
+
     #[test]
     fn appended_uuids_survive_a_reopen_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = DeliveredLog::open(dir.path(), 100).unwrap();
-        assert!(log.recent().unwrap().is_empty(), "no journal yet");
+        assert!(recent(&log).is_empty(), "no journal yet");
         log.append(&ids(0..3)).unwrap();
         log.append(&ids(3..5)).unwrap();
         let again = DeliveredLog::open(dir.path(), 100).unwrap();
-        assert_eq!(again.recent().unwrap(), ids(0..5));
+        assert_eq!(recent(&again), ids(0..5));
     }
 
     #[test]
@@ -212,7 +242,7 @@ mod tests {
         for chunk in 0..7 {
             log.append(&ids(chunk * 5..chunk * 5 + 5)).unwrap();
         }
-        assert_eq!(log.recent().unwrap(), ids(25..35));
+        assert_eq!(recent(&log), ids(25..35));
         let text = fs::read_to_string(log.path()).unwrap();
         assert!(
             text.lines().count() < 20,
@@ -220,7 +250,7 @@ mod tests {
             text.lines().count()
         );
         let again = DeliveredLog::open(dir.path(), 10).unwrap();
-        assert_eq!(again.recent().unwrap(), ids(25..35));
+        assert_eq!(recent(&again), ids(25..35));
     }
 
     #[test]
@@ -229,22 +259,23 @@ mod tests {
         let path = dir.path().join(FILE_NAME);
         fs::write(&path, b"uuid-0\n\xff\xfe\n\nuuid-1\nuuid-2-tor").unwrap();
         let log = DeliveredLog::open(dir.path(), 100).unwrap();
-        let recent = log.recent().unwrap();
-        assert_eq!(&recent[..2], &ids(0..2)[..]);
+        let got = recent(&log);
+        assert_eq!(&got[..2], &ids(0..2)[..]);
         // The torn tail reads as a (harmless) unknown uuid, never as an error.
-        assert_eq!(recent.len(), 3, "{recent:?}");
+        assert_eq!(got.len(), 3, "{got:?}");
         // An append after the torn tail starts a line of its own.
         let mut log = log;
         log.append(&ids(3..4)).unwrap();
-        let recent = DeliveredLog::open(dir.path(), 100)
-            .unwrap()
-            .recent()
-            .unwrap();
-        assert_eq!(
-            recent.last().map(String::as_str),
-            Some("uuid-3"),
-            "{recent:?}"
-        );
+        let got = recent(&DeliveredLog::open(dir.path(), 100).unwrap());
+        assert_eq!(got.last().map(String::as_str), Some("uuid-3"), "{got:?}");
+    }
+
+    #[test]
+    fn delivered_from_uuids_skips_what_cannot_be_one_line() {
+        let d = Delivered::from_uuids(&["a".into(), String::new(), "b\nc".into(), "d".into()]);
+        assert_eq!(d.iter().collect::<Vec<_>>(), ["a", "d"]);
+        assert_eq!(d.len(), 2);
+        assert!(Delivered::default().is_empty());
     }
 
     #[test]

@@ -18,6 +18,7 @@ use ops::{Backoff, Shutdown};
 use tokio::time::Instant;
 
 use crate::checkpoint::Checkpoint;
+use crate::delivered::Delivered;
 use crate::discover::{self, Lookup, SubagentScanner};
 use crate::queue::{Closed, QueueTx, Record};
 use crate::tail::{FileIdentity, Follower, Piece, Start, Step, TailConfig, Wake};
@@ -89,7 +90,7 @@ pub async fn run(
     cfg: IngestConfig,
     tx: QueueTx,
     checkpoint: Option<Checkpoint>,
-    delivered: Vec<String>,
+    delivered: Delivered,
     observer: Arc<dyn IngestObserver>,
     stop: Shutdown,
 ) -> Result<(), IngestError> {
@@ -260,7 +261,7 @@ impl Ingest {
         mut cfg: IngestConfig,
         tx: QueueTx,
         checkpoint: Option<Checkpoint>,
-        delivered: &[String],
+        delivered: &Delivered,
         observer: Arc<dyn IngestObserver>,
     ) -> Self {
         cfg.projects_dir = absolute(&cfg.projects_dir);
@@ -280,7 +281,7 @@ impl Ingest {
         });
         // Records delivered before a restart are not posted again when a
         // rewritten file has to be read from the top (`crate::delivered`).
-        for uuid in delivered {
+        for uuid in delivered.iter() {
             decoder.remember(uuid);
         }
         Self {
