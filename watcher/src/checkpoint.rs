@@ -8,7 +8,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -117,7 +116,6 @@ impl CheckpointStore {
     /// Atomic replace: a crash leaves either the old or the new checkpoint.
     pub fn save(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         let path = self.path();
-        let tmp = self.dir.join(format!(".{FILE_NAME}.tmp"));
         let write = |source| CheckpointError::Write {
             path: path.clone(),
             source,
@@ -125,16 +123,7 @@ impl CheckpointStore {
         let mut cp = cp.clone();
         cp.version = FORMAT_VERSION;
         let bytes = serde_json::to_vec_pretty(&cp).map_err(|e| write(std::io::Error::other(e)))?;
-        let mut f = fs::File::create(&tmp).map_err(write)?;
-        f.write_all(&bytes).map_err(write)?;
-        f.sync_all().map_err(write)?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(write)?;
-        // The rename itself must reach the disk too.
-        if let Ok(d) = fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        crate::atomic_file::replace(&path, &bytes).map_err(write)
     }
 }
 

@@ -14,7 +14,7 @@
 //! the two leaves uuids in the journal whose records lie past the checkpoint.
 //! They were acknowledged, so skipping them on restart is right.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
@@ -158,19 +158,8 @@ impl DeliveredLog {
     fn compact(&mut self) -> Result<(), DeliveredError> {
         let keep = self.recent()?;
         let path = self.path();
-        let tmp = self.dir.join(format!(".{FILE_NAME}.tmp"));
-        let write = |source| DeliveredError::Write {
-            path: path.clone(),
-            source,
-        };
-        let mut f = File::create(&tmp).map_err(write)?;
-        f.write_all(keep.0.as_bytes()).map_err(write)?;
-        f.sync_all().map_err(write)?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(write)?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
+        crate::atomic_file::replace(&path, keep.0.as_bytes())
+            .map_err(|source| DeliveredError::Write { path, source })?;
         self.lines = keep.len();
         Ok(())
     }
@@ -215,6 +204,7 @@ impl DeliveredLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn ids(range: std::ops::Range<usize>) -> Vec<String> {
         range.map(|i| format!("uuid-{i}")).collect()

@@ -8,6 +8,7 @@
 //! `app` wires it all for `main`.
 
 pub mod app;
+pub mod atomic_file;
 pub mod checkpoint;
 pub mod config;
 pub mod deliver;

@@ -251,16 +251,12 @@ impl Dlq {
         if rest.is_empty() {
             return fs::remove_file(path).map_err(io(path));
         }
-        let tmp = path.with_extension("jsonl.tmp");
-        {
-            let mut out = File::create(&tmp).map_err(io(&tmp))?;
-            for l in &rest {
-                out.write_all(l.as_bytes()).map_err(io(&tmp))?;
-                out.write_all(b"\n").map_err(io(&tmp))?;
-            }
-            out.sync_all().map_err(io(&tmp))?;
+        let mut bytes = Vec::with_capacity(rest.iter().map(|l| l.len() + 1).sum());
+        for l in &rest {
+            bytes.extend_from_slice(l.as_bytes());
+            bytes.push(b'\n');
         }
-        fs::rename(&tmp, path).map_err(io(path))
+        crate::atomic_file::replace(path, &bytes).map_err(io(path))
     }
 }
 
