@@ -357,29 +357,23 @@ fn run_request(cfg: &Config) -> RunRequest {
 const DEDUPE_CAPACITY: usize = 100_000;
 
 /// The delivered-records journal and the uuids it seeds deduplication with.
-/// Uuids a checkpoint of an earlier version kept are moved into the journal.
-/// An unreadable journal costs only possible reposts after a rewrite, so it
-/// is logged, not fatal.
+/// Uuids a checkpoint of an earlier version kept are taken out of it and
+/// moved into the journal (a failure to move them is logged: it costs only
+/// possible reposts after a rewrite).
 fn open_delivered(
     dir: &std::path::Path,
-    checkpoint: Option<&crate::checkpoint::Checkpoint>,
+    checkpoint: Option<&mut crate::checkpoint::Checkpoint>,
 ) -> Result<(DeliveredLog, Delivered), AppError> {
-    let mut log =
-        DeliveredLog::open(dir, DEDUPE_CAPACITY).map_err(|e| AppError::State(e.to_string()))?;
     let legacy = checkpoint
-        .map(|c| c.recent_uuids.clone())
+        .map(|c| std::mem::take(&mut c.recent_uuids))
         .unwrap_or_default();
+    let (mut log, mut delivered) =
+        DeliveredLog::open(dir, DEDUPE_CAPACITY).map_err(|e| AppError::State(e.to_string()))?;
     if !legacy.is_empty() {
         if let Err(e) = log.append(&legacy) {
             tracing::error!(error = %e, "cannot move the checkpoint's uuids into the delivered journal");
         }
-    }
-    let mut delivered = log.recent().unwrap_or_else(|e| {
-        tracing::error!(error = %e, "delivered journal unreadable; a rewritten transcript may be reposted");
-        Delivered::default()
-    });
-    if delivered.is_empty() {
-        delivered = Delivered::from_uuids(&legacy);
+        delivered.extend(&legacy);
     }
     if !delivered.is_empty() {
         tracing::info!(records = delivered.len(), "remembering delivered records");
@@ -589,7 +583,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             "resuming from checkpoint"
         );
     }
-    let (delivered_log, delivered) = open_delivered(&cfg.state_dir, checkpoint.as_ref())?;
+    let mut checkpoint = checkpoint;
+    let (delivered_log, delivered) = open_delivered(&cfg.state_dir, checkpoint.as_mut())?;
 
     let (tx, rx) = crate::queue::bounded(cfg.queue_max_events, cfg.queue_max_bytes);
     let ingest_stop = Shutdown::new();

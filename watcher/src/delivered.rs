@@ -15,7 +15,7 @@
 //! They were acknowledged, so skipping them on restart is right.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
 pub const FILE_NAME: &str = "delivered.log";
@@ -42,12 +42,20 @@ pub struct Delivered(String);
 
 impl Delivered {
     pub fn from_uuids(uuids: &[String]) -> Self {
-        let mut s = String::with_capacity(uuids.iter().map(|u| u.len() + 1).sum());
+        let mut d = Self(String::with_capacity(
+            uuids.iter().map(|u| u.len() + 1).sum(),
+        ));
+        d.extend(uuids);
+        d
+    }
+
+    /// Adds `uuids` after the ones held, each as one line (an empty one, or
+    /// one with a newline in it, never seen, is left out).
+    pub fn extend(&mut self, uuids: &[String]) {
         for u in uuids.iter().filter(|u| !u.is_empty() && !u.contains('\n')) {
-            s.push_str(u);
-            s.push('\n');
+            self.0.push_str(u);
+            self.0.push('\n');
         }
-        Self(s)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &str> {
@@ -76,43 +84,22 @@ pub struct DeliveredLog {
 }
 
 impl DeliveredLog {
-    /// Opens (without reading) the journal of `dir`, keeping `capacity` uuids.
-    pub fn open(dir: &Path, capacity: usize) -> Result<Self, DeliveredError> {
+    /// Opens the journal of `dir`, keeping `capacity` uuids, and returns it
+    /// with the newest `capacity` uuids it holds.
+    pub fn open(dir: &Path, capacity: usize) -> Result<(Self, Delivered), DeliveredError> {
         let mut log = Self {
             dir: dir.to_path_buf(),
             capacity,
             lines: 0,
             torn: false,
         };
-        log.lines = log.count_lines()?;
-        log.torn = log.ends_torn();
-        Ok(log)
+        (log.lines, log.torn) = log.scan()?;
+        let recent = log.newest()?;
+        Ok((log, recent))
     }
 
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
-    }
-
-    /// The newest `capacity` uuids, oldest first. Lines that are not text are
-    /// skipped; a torn last line (a crash mid-append) reads as a uuid no record
-    /// has, which is harmless.
-    pub fn recent(&self) -> Result<Delivered, DeliveredError> {
-        let skip = self.lines.saturating_sub(self.capacity);
-        let Some(reader) = self.reader()? else {
-            return Ok(Delivered::default());
-        };
-        // 37 bytes a canonical uuid line.
-        let mut out = String::with_capacity(self.lines.min(self.capacity) * 37);
-        for line in reader.split(b'\n').skip(skip) {
-            let line = line.map_err(|source| self.read_error(source))?;
-            if let Ok(uuid) = std::str::from_utf8(&line) {
-                if !uuid.is_empty() {
-                    out.push_str(uuid);
-                    out.push('\n');
-                }
-            }
-        }
-        Ok(Delivered(out))
     }
 
     /// Appends `uuids` and makes them durable; compacts when the journal
@@ -126,27 +113,19 @@ impl DeliveredLog {
             path: path.clone(),
             source,
         };
-        let mut buf = Vec::with_capacity(uuids.iter().map(|u| u.len() + 1).sum::<usize>() + 1);
-        if self.torn {
-            buf.push(b'\n');
-        }
-        for u in uuids {
-            // A uuid is one line; one with a newline in it (never seen) would
-            // become two and is left out rather than corrupting the journal.
-            if !u.is_empty() && !u.contains('\n') {
-                buf.extend_from_slice(u.as_bytes());
-                buf.push(b'\n');
-                self.lines += 1;
-            }
-        }
+        let lines = Delivered::from_uuids(uuids);
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .map_err(write)?;
-        f.write_all(&buf).map_err(write)?;
+        if self.torn {
+            f.write_all(b"\n").map_err(write)?;
+        }
+        f.write_all(lines.0.as_bytes()).map_err(write)?;
         f.sync_data().map_err(write)?;
         self.torn = false;
+        self.lines += lines.len();
         if self.lines >= self.capacity.saturating_mul(2) {
             self.compact()?;
         }
@@ -156,7 +135,7 @@ impl DeliveredLog {
     /// Rewrites the journal with its newest `capacity` lines (temp file,
     /// fsync, rename: a crash leaves the old or the new journal).
     fn compact(&mut self) -> Result<(), DeliveredError> {
-        let keep = self.recent()?;
+        let keep = self.newest()?;
         let path = self.path();
         crate::atomic_file::replace(&path, keep.0.as_bytes())
             .map_err(|source| DeliveredError::Write { path, source })?;
@@ -164,32 +143,55 @@ impl DeliveredLog {
         Ok(())
     }
 
-    /// Whether the last byte is not a newline (read alone, not the file).
-    fn ends_torn(&self) -> bool {
-        let Ok(mut f) = File::open(self.path()) else {
-            return false;
+    /// Lines in the file and whether it ends torn (without a newline), read in
+    /// chunks: the journal is never held in memory whole (a 3.7 MB read at
+    /// start-up measured 3 MiB more resident memory for good).
+    fn scan(&self) -> Result<(usize, bool), DeliveredError> {
+        let Some(mut reader) = self.reader()? else {
+            return Ok((0, false));
         };
-        let mut last = [0u8; 1];
-        f.seek(SeekFrom::End(-1)).is_ok() && f.read_exact(&mut last).is_ok() && last[0] != b'\n'
+        let (mut newlines, mut last) = (0, b'\n');
+        loop {
+            let chunk = reader.fill_buf().map_err(|e| self.read_error(e))?;
+            let Some(&end) = chunk.last() else { break };
+            newlines += chunk.iter().filter(|&&b| b == b'\n').count();
+            last = end;
+            let n = chunk.len();
+            reader.consume(n);
+        }
+        let torn = last != b'\n';
+        Ok((newlines + usize::from(torn), torn))
     }
 
-    fn count_lines(&self) -> Result<usize, DeliveredError> {
+    /// The newest `capacity` uuids, oldest first. Lines that are not text are
+    /// skipped; a torn last line (a crash mid-append) reads as a uuid no record
+    /// has, which is harmless.
+    fn newest(&self) -> Result<Delivered, DeliveredError> {
         let Some(reader) = self.reader()? else {
-            return Ok(0);
+            return Ok(Delivered::default());
         };
-        let mut n = 0;
-        for line in reader.split(b'\n') {
-            line.map_err(|source| self.read_error(source))?;
-            n += 1;
+        // 37 bytes a canonical uuid line.
+        let mut out = String::with_capacity(self.lines.min(self.capacity) * 37);
+        for line in reader
+            .split(b'\n')
+            .skip(self.lines.saturating_sub(self.capacity))
+        {
+            let line = line.map_err(|e| self.read_error(e))?;
+            if let Ok(uuid) = std::str::from_utf8(&line) {
+                if !uuid.is_empty() {
+                    out.push_str(uuid);
+                    out.push('\n');
+                }
+            }
         }
-        Ok(n)
+        Ok(Delivered(out))
     }
 
     fn reader(&self) -> Result<Option<BufReader<File>>, DeliveredError> {
         match File::open(self.path()) {
-            Ok(f) => Ok(Some(BufReader::new(f))),
+            Ok(f) => Ok(Some(BufReader::with_capacity(64 * 1024, f))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(self.read_error(source)),
+            Err(e) => Err(self.read_error(e)),
         }
     }
 
@@ -210,37 +212,42 @@ mod tests {
         range.map(|i| format!("uuid-{i}")).collect()
     }
 
-    fn recent(log: &DeliveredLog) -> Vec<String> {
-        log.recent().unwrap().iter().map(str::to_owned).collect()
+    /// The uuids a fresh open of `dir` seeds deduplication with.
+    fn recent(dir: &Path, capacity: usize) -> Vec<String> {
+        let (_, d) = DeliveredLog::open(dir, capacity).unwrap();
+        d.iter().map(str::to_owned).collect()
     }
 
     #[test]
     fn appended_uuids_survive_a_reopen_oldest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = DeliveredLog::open(dir.path(), 100).unwrap();
-        assert!(recent(&log).is_empty(), "no journal yet");
+        let (mut log, seeded) = DeliveredLog::open(dir.path(), 100).unwrap();
+        assert!(seeded.is_empty(), "no journal yet");
         log.append(&ids(0..3)).unwrap();
         log.append(&ids(3..5)).unwrap();
-        let again = DeliveredLog::open(dir.path(), 100).unwrap();
-        assert_eq!(recent(&again), ids(0..5));
+        assert_eq!(recent(dir.path(), 100), ids(0..5));
     }
 
     #[test]
     fn only_the_newest_capacity_are_kept_and_the_file_stays_bounded() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = DeliveredLog::open(dir.path(), 10).unwrap();
+        let (mut log, _) = DeliveredLog::open(dir.path(), 10).unwrap();
         for chunk in 0..7 {
             log.append(&ids(chunk * 5..chunk * 5 + 5)).unwrap();
         }
-        assert_eq!(recent(&log), ids(25..35));
+        assert_eq!(recent(dir.path(), 10), ids(25..35));
         let text = fs::read_to_string(log.path()).unwrap();
         assert!(
             text.lines().count() < 20,
             "compacted at twice the capacity: {} lines",
             text.lines().count()
         );
-        let again = DeliveredLog::open(dir.path(), 10).unwrap();
-        assert_eq!(recent(&again), ids(25..35));
+        // Reopened, the line count is right again: compaction comes when due.
+        let (mut log, _) = DeliveredLog::open(dir.path(), 10).unwrap();
+        log.append(&ids(35..50)).unwrap();
+        let text = fs::read_to_string(log.path()).unwrap();
+        assert!(text.lines().count() < 20, "{} lines", text.lines().count());
+        assert_eq!(recent(dir.path(), 10), ids(40..50));
     }
 
     #[test]
@@ -248,15 +255,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE_NAME);
         fs::write(&path, b"uuid-0\n\xff\xfe\n\nuuid-1\nuuid-2-tor").unwrap();
-        let log = DeliveredLog::open(dir.path(), 100).unwrap();
-        let got = recent(&log);
+        let got = recent(dir.path(), 100);
         assert_eq!(&got[..2], &ids(0..2)[..]);
         // The torn tail reads as a (harmless) unknown uuid, never as an error.
         assert_eq!(got.len(), 3, "{got:?}");
         // An append after the torn tail starts a line of its own.
-        let mut log = log;
+        let (mut log, _) = DeliveredLog::open(dir.path(), 100).unwrap();
         log.append(&ids(3..4)).unwrap();
-        let got = recent(&DeliveredLog::open(dir.path(), 100).unwrap());
+        let got = recent(dir.path(), 100);
         assert_eq!(got.last().map(String::as_str), Some("uuid-3"), "{got:?}");
     }
 
@@ -271,7 +277,7 @@ mod tests {
     #[test]
     fn zero_capacity_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut log = DeliveredLog::open(dir.path(), 0).unwrap();
+        let (mut log, _) = DeliveredLog::open(dir.path(), 0).unwrap();
         log.append(&ids(0..3)).unwrap();
         assert!(!log.path().exists());
     }

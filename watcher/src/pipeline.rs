@@ -326,8 +326,6 @@ impl Pipeline {
         if let Err(e) = self.delivered.append(&committed) {
             tracing::error!(error = %e, "cannot journal delivered records; a restart may repost them if the transcript was rewritten");
         }
-        // Moved into the journal at start-up (`app`); no longer kept here.
-        self.checkpoint.recent_uuids.clear();
         self.tracker.apply(&mut self.checkpoint);
         self.run_state.stats = serde_json::to_value(self.renderer.stats()).ok();
         self.checkpoint.totals = serde_json::to_value(&self.run_state).unwrap_or_default();
