@@ -589,7 +589,7 @@ pub fn count(haystack: &str, needle: &str) -> usize {
 
 /// The text of the shipped alert rules and dashboards (`deploy/prometheus/*.yml`,
 /// `deploy/grafana/*.json`; not the promtool tests, whose series are made up).
-pub fn monitoring_sources() -> Vec<(String, String)> {
+fn monitoring_sources() -> Vec<(String, String)> {
     let deploy = workspace_root().join("deploy");
     let mut out = Vec::new();
     for dir in ["prometheus", "grafana"] {
@@ -614,7 +614,7 @@ pub fn monitoring_sources() -> Vec<(String, String)> {
 
 /// Metric names with one of `prefixes` in `text`: a prefix at an identifier
 /// start, up to the end of the identifier.
-pub fn metric_names(text: &str, prefixes: &[&str]) -> BTreeSet<String> {
+fn metric_names(text: &str, prefixes: &[&str]) -> BTreeSet<String> {
     let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
     let bytes = text.as_bytes();
     let mut names = BTreeSet::new();
