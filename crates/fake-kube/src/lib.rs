@@ -137,11 +137,14 @@ impl FakeKube {
     /// namespace `default`) to `path` and returns the path.
     pub fn kubeconfig(&self, path: impl AsRef<Path>) -> Result<PathBuf, FakeError> {
         let path = path.as_ref().to_path_buf();
-        std::fs::write(&path, kubeconfig_yaml(&self.url(), &self.client_token(), "default"))
-            .map_err(|source| FakeError::Kubeconfig {
-                path: path.clone(),
-                source,
-            })?;
+        std::fs::write(
+            &path,
+            kubeconfig_yaml(&self.url(), &self.client_token(), "default"),
+        )
+        .map_err(|source| FakeError::Kubeconfig {
+            path: path.clone(),
+            source,
+        })?;
         Ok(path)
     }
 
@@ -172,7 +175,12 @@ impl FakeKube {
     }
 
     /// Changes a pod with `f` as one write (MODIFIED).
-    pub fn update_pod(&self, ns: &str, name: &str, f: impl FnOnce(&mut Pod)) -> Result<Pod, FakeError> {
+    pub fn update_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        f: impl FnOnce(&mut Pod),
+    ) -> Result<Pod, FakeError> {
         Ok(self.with_state(|s| s.update_pod(ns, name, f))?)
     }
 
@@ -186,7 +194,13 @@ impl FakeKube {
     }
 
     /// Every container exits with `exit_code`/`reason`: `Succeeded` or `Failed`.
-    pub fn terminate_pod(&self, ns: &str, name: &str, exit_code: i32, reason: &str) -> Result<Pod, FakeError> {
+    pub fn terminate_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        exit_code: i32,
+        reason: &str,
+    ) -> Result<Pod, FakeError> {
         self.lifecycle(
             ns,
             name,
@@ -224,7 +238,13 @@ impl FakeKube {
     /// Adds a projected ServiceAccount token bound to `pod` (as stored in
     /// the fake: namespace, name, UID, node and ServiceAccount), valid for
     /// `audiences` during `ttl`.
-    pub fn add_pod_token(&self, token: &str, pod: &Pod, audiences: &[&str], ttl: Option<Duration>) -> TestToken {
+    pub fn add_pod_token(
+        &self,
+        token: &str,
+        pod: &Pod,
+        audiences: &[&str],
+        ttl: Option<Duration>,
+    ) -> TestToken {
         let t = TestToken {
             token: token.to_owned(),
             namespace: pod.metadata.namespace.clone().unwrap_or_default(),

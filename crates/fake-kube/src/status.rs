@@ -13,7 +13,8 @@ pub struct ApiError {
     /// `metav1.StatusReason`: `NotFound`, `Conflict`, `Expired`, …
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<StatusDetails>,
+    /// Boxed: it is large and errors travel in `Result`s.
+    pub details: Option<Box<StatusDetails>>,
 }
 
 impl ApiError {
@@ -27,12 +28,12 @@ impl ApiError {
     }
 
     fn with_details(mut self, group: &str, kind: &str, name: &str) -> Self {
-        self.details = Some(StatusDetails {
+        self.details = Some(Box::new(StatusDetails {
             name: Some(name.to_owned()).filter(|n| !n.is_empty()),
             group: Some(group.to_owned()).filter(|g| !g.is_empty()),
             kind: Some(kind.to_owned()),
             ..StatusDetails::default()
-        });
+        }));
         self
     }
 
@@ -132,7 +133,7 @@ impl ApiError {
     pub fn to_status(&self) -> Status {
         Status {
             code: Some(i32::from(self.code)),
-            details: self.details.clone(),
+            details: self.details.as_deref().cloned(),
             message: Some(self.message.clone()),
             metadata: ListMeta::default(),
             reason: Some(self.reason.to_owned()),

@@ -25,7 +25,14 @@ async fn help_explains_the_flags() {
         .unwrap();
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--addr", "--kubeconfig", "--client-token", "--history-limit", "--bookmark-interval-ms", "--api-audiences"] {
+    for flag in [
+        "--addr",
+        "--kubeconfig",
+        "--client-token",
+        "--history-limit",
+        "--bookmark-interval-ms",
+        "--api-audiences",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
 }
@@ -75,7 +82,10 @@ async fn binary_serves_the_kubeconfig_it_writes_and_obeys_the_admin_api() {
         .await
         .unwrap();
     assert_eq!(r.status(), 201);
-    for step in [json!({"step": "running"}), json!({"step": "terminated", "exit_code": 137, "reason": "OOMKilled"})] {
+    for step in [
+        json!({"step": "running"}),
+        json!({"step": "terminated", "exit_code": 137, "reason": "OOMKilled"}),
+    ] {
         let r = http
             .post(admin("pods/agents/agent-1/lifecycle"))
             .json(&step)
@@ -87,7 +97,10 @@ async fn binary_serves_the_kubeconfig_it_writes_and_obeys_the_admin_api() {
 
     let client = Client::try_from(config_from(&path).await).unwrap();
     let api: Api<Pod> = Api::namespaced(client.clone(), "agents");
-    let listed = api.list(&ListParams::default().labels("app=agent")).await.unwrap();
+    let listed = api
+        .list(&ListParams::default().labels("app=agent"))
+        .await
+        .unwrap();
     assert_eq!(listed.items.len(), 1);
     let status = listed.items[0].status.clone().unwrap();
     assert_eq!(status.phase.as_deref(), Some("Failed"));
@@ -111,15 +124,33 @@ async fn binary_serves_the_kubeconfig_it_writes_and_obeys_the_admin_api() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(api.get_opt("agent-1").await.unwrap().is_none());
-    let stats: Value = http.get(admin("stats")).send().await.unwrap().json().await.unwrap();
+    let stats: Value = http
+        .get(admin("stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(stats["faults_served"]["status"], 1);
-    for p in ["watches/drop", "watches/expire", "watches/bookmark", "watches/pause", "watches/resume", "compact"] {
+    for p in [
+        "watches/drop",
+        "watches/expire",
+        "watches/bookmark",
+        "watches/pause",
+        "watches/resume",
+        "compact",
+    ] {
         let r = http.post(admin(p)).send().await.unwrap();
         assert!(r.status().is_success(), "{p}: {}", r.status());
     }
 
     let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .unwrap();
     assert!(killed.success());
     let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
         .await

@@ -60,7 +60,10 @@ async fn recorder_events_land_on_the_pod_and_read_back() {
     let api: Api<Event> = Api::namespaced(c.client.clone(), "agents");
     let listed = api.list(&ListParams::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
-    assert_eq!(listed.items[0].reporting_controller.as_deref(), Some("agentmon-bot-bridge"));
+    assert_eq!(
+        listed.items[0].reporting_controller.as_deref(),
+        Some("agentmon-bot-bridge")
+    );
 
     // events.k8s.io validation: no reportingController is a 422.
     let mut bad = listed.items[0].clone();
@@ -100,11 +103,17 @@ async fn core_events_are_stored_too() {
     let events = c.fake.events();
     assert_eq!(events[0].api, EventApi::CoreV1);
     assert_eq!(events[0].note(), Some("pod OOMKilled"));
-    assert_eq!(events[0].regarding_key().as_deref(), Some("Pod/agents/agent-1"));
+    assert_eq!(
+        events[0].regarding_key().as_deref(),
+        Some("Pod/agents/agent-1")
+    );
     // An event about an object in another namespace is refused.
     let mut elsewhere = e.clone();
     elsewhere.involved_object.namespace = Some("other".into());
-    assert!(api.create(&PostParams::default(), &elsewhere).await.is_err());
+    assert!(api
+        .create(&PostParams::default(), &elsewhere)
+        .await
+        .is_err());
 }
 
 fn lease(holder: &str) -> Lease {
@@ -140,7 +149,10 @@ async fn leases_take_turns_by_resource_version() {
     let mut steal = renew.clone();
     renew.spec.as_mut().unwrap().lease_transitions = Some(0);
     let renewed = api.replace("bot-bridge-leader", &pp, &renew).await.unwrap();
-    assert_ne!(renewed.metadata.resource_version.as_deref(), Some(rv_a.as_str()));
+    assert_ne!(
+        renewed.metadata.resource_version.as_deref(),
+        Some(rv_a.as_str())
+    );
     steal.spec.as_mut().unwrap().holder_identity = Some("replica-b".into());
     match api.replace("bot-bridge-leader", &pp, &steal).await {
         Err(kube::Error::Api(s)) => {

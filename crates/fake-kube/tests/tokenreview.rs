@@ -15,7 +15,11 @@ use kube::{Api, Client};
 
 const AUDIENCE: &str = "agentmon";
 
-async fn review(client: &Client, token: &str, audiences: &[&str]) -> Result<TokenReviewStatus, kube::Error> {
+async fn review(
+    client: &Client,
+    token: &str,
+    audiences: &[&str],
+) -> Result<TokenReviewStatus, kube::Error> {
     let api: Api<TokenReview> = Api::all(client.clone());
     let req = TokenReview {
         spec: TokenReviewSpec {
@@ -35,15 +39,22 @@ async fn token_review_names_the_bound_pod_and_refuses_the_rest() {
         .fake
         .create_pod(NewPod::new("agents", "agent-1").service_account("agent"))
         .unwrap();
-    c.fake.add_pod_token("tok-a", &pod, &[AUDIENCE], Some(Duration::from_secs(600)));
+    c.fake
+        .add_pod_token("tok-a", &pod, &[AUDIENCE], Some(Duration::from_secs(600)));
     c.fake.add_pod_token("tok-vault", &pod, &["vault"], None);
 
     let ok = review(&c.client, "tok-a", &[AUDIENCE]).await.unwrap();
     assert_eq!(ok.authenticated, Some(true), "{ok:?}");
     assert_eq!(ok.audiences, Some(vec![AUDIENCE.to_owned()]));
     let user = ok.user.unwrap();
-    assert_eq!(user.username.as_deref(), Some("system:serviceaccount:agents:agent"));
-    assert!(user.groups.unwrap().contains(&"system:serviceaccounts:agents".to_owned()));
+    assert_eq!(
+        user.username.as_deref(),
+        Some("system:serviceaccount:agents:agent")
+    );
+    assert!(user
+        .groups
+        .unwrap()
+        .contains(&"system:serviceaccounts:agents".to_owned()));
     let x = user.extra.unwrap();
     assert_eq!(x[extra::POD_NAME], vec!["agent-1"]);
     assert_eq!(x[extra::POD_UID], vec![pod.metadata.uid.clone().unwrap()]);
@@ -55,7 +66,13 @@ async fn token_review_names_the_bound_pod_and_refuses_the_rest() {
     let wrong = review(&c.client, "tok-vault", &[AUDIENCE]).await.unwrap();
     assert_eq!(wrong.authenticated, Some(false));
     assert!(wrong.error.unwrap().contains("audiences"));
-    assert_eq!(review(&c.client, "forged", &[AUDIENCE]).await.unwrap().authenticated, Some(false));
+    assert_eq!(
+        review(&c.client, "forged", &[AUDIENCE])
+            .await
+            .unwrap()
+            .authenticated,
+        Some(false)
+    );
 
     // Expired.
     c.fake.expire_token("tok-a").unwrap();
@@ -99,18 +116,25 @@ async fn token_review_api_down_is_an_error_not_an_answer() {
         },
     ));
     match review(&fast, "tok", &[AUDIENCE]).await {
-        Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (503, "ServiceUnavailable")),
+        Err(kube::Error::Api(s)) => {
+            assert_eq!((s.code, s.reason.as_str()), (503, "ServiceUnavailable"))
+        }
         other => panic!("expected 503, got {other:?}"),
     }
     c.fake.clear_faults();
 
     // Unreachable mid-request: the connection closes without an answer.
-    c.fake.inject(Fault::times(Route::TokenReviews, FaultKind::Reset, 1));
+    c.fake
+        .inject(Fault::times(Route::TokenReviews, FaultKind::Reset, 1));
     let err = review(&fast, "tok", &[AUDIENCE]).await.unwrap_err();
-    assert!(!matches!(err, kube::Error::Api(_)), "a transport error: {err:?}");
+    assert!(
+        !matches!(err, kube::Error::Api(_)),
+        "a transport error: {err:?}"
+    );
 
     // Hanging: the client's own timeout ends it.
-    c.fake.inject(Fault::always(Route::TokenReviews, FaultKind::Hang));
+    c.fake
+        .inject(Fault::always(Route::TokenReviews, FaultKind::Hang));
     let err = review(&fast, "tok", &[AUDIENCE]).await.unwrap_err();
     assert!(!matches!(err, kube::Error::Api(_)), "a timeout: {err:?}");
     c.fake.clear_faults();
@@ -119,7 +143,10 @@ async fn token_review_api_down_is_an_error_not_an_answer() {
     let ok = review(&fast, "tok", &[AUDIENCE]).await.unwrap();
     assert_eq!(ok.authenticated, Some(true));
     let served = c.fake.stats().faults_served;
-    assert_eq!((served["status"], served["reset"], served["hang"]), (1, 1, 1));
+    assert_eq!(
+        (served["status"], served["reset"], served["hang"]),
+        (1, 1, 1)
+    );
 
     // The default client rides out a short outage by retrying.
     c.fake.inject(Fault::times(
@@ -130,7 +157,13 @@ async fn token_review_api_down_is_an_error_not_an_answer() {
         },
         2,
     ));
-    assert_eq!(review(&c.client, "tok", &[AUDIENCE]).await.unwrap().authenticated, Some(true));
+    assert_eq!(
+        review(&c.client, "tok", &[AUDIENCE])
+            .await
+            .unwrap()
+            .authenticated,
+        Some(true)
+    );
 
     // A stopped apiserver: connection refused.
     let dir = c.dir;
@@ -149,14 +182,21 @@ async fn the_client_must_present_the_kubeconfig_token() {
         Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (401, "Unauthorized")),
         other => panic!("expected 401, got {other:?}"),
     }
-    let plain = reqwest::get(format!("{}/api/v1/pods", c.fake.url())).await.unwrap();
+    let plain = reqwest::get(format!("{}/api/v1/pods", c.fake.url()))
+        .await
+        .unwrap();
     assert_eq!(plain.status(), 401);
     let body: serde_json::Value = plain.json().await.unwrap();
     assert_eq!(body["kind"], "Status");
     assert_eq!(body["code"], 401);
     assert_eq!(c.fake.stats().unauthorized, 2);
     // The admin API and /version need no token.
-    let v: serde_json::Value = reqwest::get(format!("{}/version", c.fake.url())).await.unwrap().json().await.unwrap();
+    let v: serde_json::Value = reqwest::get(format!("{}/version", c.fake.url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(v["minor"], "33");
     assert_eq!(c.client.apiserver_version().await.unwrap().major, "1");
 }

@@ -79,7 +79,9 @@ fn watch_agents(client: kube::Client) -> tokio::sync::watch::Receiver<View> {
 /// Waits until the watcher's stream is open (after a relist it needs a
 /// moment to start watching again).
 async fn one_watch_open(fake: &fake_kube::FakeKube) {
-    let stats = fake.wait_for_stats(common::DEADLINE, |s| s.watches_open == 1).await;
+    let stats = fake
+        .wait_for_stats(common::DEADLINE, |s| s.watches_open == 1)
+        .await;
     assert_eq!(stats.watches_open, 1, "{stats:?}");
 }
 
@@ -93,14 +95,23 @@ async fn watcher_follows_pods_through_a_cut_stream_and_a_410_without_missing_a_d
     c.fake.create_pod(agent("a")).unwrap();
     c.fake.create_pod(agent("b")).unwrap();
     c.fake.create_pod(NewPod::new(NS, "not-an-agent")).unwrap();
-    c.fake.create_pod(NewPod::new("elsewhere", "x").label("app", "agent")).unwrap();
+    c.fake
+        .create_pod(NewPod::new("elsewhere", "x").label("app", "agent"))
+        .unwrap();
 
     let mut view = watch_agents(c.client.clone());
     let v = wait_for(&mut view, "initial list", |v| v.lists == 1).await;
-    assert_eq!(v.pods.keys().collect::<Vec<_>>(), ["a", "b"], "selector and namespace apply");
+    assert_eq!(
+        v.pods.keys().collect::<Vec<_>>(),
+        ["a", "b"],
+        "selector and namespace apply"
+    );
 
     c.fake.run_pod(NS, "a").unwrap();
-    wait_for(&mut view, "a running", |v| v.pods.get("a").is_some_and(|p| p == "Running")).await;
+    wait_for(&mut view, "a running", |v| {
+        v.pods.get("a").is_some_and(|p| p == "Running")
+    })
+    .await;
     c.fake.create_pod(agent("c")).unwrap();
     wait_for(&mut view, "c added", |v| v.pods.contains_key("c")).await;
 
@@ -110,7 +121,10 @@ async fn watcher_follows_pods_through_a_cut_stream_and_a_410_without_missing_a_d
         s.drop_watches(DropMode::Abort);
         s.remove_pod(NS, "a").unwrap();
     });
-    let v = wait_for(&mut view, "a deleted after the cut", |v| v.deleted.contains("a")).await;
+    let v = wait_for(&mut view, "a deleted after the cut", |v| {
+        v.deleted.contains("a")
+    })
+    .await;
     assert_eq!(v.lists, 1, "resumed from its resourceVersion: {v:?}");
 
     // Same with a clean close (a server-side timeout).
@@ -118,7 +132,10 @@ async fn watcher_follows_pods_through_a_cut_stream_and_a_410_without_missing_a_d
         s.drop_watches(DropMode::Close);
         s.remove_pod(NS, "c").unwrap();
     });
-    wait_for(&mut view, "c deleted after the close", |v| v.deleted.contains("c")).await;
+    wait_for(&mut view, "c deleted after the close", |v| {
+        v.deleted.contains("c")
+    })
+    .await;
 
     // The stream ends, b is deleted and d created, and the history is
     // compacted before the client is back: its resourceVersion is gone, the
@@ -133,7 +150,9 @@ async fn watcher_follows_pods_through_a_cut_stream_and_a_410_without_missing_a_d
     assert!(v.deleted.contains("b"), "b's deletion is not missed: {v:?}");
     assert_eq!(v.pods.keys().collect::<Vec<_>>(), ["d"]);
     assert!(
-        v.errors.iter().any(|e| e.contains("410") || e.contains("too old")),
+        v.errors
+            .iter()
+            .any(|e| e.contains("410") || e.contains("too old")),
         "the 410 was reported: {:?}",
         v.errors
     );
@@ -147,7 +166,10 @@ async fn watcher_follows_pods_through_a_cut_stream_and_a_410_without_missing_a_d
         s.compact();
         s.pause_watches(false);
     });
-    let v = wait_for(&mut view, "relist after an open watch's 410", |v| v.lists == 3).await;
+    let v = wait_for(&mut view, "relist after an open watch's 410", |v| {
+        v.lists == 3
+    })
+    .await;
     assert!(v.deleted.contains("d"));
     assert_eq!(v.pods.keys().collect::<Vec<_>>(), ["e"]);
 
@@ -163,16 +185,24 @@ async fn raw_watch_speaks_the_apiserver_protocol() {
     let c = cluster().await;
     let api: Api<Pod> = Api::namespaced(c.client.clone(), NS);
     c.fake.create_pod(agent("a")).unwrap();
-    let list = api.list(&ListParams::default().labels(SELECTOR)).await.unwrap();
+    let list = api
+        .list(&ListParams::default().labels(SELECTOR))
+        .await
+        .unwrap();
     let rv = list.metadata.resource_version.clone().unwrap();
 
     let wp = WatchParams::default().labels(SELECTOR).timeout(30);
     let mut stream = api.watch(&wp, &rv).await.unwrap().boxed();
     c.fake.create_pod(agent("b")).unwrap();
-    c.fake.update_pod(NS, "a", |p| {
-        p.metadata.labels.as_mut().unwrap().insert("app".into(), "other".into());
-    })
-    .unwrap();
+    c.fake
+        .update_pod(NS, "a", |p| {
+            p.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert("app".into(), "other".into());
+        })
+        .unwrap();
     c.fake.send_bookmarks();
     let mut seen = Vec::new();
     while seen.len() < 3 {
@@ -182,7 +212,10 @@ async fn raw_watch_speaks_the_apiserver_protocol() {
             WatchEvent::Deleted(p) => seen.push(format!("DELETED {}", p.name_any())),
             WatchEvent::Bookmark(b) => {
                 assert_eq!(b.types.kind, "Pod");
-                assert!(b.metadata.resource_version.parse::<u64>().unwrap() > rv.parse::<u64>().unwrap());
+                assert!(
+                    b.metadata.resource_version.parse::<u64>().unwrap()
+                        > rv.parse::<u64>().unwrap()
+                );
                 seen.push("BOOKMARK".into());
             }
             WatchEvent::Error(e) => panic!("unexpected error event {e:?}"),
@@ -203,7 +236,10 @@ async fn raw_watch_speaks_the_apiserver_protocol() {
         }
         other => panic!("expected a 410 ERROR event, got {other:?}"),
     }
-    assert!(stream.try_next().await.unwrap().is_none(), "the stream ends after it");
+    assert!(
+        stream.try_next().await.unwrap().is_none(),
+        "the stream ends after it"
+    );
 }
 
 #[tokio::test]
@@ -224,16 +260,26 @@ async fn lists_page_and_honour_resource_versions() {
     let mut names: Vec<String> = first.items.iter().map(ResourceExt::name_any).collect();
     let mut token = first.metadata.continue_.clone();
     while let Some(t) = token {
-        let page = api.list(&ListParams::default().limit(2).continue_token(&t)).await.unwrap();
+        let page = api
+            .list(&ListParams::default().limit(2).continue_token(&t))
+            .await
+            .unwrap();
         names.extend(page.items.iter().map(ResourceExt::name_any));
         token = page.metadata.continue_.clone().filter(|t| !t.is_empty());
     }
-    assert_eq!(names, ["p0", "p1", "p2", "p3", "p4"], "a consistent snapshot");
+    assert_eq!(
+        names,
+        ["p0", "p1", "p2", "p3", "p4"],
+        "a consistent snapshot"
+    );
 
     // Exact resourceVersion: the state then; a compacted one: 410.
     let exact = ListParams::default().at(&rv).matching(VersionMatch::Exact);
     assert_eq!(api.list(&exact).await.unwrap().items.len(), 5);
-    assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 4);
+    assert_eq!(
+        api.list(&ListParams::default()).await.unwrap().items.len(),
+        4
+    );
     c.fake.compact();
     match api.list(&exact).await {
         Err(kube::Error::Api(s)) => assert_eq!((s.code, s.reason.as_str()), (410, "Expired")),
@@ -253,7 +299,10 @@ async fn lists_page_and_honour_resource_versions() {
     }
     // Cluster-wide list.
     let all: Api<Pod> = Api::all(c.client.clone());
-    assert_eq!(all.list(&ListParams::default()).await.unwrap().items.len(), 4);
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        4
+    );
 }
 
 #[tokio::test]
@@ -278,11 +327,26 @@ async fn pod_lifecycle_reads_as_the_kubelet_writes_it() {
         .unwrap()
         .terminated
         .unwrap();
-    assert_eq!((terminated.exit_code, terminated.reason.as_deref()), (137, Some("OOMKilled")));
+    assert_eq!(
+        (terminated.exit_code, terminated.reason.as_deref()),
+        (137, Some("OOMKilled"))
+    );
 
     let evicted = api.get("evicted").await.unwrap().status.unwrap();
-    assert_eq!((evicted.phase.as_deref(), evicted.reason.as_deref()), (Some("Failed"), Some("Evicted")));
-    assert_eq!(api.get("done").await.unwrap().status.unwrap().phase.as_deref(), Some("Succeeded"));
+    assert_eq!(
+        (evicted.phase.as_deref(), evicted.reason.as_deref()),
+        (Some("Failed"), Some("Evicted"))
+    );
+    assert_eq!(
+        api.get("done")
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .phase
+            .as_deref(),
+        Some("Succeeded")
+    );
 
     let doomed = api.get("doomed").await.unwrap();
     assert!(doomed.metadata.deletion_timestamp.is_some());

@@ -45,7 +45,11 @@ pub fn routes() -> Router<App> {
 }
 
 fn bad(message: impl std::fmt::Display) -> Response {
-    (StatusCode::BAD_REQUEST, Json(json!({"error": message.to_string()}))).into_response()
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": message.to_string()})),
+    )
+        .into_response()
 }
 
 fn admin_error(e: &AdminError) -> Response {
@@ -64,8 +68,8 @@ fn pod_answer(status: StatusCode, r: Result<Pod, AdminError>) -> Response {
     }
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(bad)
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(body).map_err(|e| Box::new(bad(e)))
 }
 
 async fn stats(AxumState(app): AxumState<App>) -> Response {
@@ -106,7 +110,7 @@ async fn create_pod(AxumState(app): AxumState<App>, body: Bytes) -> Response {
     let pod = match parse::<PodBody>(&body) {
         Ok(PodBody::Short(p)) => p.into_pod(),
         Ok(PodBody::Full(p)) => *p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     pod_answer(StatusCode::CREATED, app.with(|s| s.create_pod(pod)))
 }
@@ -120,7 +124,7 @@ async fn replace_pod(
 ) -> Response {
     let new: Pod = match parse(&body) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     pod_answer(
         StatusCode::OK,
@@ -135,9 +139,12 @@ async fn lifecycle(
 ) -> Response {
     let step: Lifecycle = match parse(&body) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    pod_answer(StatusCode::OK, app.with(|s| s.pod_lifecycle(&ns, &name, &step)))
+    pod_answer(
+        StatusCode::OK,
+        app.with(|s| s.pod_lifecycle(&ns, &name, &step)),
+    )
 }
 
 /// `DELETE /_admin/pods/{ns}/{name}[?grace_seconds=N]` (default 0: gone at
@@ -152,10 +159,16 @@ async fn delete_pod(
         Some(Ok(g)) => g,
         Some(Err(e)) => return bad(format!("grace_seconds: {e}")),
     };
-    pod_answer(StatusCode::OK, app.with(|s| s.delete_pod(&ns, &name, grace)))
+    pod_answer(
+        StatusCode::OK,
+        app.with(|s| s.delete_pod(&ns, &name, grace)),
+    )
 }
 
-async fn remove_pod(AxumState(app): AxumState<App>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn remove_pod(
+    AxumState(app): AxumState<App>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
     pod_answer(StatusCode::OK, app.with(|s| s.remove_pod(&ns, &name)))
 }
 
@@ -177,7 +190,7 @@ async fn tokens(AxumState(app): AxumState<App>) -> Response {
 async fn add_token(AxumState(app): AxumState<App>, body: Bytes) -> Response {
     let token: TestToken = match parse(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if token.token.is_empty() {
         return bad("token must not be empty");
@@ -194,7 +207,7 @@ struct TokenRef {
 async fn expire_token(AxumState(app): AxumState<App>, body: Bytes) -> Response {
     let t: TokenRef = match parse(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match app.with(|s| s.expire_token(&t.token, Instant::now())) {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -205,7 +218,7 @@ async fn expire_token(AxumState(app): AxumState<App>, body: Bytes) -> Response {
 async fn remove_token(AxumState(app): AxumState<App>, body: Bytes) -> Response {
     let t: TokenRef = match parse(&body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match app.with(|s| s.tokens.remove(&t.token)) {
         Some(_) => StatusCode::NO_CONTENT.into_response(),
@@ -265,7 +278,7 @@ async fn drop_watches(AxumState(app): AxumState<App>, body: Bytes) -> Response {
     } else {
         match parse(&body) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     };
     app.with(|s| s.drop_watches(b.mode));

@@ -32,7 +32,10 @@ pub fn routes() -> Router<App> {
         .route(CORE, get(list_core).post(create_core))
         .route(&format!("{CORE}/{{name}}"), get(get_core).patch(patch_core))
         .route(EVENTS_V1, get(list_v1).post(create_v1))
-        .route(&format!("{EVENTS_V1}/{{name}}"), get(get_v1).patch(patch_v1))
+        .route(
+            &format!("{EVENTS_V1}/{{name}}"),
+            get(get_v1).patch(patch_v1),
+        )
 }
 
 fn done(r: Result<Response, ApiError>) -> Response {
@@ -48,7 +51,13 @@ fn group(api: EventApi) -> &'static str {
 
 fn validate_v1(e: &EventsV1, name: &str) -> Result<(), ApiError> {
     let invalid = |field: &str, problem: &str| {
-        Err(ApiError::invalid("events.k8s.io", "Event", name, field, problem))
+        Err(ApiError::invalid(
+            "events.k8s.io",
+            "Event",
+            name,
+            field,
+            problem,
+        ))
     };
     if e.event_time.is_none() {
         return invalid("eventTime", "Required value");
@@ -61,12 +70,17 @@ fn validate_v1(e: &EventsV1, name: &str) -> Result<(), ApiError> {
     ] {
         match value.as_deref() {
             None | Some("") => return invalid(field, "Required value"),
-            Some(v) if v.len() > 128 => return invalid(field, "Too long: must have at most 128 bytes"),
+            Some(v) if v.len() > 128 => {
+                return invalid(field, "Too long: must have at most 128 bytes")
+            }
             Some(_) => {}
         }
     }
     if !matches!(e.type_.as_deref(), Some("Normal" | "Warning")) {
-        return invalid("type", "Unsupported value: supported values: \"Normal\", \"Warning\"");
+        return invalid(
+            "type",
+            "Unsupported value: supported values: \"Normal\", \"Warning\"",
+        );
     }
     if e.note.as_ref().is_some_and(|n| n.len() > MAX_NOTE_BYTES) {
         return invalid("note", "Too long: must have at most 1024 bytes");
@@ -75,8 +89,7 @@ fn validate_v1(e: &EventsV1, name: &str) -> Result<(), ApiError> {
 }
 
 fn validate_core(e: &CoreEvent, ns: &str, name: &str) -> Result<(), ApiError> {
-    if e
-        .involved_object
+    if e.involved_object
         .namespace
         .as_deref()
         .is_some_and(|n| !n.is_empty() && n != ns)
@@ -101,8 +114,17 @@ fn validate_core(e: &CoreEvent, ns: &str, name: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn store(s: &mut State, api: EventApi, ns: &str, name: String, object: Value) -> Result<Response, ApiError> {
-    if s.events.iter().any(|e| e.api == api && e.namespace == ns && e.name == name) {
+fn store(
+    s: &mut State,
+    api: EventApi,
+    ns: &str,
+    name: String,
+    object: Value,
+) -> Result<Response, ApiError> {
+    if s.events
+        .iter()
+        .any(|e| e.api == api && e.namespace == ns && e.name == name)
+    {
         return Err(ApiError::already_exists(group(api), "events", &name));
     }
     s.events.push(RecordedEvent {
@@ -115,7 +137,11 @@ fn store(s: &mut State, api: EventApi, ns: &str, name: String, object: Value) ->
     Ok(json_response(StatusCode::CREATED, &object))
 }
 
-async fn create_core(AxumState(app): AxumState<App>, Path(ns): Path<String>, body: Bytes) -> Response {
+async fn create_core(
+    AxumState(app): AxumState<App>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
     if let Some(r) = serve_fault(&app, Route::Events).await {
         return r;
     }
@@ -130,7 +156,11 @@ async fn create_core(AxumState(app): AxumState<App>, Path(ns): Path<String>, bod
     done(r)
 }
 
-async fn create_v1(AxumState(app): AxumState<App>, Path(ns): Path<String>, body: Bytes) -> Response {
+async fn create_v1(
+    AxumState(app): AxumState<App>,
+    Path(ns): Path<String>,
+    body: Bytes,
+) -> Response {
     if let Some(r) = serve_fault(&app, Route::Events).await {
         return r;
     }
@@ -162,7 +192,14 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn patch(app: &App, api: EventApi, ns: &str, name: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, ApiError> {
+fn patch(
+    app: &App,
+    api: EventApi,
+    ns: &str,
+    name: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
     let ct = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -236,21 +273,32 @@ fn get_one(app: &App, api: EventApi, ns: &str, name: &str) -> Result<Response, A
     })
 }
 
-async fn get_core(AxumState(app): AxumState<App>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn get_core(
+    AxumState(app): AxumState<App>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
     if let Some(r) = serve_fault(&app, Route::Events).await {
         return r;
     }
     done(get_one(&app, EventApi::CoreV1, &ns, &name))
 }
 
-async fn get_v1(AxumState(app): AxumState<App>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn get_v1(
+    AxumState(app): AxumState<App>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
     if let Some(r) = serve_fault(&app, Route::Events).await {
         return r;
     }
     done(get_one(&app, EventApi::EventsV1, &ns, &name))
 }
 
-fn list(app: &App, api: EventApi, ns: &str, q: &HashMap<String, String>) -> Result<Response, ApiError> {
+fn list(
+    app: &App,
+    api: EventApi,
+    ns: &str,
+    q: &HashMap<String, String>,
+) -> Result<Response, ApiError> {
     let labels = LabelSelector::parse(q.get("labelSelector").map_or("", String::as_str))
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok(app.with(|s| {
@@ -259,13 +307,11 @@ fn list(app: &App, api: EventApi, ns: &str, q: &HashMap<String, String>) -> Resu
             .iter()
             .filter(|e| e.api == api && e.namespace == ns)
             .filter(|e| {
-                let l = e.object["metadata"]["labels"]
-                    .as_object()
-                    .map(|m| {
-                        m.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                            .collect()
-                    });
+                let l = e.object["metadata"]["labels"].as_object().map(|m| {
+                    m.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                        .collect()
+                });
                 labels.matches(l.as_ref())
             })
             .map(|e| &e.object)

@@ -20,12 +20,10 @@ const GROUP: &str = "coordination.k8s.io";
 const BASE: &str = "/apis/coordination.k8s.io/v1/namespaces/{ns}/leases";
 
 pub fn routes() -> Router<App> {
-    Router::new()
-        .route(BASE, get(list).post(create))
-        .route(
-            &format!("{BASE}/{{name}}"),
-            get(read).put(replace).delete(remove),
-        )
+    Router::new().route(BASE, get(list).post(create)).route(
+        &format!("{BASE}/{{name}}"),
+        get(read).put(replace).delete(remove),
+    )
 }
 
 fn done(r: Result<Response, ApiError>) -> Response {
@@ -51,7 +49,10 @@ async fn list(AxumState(app): AxumState<App>, Path(ns): Path<String>) -> Respons
     })
 }
 
-async fn read(AxumState(app): AxumState<App>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn read(
+    AxumState(app): AxumState<App>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
     if let Some(r) = serve_fault(&app, Route::Leases).await {
         return r;
     }
@@ -68,7 +69,12 @@ async fn create(AxumState(app): AxumState<App>, Path(ns): Path<String>, body: By
     }
     done(app.with(|s| {
         let mut lease: Lease = decode(&body)?;
-        if lease.metadata.resource_version.as_deref().is_some_and(|v| !v.is_empty()) {
+        if lease
+            .metadata
+            .resource_version
+            .as_deref()
+            .is_some_and(|v| !v.is_empty())
+        {
             return Err(ApiError::bad_request(
                 "resourceVersion should not be set on objects to be created",
             ));
@@ -138,7 +144,10 @@ async fn replace(
     }))
 }
 
-async fn remove(AxumState(app): AxumState<App>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn remove(
+    AxumState(app): AxumState<App>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
     if let Some(r) = serve_fault(&app, Route::Leases).await {
         return r;
     }

@@ -174,10 +174,9 @@ pub async fn serve_fault(app: &App, route: Route) -> Option<Response> {
                 tokio::pin!(cleared);
                 cleared.as_mut().enable();
                 let still = app.with(|s| {
-                    s.faults
-                        .pending()
-                        .iter()
-                        .any(|f| f.kind == FaultKind::Hang && (f.route == route || f.route == Route::All))
+                    s.faults.pending().iter().any(|f| {
+                        f.kind == FaultKind::Hang && (f.route == route || f.route == Route::All)
+                    })
                 });
                 if !still {
                     return None;
@@ -192,7 +191,11 @@ pub async fn serve_fault(app: &App, route: Route) -> Option<Response> {
 
 /// Accepts connections until `shutdown` flips, then drains them for at
 /// most [`DRAIN`].
-pub async fn serve(listener: TcpListener, router: Router, mut shutdown: tokio_watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    mut shutdown: tokio_watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     let builder = hyper::server::conn::http1::Builder::new();
     loop {
@@ -238,7 +241,10 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: tokio_wa
         }
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after the drain deadline");
     }
 }
@@ -246,7 +252,9 @@ pub async fn serve(listener: TcpListener, router: Router, mut shutdown: tokio_wa
 /// Parses a JSON request body into `T`, answering 400 like the apiserver
 /// on a body it cannot decode.
 pub fn decode<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request(format!("the body of the request could not be decoded: {e}"))
+    })
 }
 
 /// A `201 Created` / `200 OK` JSON answer.

@@ -49,7 +49,10 @@ fn flag(q: &HashMap<String, String>, key: &str) -> Result<bool, ApiError> {
     }
 }
 
-fn number<T: std::str::FromStr>(q: &HashMap<String, String>, key: &str) -> Result<Option<T>, ApiError> {
+fn number<T: std::str::FromStr>(
+    q: &HashMap<String, String>,
+    key: &str,
+) -> Result<Option<T>, ApiError> {
     q.get(key)
         .filter(|v| !v.is_empty())
         .map(|v| {
@@ -66,7 +69,10 @@ impl ListQuery {
         let fields = FieldSelector::parse(q.get("fieldSelector").map_or("", String::as_str))
             .map_err(ApiError::bad_request)?;
         let resource_version = q.get("resourceVersion").filter(|v| !v.is_empty()).cloned();
-        let version_match = q.get("resourceVersionMatch").filter(|v| !v.is_empty()).cloned();
+        let version_match = q
+            .get("resourceVersionMatch")
+            .filter(|v| !v.is_empty())
+            .cloned();
         let watch = flag(q, "watch")?;
         let send_initial_events = flag(q, "sendInitialEvents")?;
         let bookmarks = flag(q, "allowWatchBookmarks")?;
@@ -148,8 +154,11 @@ impl ListQuery {
 
 /// Parses a resourceVersion the fake handed out ("0" included).
 pub fn parse_rv(rv: &str) -> Result<u64, ApiError> {
-    rv.parse::<u64>()
-        .map_err(|_| ApiError::bad_request(format!("Invalid value: {rv:?}: resourceVersion must be an unsigned integer")))
+    rv.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(format!(
+            "Invalid value: {rv:?}: resourceVersion must be an unsigned integer"
+        ))
+    })
 }
 
 /// A continue token: the list's resourceVersion and the last key served.
@@ -158,7 +167,9 @@ fn encode_continue(rv: u64, ns: &str, name: &str) -> String {
 }
 
 fn decode_continue(token: &str) -> Result<(u64, String, String), ApiError> {
-    let bad = || ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)");
+    let bad = || {
+        ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)")
+    };
     let mut parts = token.splitn(3, '/');
     let rv = parts.next().and_then(|r| r.parse().ok()).ok_or_else(bad)?;
     let ns = parts.next().ok_or_else(bad)?.to_owned();
@@ -197,17 +208,15 @@ async fn list_or_watch(app: App, ns: Option<String>, q: HashMap<String, String>)
     if query.watch {
         return watch::start(app, query);
     }
-    match list(&app, &query) {
-        Ok(r) | Err(r) => r,
-    }
+    list(&app, &query).unwrap_or_else(IntoResponse::into_response)
 }
 
-fn list(app: &App, q: &ListQuery) -> Result<Response, Response> {
+fn list(app: &App, q: &ListQuery) -> ApiResult {
     app.with(|s| {
         let current = s.rv;
         // The version the list is served at, and where a page starts.
         let (at, after) = if let Some(token) = &q.continue_token {
-            let (rv, ns, name) = decode_continue(token).map_err(IntoResponse::into_response)?;
+            let (rv, ns, name) = decode_continue(token)?;
             if rv < s.oldest_valid_rv {
                 s.stats.expired += 1;
                 return Err(ApiError::expired(
@@ -217,8 +226,7 @@ fn list(app: &App, q: &ListQuery) -> Result<Response, Response> {
                      provided token results in an inconsistent list - objects that were created, \
                      modified, or deleted between the time the first chunk was returned and now may \
                      show up in the list.",
-                )
-                .into_response());
+                ));
             }
             (rv, Some((ns, name)))
         } else {
@@ -226,15 +234,14 @@ fn list(app: &App, q: &ListQuery) -> Result<Response, Response> {
                 // Most recent, or any ("0"): the current state.
                 (None | Some("0"), _) => (current, None),
                 (Some(rv), m) => {
-                    let rv = parse_rv(rv).map_err(IntoResponse::into_response)?;
+                    let rv = parse_rv(rv)?;
                     if rv > current {
                         return Err(ApiError {
                             code: 504,
                             reason: "Timeout",
                             message: format!("Too large resource version: {rv}, current: {current}"),
                             details: None,
-                        }
-                        .into_response());
+                        });
                     }
                     if m == Some("Exact") {
                         if rv < s.oldest_valid_rv {
@@ -242,8 +249,7 @@ fn list(app: &App, q: &ListQuery) -> Result<Response, Response> {
                             return Err(ApiError::expired(format!(
                                 "too old resource version: {rv} ({})",
                                 s.oldest_valid_rv
-                            ))
-                            .into_response());
+                            )));
                         }
                         (rv, None)
                     } else {
@@ -300,7 +306,10 @@ fn list(app: &App, q: &ListQuery) -> Result<Response, Response> {
     })
 }
 
-async fn get_pod(AxumState(app): AxumState<App>, Path((ns, name)): Path<(String, String)>) -> Response {
+async fn get_pod(
+    AxumState(app): AxumState<App>,
+    Path((ns, name)): Path<(String, String)>,
+) -> Response {
     if let Some(r) = serve_fault(&app, Route::PodsGet).await {
         return r;
     }

@@ -44,12 +44,7 @@ async fn create(AxumState(app): AxumState<App>, body: Bytes) -> Response {
             &audiences,
             &s.config.api_audiences,
             Instant::now(),
-            |key| {
-                s.pods
-                    .pods
-                    .get(key)
-                    .and_then(|p| p.metadata.uid.clone())
-            },
+            |key| s.pods.pods.get(key).and_then(|p| p.metadata.uid.clone()),
         )
     });
     review.status = Some(status);

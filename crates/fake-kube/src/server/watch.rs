@@ -148,8 +148,10 @@ pub fn start(app: App, q: ListQuery) -> Response {
         rx.recv().await.map(|item| (item, rx))
     }));
     let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -158,7 +160,8 @@ struct OpenGuard(App);
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        self.0.with(|s| s.stats.watches_open = s.stats.watches_open.saturating_sub(1));
+        self.0
+            .with(|s| s.stats.watches_open = s.stats.watches_open.saturating_sub(1));
     }
 }
 
@@ -196,7 +199,9 @@ async fn run(
             Step::Send(lines) => (lines, false),
             Step::Finish(lines) => (lines, true),
             Step::Abort => {
-                let _ = tx.send(Err(io::Error::other("watch aborted by fake-kube"))).await;
+                let _ = tx
+                    .send(Err(io::Error::other("watch aborted by fake-kube")))
+                    .await;
                 return;
             }
         };
@@ -217,7 +222,13 @@ async fn run(
     }
 }
 
-fn next_step(s: &mut State, q: &ListQuery, cursor: &mut u64, seen: &mut Seen, want_bookmark: bool) -> Step {
+fn next_step(
+    s: &mut State,
+    q: &ListQuery,
+    cursor: &mut u64,
+    seen: &mut Seen,
+    want_bookmark: bool,
+) -> Step {
     if s.watch.drop_generation != seen.drop {
         return match s.watch.drop_mode {
             DropMode::Close => Step::Finish(Vec::new()),

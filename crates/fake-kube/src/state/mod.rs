@@ -272,14 +272,24 @@ impl State {
         Ok(pod)
     }
 
-    pub fn pod_lifecycle(&mut self, ns: &str, name: &str, step: &Lifecycle) -> Result<Pod, AdminError> {
+    pub fn pod_lifecycle(
+        &mut self,
+        ns: &str,
+        name: &str,
+        step: &Lifecycle,
+    ) -> Result<Pod, AdminError> {
         self.update_pod(ns, name, |p| pods::apply_lifecycle(p, step))
     }
 
     /// Deletes a pod: with `grace_seconds > 0` it gets a deletionTimestamp
     /// (MODIFIED) and stays until [`State::remove_pod`]; with 0 it is gone
     /// at once (DELETED).
-    pub fn delete_pod(&mut self, ns: &str, name: &str, grace_seconds: i64) -> Result<Pod, AdminError> {
+    pub fn delete_pod(
+        &mut self,
+        ns: &str,
+        name: &str,
+        grace_seconds: i64,
+    ) -> Result<Pod, AdminError> {
         if grace_seconds > 0 {
             let already = self
                 .pods
@@ -381,7 +391,12 @@ impl State {
 
     // ---- events and leases -------------------------------------------------
 
-    pub fn find_event(&mut self, api: EventApi, ns: &str, name: &str) -> Option<&mut RecordedEvent> {
+    pub fn find_event(
+        &mut self,
+        api: EventApi,
+        ns: &str,
+        name: &str,
+    ) -> Option<&mut RecordedEvent> {
         self.events
             .iter_mut()
             .find(|e| e.api == api && e.namespace == ns && e.name == name)
@@ -402,9 +417,9 @@ impl State {
     ) -> Result<String, ApiError> {
         if let Some(body_ns) = meta.namespace.as_deref() {
             if body_ns != ns {
-                return Err(ApiError::bad_request(format!(
-                    "the namespace of the provided object does not match the namespace sent on the request"
-                )));
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
         }
         let name = match (meta.name.as_deref(), meta.generate_name.as_deref()) {

@@ -330,7 +330,12 @@ pub fn apply_lifecycle(pod: &mut Pod, step: &Lifecycle) {
             }));
             status.container_statuses =
                 Some(names.iter().map(|n| terminated(n, 137, "Error")).collect());
-            set_condition(status, "DisruptionTarget", "True", Some("TerminationByKubelet"));
+            set_condition(
+                status,
+                "DisruptionTarget",
+                "True",
+                Some("TerminationByKubelet"),
+            );
             set_condition(status, "Ready", "False", Some("PodFailed"));
         }
         Lifecycle::Phase { phase } => status.phase = Some(phase.clone()),

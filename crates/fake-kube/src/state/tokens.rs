@@ -78,7 +78,9 @@ pub fn review(
         return unauthenticated("[invalid bearer token, token lookup failed]".to_owned());
     };
     if entry.expires_at.is_some_and(|at| now >= at) {
-        return unauthenticated("[invalid bearer token, service account token has expired]".to_owned());
+        return unauthenticated(
+            "[invalid bearer token, service account token has expired]".to_owned(),
+        );
     }
     let wanted = if audiences.is_empty() {
         api_audiences
@@ -184,7 +186,10 @@ mod tests {
         assert_eq!(ok.authenticated, Some(true));
         assert_eq!(ok.audiences, Some(vec!["agentmon".to_owned()]));
         let user = ok.user.unwrap();
-        assert_eq!(user.username.as_deref(), Some("system:serviceaccount:agents:agent"));
+        assert_eq!(
+            user.username.as_deref(),
+            Some("system:serviceaccount:agents:agent")
+        );
         let extra = user.extra.unwrap();
         assert_eq!(extra[extra::POD_NAME], vec!["agent-1"]);
         assert_eq!(extra[extra::POD_UID], vec!["uid-1"]);
@@ -193,7 +198,10 @@ mod tests {
         assert_eq!(other.authenticated, Some(false));
         assert!(other.error.unwrap().contains("audiences"));
         // No audiences asked: the apiserver's own, which this token lacks.
-        assert_eq!(review(&t, "t1", &[], &api, now, live).authenticated, Some(false));
+        assert_eq!(
+            review(&t, "t1", &[], &api, now, live).authenticated,
+            Some(false)
+        );
         let later = now + Duration::from_secs(60);
         assert_eq!(
             review(&t, "t1", &["agentmon".into()], &api, later, live).authenticated,

@@ -30,7 +30,9 @@ pub async fn config_from(path: &std::path::Path) -> Config {
 pub async fn cluster() -> Cluster {
     let fake = FakeKube::start().await.expect("fake-kube starts");
     let dir = tempfile::tempdir().expect("tempdir");
-    let path = fake.kubeconfig(dir.path().join("kubeconfig")).expect("kubeconfig written");
+    let path = fake
+        .kubeconfig(dir.path().join("kubeconfig"))
+        .expect("kubeconfig written");
     let client = Client::try_from(config_from(&path).await).expect("client builds");
     Cluster { fake, client, dir }
 }
@@ -48,6 +50,9 @@ pub async fn wait_for<T: Clone + std::fmt::Debug>(
     match outcome {
         Ok(Ok(v)) => v,
         Ok(Err(_)) => panic!("{what}: the watcher task ended"),
-        Err(_) => panic!("{what}: not within {DEADLINE:?}; last seen {:?}", *rx.borrow()),
+        Err(_) => panic!(
+            "{what}: not within {DEADLINE:?}; last seen {:?}",
+            *rx.borrow()
+        ),
     }
 }
