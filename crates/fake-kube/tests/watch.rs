@@ -76,13 +76,27 @@ fn watch_agents(client: kube::Client) -> tokio::sync::watch::Receiver<View> {
     rx
 }
 
-/// Waits until the watcher's stream is open (after a relist it needs a
-/// moment to start watching again).
-async fn one_watch_open(fake: &fake_kube::FakeKube) {
-    let stats = fake
-        .wait_for_stats(common::DEADLINE, |s| s.watches_open == 1)
-        .await;
-    assert_eq!(stats.watches_open, 1, "{stats:?}");
+/// Makes sure the watcher is watching (not between a relist and its next
+/// watch): a new pod shows up through its stream. Steering that follows
+/// then reaches that stream.
+async fn watching(
+    fake: &fake_kube::FakeKube,
+    view: &mut tokio::sync::watch::Receiver<View>,
+    probe: &str,
+) {
+    let lists = view.borrow().lists;
+    fake.create_pod(agent(probe)).unwrap();
+    let v = wait_for(view, probe, |v| v.pods.contains_key(probe)).await;
+    assert_eq!(v.lists, lists, "{probe} came through the watch, not a list");
+}
+
+/// The agent pods the view holds, probes left out.
+fn agents(v: &View) -> Vec<&str> {
+    v.pods
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !k.starts_with("probe"))
+        .collect()
 }
 
 fn agent(name: &str) -> NewPod {
@@ -148,7 +162,7 @@ async fn watcher_follows_pods_through_a_cut_stream_and_a_410_without_missing_a_d
     });
     let v = wait_for(&mut view, "relist after 410", |v| v.lists == 2).await;
     assert!(v.deleted.contains("b"), "b's deletion is not missed: {v:?}");
-    assert_eq!(v.pods.keys().collect::<Vec<_>>(), ["d"]);
+    assert_eq!(agents(&v), ["d"]);
     assert!(
         v.errors
             .iter()
@@ -158,7 +172,7 @@ async fn watcher_follows_pods_through_a_cut_stream_and_a_410_without_missing_a_d
     );
 
     // An open watch that falls behind the compaction gets the 410 too.
-    one_watch_open(&c.fake).await;
+    watching(&c.fake, &mut view, "probe-1").await;
     c.fake.with_state(|s| {
         s.pause_watches(true);
         s.create_pod(agent("e").into_pod()).unwrap();
@@ -171,10 +185,10 @@ async fn watcher_follows_pods_through_a_cut_stream_and_a_410_without_missing_a_d
     })
     .await;
     assert!(v.deleted.contains("d"));
-    assert_eq!(v.pods.keys().collect::<Vec<_>>(), ["e"]);
+    assert_eq!(agents(&v), ["e"]);
 
     // And so does one the server expires outright.
-    one_watch_open(&c.fake).await;
+    watching(&c.fake, &mut view, "probe-2").await;
     c.fake.expire_watches();
     wait_for(&mut view, "relist after expiry", |v| v.lists == 4).await;
     assert!(c.fake.stats().expired >= 3, "{:?}", c.fake.stats());
@@ -353,4 +367,35 @@ async fn pod_lifecycle_reads_as_the_kubelet_writes_it() {
     assert_eq!(doomed.metadata.deletion_grace_period_seconds, Some(30));
     c.fake.remove_pod(NS, "doomed").unwrap();
     assert!(api.get_opt("doomed").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn streaming_list_watch_sends_initial_events_then_follows() {
+    let c = cluster().await;
+    c.fake.create_pod(agent("a")).unwrap();
+    let api: Api<Pod> = Api::namespaced(c.client.clone(), NS);
+    let config = watcher::Config::default()
+        .labels(SELECTOR)
+        .streaming_lists();
+    let mut stream = watcher(api, config).boxed();
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + common::DEADLINE;
+    while !seen.contains(&"apply b".to_owned()) {
+        let item = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("events in time")
+            .expect("stream open")
+            .unwrap();
+        match item {
+            watcher::Event::Init => seen.push("init".into()),
+            watcher::Event::InitApply(p) => seen.push(format!("init {}", p.name_any())),
+            watcher::Event::InitDone => {
+                seen.push("done".into());
+                c.fake.create_pod(agent("b")).unwrap();
+            }
+            watcher::Event::Apply(p) => seen.push(format!("apply {}", p.name_any())),
+            watcher::Event::Delete(p) => seen.push(format!("delete {}", p.name_any())),
+        }
+    }
+    assert_eq!(seen, ["init", "init a", "done", "apply b"]);
 }
