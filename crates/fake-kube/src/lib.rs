@@ -280,7 +280,7 @@ impl FakeKube {
 
     /// Clears pending faults and releases hung requests.
     pub fn clear_faults(&self) {
-        self.with_state(|s| s.faults.clear());
+        self.with_state(State::clear_faults);
         self.shared.recorded.notify_waiters();
     }
 

@@ -139,13 +139,33 @@ async fn token_review_api_down_is_an_error_not_an_answer() {
     assert!(!matches!(err, kube::Error::Api(_)), "a timeout: {err:?}");
     c.fake.clear_faults();
 
+    // A request held by a hang is answered once the faults are cleared.
+    c.fake
+        .inject(Fault::always(Route::TokenReviews, FaultKind::Hang));
+    let held = tokio::spawn({
+        let client = c.client.clone();
+        async move { review(&client, "tok", &[AUDIENCE]).await }
+    });
+    c.fake
+        .wait_for_stats(common::DEADLINE, |s| {
+            s.faults_served.get("hang") == Some(&2)
+        })
+        .await;
+    assert!(!held.is_finished());
+    c.fake.clear_faults();
+    let released = tokio::time::timeout(common::DEADLINE, held)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.unwrap().authenticated, Some(true));
+
     // And then it works again.
     let ok = review(&fast, "tok", &[AUDIENCE]).await.unwrap();
     assert_eq!(ok.authenticated, Some(true));
     let served = c.fake.stats().faults_served;
     assert_eq!(
         (served["status"], served["reset"], served["hang"]),
-        (1, 1, 1)
+        (1, 1, 2)
     );
 
     // The default client rides out a short outage by retrying.

@@ -260,7 +260,7 @@ async fn add_faults(AxumState(app): AxumState<App>, body: Bytes) -> Response {
 }
 
 async fn clear_faults(AxumState(app): AxumState<App>) -> Response {
-    app.with(|s| s.faults.clear());
+    app.with(crate::state::State::clear_faults);
     // Hung requests wait for this.
     app.recorded.notify_waiters();
     Json(json!({"pending": []})).into_response()

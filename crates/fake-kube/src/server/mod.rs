@@ -136,7 +136,7 @@ async fn authenticate(AxumState(app): AxumState<App>, req: Request, next: Next) 
 /// Counts the request and serves the next fault for `route`, if any:
 /// `Some(response)` means answer that instead.
 pub async fn serve_fault(app: &App, route: Route) -> Option<Response> {
-    let fault = app.with(|s| {
+    let (fault, cleared_at) = app.with(|s| {
         s.count_request(route.as_str());
         let f = s.faults.take(route)?;
         let label = match &f {
@@ -145,7 +145,7 @@ pub async fn serve_fault(app: &App, route: Route) -> Option<Response> {
             FaultKind::Reset => "reset",
         };
         *s.stats.faults_served.entry(label.to_owned()).or_default() += 1;
-        Some(f)
+        Some((f, s.faults_cleared))
     })?;
     tracing::info!(route = route.as_str(), fault = ?fault, "serving injected fault");
     match fault {
@@ -173,12 +173,7 @@ pub async fn serve_fault(app: &App, route: Route) -> Option<Response> {
                 let cleared = app.recorded.notified();
                 tokio::pin!(cleared);
                 cleared.as_mut().enable();
-                let still = app.with(|s| {
-                    s.faults.pending().iter().any(|f| {
-                        f.kind == FaultKind::Hang && (f.route == route || f.route == Route::All)
-                    })
-                });
-                if !still {
+                if app.with(|s| s.faults_cleared != cleared_at) {
                     return None;
                 }
                 if tokio::time::timeout_at(deadline, cleared).await.is_err() {

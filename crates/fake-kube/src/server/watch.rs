@@ -189,7 +189,10 @@ async fn run(
         return;
     }
     let deadline = Instant::now() + timeout;
-    let every = app.with(|s| s.config.bookmark_interval);
+    // `interval` refuses a zero period.
+    let every = app
+        .with(|s| s.config.bookmark_interval)
+        .max(Duration::from_millis(1));
     let mut bookmarks = tokio::time::interval_at(Instant::now() + every, every);
     let mut want_bookmark = false;
     loop {

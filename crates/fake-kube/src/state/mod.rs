@@ -130,6 +130,9 @@ pub struct State {
     pub events: Vec<RecordedEvent>,
     pub leases: BTreeMap<PodKey, Lease>,
     pub faults: Faults,
+    /// Bumped by every clear of the faults: requests held by a `hang`
+    /// fault wait for it to change.
+    pub faults_cleared: u64,
     pub watch: WatchControl,
     pub stats: Stats,
     /// Set by every change watch streams must look at.
@@ -173,6 +176,7 @@ impl State {
             events: Vec::new(),
             leases: BTreeMap::new(),
             faults: Faults::default(),
+            faults_cleared: 0,
             watch: WatchControl::default(),
             stats: Stats::default(),
             dirty: false,
@@ -338,6 +342,12 @@ impl State {
         self.pods.history.clear();
         self.oldest_valid_rv = self.rv;
         self.dirty = true;
+    }
+
+    /// Clears the pending faults and releases requests held by `hang`.
+    pub fn clear_faults(&mut self) {
+        self.faults.clear();
+        self.faults_cleared += 1;
     }
 
     // ---- watch steering ---------------------------------------------------
