@@ -399,3 +399,49 @@ async fn streaming_list_watch_sends_initial_events_then_follows() {
     }
     assert_eq!(seen, ["init", "init a", "done", "apply b"]);
 }
+
+/// The same scenario driven only through `/_admin` over HTTP, as an e2e
+/// test steering the `fake-kube` binary would: pausing the watches makes
+/// "cut, delete, compact" one step for the client.
+#[tokio::test]
+async fn admin_http_pause_makes_cut_delete_compact_one_step() {
+    let c = cluster().await;
+    c.fake.create_pod(agent("a")).unwrap();
+    c.fake.create_pod(agent("b")).unwrap();
+    let mut view = watch_agents(c.client.clone());
+    wait_for(&mut view, "initial list", |v| v.lists == 1).await;
+    watching(&c.fake, &mut view, "probe-1").await;
+
+    let http = reqwest::Client::new();
+    let post = |path: &str| http.post(c.fake.admin_url(path)).send();
+    assert!(post("watches/pause").await.unwrap().status().is_success());
+    let r = http
+        .post(c.fake.admin_url("watches/drop"))
+        .json(&serde_json::json!({"mode": "abort"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let r = http
+        .delete(c.fake.admin_url("pods/agents/a"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(post("watches/resume").await.unwrap().status().is_success());
+    let v = wait_for(&mut view, "a deleted", |v| v.deleted.contains("a")).await;
+    assert_eq!(v.lists, 1, "replayed from history, no relist");
+
+    assert!(post("watches/pause").await.unwrap().status().is_success());
+    let r = http
+        .delete(c.fake.admin_url("pods/agents/b"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(post("compact").await.unwrap().status().is_success());
+    assert!(post("watches/resume").await.unwrap().status().is_success());
+    let v = wait_for(&mut view, "relist after 410", |v| v.lists == 2).await;
+    assert!(v.deleted.contains("b"), "{v:?}");
+    assert!(agents(&v).is_empty(), "{v:?}");
+}
