@@ -18,6 +18,7 @@ use ops::Secret;
 use serde_json::{json, Value};
 
 use super::ApiError;
+use crate::access::Verdict;
 use crate::app::AppState;
 use crate::events::{Command, ErrorKind, InteractionHandled, Outcome};
 use crate::relay::{InputMessage, RelayOutcome};
@@ -103,6 +104,20 @@ fn option_text(data: &Value, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The ephemeral answer to a member who may not send input.
+fn refusal(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::NotConfigured => {
+            "input is disabled: bot-bridge has no operators configured \
+             (an admin sets OPERATOR_ROLE_IDS or OPERATOR_USER_IDS)"
+        }
+        _ => {
+            "only operators may send input to this agent \
+             (an admin adds your role to OPERATOR_ROLE_IDS or your id to OPERATOR_USER_IDS)"
+        }
+    }
+}
+
 fn outcome_of(r: RelayOutcome) -> Outcome {
     match r {
         RelayOutcome::Forwarded => Outcome::Forwarded,
@@ -182,6 +197,16 @@ async fn command(state: AppState, interaction: Value) -> Response {
     };
     if cmd == Command::Unknown {
         return done(Outcome::Invalid, None, "unknown command");
+    }
+    if cmd == Command::Input {
+        let verdict = state.settings().operators.check(&interaction);
+        if verdict != Verdict::Allowed {
+            let user_id = str_at(&interaction, &["member", "user", "id"])
+                .or_else(|| str_at(&interaction, &["user", "id"]))
+                .unwrap_or("");
+            tracing::info!(user_id, ?verdict, "input refused: not an operator");
+            return done(Outcome::Forbidden, None, refusal(verdict));
+        }
     }
     let channel_id = str_at(&interaction, &["channel_id"])
         .or_else(|| str_at(&interaction, &["channel", "id"]))
@@ -430,14 +455,21 @@ mod tests {
         })
     }
 
+    fn owner() -> crate::access::Caller {
+        crate::access::Caller::RunToken(Secret::new("owner-token-".repeat(4)))
+    }
+
     async fn run_with_input(state: &AppState, input_url: &str) -> crate::runs::Provisioned {
         state
-            .provision(NewRun {
-                task_id: "t".into(),
-                attempt: AttemptValue::Number(1),
-                short_id: "a".into(),
-                input_url: Some(input_url.into()),
-            })
+            .provision(
+                NewRun {
+                    task_id: "t".into(),
+                    attempt: AttemptValue::Number(1),
+                    short_id: "a".into(),
+                    input_url: Some(input_url.into()),
+                },
+                &owner(),
+            )
             .await
             .unwrap()
             .0
@@ -496,6 +528,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_operators_reach_the_watcher() {
+        let (state, _) = fixture::state(fixture::settings());
+        let (url, mut rx) = watcher(202, None).await;
+        let run = run_with_input(&state, &url).await;
+        let metrics = state.metrics().clone();
+        let base = fixture::serve(state).await;
+        let now = crate::runs::now_unix();
+        let as_member = |user: &str, roles: &[&str]| {
+            let mut v = input(&run.channel_id, "rm -rf / please");
+            v["member"] = json!({"user": {"id": user, "username": "mallory"}, "roles": roles});
+            v
+        };
+        let v: Value = post_interaction(&base, &as_member("6", &["11"]), now)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"]["flags"], 64);
+        let content = v["data"]["content"].as_str().unwrap();
+        assert!(content.contains("only operators"), "{content}");
+        assert_eq!(metrics.interactions_count("input", "forbidden"), 1);
+        // By role, then by user id (the fixture's operators: role 10, user 5).
+        for member in [as_member("6", &["11", "10"]), input(&run.channel_id, "hi")] {
+            let v: Value = post_interaction(&base, &member, now)
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(v["data"]["content"], "forwarded");
+        }
+        let mut got = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            got.push(r);
+        }
+        assert_eq!(got.len(), 2, "the refused input reached the watcher");
+        // The operator by role sent the same text; the refused one did not arrive.
+        let same_text = got
+            .iter()
+            .filter(|(_, _, body)| String::from_utf8_lossy(body).contains("rm -rf"))
+            .count();
+        assert_eq!(same_text, 1);
+    }
+
+    #[tokio::test]
+    async fn without_operators_all_input_is_refused_with_how_to_configure() {
+        let mut settings = fixture::settings();
+        settings.operators = crate::access::Operators::default();
+        let (state, _) = fixture::state(settings);
+        let (url, mut rx) = watcher(202, None).await;
+        let run = run_with_input(&state, &url).await;
+        let base = fixture::serve(state).await;
+        let v: Value =
+            post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
+                .await
+                .json()
+                .await
+                .unwrap();
+        let content = v["data"]["content"].as_str().unwrap();
+        assert!(content.contains("OPERATOR_ROLE_IDS"), "{content}");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
     async fn watcher_answers_map_to_operator_messages() {
         for (status, text) in [(429, "agent busy, try again"), (503, "agent unavailable")] {
             let (state, _) = fixture::state(fixture::settings());
@@ -528,7 +623,7 @@ mod tests {
             .unwrap();
         assert_eq!(v["data"]["content"], "not a run channel");
         assert_eq!(v["data"]["flags"], 64);
-        state.complete(&run.run_id, None).await.unwrap();
+        state.complete(&run.run_id, None, &owner()).await.unwrap();
         let v: Value = post_interaction(&base, &input(&run.channel_id, "x"), now)
             .await
             .json()
