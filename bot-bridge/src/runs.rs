@@ -312,7 +312,7 @@ impl AppState {
     /// (`X-Agentmon-Run-Token`, as the watcher does, so a lost answer never
     /// locks it out) or receives one generated here. Re-posting the key of an
     /// existing run returns its secrets only to its owner; `input_url` is
-    /// fixed at creation.
+    /// fixed once set.
     pub async fn provision(
         &self,
         req: NewRun,
@@ -396,12 +396,21 @@ impl AppState {
         if run.status != RunStatus::Active {
             return Err(RunsError::RunFinished);
         }
-        if input_url.is_some() && input_url != run.input_url {
-            return Err(RunsError::BadRequest(
-                "input_url is fixed when the run is created and this one differs; \
-                 a new input address needs a new ATTEMPT"
-                    .into(),
-            ));
+        // input_url is fixed once set: at creation, or by the owner's first
+        // call that names one (a run created before its watcher started).
+        match (&input_url, &run.input_url) {
+            (Some(new), Some(old)) if new != old => {
+                return Err(RunsError::BadRequest(
+                    "input_url is fixed once set and this one differs; \
+                     a new input address needs a new ATTEMPT"
+                        .into(),
+                ));
+            }
+            (Some(_), None) => {
+                run.input_url = input_url;
+                self.stored(store.update_run(run.clone())).await?;
+            }
+            _ => {}
         }
         let result = match self.settings().run_container {
             RunContainer::Channel => self.ensure_channel(&mut run, created).await,
