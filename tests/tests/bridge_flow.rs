@@ -511,6 +511,13 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     for refused in ["forged", "stale", "elsewhere", "intruder"] {
         assert!(!lines.iter().any(|l| l.contains(refused)), "{lines:?}");
     }
+    // Discord lets /input carry 4000 characters: all of them reach the agent,
+    // as one line, even though the encoded line is longer than PIPE_BUF.
+    let long = format!("long-input {}", "\"é🙂x".repeat(997));
+    assert_eq!(long.chars().count(), 3999);
+    assert_eq!(bridge.input("9022", &channel_id, &long).await, "forwarded");
+    let line = fifo.wait_for("long-input").await;
+    assert_eq!(line["text"], long.as_str());
 
     // The webhook is deleted mid-run: the watcher re-provisions and nothing is lost.
     let old_hooks = live_webhooks(&fake, &channel_id).await;
