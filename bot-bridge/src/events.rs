@@ -312,6 +312,34 @@ impl BridgeError<'_> {
     }
 }
 
+/// A request to `/interactions` failed signature verification. Anyone can
+/// send those (Discord itself probes with bad signatures), so the caller logs
+/// only some of them ([`crate::api::interactions`] throttles) and carries how
+/// many went unlogged since; every one is counted.
+pub struct SignatureRefused<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    /// Whether this one is written to the log.
+    pub log: bool,
+    /// Refusals not logged since the last line.
+    pub unlogged: u64,
+}
+
+impl SignatureRefused<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        if self.log {
+            tracing::warn!(
+                kind = ErrorKind::Interaction.as_str(),
+                error = %self.error,
+                unlogged_since_last = self.unlogged,
+                "interaction signature refused"
+            );
+        }
+        m.errors
+            .with_label_values(&[ErrorKind::Interaction.as_str()])
+            .inc();
+    }
+}
+
 /// An interaction was answered.
 #[derive(Debug)]
 pub struct InteractionHandled<'a> {
