@@ -7,6 +7,9 @@
 //! directly when the watcher answers within `defer_after`, otherwise with a
 //! deferred reply that is edited once the watcher answered.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -20,7 +23,7 @@ use serde_json::{json, Value};
 use super::ApiError;
 use crate::access::Verdict;
 use crate::app::AppState;
-use crate::events::{Command, ErrorKind, InteractionHandled, Outcome};
+use crate::events::{Command, ErrorKind, InteractionHandled, Outcome, SignatureRefused};
 use crate::relay::{InputMessage, RelayOutcome};
 use crate::store::RunStatus;
 
@@ -52,6 +55,45 @@ pub enum SignatureError {
     #[error("signature does not verify")]
     Invalid,
 }
+
+/// At most one log line per this period for refused signatures.
+pub const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Lets one event through per period and counts the rest, so an
+/// unauthenticated flood costs a counter increment, not a log line each.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    state: Mutex<(Option<tokio::time::Instant>, u64)>,
+}
+
+impl LogThrottle {
+    pub const fn new() -> Self {
+        Self {
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether to log this event, and how many went unlogged before it.
+    pub fn admit(&self, now: tokio::time::Instant) -> (bool, u64) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due =
+            s.0.is_none_or(|last| now.duration_since(last) >= REFUSED_LOG_EVERY);
+        if due {
+            let unlogged = s.1;
+            *s = (Some(now), 0);
+            (true, unlogged)
+        } else {
+            s.1 += 1;
+            (false, s.1)
+        }
+    }
+}
+
+/// One per process: the flood it guards against is per process too.
+static REFUSED_LOG: LogThrottle = LogThrottle::new();
 
 /// Checks Discord's signature over `timestamp + body` and the timestamp's age.
 pub fn verify(
@@ -149,7 +191,13 @@ pub async fn handle(
         }
     };
     if let Err(e) = verify(&key, &headers, &body, crate::runs::now_unix()) {
-        state.report(ErrorKind::Interaction, None, &e);
+        let (log, unlogged) = REFUSED_LOG.admit(tokio::time::Instant::now());
+        SignatureRefused {
+            error: &e,
+            log,
+            unlogged,
+        }
+        .emit(state.metrics());
         return ApiError::unauthorized("invalid request signature").into_response();
     }
     let Ok(interaction) = serde_json::from_slice::<Value>(&body) else {
@@ -353,6 +401,19 @@ mod tests {
         );
         h.insert(TIMESTAMP_HEADER, ts.to_string().parse().unwrap());
         h
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_signatures_log_once_per_period_with_a_count() {
+        let t = LogThrottle::new();
+        let start = tokio::time::Instant::now();
+        assert_eq!(t.admit(start), (true, 0));
+        for i in 1..=1000 {
+            assert_eq!(t.admit(start + Duration::from_millis(i)), (false, i));
+        }
+        let later = start + REFUSED_LOG_EVERY;
+        assert_eq!(t.admit(later), (true, 1000));
+        assert_eq!(t.admit(later), (false, 1));
     }
 
     #[test]
