@@ -191,7 +191,44 @@ pub fn router(cfg: InputConfig, observer: Arc<dyn InputObserver>) -> Router {
     };
     Router::new()
         .route("/v1/input", post(handle))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Largest request body: one input line's worth, with room for JSON escapes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Gives the errors axum writes itself (405, 413, a body that cannot be
+/// read) the same `{"error":{"code","message"}}` body as the handler's.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status.as_u16() {
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "too_large",
+        414 => "uri_too_long",
+        s if s >= 500 => "unavailable",
+        _ => "bad_request",
+    };
+    let message = status
+        .canonical_reason()
+        .unwrap_or("request failed")
+        .to_ascii_lowercase();
+    let mut out = error(status, code, &message);
+    if let Some(allow) = resp.headers().get(http::header::ALLOW) {
+        out.headers_mut().insert(http::header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// Verifies `sha256=<hex>` over `timestamp.body` in constant time.
@@ -461,6 +498,48 @@ fn writer(fifo: PathBuf, mut rx: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoObserver;
+    impl InputObserver for NoObserver {
+        fn outcome(&self, _outcome: &'static str) {}
+    }
+
+    #[tokio::test]
+    async fn every_error_answer_is_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = InputConfig {
+            secret: Arc::new(RwLock::new(Some(Secret::new("k".into())))),
+            fifo: dir.path().join("none.fifo"),
+            queue: 4,
+            rate_per_second: 10.0,
+            burst: 10.0,
+        };
+        let app = router(cfg, Arc::new(NoObserver));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let http = reqwest::Client::new();
+        let cases = [
+            (
+                http.get(format!("{base}/v1/input")),
+                405,
+                "method_not_allowed",
+            ),
+            (http.post(format!("{base}/nope")), 404, "not_found"),
+            (
+                http.post(format!("{base}/v1/input"))
+                    .body(vec![b' '; MAX_BODY + 1]),
+                413,
+                "too_large",
+            ),
+        ];
+        for (req, status, code) in cases {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), status);
+            let v: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["code"], code, "{v}");
+        }
+    }
 
     #[test]
     fn signatures_verify_and_reject_tampering() {
