@@ -780,7 +780,7 @@ fn check_commands(v: &Value) -> Result<Vec<Value>, ApiError> {
         }
         // A permission bit set as a decimal string, or null (everyone).
         if let Some(p) = o.get("default_member_permissions").filter(|p| !p.is_null()) {
-            if !p.as_str().is_some_and(|s| s.parse::<u64>().is_ok()) {
+            if p.as_str().is_none_or(|s| s.parse::<u64>().is_err()) {
                 c.push(
                     vec![idx.clone(), "default_member_permissions".into()],
                     "BASE_TYPE_BAD_INT",
