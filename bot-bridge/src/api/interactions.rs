@@ -290,8 +290,21 @@ async fn command(state: AppState, interaction: Value) -> Response {
     if run.status != RunStatus::Active {
         return done(Outcome::RunFinished, Some(&run.run_id), "run finished");
     }
-    let Some(input_url) = run.input_url.clone() else {
+    let Some(stored_url) = run.input_url.clone() else {
         return done(Outcome::Unavailable, Some(&run.run_id), "agent unavailable");
+    };
+    // Checked again at every relay: a row stored by an older version, or
+    // before INPUT_URL_ALLOW was narrowed, must not send signed input elsewhere.
+    let input_url = match state.settings().input_url_policy.check(&stored_url) {
+        Ok(u) => u,
+        Err(why) => {
+            state.report(ErrorKind::Relay, Some(&run.run_id), &why);
+            return done(
+                Outcome::Rejected,
+                Some(&run.run_id),
+                "the run's input address is not allowed by INPUT_URL_ALLOW",
+            );
+        }
     };
     let Some(text) = option_text(&data, "text").filter(|t| !t.trim().is_empty()) else {
         return done(
@@ -630,6 +643,32 @@ mod tests {
             .filter(|(_, _, body)| String::from_utf8_lossy(body).contains("rm -rf"))
             .count();
         assert_eq!(same_text, 1);
+    }
+
+    #[tokio::test]
+    async fn a_stored_input_url_the_policy_refuses_is_never_called() {
+        let (state, _) = fixture::state(fixture::settings());
+        let (url, mut rx) = watcher(202, None).await;
+        let run = run_with_input(&state, &url).await;
+        // As an older version could have stored it.
+        let mut stored = state
+            .store()
+            .get_run(run.run_id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        stored.input_url = Some(format!("{url}/internal/admin/delete?confirm=yes&x="));
+        state.store().update_run(stored).await.unwrap();
+        let base = fixture::serve(state).await;
+        let v: Value =
+            post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
+                .await
+                .json()
+                .await
+                .unwrap();
+        let content = v["data"]["content"].as_str().unwrap();
+        assert!(content.contains("INPUT_URL_ALLOW"), "{content}");
+        assert!(rx.try_recv().is_err(), "the refused address was called");
     }
 
     #[tokio::test]
