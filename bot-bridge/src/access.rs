@@ -381,6 +381,12 @@ mod tests {
             ("http://127.0.0.1:47777", "not allowed"),
             ("http://[::1]:1", "not allowed"),
             ("http://localhost:1", "not allowed"),
+            // Other spellings of the metadata and loopback addresses.
+            ("http://2852039166/", "not allowed"),
+            ("http://0xa9.0xfe.0xa9.0xfe/", "not allowed"),
+            ("http://0x7f.1:47777", "not allowed"),
+            ("http://[::ffff:169.254.169.254]/", "not allowed"),
+            ("http://[fe80::1]/", "not allowed"),
             ("http://10.0.0.1:1/internal/admin", "path"),
             ("http://10.0.0.1:1/?confirm=yes", "query"),
             ("http://10.0.0.1:1/#x", "fragment"),
