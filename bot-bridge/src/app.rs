@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
 use ops::health::Component;
-use ops::Secret;
+use ops::{Secret, Shutdown};
 
 use crate::config::{Config, RetentionAction, RunContainer};
 use crate::discord::DiscordApi;
@@ -57,11 +57,76 @@ impl Settings {
 /// Health components bot-bridge reports (`/readyz`, `/healthz`).
 #[derive(Debug, Clone)]
 pub struct HealthParts {
-    /// The run store: failed when it cannot answer (readiness).
+    /// The run store: failed when it cannot take a write (readiness). Never
+    /// latched: [`watch_store`] checks it every [`STORE_CHECK_EVERY`], so it
+    /// clears on its own once the store recovers, with no request needed.
     pub store: Component,
     /// Discord: degraded after a failed call, ok after a success (not readiness:
     /// a Discord outage must not take the API out of the Service).
     pub discord: Component,
+    /// Slash-command registration (not readiness): degraded until Discord
+    /// accepted the commands. Provisioning runs, which is what watchers need
+    /// from the Service, works without them; making the pod not ready over them
+    /// would turn an `/input` outage into a provisioning outage for every new run.
+    pub commands: Component,
+}
+
+impl HealthParts {
+    /// Registers bot-bridge's components in `health`, each in its start state.
+    pub fn register(health: &ops::Health) -> Self {
+        Self {
+            store: health.component("store", true, ops::Status::Ok, "opening"),
+            discord: health.component("discord", false, ops::Status::Ok, "no request yet"),
+            commands: health.component(
+                "commands",
+                false,
+                ops::Status::Degraded,
+                "slash commands not registered yet",
+            ),
+        }
+    }
+}
+
+/// How often [`watch_store`] checks the store.
+pub const STORE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long one store check may take before the store counts as failed.
+pub const STORE_CHECK_WITHIN: Duration = Duration::from_secs(2);
+
+/// Checks every `every` that the store can take a write ([`RunStore::ping`]),
+/// and sets the `store` readiness component from the result, until `shutdown`.
+///
+/// This is what keeps readiness true in both directions: a store that another
+/// process holds locked, or a volume gone read-only, makes bot-bridge not ready
+/// even while no request arrives, and the first good check makes it ready again
+/// (a failed request alone would leave it not ready until the next successful
+/// request, which a Service without ready endpoints never sends). A check that
+/// does not answer within `within` counts as failed; it is still awaited, so
+/// slow checks never pile up on the store's connection.
+pub async fn watch_store(state: AppState, every: Duration, within: Duration, shutdown: Shutdown) {
+    loop {
+        let mut check = state.inner.store.ping();
+        let result = tokio::select! {
+            () = shutdown.wait() => return,
+            r = tokio::time::timeout(within, &mut check) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    state.store_failed(&format!("store check did not answer within {within:?}"));
+                    tokio::select! {
+                        () = shutdown.wait() => return,
+                        r = check => r,
+                    }
+                }
+            },
+        };
+        match result {
+            Ok(()) => state.store_ok(),
+            Err(e) => state.store_failed(&e),
+        }
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -174,8 +239,26 @@ impl AppState {
     pub(crate) fn store_ok(&self) {
         if let Some(h) = &self.inner.health {
             if h.store.status() != Some(ops::Status::Ok) {
+                tracing::info!("run store reachable again");
                 h.store.ok("reachable");
             }
+        }
+    }
+
+    /// A store check failed: counted and logged once per outage (the check
+    /// repeats every second), while the component always shows the latest cause.
+    fn store_failed(&self, error: &dyn std::fmt::Display) {
+        let Some(h) = &self.inner.health else {
+            return;
+        };
+        if h.store.status() == Some(ops::Status::Failed) {
+            h.store.failed(format!("store check failed: {error}"));
+        } else {
+            self.report(
+                ErrorKind::Store,
+                None,
+                &format_args!("store check failed: {error}"),
+            );
         }
     }
 }
