@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use ops::health::Component;
+use ops::health::{Component, Heartbeat};
 use ops::{Secret, Shutdown};
 
 use crate::config::{Config, RetentionAction, RunContainer};
@@ -91,6 +91,9 @@ impl HealthParts {
 pub const STORE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long one store check may take before the store counts as failed.
 pub const STORE_CHECK_WITHIN: Duration = Duration::from_secs(2);
+/// How long the store check may go without an answer before `/livez` fails:
+/// far beyond any busy wait (5 s), so only a wedged connection trips it.
+pub const STORE_CHECK_MAX_SILENCE: Duration = Duration::from_secs(60);
 
 /// Checks every `every` that the store can take a write ([`RunStore::ping`]),
 /// and sets the `store` readiness component from the result, until `shutdown`.
@@ -101,9 +104,20 @@ pub const STORE_CHECK_WITHIN: Duration = Duration::from_secs(2);
 /// (a failed request alone would leave it not ready until the next successful
 /// request, which a Service without ready endpoints never sends). A check that
 /// does not answer within `within` counts as failed; it is still awaited, so
-/// slow checks never pile up on the store's connection.
-pub async fn watch_store(state: AppState, every: Duration, within: Duration, shutdown: Shutdown) {
+/// slow checks never pile up on the store's connection. `heartbeat` beats once
+/// per answered check: only a check that never returns (a wedged connection,
+/// which a restart cures) silences it; a failing store does not.
+pub async fn watch_store(
+    state: AppState,
+    every: Duration,
+    within: Duration,
+    shutdown: Shutdown,
+    heartbeat: Option<Heartbeat>,
+) {
     loop {
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
         let mut check = state.inner.store.ping();
         let result = tokio::select! {
             () = shutdown.wait() => return,
@@ -314,5 +328,137 @@ pub(crate) mod fixture {
                 .unwrap();
         });
         format!("http://{addr}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{
+        CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, StoreError, StoreFuture,
+        StoredWebhook,
+    };
+
+    /// SQLite in memory, with a switch that makes every check fail ("locked").
+    struct Switchable {
+        inner: SqliteStore,
+        locked: AtomicBool,
+    }
+
+    impl RunStore for Switchable {
+        fn insert_run(&self, run: RunRecord) -> StoreFuture<'_, Inserted> {
+            self.inner.insert_run(run)
+        }
+        fn update_run(&self, run: RunRecord) -> StoreFuture<'_, ()> {
+            self.inner.update_run(run)
+        }
+        fn get_run(&self, run_id: String) -> StoreFuture<'_, Option<RunRecord>> {
+            self.inner.get_run(run_id)
+        }
+        fn find_by_key(&self, key: RunKey) -> StoreFuture<'_, Option<RunRecord>> {
+            self.inner.find_by_key(key)
+        }
+        fn find_by_channel(&self, channel_id: String) -> StoreFuture<'_, Option<RunRecord>> {
+            self.inner.find_by_channel(channel_id)
+        }
+        fn list_runs(&self, s: Option<RunStatus>, limit: u32) -> StoreFuture<'_, Vec<RunRecord>> {
+            self.inner.list_runs(s, limit)
+        }
+        fn due_runs(&self, now: i64) -> StoreFuture<'_, Vec<RunRecord>> {
+            self.inner.due_runs(now)
+        }
+        fn count_runs(&self, status: RunStatus) -> StoreFuture<'_, u64> {
+            self.inner.count_runs(status)
+        }
+        fn categories(&self) -> StoreFuture<'_, Vec<CategoryRecord>> {
+            self.inner.categories()
+        }
+        fn put_category(&self, category: CategoryRecord) -> StoreFuture<'_, ()> {
+            self.inner.put_category(category)
+        }
+        fn remove_category(&self, id: String) -> StoreFuture<'_, ()> {
+            self.inner.remove_category(id)
+        }
+        fn shared_webhook(&self, channel_id: String) -> StoreFuture<'_, Option<StoredWebhook>> {
+            self.inner.shared_webhook(channel_id)
+        }
+        fn put_shared_webhook(&self, c: String, w: StoredWebhook) -> StoreFuture<'_, ()> {
+            self.inner.put_shared_webhook(c, w)
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            let locked = self.locked.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if locked {
+                    Err(StoreError::Database("database is locked".into()))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn store_readiness_follows_the_checks_both_ways_without_requests() {
+        let health = ops::Health::new("0");
+        let parts = HealthParts::register(&health);
+        let store = Arc::new(Switchable {
+            inner: SqliteStore::memory().unwrap(),
+            locked: AtomicBool::new(false),
+        });
+        let metrics = ops::Metrics::new("bridge", "0").unwrap();
+        let (base, _) = fixture::state(fixture::settings());
+        let state = AppState::new(
+            base.settings().clone(),
+            store.clone(),
+            base.discord().clone(),
+            BridgeMetrics::new(&metrics).unwrap(),
+            Relay::new(Duration::from_secs(1)).unwrap(),
+            Some(parts.clone()),
+        );
+        let shutdown = Shutdown::new();
+        let heartbeat = health.heartbeat("store_check", STORE_CHECK_MAX_SILENCE);
+        let task = tokio::spawn(watch_store(
+            state,
+            STORE_CHECK_EVERY,
+            STORE_CHECK_WITHIN,
+            shutdown.clone(),
+            Some(heartbeat),
+        ));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(health.ready().0);
+
+        store.locked.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (ready, body) = health.ready();
+        assert!(!ready, "{body}");
+        assert!(
+            body["checks"]["store"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("locked"),
+            "{body}"
+        );
+        // Ten failed checks, one outage: counted once.
+        assert!(
+            metrics
+                .encode()
+                .contains("bridge_errors_total{kind=\"store\"} 1"),
+            "{}",
+            metrics.encode()
+        );
+        assert!(health.live().0, "a failing store is not a wedged loop");
+
+        store.locked.store(false, Ordering::SeqCst);
+        tokio::time::sleep(STORE_CHECK_EVERY + Duration::from_millis(100)).await;
+        assert!(health.ready().0, "{}", health.ready().1);
+
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

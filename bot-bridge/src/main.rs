@@ -129,6 +129,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         bot_bridge::app::STORE_CHECK_EVERY,
         bot_bridge::app::STORE_CHECK_WITHIN,
         shutdown.clone(),
+        Some(health.heartbeat("store_check", bot_bridge::app::STORE_CHECK_MAX_SILENCE)),
     ));
     let retention_heartbeat = health.heartbeat(
         "retention",
