@@ -87,6 +87,25 @@ impl HealthParts {
     }
 }
 
+/// The `(method, route)` pairs of bot-bridge's servers (route templates as
+/// `http_server_requests_total` labels them), pre-registered with
+/// [`HTTP_STATUSES`] so that the API's error-ratio alert and the request panels
+/// see series from start-up. A route missing here still gets its series when
+/// first called.
+pub const HTTP_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/runs"),
+    ("GET", "/v1/runs"),
+    ("GET", "/v1/runs/{run_id}"),
+    ("POST", "/v1/runs/{run_id}/complete"),
+    ("POST", "/interactions"),
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+];
+/// The statuses [`HTTP_ROUTES`] start with: success and a server error.
+pub const HTTP_STATUSES: &[&str] = &["200", "500"];
+
 /// How often [`watch_store`] checks the store.
 pub const STORE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long one store check may take before the store counts as failed.

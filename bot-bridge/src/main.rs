@@ -67,6 +67,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new("bridge", VERSION)?;
     let bridge_metrics = BridgeMetrics::new(&metrics)?;
     let http_metrics = HttpMetrics::new(&metrics)?;
+    http_metrics.preregister(
+        "bot-bridge",
+        bot_bridge::app::HTTP_ROUTES,
+        bot_bridge::app::HTTP_STATUSES,
+    );
     let health = Health::new(VERSION);
     let parts = HealthParts::register(&health);
 

@@ -654,6 +654,19 @@ pub const EXTERNAL_METRICS: &[&str] = &[
     "kubelet_volume_stats_capacity_bytes",
 ];
 
+/// Every other exporter's metric in `sources` is one of [`EXTERNAL_METRICS`].
+fn check_external_names(sources: &[(String, String)]) {
+    for (path, text) in sources {
+        for metric in metric_names(text, EXTERNAL_PREFIXES) {
+            assert!(
+                EXTERNAL_METRICS.contains(&metric.as_str()),
+                "{path} queries {metric}, which is neither agentmon's nor in EXTERNAL_METRICS \
+                 (kube-state-metrics, cAdvisor, kubelet): a misspelt name, or add it there"
+            );
+        }
+    }
+}
+
 /// Every metric the shipped alerts and dashboards query for this service is in
 /// its real scrape: a rule on a misspelt or never-exported name would parse,
 /// pass promtool, and never fire. Other exporters' metrics must be in
@@ -670,6 +683,7 @@ pub fn check_monitoring_names(name: &str, metrics: &str, prefixes: &[&str]) {
         .filter(|n| !n.is_empty())
         .collect();
     let sources = monitoring_sources();
+    check_external_names(&sources);
     assert!(
         sources.iter().any(|(p, _)| p.ends_with(".yml")),
         "deploy/prometheus has no rules file"
@@ -685,13 +699,4 @@ pub fn check_monitoring_names(name: &str, metrics: &str, prefixes: &[&str]) {
         }
     }
     assert!(checked > 0, "no {prefixes:?} metric found in deploy/");
-    for (path, text) in &sources {
-        for metric in metric_names(text, EXTERNAL_PREFIXES) {
-            assert!(
-                EXTERNAL_METRICS.contains(&metric.as_str()),
-                "{path} queries {metric}, which is neither agentmon's nor in EXTERNAL_METRICS \
-                 (kube-state-metrics, cAdvisor, kubelet): a misspelt name, or add it there"
-            );
-        }
-    }
 }

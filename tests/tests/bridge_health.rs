@@ -158,9 +158,10 @@ async fn ports_open_while_discord_hangs(rate_limits: bool) {
         ready, 200,
         "a pending registration must not gate readiness: {body}"
     );
-    // Every labelled Discord series exists before the first answer.
+    // Every labelled series exists before the first request or Discord answer.
     let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
     for series in [
+        "http_server_requests_total{method=\"POST\",route=\"/v1/runs\",service=\"bot-bridge\",status=\"500\"}",
         "bridge_discord_requests_total{route=\"POST /guilds/{guild_id}/channels\",status=\"200\"}",
         "bridge_discord_requests_total{route=\"PUT /applications/{application_id}/guilds/{guild_id}/commands\",status=\"0\"}",
     ] {
