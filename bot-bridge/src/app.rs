@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::VerifyingKey;
-use ops::health::Component;
-use ops::Secret;
+use ops::health::{Component, Heartbeat};
+use ops::{Secret, Shutdown};
 
 use crate::config::{Config, RetentionAction, RunContainer};
 use crate::discord::DiscordApi;
@@ -63,11 +63,109 @@ impl Settings {
 /// Health components bot-bridge reports (`/readyz`, `/healthz`).
 #[derive(Debug, Clone)]
 pub struct HealthParts {
-    /// The run store: failed when it cannot answer (readiness).
+    /// The run store: failed when it cannot take a write (readiness). Never
+    /// latched: [`watch_store`] checks it every [`STORE_CHECK_EVERY`], so it
+    /// clears on its own once the store recovers, with no request needed.
     pub store: Component,
     /// Discord: degraded after a failed call, ok after a success (not readiness:
     /// a Discord outage must not take the API out of the Service).
     pub discord: Component,
+    /// Slash-command registration (not readiness): degraded until Discord
+    /// accepted the commands. Provisioning runs, which is what watchers need
+    /// from the Service, works without them; making the pod not ready over them
+    /// would turn an `/input` outage into a provisioning outage for every new run.
+    pub commands: Component,
+}
+
+impl HealthParts {
+    /// Registers bot-bridge's components in `health`, each in its start state.
+    pub fn register(health: &ops::Health) -> Self {
+        Self {
+            store: health.component("store", true, ops::Status::Ok, "opening"),
+            discord: health.component("discord", false, ops::Status::Ok, "no request yet"),
+            commands: health.component(
+                "commands",
+                false,
+                ops::Status::Degraded,
+                "slash commands not registered yet",
+            ),
+        }
+    }
+}
+
+/// The `(method, route)` pairs of bot-bridge's servers (route templates as
+/// `http_server_requests_total` labels them), pre-registered with
+/// [`HTTP_STATUSES`] so that the API's error-ratio alert and the request panels
+/// see series from start-up. A route missing here still gets its series when
+/// first called.
+pub const HTTP_ROUTES: &[(&str, &str)] = &[
+    ("POST", "/v1/runs"),
+    ("GET", "/v1/runs"),
+    ("GET", "/v1/runs/{run_id}"),
+    ("POST", "/v1/runs/{run_id}/complete"),
+    ("POST", "/interactions"),
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+];
+/// The statuses [`HTTP_ROUTES`] start with: success and a server error.
+pub const HTTP_STATUSES: &[&str] = &["200", "500"];
+
+/// How often [`watch_store`] checks the store.
+pub const STORE_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long one store check may take before the store counts as failed.
+pub const STORE_CHECK_WITHIN: Duration = Duration::from_secs(2);
+/// How long the store check may go without an answer before `/livez` fails:
+/// far beyond any busy wait (5 s), so only a wedged connection trips it.
+pub const STORE_CHECK_MAX_SILENCE: Duration = Duration::from_secs(60);
+
+/// Checks every `every` that the store can take a write ([`RunStore::ping`]),
+/// and sets the `store` readiness component from the result, until `shutdown`.
+///
+/// This is what keeps readiness true in both directions: a store that another
+/// process holds locked, or a volume gone read-only, makes bot-bridge not ready
+/// even while no request arrives, and the first good check makes it ready again
+/// (a failed request alone would leave it not ready until the next successful
+/// request, which a Service without ready endpoints never sends). A check that
+/// does not answer within `within` counts as failed; it is still awaited, so
+/// slow checks never pile up on the store's connection. `heartbeat` beats once
+/// per answered check: only a check that never returns (a wedged connection,
+/// which a restart cures) silences it; a failing store does not.
+pub async fn watch_store(
+    state: AppState,
+    every: Duration,
+    within: Duration,
+    shutdown: Shutdown,
+    heartbeat: Option<Heartbeat>,
+) {
+    loop {
+        if let Some(h) = &heartbeat {
+            h.beat();
+        }
+        let mut check = state.inner.store.ping();
+        let result = tokio::select! {
+            () = shutdown.wait() => return,
+            r = tokio::time::timeout(within, &mut check) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    state.store_failed(&format!("store check did not answer within {within:?}"));
+                    tokio::select! {
+                        () = shutdown.wait() => return,
+                        r = check => r,
+                    }
+                }
+            },
+        };
+        match result {
+            Ok(()) => state.store_ok(),
+            Err(e) => state.store_failed(&e),
+        }
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 pub(crate) struct Inner {
@@ -180,8 +278,26 @@ impl AppState {
     pub(crate) fn store_ok(&self) {
         if let Some(h) = &self.inner.health {
             if h.store.status() != Some(ops::Status::Ok) {
+                tracing::info!("run store reachable again");
                 h.store.ok("reachable");
             }
+        }
+    }
+
+    /// A store check failed: counted and logged once per outage (the check
+    /// repeats every second), while the component always shows the latest cause.
+    fn store_failed(&self, error: &dyn std::fmt::Display) {
+        let Some(h) = &self.inner.health else {
+            return;
+        };
+        if h.store.status() == Some(ops::Status::Failed) {
+            h.store.failed(format!("store check failed: {error}"));
+        } else {
+            self.report(
+                ErrorKind::Store,
+                None,
+                &format_args!("store check failed: {error}"),
+            );
         }
     }
 }
@@ -243,5 +359,142 @@ pub(crate) mod fixture {
                 .unwrap();
         });
         format!("http://{addr}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{
+        CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, StoreError, StoreFuture,
+        StoredWebhook,
+    };
+
+    /// SQLite in memory, with a switch that makes every check fail ("locked").
+    struct Switchable {
+        inner: SqliteStore,
+        locked: AtomicBool,
+    }
+
+    impl RunStore for Switchable {
+        fn insert_run(&self, run: RunRecord) -> StoreFuture<'_, Inserted> {
+            self.inner.insert_run(run)
+        }
+        fn update_run(&self, run: RunRecord) -> StoreFuture<'_, ()> {
+            self.inner.update_run(run)
+        }
+        fn get_run(&self, run_id: String) -> StoreFuture<'_, Option<RunRecord>> {
+            self.inner.get_run(run_id)
+        }
+        fn find_by_key(&self, key: RunKey) -> StoreFuture<'_, Option<RunRecord>> {
+            self.inner.find_by_key(key)
+        }
+        fn find_by_channel(&self, channel_id: String) -> StoreFuture<'_, Option<RunRecord>> {
+            self.inner.find_by_channel(channel_id)
+        }
+        fn list_runs(
+            &self,
+            s: Option<RunStatus>,
+            limit: u32,
+            after: Option<crate::store::ListCursor>,
+        ) -> StoreFuture<'_, Vec<RunRecord>> {
+            self.inner.list_runs(s, limit, after)
+        }
+        fn due_runs(&self, now: i64) -> StoreFuture<'_, Vec<RunRecord>> {
+            self.inner.due_runs(now)
+        }
+        fn count_runs(&self, status: RunStatus) -> StoreFuture<'_, u64> {
+            self.inner.count_runs(status)
+        }
+        fn categories(&self) -> StoreFuture<'_, Vec<CategoryRecord>> {
+            self.inner.categories()
+        }
+        fn put_category(&self, category: CategoryRecord) -> StoreFuture<'_, ()> {
+            self.inner.put_category(category)
+        }
+        fn remove_category(&self, id: String) -> StoreFuture<'_, ()> {
+            self.inner.remove_category(id)
+        }
+        fn shared_webhook(&self, channel_id: String) -> StoreFuture<'_, Option<StoredWebhook>> {
+            self.inner.shared_webhook(channel_id)
+        }
+        fn put_shared_webhook(&self, c: String, w: StoredWebhook) -> StoreFuture<'_, ()> {
+            self.inner.put_shared_webhook(c, w)
+        }
+        fn ping(&self) -> StoreFuture<'_, ()> {
+            let locked = self.locked.load(Ordering::SeqCst);
+            Box::pin(async move {
+                if locked {
+                    Err(StoreError::Database("database is locked".into()))
+                } else {
+                    Ok(())
+                }
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn store_readiness_follows_the_checks_both_ways_without_requests() {
+        let health = ops::Health::new("0");
+        let parts = HealthParts::register(&health);
+        let store = Arc::new(Switchable {
+            inner: SqliteStore::memory().unwrap(),
+            locked: AtomicBool::new(false),
+        });
+        let metrics = ops::Metrics::new("bridge", "0").unwrap();
+        let (base, _) = fixture::state(fixture::settings());
+        let state = AppState::new(
+            base.settings().clone(),
+            store.clone(),
+            base.discord().clone(),
+            BridgeMetrics::new(&metrics).unwrap(),
+            Relay::new(Duration::from_secs(1)).unwrap(),
+            Some(parts.clone()),
+        );
+        let shutdown = Shutdown::new();
+        let heartbeat = health.heartbeat("store_check", STORE_CHECK_MAX_SILENCE);
+        let task = tokio::spawn(watch_store(
+            state,
+            STORE_CHECK_EVERY,
+            STORE_CHECK_WITHIN,
+            shutdown.clone(),
+            Some(heartbeat),
+        ));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(health.ready().0);
+
+        store.locked.store(true, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let (ready, body) = health.ready();
+        assert!(!ready, "{body}");
+        assert!(
+            body["checks"]["store"]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("locked"),
+            "{body}"
+        );
+        // Ten failed checks, one outage: counted once.
+        assert!(
+            metrics
+                .encode()
+                .contains("bridge_errors_total{kind=\"store\"} 1"),
+            "{}",
+            metrics.encode()
+        );
+        assert!(health.live().0, "a failing store is not a wedged loop");
+
+        store.locked.store(false, Ordering::SeqCst);
+        tokio::time::sleep(STORE_CHECK_EVERY + Duration::from_millis(100)).await;
+        assert!(health.ready().0, "{}", health.ready().1);
+
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -130,6 +130,20 @@ pub struct BridgeMetrics {
     interactions: IntCounterVec,
 }
 
+/// Every `route` label value of `bridge_discord_requests_total`: the REST
+/// client's routes and the two reads bot-bridge sends itself.
+pub fn discord_routes() -> impl Iterator<Item = &'static str> {
+    ::discord::rest::routes::ALL.into_iter().chain([
+        crate::discord::rest::GET_CHANNEL,
+        crate::discord::rest::GET_WEBHOOK,
+    ])
+}
+
+/// The `status` values of `bridge_discord_requests_total` that exist from
+/// start-up for every route: success, and `0` (no answer: connect error or
+/// timeout). Other statuses appear when Discord first answers them.
+pub const PRE_REGISTERED_STATUSES: [&str; 2] = ["200", "0"];
+
 /// The `scope` label values of `bridge_discord_rate_limited_total`.
 pub const RATE_LIMIT_SCOPES: [&str; 4] = ["route", "global", "shared", "other"];
 
@@ -166,6 +180,11 @@ impl BridgeMetrics {
         // Closed sets start at 0 so alerts on rate() see the series from the start.
         for kind in ErrorKind::ALL {
             m.errors.with_label_values(&[kind.as_str()]);
+        }
+        for route in discord_routes() {
+            for status in PRE_REGISTERED_STATUSES {
+                m.discord_requests.with_label_values(&[route, status]);
+            }
         }
         for scope in RATE_LIMIT_SCOPES {
             m.rate_limited.with_label_values(&[scope]);
@@ -368,6 +387,23 @@ impl InteractionHandled<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_labelled_series_exists_before_anything_happens() {
+        let metrics = Metrics::new("bridge", "0").unwrap();
+        let _m = BridgeMetrics::new(&metrics).unwrap();
+        let text = metrics.encode();
+        for series in [
+            "bridge_discord_requests_total{route=\"POST /guilds/{guild_id}/channels\",status=\"200\"} 0",
+            "bridge_discord_requests_total{route=\"PUT /applications/{application_id}/guilds/{guild_id}/commands\",status=\"0\"} 0",
+            "bridge_discord_requests_total{route=\"GET /webhooks/{webhook_id}\",status=\"200\"} 0",
+            "bridge_errors_total{kind=\"discord\"} 0",
+            "bridge_discord_rate_limited_total{scope=\"global\"} 0",
+            "bridge_interactions_total{command=\"input\",outcome=\"busy\"} 0",
+        ] {
+            assert!(text.contains(series), "missing {series}:\n{text}");
+        }
+    }
 
     #[test]
     fn spec_metric_names_are_exported() {

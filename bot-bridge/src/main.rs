@@ -15,7 +15,7 @@ use bot_bridge::{AppState, HealthParts, Settings};
 use clap::CommandFactory;
 use ops::http::{HttpLayer, HttpMetrics};
 use ops::telemetry::{LogTarget, TelemetryConfig};
-use ops::{Health, Metrics, Shutdown, Status};
+use ops::{Health, Metrics, Shutdown};
 
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -72,11 +72,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let metrics = Metrics::new("bridge", VERSION)?;
     let bridge_metrics = BridgeMetrics::new(&metrics)?;
     let http_metrics = HttpMetrics::new(&metrics)?;
+    http_metrics.preregister(
+        "bot-bridge",
+        bot_bridge::app::HTTP_ROUTES,
+        bot_bridge::app::HTTP_STATUSES,
+    );
     let health = Health::new(VERSION);
-    let parts = HealthParts {
-        store: health.component("store", true, Status::Ok, "opening"),
-        discord: health.component("discord", false, Status::Ok, "no request yet"),
-    };
+    let parts = HealthParts::register(&health);
 
     let store: Arc<dyn RunStore> = Arc::new(match &cfg.database {
         Database::Sqlite { path } => SqliteStore::open(path)
@@ -100,19 +102,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     );
     state.init_gauges().await?;
     parts.store.ok("open");
-
-    if cfg.discord_application_id.is_some() {
-        // Not fatal: runs can be provisioned without slash commands.
-        match bot_bridge::api::interactions::register_commands(&state).await {
-            Ok(()) => tracing::info!("slash commands registered"),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot register slash commands");
-                parts
-                    .discord
-                    .degraded(format!("command registration failed: {e}"));
-            }
-        }
-    }
 
     let layer = |service| HttpLayer {
         service,
@@ -138,6 +127,20 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         "started"
     );
 
+    // Nothing that waits on Discord runs before the ports are open: the
+    // commands register in the background, retried with backoff.
+    let registration = tokio::spawn(bot_bridge::discord::registration::run(
+        state.clone(),
+        bot_bridge::discord::registration::BACKOFF,
+        shutdown.clone(),
+    ));
+    let store_watch = tokio::spawn(bot_bridge::app::watch_store(
+        state.clone(),
+        bot_bridge::app::STORE_CHECK_EVERY,
+        bot_bridge::app::STORE_CHECK_WITHIN,
+        shutdown.clone(),
+        Some(health.heartbeat("store_check", bot_bridge::app::STORE_CHECK_MAX_SILENCE)),
+    ));
     let retention_heartbeat = health.heartbeat(
         "retention",
         cfg.retention_interval * 3 + Duration::from_secs(300),
@@ -158,6 +161,8 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     shutdown.wait().await;
     tracing::info!("draining");
     let drain = async {
+        let _ = registration.await;
+        let _ = store_watch.await;
         let _ = retention.await;
         let _ = api_server.await;
         let _ = ops_server.await;

@@ -187,6 +187,8 @@ pub trait RunStore: Send + Sync + 'static {
     fn shared_webhook(&self, channel_id: String) -> StoreFuture<'_, Option<StoredWebhook>>;
     fn put_shared_webhook(&self, channel_id: String, webhook: StoredWebhook)
         -> StoreFuture<'_, ()>;
-    /// A cheap round trip, for health checks.
+    /// A cheap, time-bounded check that the store could take a write now (a
+    /// read alone can succeed while writes are locked out), for readiness.
+    /// Writes nothing.
     fn ping(&self) -> StoreFuture<'_, ()>;
 }

@@ -630,9 +630,47 @@ fn metric_names(text: &str, prefixes: &[&str]) -> BTreeSet<String> {
     names
 }
 
+/// Name prefixes of the metrics the shipped rules read from other exporters.
+const EXTERNAL_PREFIXES: &[&str] = &["kube_", "container_", "kubelet_"];
+
+/// Every metric of another exporter the shipped rules and dashboards may use,
+/// listed explicitly: the alerts on readiness, restarts, memory limits and
+/// volumes join these with agentmon's own series. agentmon's binaries do not
+/// export them, so they are checked against this list instead of a scrape
+/// (Prometheus' own `up` is not listed: it has no prefix to recognise).
+pub const EXTERNAL_METRICS: &[&str] = &[
+    // kube-state-metrics
+    "kube_deployment_spec_replicas",
+    "kube_deployment_status_replicas_available",
+    "kube_pod_status_ready",
+    "kube_pod_container_resource_limits",
+    "kube_pod_init_container_resource_limits",
+    "kube_pod_init_container_status_restarts_total",
+    "kube_pod_init_container_status_running",
+    // cAdvisor (kubelet /metrics/cadvisor)
+    "container_memory_working_set_bytes",
+    // kubelet
+    "kubelet_volume_stats_available_bytes",
+    "kubelet_volume_stats_capacity_bytes",
+];
+
+/// Every other exporter's metric in `sources` is one of [`EXTERNAL_METRICS`].
+fn check_external_names(sources: &[(String, String)]) {
+    for (path, text) in sources {
+        for metric in metric_names(text, EXTERNAL_PREFIXES) {
+            assert!(
+                EXTERNAL_METRICS.contains(&metric.as_str()),
+                "{path} queries {metric}, which is neither agentmon's nor in EXTERNAL_METRICS \
+                 (kube-state-metrics, cAdvisor, kubelet): a misspelt name, or add it there"
+            );
+        }
+    }
+}
+
 /// Every metric the shipped alerts and dashboards query for this service is in
 /// its real scrape: a rule on a misspelt or never-exported name would parse,
-/// pass promtool, and never fire.
+/// pass promtool, and never fire. Other exporters' metrics must be in
+/// [`EXTERNAL_METRICS`] (the same mistake, against a list instead of a scrape).
 pub fn check_monitoring_names(name: &str, metrics: &str, prefixes: &[&str]) {
     // Sample names, and family names from `# TYPE` (a histogram's own name).
     let exported: BTreeSet<&str> = metrics
@@ -645,6 +683,7 @@ pub fn check_monitoring_names(name: &str, metrics: &str, prefixes: &[&str]) {
         .filter(|n| !n.is_empty())
         .collect();
     let sources = monitoring_sources();
+    check_external_names(&sources);
     assert!(
         sources.iter().any(|(p, _)| p.ends_with(".yml")),
         "deploy/prometheus has no rules file"

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
@@ -56,6 +57,12 @@ CREATE TABLE shared_webhooks (
 ALTER TABLE runs ADD COLUMN token_hash TEXT;
 ",
 ];
+
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The same for the health check ([`RunStore::ping`]): short, so a locked
+/// store shows in readiness within about a second.
+const PING_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// A SQLite-backed store. Cheap to clone.
 #[derive(Clone)]
@@ -124,8 +131,7 @@ impl SqliteStore {
     }
 
     fn init(mut conn: Connection) -> Result<Self, StoreError> {
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
         // WAL keeps readers from blocking the writer; memory databases ignore it.
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(db)?;
@@ -494,8 +500,18 @@ impl RunStore for SqliteStore {
 
     fn ping(&self) -> StoreFuture<'_, ()> {
         self.run(|conn| {
-            conn.query_row("SELECT 1", [], |_| Ok(())).map_err(db)?;
-            Ok(())
+            // A read proves little: WAL readers go on while another process
+            // holds the write lock. Taking the write lock (and dropping it at
+            // once, nothing written) proves a run could be inserted now.
+            conn.busy_timeout(PING_BUSY_TIMEOUT).map_err(db)?;
+            let result = conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").map_err(db);
+            if !conn.is_autocommit() {
+                // BEGIN worked but ROLLBACK did not: never leave the shared
+                // connection inside a transaction.
+                let _ = conn.execute_batch("ROLLBACK");
+            }
+            conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
+            result
         })
     }
 }
@@ -596,6 +612,24 @@ mod tests {
             }
         }
         assert!(seen >= 2, "WAL files expected beside the database");
+    }
+
+    #[tokio::test]
+    async fn ping_fails_while_another_process_holds_the_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let s = SqliteStore::open(&path).unwrap();
+        s.ping().await.unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        // Reads still work in WAL mode: a plain SELECT would call this healthy.
+        assert_eq!(s.count_runs(RunStatus::Active).await.unwrap(), 0);
+        let err = s.ping().await.unwrap_err();
+        assert!(err.to_string().contains("locked"), "{err}");
+        other.execute_batch("ROLLBACK").unwrap();
+        s.ping().await.unwrap();
+        // The check left no transaction open and restored the normal wait.
+        s.insert_run(run("t", "a")).await.unwrap();
     }
 
     #[test]

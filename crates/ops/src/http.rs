@@ -50,6 +50,22 @@ impl HttpMetrics {
     }
 }
 
+impl HttpMetrics {
+    /// Creates the series of `service`'s known `(method, route)` pairs with each
+    /// of `statuses` at zero, so a `rate()` over them (an error ratio, a request
+    /// panel) has a series from the first scrape instead of none until a route
+    /// is first called.
+    pub fn preregister(&self, service: &str, routes: &[(&str, &str)], statuses: &[&str]) {
+        for (method, route) in routes {
+            for status in statuses {
+                self.requests
+                    .with_label_values(&[service, method, route, status]);
+            }
+            self.duration.with_label_values(&[service, method, route]);
+        }
+    }
+}
+
 /// How one server is instrumented and bounded.
 #[derive(Clone, Debug)]
 pub struct HttpLayer {

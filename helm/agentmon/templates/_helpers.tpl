@@ -74,30 +74,27 @@ helm.sh/chart: {{ include "agentmon.chartLabel" .ctx }}
 {{- .image.pullPolicy | default .ctx.Values.image.pullPolicy | default "IfNotPresent" -}}
 {{- end -}}
 
-{{/* The container securityContext every agentmon container runs with: the restricted Pod Security
-Standard on its own (it does not rely on the pod's), so the injected sidecar stays restricted in
-any agent pod. */}}
-{{- define "agentmon.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-privileged: false
-capabilities:
-  drop: ["ALL"]
-seccompProfile:
-  type: RuntimeDefault
+{{/* Labels of pod templates: the selector labels and what never changes with a chart upgrade. No
+chart or app version here: a label change in a pod template restarts the pods (for bot-bridge, with
+Recreate, that is downtime) although nothing they run changed. Argument as agentmon.labels. */}}
+{{- define "agentmon.podLabels" -}}
+{{ include "agentmon.selectorLabels" . }}
+app.kubernetes.io/part-of: agentmon
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
-{{- define "agentmon.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-fsGroup: 65532
-fsGroupChangePolicy: OnRootMismatch
-seccompProfile:
-  type: RuntimeDefault
+{{/* A securityContext from values (botBridge.podSecurityContext, botBridge.securityContext,
+watcher.securityContext): the restricted Pod Security Standard by default, every key overridable,
+and a key set to null is left out (a cluster that assigns its own uids, e.g. OpenShift's
+restricted-v2, needs runAsUser, runAsGroup and fsGroup omitted). Argument: the map. */}}
+{{- define "agentmon.securityContext" -}}
+{{- $out := dict -}}
+{{- range $k, $v := . -}}
+{{- if not (kindIs "invalid" $v) }}{{- $_ := set $out $k $v -}}{{- end -}}
+{{- end -}}
+{{- toYaml $out -}}
 {{- end -}}
 
 {{- define "agentmon.botBridge.serviceAccountName" -}}
@@ -106,10 +103,6 @@ seccompProfile:
 {{- else -}}
 {{- .Values.botBridge.serviceAccount.name | default "default" -}}
 {{- end -}}
-{{- end -}}
-
-{{- define "agentmon.botBridge.isSqlite" -}}
-{{- if and (not .Values.secret.keys.databaseUrl) (hasPrefix "sqlite" .Values.botBridge.config.databaseUrl) -}}true{{- end -}}
 {{- end -}}
 
 {{- define "agentmon.monitoring.namespace" -}}

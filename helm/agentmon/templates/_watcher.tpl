@@ -255,7 +255,21 @@ the overrides applied), run (the run identity). */}}
   resources:
     {{- toYaml $w.resources | nindent 4 }}
   securityContext:
-    {{- include "agentmon.containerSecurityContext" . | nindent 4 }}
+    {{- /* values passed by hand may lack it: then the restricted default, never nothing */}}
+    {{- if hasKey $w "securityContext" }}
+    {{- include "agentmon.securityContext" $w.securityContext | nindent 4 }}
+    {{- else }}
+    runAsNonRoot: true
+    runAsUser: 65532
+    runAsGroup: 65532
+    allowPrivilegeEscalation: false
+    readOnlyRootFilesystem: true
+    privileged: false
+    capabilities:
+      drop: ["ALL"]
+    seccompProfile:
+      type: RuntimeDefault
+    {{- end }}
   volumeMounts:
     - name: agentmon-claude
       mountPath: {{ include "agentmon.watcher.claudeMount" . }}
