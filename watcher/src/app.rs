@@ -423,6 +423,7 @@ const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
 async fn provision_until_ready(
     bridge: &BridgeClient,
     telemetry: &Telemetry,
+    sink: &ops::health::Component,
     heartbeat: &ops::health::Heartbeat,
     shutdown: &Shutdown,
 ) -> Option<Provisioned> {
@@ -441,10 +442,14 @@ async fn provision_until_ready(
             Err(e) => e,
         };
         let why = e.outcome().explain();
+        // The watchdog keeps these current; set at once so /readyz says why
+        // from the first failure.
         if e.is_run_completed() {
-            telemetry.no_channel(Some(format!(
+            let detail = format!(
                 "no channel: {why}; nothing is delivered (a new run needs a new ATTEMPT): {e}"
-            )));
+            );
+            sink.failed(detail.clone());
+            telemetry.no_channel(Some(detail));
             tracing::error!(
                 error = %e,
                 hint = "a new run needs a new ATTEMPT",
@@ -459,7 +464,9 @@ async fn provision_until_ready(
                 }
             }
         }
-        telemetry.no_channel(Some(format!("no channel yet: {why}: {e}")));
+        let detail = format!("no channel yet: {why}: {e}");
+        sink.failed(detail.clone());
+        telemetry.no_channel(Some(detail));
         let backoff = if e.is_transient() {
             PROVISION_RETRY
         } else {
@@ -704,7 +711,9 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                 .map_err(|e| AppError::Other(e.to_string()))?
                 .with_observer(observer);
             telemetry.no_channel(Some("no channel yet: provisioning from bot-bridge".into()));
-            let Some(p) = provision_until_ready(&bridge, &telemetry, &heartbeat, &shutdown).await
+            let Some(p) =
+                provision_until_ready(&bridge, &telemetry, &sink_health, &heartbeat, &shutdown)
+                    .await
             else {
                 tracing::info!("stopped before a channel was provisioned");
                 ingest_stop.trigger();

@@ -45,7 +45,7 @@ pub const DISK_BOUND: Duration = Duration::from_secs(120);
 
 /// The share of the shutdown budget kept for bot-bridge's `complete` call
 /// (at most this, at most a fifth of the budget).
-pub const COMPLETE_SHARE: Duration = Duration::from_secs(1);
+pub const COMPLETE_SHARE: Duration = Duration::from_millis(750);
 
 /// The least time kept for the summary, however fast Discord was.
 const MIN_SUMMARY_SHARE: Duration = Duration::from_millis(500);
@@ -91,14 +91,14 @@ impl Drain {
     }
 
     /// Where the stages end for a drain ending at `deadline`, when a request
-    /// to Discord recently took up to `latency`: `complete` keeps
-    /// [`COMPLETE_SHARE`] (at most a fifth of the budget); the summary keeps
-    /// one and a half such requests (at least [`MIN_SUMMARY_SHARE`], at most
-    /// four fifths of the rest); the backlog gets what is left before them.
+    /// to Discord takes up to `latency` (see [`Pipeline::latency_estimate`]):
+    /// `complete` keeps [`COMPLETE_SHARE`] (at most a fifth of the budget);
+    /// the summary keeps two such requests (at least [`MIN_SUMMARY_SHARE`], at
+    /// most four fifths of the rest); the backlog gets what is left before.
     pub fn plan(&self, deadline: Instant, latency: Duration) -> DrainPlan {
         let complete = COMPLETE_SHARE.min(self.budget / 5);
         let summary_max = (self.budget.saturating_sub(complete)) * 4 / 5;
-        let summary = (latency * 3 / 2 + Duration::from_millis(250))
+        let summary = (latency * 2 + Duration::from_millis(250))
             .clamp(MIN_SUMMARY_SHARE.min(summary_max), summary_max);
         let summary_end = deadline.checked_sub(complete).unwrap_or(deadline);
         DrainPlan {
@@ -258,7 +258,7 @@ impl Pipeline {
             if let Some(d) = drain.deadline() {
                 // The backlog may not eat the summary's and `complete`'s shares,
                 // nor start a send it cannot finish.
-                let latency = self.telemetry.sink().recent_latency();
+                let latency = Self::latency_estimate(&self.telemetry);
                 if Instant::now() + latency >= drain.plan(d, latency).backlog_end {
                     tracing::warn!(
                         "shutdown budget for the backlog spent; leaving the rest in the transcript"
@@ -272,16 +272,34 @@ impl Pipeline {
         self.finish(&drain).await;
     }
 
+    /// How long a request to Discord takes now: the slowest of the last few,
+    /// or the one in flight if it has already taken longer.
+    fn latency_estimate(telemetry: &Telemetry) -> Duration {
+        let sink = telemetry.sink();
+        let in_flight = sink
+            .attempt_started
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        sink.recent_latency().max(in_flight)
+    }
+
     /// When a drain cuts a `stage` that is under way: never before shutdown
-    /// starts, then at the stage's end in the drain's plan.
+    /// starts, then at the stage's end in the drain's plan, re-planned while
+    /// the request in flight shows how slow Discord is now.
     async fn cut(drain: &Drain, telemetry: &Telemetry, stage: Stage) {
         let deadline = drain.started().await;
-        let plan = drain.plan(deadline, telemetry.sink().recent_latency());
-        tokio::time::sleep_until(match stage {
-            Stage::Backlog => plan.backlog_end,
-            Stage::Summary => plan.summary_end,
-        })
-        .await;
+        loop {
+            let plan = drain.plan(deadline, Self::latency_estimate(telemetry));
+            let end = match stage {
+                Stage::Backlog => plan.backlog_end,
+                Stage::Summary => plan.summary_end,
+            };
+            let now = Instant::now();
+            if now >= end {
+                return;
+            }
+            tokio::time::sleep_until(end.min(now + Duration::from_millis(50))).await;
+        }
     }
 
     /// Tells the watchdog the oldest unit the pipeline holds: the batcher's,
@@ -557,7 +575,7 @@ impl Pipeline {
     /// Whether a drain's backlog stage is over (or could not finish a send).
     fn backlog_spent(&self, drain: &Drain) -> bool {
         drain.deadline().is_some_and(|d| {
-            let latency = self.telemetry.sink().recent_latency();
+            let latency = Self::latency_estimate(&self.telemetry);
             Instant::now() + latency >= drain.plan(d, latency).backlog_end
         })
     }
@@ -603,7 +621,7 @@ mod tests {
         // request, `complete` its second, the backlog gets the rest.
         let slow = drain.plan(d, Duration::from_millis(2500));
         assert_eq!(slow.complete_end, d);
-        assert_eq!(slow.summary_end, d - Duration::from_secs(1));
+        assert_eq!(slow.summary_end, d - COMPLETE_SHARE);
         assert!(slow.summary_end - slow.backlog_end >= Duration::from_millis(2600));
         assert!(slow.backlog_end > Instant::now(), "{slow:?}");
         // A fast Discord leaves most of the budget to the backlog.
