@@ -218,6 +218,7 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
             .is_some_and(|s| s.at - outage <= VISIBLE_WITHIN),
         "/readyz did not show the outage within {VISIBLE_WITHIN:?}"
     );
+    eprintln!("503s: watcher_sink_up 0 after {:?}", down.at - outage);
     let late = sampler.samples().last().cloned().unwrap();
     assert_eq!(late.sink_up, Some(0.0), "still down at 120 s: {late:?}");
     assert!(
@@ -238,6 +239,11 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
         up.at - back <= CLEARED_WITHIN,
         "cleared only {:?} after the 503s stopped",
         up.at - back
+    );
+    eprintln!(
+        "503s: cleared {:?} after recovery (oldest pending then {:?} s)",
+        up.at - back,
+        late.oldest_pending_age
     );
 
     // Then 60 s of a Discord that takes connections and never answers.
@@ -260,6 +266,7 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
         "the silence showed only after {:?}",
         down.at - silent
     );
+    eprintln!("silence: watcher_sink_up 0 after {:?}", down.at - silent);
     assert!(
         sampler
             .samples()
@@ -283,6 +290,7 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
         "cleared only {:?} after recovery",
         up.at - back
     );
+    eprintln!("silence: cleared {:?} after recovery", up.at - back);
     let text = fake.wait_markers("", "out", 0..next, DEADLINE * 3).await;
     eventually("nothing pending any more", DEADLINE * 3, || async {
         let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
@@ -290,6 +298,10 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
     })
     .await;
     sampler.assert_always_live(began);
+    eprintln!(
+        "discord outage: /livez 200 in all {} samples; {next} records each delivered once",
+        sampler.samples().len()
+    );
     assert_each_once(&text, "out", 0..next);
     let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
     assert_eq!(
@@ -411,6 +423,10 @@ async fn bot_bridge_unreachable_at_start_never_fails_liveness_names_why_there_is
     })
     .await;
     assert!(down.at - began <= VISIBLE_WITHIN);
+    eprintln!(
+        "bot-bridge down: watcher_sink_up 0 after {:?}; {body}",
+        down.at - began
+    );
 
     // bot-bridge comes up on its address after 120 s.
     append(&file, "nb", 3..6);
@@ -445,6 +461,10 @@ async fn bot_bridge_unreachable_at_start_never_fails_liveness_names_why_there_is
         "cleared only {:?} after bot-bridge came up",
         up.at - back
     );
+    eprintln!(
+        "bot-bridge down: cleared {:?} after it came up; {unreachable} unreachable attempts, oldest pending {age:.0} s",
+        up.at - back
+    );
     let provisioned = w.wait_log("run provisioned by bot-bridge", DEADLINE).await;
     let channel = provisioned["channel_id"].as_str().unwrap().to_owned();
     let text = fake
@@ -452,6 +472,10 @@ async fn bot_bridge_unreachable_at_start_never_fails_liveness_names_why_there_is
         .await;
     assert_each_once(&text, "nb", 0..6);
     sampler.assert_always_live(began);
+    eprintln!(
+        "bot-bridge down: /livez 200 in all {} samples",
+        sampler.samples().len()
+    );
     let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
     assert_eq!(
         metric_value(&metrics, "watcher_provision_attempts_total{outcome=\"ok\"}"),
@@ -483,7 +507,7 @@ async fn sigterm_while_every_discord_request_takes_2_5_s_posts_the_summary_and_c
         );
         env.push(("SHUTDOWN_TIMEOUT", "5s".to_string()));
         let mut w = Proc::start("watcher", &[], &env);
-        let ops = started_ops_addr(&w).await;
+        started_ops_addr(&w).await;
         let provisioned = w.wait_log("run provisioned by bot-bridge", DEADLINE).await;
         let run_id = provisioned["run_id"].as_str().unwrap().to_owned();
         let channel = provisioned["channel_id"].as_str().unwrap().to_owned();
@@ -569,6 +593,7 @@ async fn sigterm_during_provisioning_exits_within_the_budget() {
     let took = signalled.elapsed();
     let status = status.unwrap_or_else(|| panic!("no exit after SIGTERM:\n{}", w.output()));
     assert!(status.success(), "{status:?}\n{}", w.output());
+    eprintln!("SIGTERM during provisioning: exited {took:?} after the signal");
     assert!(
         took <= Duration::from_secs(5),
         "exit {took:?} after SIGTERM during provisioning, budget 5 s"
