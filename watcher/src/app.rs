@@ -14,7 +14,7 @@ use tokio::time::Instant;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, DlqCommand, RenderFormat, SinkConfig, StartAt};
 use crate::deliver::batch::{Batcher, Unit};
-use crate::deliver::bridge::{BridgeClient, Provisioned, RunRequest};
+use crate::deliver::bridge::{BridgeClient, ProvisionOutcome, Provisioned, RunRequest};
 use crate::deliver::dlq::Dlq;
 use crate::deliver::webhook::{Sent, WebhookSender};
 use crate::deliver::{DeliveryObserver, NoopObserver};
@@ -464,7 +464,10 @@ async fn provision_until_ready(
                 }
             }
         }
-        let detail = format!("no channel yet: {why}: {e}");
+        let detail = match e.outcome() {
+            ProvisionOutcome::Unreachable => format!("no channel yet: {e}"),
+            _ => format!("no channel yet: {why}: {e}"),
+        };
         sink.failed(detail.clone());
         telemetry.no_channel(Some(detail));
         let backoff = if e.is_transient() {
