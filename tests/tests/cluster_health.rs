@@ -662,3 +662,46 @@ async fn every_watcher_metric_design_lists_is_exported_from_the_first_scrape() {
         Some(0.0)
     );
 }
+
+#[tokio::test]
+async fn with_the_fakes_limits_off_a_short_outage_also_shows_and_clears_within_seconds() {
+    let fake = FakeDiscordProc::start(&["--no-rate-limits"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("s.jsonl");
+    std::fs::write(&file, "").unwrap();
+    let w = Proc::start(
+        "watcher",
+        &[],
+        &webhook_watcher_env(&fake, &file, &dir.path().join("state")),
+    );
+    let ops = started_ops_addr(&w).await;
+    append(&file, "off", 0..2);
+    fake.wait_markers("", "off", 0..2, DEADLINE).await;
+    let sampler = Sampler::start(&ops);
+    let began = Instant::now();
+    fake.inject(json!({"kind": "reset", "count": 1_000_000}))
+        .await;
+    let outage = Instant::now();
+    let next = keep_writing(
+        &file,
+        "off",
+        2,
+        outage + Duration::from_secs(20),
+        Duration::from_secs(5),
+    )
+    .await;
+    let down = sampler
+        .first_after(outage, |s| s.sink_up == Some(0.0) && s.readyz == 503)
+        .expect("connection resets never showed");
+    assert!(down.at - outage <= VISIBLE_WITHIN, "{:?}", down.at - outage);
+    fake.clear_faults().await;
+    let back = Instant::now();
+    let up = eventually("watcher_sink_up back to 1", DEADLINE, || async {
+        sampler.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200)
+    })
+    .await;
+    assert!(up.at - back <= CLEARED_WITHIN, "{:?}", up.at - back);
+    let text = fake.wait_markers("", "off", 0..next, DEADLINE).await;
+    assert_each_once(&text, "off", 0..next);
+    sampler.assert_always_live(began);
+}
