@@ -14,12 +14,12 @@ use tokio::time::Instant;
 use crate::checkpoint::CheckpointStore;
 use crate::config::{Config, DlqCommand, RenderFormat, SinkConfig, StartAt};
 use crate::deliver::batch::{Batcher, Unit};
-use crate::deliver::bridge::{BridgeClient, Provisioned, RunRequest};
+use crate::deliver::bridge::{BridgeClient, ProvisionOutcome, Provisioned, RunRequest};
 use crate::deliver::dlq::Dlq;
 use crate::deliver::webhook::{Sent, WebhookSender};
 use crate::deliver::{DeliveryObserver, NoopObserver};
 use crate::delivered::{Delivered, DeliveredLog};
-use crate::events::{Telemetry, WatcherMetrics};
+use crate::events::{SinkVerdict, Telemetry, WatcherMetrics};
 use crate::ingest::{IngestConfig, IngestObserver};
 use crate::render::{console, CostTable, Filters, RenderConfig, Renderer, RunInfo};
 use crate::tail::TailConfig;
@@ -382,8 +382,40 @@ fn open_delivered(
     Ok((log, delivered))
 }
 
+/// Retry schedule of `POST /v1/runs` while bot-bridge is unreachable or
+/// unavailable: a cap of 3 s, so the run gets its channel within seconds of
+/// bot-bridge's return (a refused connection costs bot-bridge nothing).
+const PROVISION_RETRY: ops::Backoff = ops::Backoff {
+    base: Duration::from_millis(250),
+    cap: Duration::from_secs(3),
+};
+
+/// Retry schedule while bot-bridge refuses the request (token, identity):
+/// only a configuration change helps, so there is no hurry.
+const PROVISION_REFUSED_RETRY: ops::Backoff = ops::Backoff {
+    base: Duration::from_secs(1),
+    cap: Duration::from_secs(30),
+};
+
+/// Retry schedule of webhook sends after 5xx, timeouts and resets: full
+/// jitter with a 3 s cap, so a watcher notices Discord's return within
+/// seconds, while retrying no more often on average (one request per 1.5 s)
+/// than it posts when healthy (30 messages per minute); 5xx answers do not
+/// count against Discord's invalid-request limit.
+pub const DELIVERY_RETRY: ops::Backoff = ops::Backoff {
+    base: Duration::from_millis(250),
+    cap: Duration::from_secs(3),
+};
+
+/// How long one webhook request may take.
+const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Provisions the run's webhook from bot-bridge, retrying with backoff while it
 /// is unavailable (transcript events wait in the bounded queue and the file).
+/// Each call and each backoff sleep is a bounded wait of the `heartbeat`, so
+/// a bot-bridge outage never fails liveness; the sink check and
+/// `watcher_provision_attempts_total` say why there is no channel yet.
+/// Shutdown ends it at once (`None`), mid-call included.
 ///
 /// A run bot-bridge already completed (a watcher restarted after its summary,
 /// or a rerun with the old identity) is not retried: it would fail forever.
@@ -391,39 +423,66 @@ fn open_delivered(
 /// because a native sidecar that exits is restarted into the same refusal.
 async fn provision_until_ready(
     bridge: &BridgeClient,
+    telemetry: &Telemetry,
     sink: &ops::health::Component,
+    heartbeat: &ops::health::Heartbeat,
     shutdown: &Shutdown,
 ) -> Option<Provisioned> {
-    let backoff = ops::Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     let mut attempt = 0u32;
     loop {
-        match bridge.provision().await {
+        heartbeat.beat();
+        let result = tokio::select! {
+            r = heartbeat.within(
+                crate::deliver::bridge::REQUEST_TIMEOUT + Duration::from_secs(5),
+                bridge.provision(),
+            ) => r,
+            () = shutdown.wait() => return None,
+        };
+        let e = match result {
             Ok(p) => return Some(p),
-            Err(e) if e.is_run_completed() => {
-                sink.failed(format!(
-                    "bot-bridge already completed this run; nothing is delivered (a new run needs a new ATTEMPT): {e}"
-                ));
-                tracing::error!(
-                    error = %e,
-                    hint = "a new run needs a new ATTEMPT",
-                    "bot-bridge already completed this run; not retrying"
-                );
-                shutdown.wait().await;
-                return None;
-            }
-            Err(e) => {
-                sink.failed(format!("provisioning from bot-bridge: {e}"));
-                if !e.is_transient() {
-                    tracing::error!(error = %e, "bot-bridge refused to provision the run; check BRIDGE_TOKEN and the run identity");
-                }
-                let delay = backoff.delay(attempt);
-                attempt = attempt.saturating_add(1);
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "bot-bridge unavailable; will retry");
+            Err(e) => e,
+        };
+        let why = e.outcome().explain();
+        // The watchdog keeps these current; set at once so /readyz says why
+        // from the first failure.
+        if e.is_run_completed() {
+            let detail = format!(
+                "no channel: {why}; nothing is delivered (a new run needs a new ATTEMPT): {e}"
+            );
+            sink.failed(detail.clone());
+            telemetry.no_channel(Some(detail));
+            tracing::error!(
+                error = %e,
+                hint = "a new run needs a new ATTEMPT",
+                "bot-bridge already completed this run; not retrying"
+            );
+            // Parked on purpose, not stuck: keep beating until shutdown.
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.wait() => return None,
+                    _ = tick.tick() => heartbeat.beat(),
+                    () = shutdown.wait() => return None,
                 }
             }
+        }
+        let detail = match e.outcome() {
+            ProvisionOutcome::Unreachable => format!("no channel yet: {e}"),
+            _ => format!("no channel yet: {why}: {e}"),
+        };
+        sink.failed(detail.clone());
+        telemetry.no_channel(Some(detail));
+        let backoff = if e.is_transient() {
+            PROVISION_RETRY
+        } else {
+            tracing::error!(error = %e, "bot-bridge refused to provision the run; check BRIDGE_TOKEN and the run identity");
+            PROVISION_REFUSED_RETRY
+        };
+        let delay = backoff.delay(attempt);
+        attempt = attempt.saturating_add(1);
+        tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "no channel yet; will retry provisioning");
+        tokio::select! {
+            () = heartbeat.within(delay + Duration::from_secs(1), tokio::time::sleep(delay)) => {}
+            () = shutdown.wait() => return None,
         }
     }
 }
@@ -437,10 +496,13 @@ fn set_input_secret(shared: &crate::input::SharedSecret, p: &Provisioned) {
     }
 }
 
-/// Keeps `/readyz` honest: the sink fails readiness when no delivery succeeded
-/// for `SINK_UNHEALTHY_AFTER` while work is pending.
+/// Keeps the sink's health current: `/readyz`'s `sink` check, `/healthz`'s
+/// data, `watcher_sink_up` and `watcher_oldest_pending_age_seconds`, from
+/// what the delivery stage reported ([`crate::events::SinkTrack`]), what the
+/// pipeline holds and what waits in the queue.
 fn spawn_sink_watchdog(
     state: Arc<std::sync::Mutex<crate::pipeline::SinkState>>,
+    queue: crate::queue::QueueProbe,
     component: ops::health::Component,
     telemetry: Arc<Telemetry>,
     unhealthy_after: Duration,
@@ -449,36 +511,41 @@ fn spawn_sink_watchdog(
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
             tick.tick().await;
-            let (failing, last_wall, pending) = {
-                let Ok(s) = state.lock() else { continue };
-                let failing = s.pending_since.is_some_and(|since| {
-                    let reference = match s.last_success {
-                        Some(ok) if ok > since => ok,
-                        _ => since,
-                    };
-                    reference.elapsed() > unhealthy_after
-                });
+            let now = Instant::now();
+            let held = state.lock().ok().and_then(|s| s.oldest_unacked);
+            let oldest = match (held, queue.oldest()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let age = oldest.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+            telemetry.metrics.oldest_pending_age.set(age);
+            let (verdict, last_wall, sending) = {
+                let track = telemetry.sink();
                 (
-                    failing,
-                    s.last_success_wall.clone(),
-                    s.pending_since.is_some(),
+                    track.verdict(now, unhealthy_after),
+                    track.last_success_wall.clone(),
+                    track.attempt_started.is_some(),
                 )
             };
-            let last_error = telemetry.last_error();
             component.set_data(serde_json::json!({
-                "queue_depth": telemetry.metrics.queue_depth.get(),
-                "queue_bytes": telemetry.metrics.queue_bytes.get(),
+                "queue_depth": queue.depth(),
+                "queue_bytes": queue.bytes(),
+                "oldest_pending_age_seconds": age,
                 "last_delivery": last_wall,
-                "last_error": last_error,
-                "sending": pending,
+                "last_error": telemetry.last_error(),
+                "sending": sending,
             }));
-            match (failing, component.status()) {
-                (true, Some(Status::Failed)) | (false, Some(Status::Ok)) => {}
-                (true, _) => component.failed(format!(
-                    "no successful delivery for more than {}",
-                    humantime::format_duration(unhealthy_after)
-                )),
-                (false, _) => component.ok("delivering"),
+            telemetry
+                .metrics
+                .sink_up
+                .set(i64::from(verdict == SinkVerdict::Up));
+            match verdict {
+                SinkVerdict::Up => {
+                    if component.status() != Some(Status::Ok) {
+                        component.ok("delivering");
+                    }
+                }
+                SinkVerdict::NoChannel(why) | SinkVerdict::Failing(why) => component.failed(why),
             }
         }
     });
@@ -508,6 +575,14 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 
     let shutdown = Shutdown::on_signals()
         .map_err(|e| AppError::Other(format!("cannot install signal handlers: {e}")))?;
+    // One deadline for every stage, fixed the moment the signal arrives.
+    let drain = crate::pipeline::Drain::new(shutdown.clone(), cfg.shutdown_timeout);
+    tokio::spawn({
+        let drain = drain.clone();
+        async move {
+            drain.started().await;
+        }
+    });
     let ops_listener = ops::server::bind("OPS_ADDR", cfg.ops_addr).await?;
     let ops_addr = ops_listener
         .local_addr()
@@ -615,11 +690,14 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     ));
 
     let renderer = Renderer::new(render_config(&cfg)?);
-    let sink_state = Arc::new(std::sync::Mutex::new(crate::pipeline::SinkState {
-        pending_since: None,
-        last_success: None,
-        last_success_wall: None,
-    }));
+    let sink_state = Arc::new(std::sync::Mutex::new(crate::pipeline::SinkState::default()));
+    spawn_sink_watchdog(
+        sink_state.clone(),
+        rx.probe(),
+        sink_health.clone(),
+        telemetry.clone(),
+        cfg.sink_unhealthy_after,
+    );
     let mut bridge_run: Option<(BridgeClient, String)> = None;
     let remote = match &cfg.sink {
         SinkConfig::Console => None,
@@ -632,14 +710,22 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         SinkConfig::Bridge { url, token } => {
             let mut request = run_request(&cfg);
             request.input_url = input_url.clone();
+            let observer: Arc<dyn crate::deliver::bridge::ProvisionObserver> = telemetry.clone();
             let bridge = BridgeClient::new(url.clone(), token.clone(), request)
-                .map_err(|e| AppError::Other(e.to_string()))?;
-            let Some(p) = provision_until_ready(&bridge, &sink_health, &shutdown).await else {
+                .map_err(|e| AppError::Other(e.to_string()))?
+                .with_observer(observer);
+            telemetry.no_channel(Some("no channel yet: provisioning from bot-bridge".into()));
+            let Some(p) =
+                provision_until_ready(&bridge, &telemetry, &sink_health, &heartbeat, &shutdown)
+                    .await
+            else {
+                tracing::info!("stopped before a channel was provisioned");
                 ingest_stop.trigger();
                 server_stop.trigger();
+                let _ = tokio::time::timeout(Duration::from_millis(200), ops_server).await;
                 return Ok(());
             };
-            sink_health.ok("provisioned");
+            telemetry.no_channel(None);
             set_input_secret(&input_secret, &p);
             tracing::info!(run_id = %p.run_id, channel_id = %p.channel_id, webhook = %p.webhook, "run provisioned by bot-bridge");
             bridge_run = Some((bridge.clone(), p.run_id.clone()));
@@ -651,7 +737,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             color: std::io::IsTerminal::is_terminal(&std::io::stdout()),
         },
         Some((target, bridge)) => {
-            let client = discord::webhook::WebhookClient::new(Duration::from_secs(15))
+            let client = discord::webhook::WebhookClient::new(WEBHOOK_TIMEOUT)
                 .map_err(|e| AppError::Other(e.to_string()))?;
             let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
                 global_per_second: 50,
@@ -669,20 +755,13 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                 target,
                 bridge,
                 Some(on_provisioned),
-                ops::Backoff::default(),
+                DELIVERY_RETRY,
                 cfg.delivery_max_elapsed,
                 dlq,
                 observer,
             )))
         }
     };
-    spawn_sink_watchdog(
-        sink_state.clone(),
-        sink_health.clone(),
-        telemetry.clone(),
-        cfg.sink_unhealthy_after,
-    );
-
     let mut pipeline = crate::pipeline::Pipeline::new(
         renderer,
         Batcher::new(cfg.batch_size, None),
@@ -695,6 +774,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         heartbeat,
         cfg.idle_complete_after,
     );
+    pipeline.send_bound = cfg.delivery_max_elapsed + crate::pipeline::SEND_SLACK;
     if let Some((bridge, run_id)) = bridge_run {
         pipeline.on_complete = Some(Box::new(move |summary| {
             Box::pin(async move {
@@ -707,9 +787,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             })
         }));
     }
-    let pipeline_stop = shutdown.clone();
-    let budget = cfg.shutdown_timeout;
-    let mut sink_task = tokio::spawn(pipeline.run(rx, pipeline_stop, budget));
+    let mut sink_task = tokio::spawn(pipeline.run(rx, drain.clone()));
 
     // Run until SIGTERM/SIGINT, or until the pipeline ends on its own.
     let mut ingest = ingest;
@@ -724,10 +802,12 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             shutdown.trigger();
         }
     }
-    let deadline = Instant::now() + budget;
+    let deadline = drain.started().await;
     ingest_stop.trigger();
-    tracing::info!(budget_ms = budget.as_millis() as u64, "draining");
-    if tokio::time::timeout_at(deadline, &mut sink_task)
+    tracing::info!(budget_ms = drain.budget().as_millis() as u64, "draining");
+    // The pipeline keeps to the deadline itself; a little grace lets it end
+    // the call it cut at the deadline before it is aborted.
+    if tokio::time::timeout_at(deadline + Duration::from_millis(100), &mut sink_task)
         .await
         .is_err()
     {

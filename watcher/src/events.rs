@@ -5,13 +5,16 @@
 //! (`IngestObserver`, `DeliveryObserver`), and this module is the one place that
 //! turns those calls into metrics, health and logs.
 
-use std::sync::Mutex;
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use ops::health::Component;
 use ops::metrics::{Metrics, MetricsError};
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge};
+use tokio::time::Instant;
 
+use crate::deliver::bridge::{ProvisionObserver, ProvisionOutcome};
 use crate::deliver::DeliveryObserver;
 use crate::ingest::IngestObserver;
 use crate::input::InputObserver;
@@ -50,6 +53,9 @@ pub struct WatcherMetrics {
     pub session_cost: Gauge,
     pub tokens: IntCounterVec,
     pub input_requests: IntCounterVec,
+    pub sink_up: IntGauge,
+    pub oldest_pending_age: Gauge,
+    pub provision_attempts: IntCounterVec,
 }
 
 /// The closed label sets, pre-registered so every series exists (at 0) from
@@ -65,7 +71,7 @@ const EVENT_KINDS: &[&str] = &[
     "usage",
     "title",
 ];
-const RATE_LIMIT_SCOPES: &[&str] = &["user", "shared", "global"];
+const RATE_LIMIT_SCOPES: &[&str] = &["user", "shared", "global", "unknown"];
 const RETRY_REASONS: &[&str] = &["server_error", "network", "provision"];
 const FAILURE_REASONS: &[&str] = &["rejected", "webhook_gone", "retries_exhausted"];
 const PARSE_REASONS: &[&str] = &[
@@ -113,6 +119,8 @@ impl WatcherMetrics {
             .map(|f| f.as_str())
             .collect();
         preregister(&metrics.truncations, &fields);
+        let outcomes: Vec<&str> = ProvisionOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        preregister(&metrics.provision_attempts, &outcomes);
         Ok(metrics)
     }
 
@@ -221,6 +229,19 @@ impl WatcherMetrics {
                 "Operator input requests on /v1/input, by outcome.",
                 &["outcome"],
             )?,
+            sink_up: m.gauge(
+                "watcher_sink_up",
+                "1 while the sink works: a channel is provisioned and no request to Discord has been unanswered or failing for SINK_UNHEALTHY_AFTER; else 0.",
+            )?,
+            oldest_pending_age: m.float_gauge(
+                "watcher_oldest_pending_age_seconds",
+                "Age of the oldest record read but not yet acknowledged by Discord (queued, batched, in flight, retried or waiting for a channel); 0 when nothing is pending.",
+            )?,
+            provision_attempts: m.counter_vec(
+                "watcher_provision_attempts_total",
+                "Calls to bot-bridge POST /v1/runs (provisioning and re-provisioning), by outcome.",
+                &["outcome"],
+            )?,
         })
     }
 }
@@ -231,6 +252,102 @@ fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Request latencies remembered for the shutdown plan (the largest counts).
+const LATENCY_SAMPLES: usize = 8;
+
+/// What the delivery stage's reports say about the sink, for `/readyz`'s
+/// `sink` check and `watcher_sink_up`. Our own pacing (rate-limit and channel
+/// window waits) is not trouble: only a request to Discord that is unanswered
+/// or failing, or a run without a channel, is.
+#[derive(Debug, Default)]
+pub struct SinkTrack {
+    /// Why there is no webhook to send to (provisioning); `None` once there is.
+    pub no_channel: Option<String>,
+    /// Since when requests to Discord have been unanswered or failing: set
+    /// when a request goes out, kept across retries, cleared by any answer that
+    /// shows Discord working (a success, a 429, a 400).
+    pub trouble_since: Option<Instant>,
+    /// What the last failure was (`server_error`, `network`, `provision`...).
+    pub trouble: Option<String>,
+    /// When the request now in flight went out.
+    pub attempt_started: Option<Instant>,
+    pub last_success: Option<Instant>,
+    pub last_success_wall: Option<String>,
+    /// The latencies of the last few successful requests.
+    latencies: VecDeque<Duration>,
+}
+
+/// The sink's state as `/readyz` and `watcher_sink_up` show it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkVerdict {
+    /// Delivering (or idle with nothing wrong known).
+    Up,
+    /// No channel yet, and why.
+    NoChannel(String),
+    /// Requests unanswered or failing for longer than `SINK_UNHEALTHY_AFTER`.
+    Failing(String),
+}
+
+impl SinkTrack {
+    /// The verdict at `now`, failing only after `unhealthy_after` of trouble.
+    pub fn verdict(&self, now: Instant, unhealthy_after: Duration) -> SinkVerdict {
+        if let Some(why) = &self.no_channel {
+            return SinkVerdict::NoChannel(why.clone());
+        }
+        match self.trouble_since {
+            Some(since) if now.saturating_duration_since(since) > unhealthy_after => {
+                let what = match (&self.trouble, self.attempt_started) {
+                    (Some(t), _) => format!("retrying ({t})"),
+                    (None, Some(_)) => "a request is unanswered".to_owned(),
+                    (None, None) => "failing".to_owned(),
+                };
+                SinkVerdict::Failing(format!(
+                    "no successful delivery for more than {}: {what}",
+                    humantime::format_duration(unhealthy_after)
+                ))
+            }
+            _ => SinkVerdict::Up,
+        }
+    }
+
+    /// The largest latency of the last few successful requests (0 if none).
+    pub fn recent_latency(&self) -> Duration {
+        self.latencies.iter().copied().max().unwrap_or_default()
+    }
+
+    fn attempt(&mut self, now: Instant) {
+        self.attempt_started = Some(now);
+        self.trouble_since.get_or_insert(now);
+    }
+
+    /// Discord answered in a way that shows it works.
+    fn answered(&mut self) {
+        self.attempt_started = None;
+        self.trouble_since = None;
+        self.trouble = None;
+    }
+
+    fn delivered(&mut self, now: Instant) {
+        if let Some(started) = self.attempt_started {
+            if self.latencies.len() == LATENCY_SAMPLES {
+                self.latencies.pop_front();
+            }
+            self.latencies
+                .push_back(now.saturating_duration_since(started));
+        }
+        self.answered();
+        self.last_success = Some(now);
+        self.last_success_wall =
+            Some(humantime::format_rfc3339_millis(SystemTime::now()).to_string());
+    }
+
+    fn failed(&mut self, reason: &str, now: Instant) {
+        self.attempt_started = None;
+        self.trouble_since.get_or_insert(now);
+        self.trouble = Some(reason.to_owned());
+    }
+}
+
 /// The observer handed to ingest and delivery.
 pub struct Telemetry {
     pub metrics: WatcherMetrics,
@@ -238,6 +355,7 @@ pub struct Telemetry {
     pub transcript: Component,
     /// Last delivery error, shown in `/healthz`.
     pub last_error: Mutex<Option<String>>,
+    sink: Mutex<SinkTrack>,
 }
 
 impl Telemetry {
@@ -246,7 +364,21 @@ impl Telemetry {
             metrics,
             transcript,
             last_error: Mutex::new(None),
+            sink: Mutex::new(SinkTrack::default()),
         }
+    }
+
+    /// What the delivery stage reported about the sink so far.
+    pub fn sink(&self) -> MutexGuard<'_, SinkTrack> {
+        // Every update is a few assignments: a panic cannot leave it torn.
+        self.sink
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// No channel to send to yet (provisioning), and why; `None` once there is.
+    pub fn no_channel(&self, why: Option<String>) {
+        self.sink().no_channel = why;
     }
 
     fn set_error(&self, e: String) {
@@ -340,19 +472,25 @@ impl IngestObserver for Telemetry {
 }
 
 impl DeliveryObserver for Telemetry {
+    fn attempt(&self) {
+        self.sink().attempt(Instant::now());
+    }
     fn sent(&self, embeds: usize, bytes: usize) {
+        self.sink().delivered(Instant::now());
         self.metrics.messages_sent.inc();
         self.metrics.embeds_sent.inc_by(embeds as u64);
         self.metrics.bytes_sent.inc_by(bytes as u64);
         self.metrics.last_delivery.set(now_secs());
     }
     fn rate_limited(&self, scope: &'static str) {
+        self.sink().answered();
         self.metrics
             .rate_limit_hits
             .with_label_values(&[scope])
             .inc();
     }
     fn retry(&self, reason: &'static str) {
+        self.sink().failed(reason, Instant::now());
         self.metrics
             .webhook_retries
             .with_label_values(&[reason])
@@ -360,6 +498,12 @@ impl DeliveryObserver for Telemetry {
         self.set_error(format!("retrying: {reason}"));
     }
     fn dead_lettered(&self, reason: &'static str, detail: &str, dropped_by_cap: u64) {
+        if reason == "rejected" {
+            // Discord answered (400): it works, the message was wrong.
+            self.sink().answered();
+        } else {
+            self.sink().failed(reason, Instant::now());
+        }
         self.metrics
             .delivery_failures
             .with_label_values(&[reason])
@@ -384,11 +528,78 @@ impl DeliveryObserver for Telemetry {
     fn reprovisioned(&self) {}
 }
 
+impl ProvisionObserver for Telemetry {
+    fn provision_attempt(&self, outcome: ProvisionOutcome) {
+        self.metrics
+            .provision_attempts
+            .with_label_values(&[outcome.as_str()])
+            .inc();
+    }
+}
+
 impl InputObserver for Telemetry {
     fn outcome(&self, outcome: &'static str) {
         self.metrics
             .input_requests
             .with_label_values(&[outcome])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const AFTER: Duration = Duration::from_secs(5);
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unanswered_request_fails_the_sink_after_the_threshold_and_a_success_clears_it() {
+        let mut t = SinkTrack::default();
+        assert_eq!(t.verdict(Instant::now(), AFTER), SinkVerdict::Up);
+        t.attempt(Instant::now());
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert_eq!(t.verdict(Instant::now(), AFTER), SinkVerdict::Up);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        let SinkVerdict::Failing(why) = t.verdict(Instant::now(), AFTER) else {
+            panic!("a request unanswered for 6 s fails the sink");
+        };
+        assert!(why.contains("no successful delivery"), "{why}");
+        t.delivered(Instant::now());
+        assert_eq!(t.verdict(Instant::now(), AFTER), SinkVerdict::Up);
+        assert_eq!(t.recent_latency(), Duration::from_secs(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failures_keep_the_trouble_clock_across_retries_and_pacing_is_no_trouble() {
+        let mut t = SinkTrack::default();
+        for _ in 0..3 {
+            t.attempt(Instant::now());
+            t.failed("server_error", Instant::now());
+            tokio::time::advance(Duration::from_secs(2)).await;
+        }
+        let SinkVerdict::Failing(why) = t.verdict(Instant::now(), AFTER) else {
+            panic!("6 s of 503s fail the sink");
+        };
+        assert!(why.contains("server_error"), "{why}");
+        t.attempt(Instant::now());
+        t.answered(); // a 429: Discord works, we wait our turn
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(
+            t.verdict(Instant::now(), AFTER),
+            SinkVerdict::Up,
+            "waiting for a permit is not an outage"
+        );
+    }
+
+    #[test]
+    fn no_channel_wins_and_names_why() {
+        let t = SinkTrack {
+            no_channel: Some("no channel yet: bot-bridge unreachable".into()),
+            ..SinkTrack::default()
+        };
+        assert_eq!(
+            t.verdict(Instant::now(), AFTER),
+            SinkVerdict::NoChannel("no channel yet: bot-bridge unreachable".into())
+        );
     }
 }

@@ -5,8 +5,9 @@
 //! tailer stops reading and the transcript file stays the buffer: memory stays
 //! flat and nothing is dropped.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -36,6 +37,40 @@ pub struct Closed;
 struct Shared {
     depth: AtomicUsize,
     bytes: AtomicUsize,
+    /// `read_at` of every queued record, oldest first (FIFO like the
+    /// channel): the head is the oldest record not yet taken by the sink.
+    read_at: Mutex<VecDeque<Instant>>,
+}
+
+impl Shared {
+    fn read_at(&self) -> MutexGuard<'_, VecDeque<Instant>> {
+        // Pushes and pops only: a panic cannot leave it torn.
+        self.read_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// A read-only view of the queue for telemetry (depth, bytes, oldest record),
+/// cheap to clone into a watchdog.
+#[derive(Clone)]
+pub struct QueueProbe {
+    shared: Arc<Shared>,
+}
+
+impl QueueProbe {
+    /// When the oldest queued record was read; `None` when the queue is empty.
+    pub fn oldest(&self) -> Option<Instant> {
+        self.shared.read_at().front().copied()
+    }
+
+    pub fn depth(&self) -> usize {
+        self.shared.depth.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.shared.bytes.load(Ordering::Relaxed)
+    }
 }
 
 /// Sending half, owned by ingest.
@@ -62,6 +97,7 @@ pub fn bounded(max_events: usize, max_bytes: usize) -> (QueueTx, QueueRx) {
     let shared = Arc::new(Shared {
         depth: AtomicUsize::new(0),
         bytes: AtomicUsize::new(0),
+        read_at: Mutex::new(VecDeque::new()),
     });
     (
         QueueTx {
@@ -88,6 +124,10 @@ impl QueueTx {
         let slot = self.tx.reserve().await.map_err(|_| Closed)?;
         self.shared.depth.fetch_add(1, Ordering::Relaxed);
         self.shared.bytes.fetch_add(charge, Ordering::Relaxed);
+        // Under the lock, so the order of `read_at` is the channel's order
+        // even with several senders.
+        let mut read_at = self.shared.read_at();
+        read_at.push_back(record.read_at);
         slot.send((record, permit));
         Ok(())
     }
@@ -100,6 +140,7 @@ impl QueueTx {
 
 impl QueueRx {
     fn took(&self, (record, permit): (Record, OwnedSemaphorePermit)) -> Record {
+        self.shared.read_at().pop_front();
         self.shared.depth.fetch_sub(1, Ordering::Relaxed);
         self.shared
             .bytes
@@ -118,6 +159,13 @@ impl QueueRx {
     pub fn try_recv(&mut self) -> Option<Record> {
         let item = self.rx.try_recv().ok()?;
         Some(self.took(item))
+    }
+
+    /// A view for telemetry.
+    pub fn probe(&self) -> QueueProbe {
+        QueueProbe {
+            shared: self.shared.clone(),
+        }
     }
 
     /// Records waiting (`watcher_queue_depth`).
@@ -179,6 +227,25 @@ mod tests {
         tx.send(record(60, 10_000)).await.unwrap();
         assert_eq!(rx.bytes(), 100);
         assert_eq!(rx.recv().await.unwrap().bytes, 10_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_probe_tells_when_the_oldest_queued_record_was_read() {
+        let (tx, mut rx) = bounded(8, 1000);
+        let probe = rx.probe();
+        assert_eq!(probe.oldest(), None);
+        let first = record(0, 10);
+        let first_read = first.read_at;
+        tx.send(first).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let second = record(10, 10);
+        let second_read = second.read_at;
+        tx.send(second).await.unwrap();
+        assert_eq!(probe.oldest(), Some(first_read));
+        rx.recv().await.unwrap();
+        assert_eq!(probe.oldest(), Some(second_read));
+        rx.try_recv().unwrap();
+        assert_eq!((probe.oldest(), probe.depth()), (None, 0));
     }
 
     #[tokio::test]

@@ -279,8 +279,11 @@ impl Limiter {
                 bucket.remaining = bucket.limit;
             }
             if bucket.remaining == Some(0) {
-                // Without a known reset, wait a short while for one.
-                later(Some(bucket.reset_at.unwrap_or(now + DEFAULT_RETRY_AFTER)));
+                // Without a known reset, wait a short while for one, then
+                // restore the limit: answers without headers (a 5xx outage)
+                // must not leave the bucket exhausted for ever.
+                let reset = *bucket.reset_at.get_or_insert(now + DEFAULT_RETRY_AFTER);
+                later(Some(reset));
             }
         }
         if let (Some(key), Some(max)) = (channel_key, self.config.channel_messages_per_minute) {
@@ -482,6 +485,29 @@ mod tests {
         let elapsed = sent[99] - start;
         assert!(elapsed >= Duration::from_secs(180), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(200), "{elapsed:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn answers_without_headers_never_exhaust_a_bucket_for_ever() {
+        let limiter = Limiter::new(LimiterConfig {
+            global_per_second: 0,
+            channel_messages_per_minute: None,
+        });
+        let mut server = FakeBucket {
+            limit: 5,
+            window: Duration::from_secs(2),
+            started: None,
+            used: 0,
+        };
+        limiter.acquire("webhook:1").await;
+        limiter.update("webhook:1", &server.hit(Instant::now()));
+        tokio::time::advance(Duration::from_secs(3)).await;
+        // A 5xx outage: every answer lacks rate-limit headers.
+        for _ in 0..20 {
+            tokio::time::timeout(Duration::from_secs(5), limiter.acquire("webhook:1"))
+                .await
+                .expect("the bucket resets even without headers");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,6 +20,10 @@ fn default_retry_after_ms() -> u64 {
     1000
 }
 
+fn default_hang_ms() -> u64 {
+    600_000
+}
+
 /// What a fault does to the request it hits.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -34,6 +38,15 @@ pub enum FaultKind {
     /// Wait `delay_ms`, then process the request normally (the message is stored
     /// even if the client gave up: a slow Discord can still accept).
     Slow { delay_ms: u64 },
+    /// Hold the request without answering (a Discord that accepts connections
+    /// and never answers) until the faults are cleared (`DELETE
+    /// /_admin/faults`: "Discord is back") or `max_ms` passes; then process it
+    /// normally, so a client still waiting gets its answer. A client that gave
+    /// up closed its connection, which drops the request unprocessed.
+    Hang {
+        #[serde(default = "default_hang_ms")]
+        max_ms: u64,
+    },
     /// Close the connection without any response (the hyper service returns an
     /// error, so nothing is written: clients see a reset / incomplete message).
     Reset,
@@ -56,6 +69,7 @@ impl FaultKind {
         match self {
             FaultKind::Status { .. } => "status",
             FaultKind::Slow { .. } => "slow",
+            FaultKind::Hang { .. } => "hang",
             FaultKind::Reset => "reset",
             FaultKind::NotFound => "not_found",
             FaultKind::RateLimitStorm { .. } => "rate_limit_storm",
@@ -172,6 +186,8 @@ mod tests {
         let f: Fault =
             serde_json::from_str(r#"{"kind":"slow","delay_ms":2000,"count":3}"#).unwrap();
         assert_eq!(f.kind, FaultKind::Slow { delay_ms: 2000 });
+        let f: Fault = serde_json::from_str(r#"{"kind":"hang","count":9}"#).unwrap();
+        assert_eq!(f.kind, FaultKind::Hang { max_ms: 600_000 });
         let f: Fault = serde_json::from_str(r#"{"kind":"reset"}"#).unwrap();
         assert_eq!((f.kind, f.count), (FaultKind::Reset, 1));
         let f: Fault = serde_json::from_str(

@@ -276,8 +276,10 @@ impl FakeDiscord {
         });
     }
 
+    /// Removes every pending fault and releases the requests `hang` holds.
     pub fn clear_faults(&self) {
         self.with_state(|s| s.faults.clear());
+        self.shared.faults_cleared.notify_waiters();
     }
 
     /// Clears messages, interaction edits and stats.

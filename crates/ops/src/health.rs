@@ -4,6 +4,13 @@
 //! internal loop stopped beating (a restart helps), readiness fails when a
 //! dependency the service needs is unavailable (a restart does not help). So
 //! components report status, and loops report heartbeats, separately.
+//!
+//! A loop that waits on a dependency (a request with its timeout, a backoff
+//! sleep, a rate-limit window) is not stuck: it declares the wait's bound with
+//! [`Heartbeat::waiting`] and counts as alive until that bound has passed. Only
+//! a loop that outlives every bound it declared fails `/livez`, so an outage of
+//! Discord or bot-bridge never restarts the process; it shows in readiness and
+//! metrics instead.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,6 +42,20 @@ struct ComponentState {
 struct HeartbeatState {
     last: Instant,
     max_silence: Duration,
+    /// The end of the bounded wait the loop declared, if it is in one.
+    waiting_until: Option<Instant>,
+}
+
+impl HeartbeatState {
+    /// Whether the loop has been silent for longer than allowed: beyond its
+    /// last beat and beyond the end of any wait it declared.
+    fn stuck(&self, now: Instant) -> bool {
+        let reference = match self.waiting_until {
+            Some(until) if until > self.last => until,
+            _ => self.last,
+        };
+        now > reference && now.duration_since(reference) > self.max_silence
+    }
 }
 
 #[derive(Debug)]
@@ -107,6 +128,7 @@ impl Health {
             HeartbeatState {
                 last: Instant::now(),
                 max_silence,
+                waiting_until: None,
             },
         );
         Heartbeat {
@@ -120,7 +142,7 @@ impl Health {
         let now = Instant::now();
         let stuck: Vec<String> = lock(&self.inner.heartbeats)
             .iter()
-            .filter(|(_, h)| now.duration_since(h.last) > h.max_silence)
+            .filter(|(_, h)| h.stuck(now))
             .map(|(n, _)| n.clone())
             .collect();
         if stuck.is_empty() {
@@ -239,6 +261,54 @@ impl Heartbeat {
             h.last = Instant::now();
         }
     }
+
+    /// Declares that the loop now waits for at most `bound` (a request and its
+    /// timeout, a backoff sleep, a rate-limit window, a disk write): it counts
+    /// as alive until `bound` has passed (plus its usual silence), however long
+    /// the dependency takes to answer within it. The wait ends when the guard
+    /// drops, which beats. Waits nest: an inner wait ends by restoring the
+    /// outer one's bound.
+    pub fn waiting(&self, bound: Duration) -> Waiting {
+        let until = Instant::now() + bound;
+        let previous = {
+            let mut beats = lock(&self.health.inner.heartbeats);
+            beats.get_mut(&self.name).and_then(|h| {
+                h.last = Instant::now();
+                let previous = h.waiting_until;
+                h.waiting_until = Some(previous.map_or(until, |p| p.max(until)));
+                previous
+            })
+        };
+        Waiting {
+            heartbeat: self.clone(),
+            previous,
+        }
+    }
+
+    /// Awaits `fut`, a wait bounded by `bound` (see [`Heartbeat::waiting`]).
+    pub async fn within<F: std::future::Future>(&self, bound: Duration, fut: F) -> F::Output {
+        let _waiting = self.waiting(bound);
+        fut.await
+    }
+}
+
+/// A bounded wait declared with [`Heartbeat::waiting`]; dropping it ends the
+/// wait and beats.
+#[derive(Debug)]
+#[must_use = "the wait ends when this guard drops"]
+pub struct Waiting {
+    heartbeat: Heartbeat,
+    previous: Option<Instant>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let name = &self.heartbeat.name;
+        if let Some(h) = lock(&self.heartbeat.health.inner.heartbeats).get_mut(name) {
+            h.last = Instant::now();
+            h.waiting_until = self.previous;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -276,6 +346,46 @@ mod tests {
         assert!(!alive);
         assert_eq!(body["stuck"][0], "tail");
         hb.beat();
+        assert!(h.live().0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_declared_wait_keeps_the_loop_alive_until_its_bound() {
+        let h = Health::new("1.0");
+        let hb = h.heartbeat("sink", Duration::from_secs(10));
+        {
+            let _send = hb.waiting(Duration::from_secs(120));
+            tokio::time::advance(Duration::from_secs(100)).await;
+            assert!(h.live().0, "within the declared bound");
+            {
+                let _sleep = hb.waiting(Duration::from_secs(5));
+                tokio::time::advance(Duration::from_secs(25)).await;
+                assert!(h.live().0, "the outer bound still holds");
+            }
+            tokio::time::advance(Duration::from_secs(9)).await;
+            assert!(h.live().0, "the inner wait's end beat 9 s ago");
+            tokio::time::advance(Duration::from_secs(20)).await;
+            assert!(!h.live().0, "past the outer bound and the silence: wedged");
+        }
+        assert!(h.live().0, "the wait ended: the loop moved on");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!h.live().0, "no wait declared, no beat: stuck");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn within_bounds_a_future_and_beats_when_it_ends() {
+        let h = Health::new("1.0");
+        let hb = h.heartbeat("provision", Duration::from_secs(2));
+        let slept = hb.within(
+            Duration::from_secs(30),
+            tokio::time::sleep(Duration::from_secs(20)),
+        );
+        let probe = async {
+            tokio::time::sleep(Duration::from_secs(19)).await;
+            h.live().0
+        };
+        let ((), alive_during) = tokio::join!(slept, probe);
+        assert!(alive_during);
         assert!(h.live().0);
     }
 }

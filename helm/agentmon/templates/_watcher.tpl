@@ -236,8 +236,8 @@ the overrides applied), run (the run identity). */}}
     periodSeconds: {{ $w.startupProbe.periodSeconds }}
     failureThreshold: {{ $w.startupProbe.failureThreshold }}
     timeoutSeconds: {{ $w.startupProbe.timeoutSeconds }}
-  # Liveness fails only when an internal loop is stuck; a Discord or bot-bridge outage shows in
-  # readiness (the agent pod turns NotReady, nothing restarts).
+  # Liveness fails only when one of the watcher's own loops is wedged (every wait on Discord or
+  # bot-bridge is bounded and keeps it alive), so an outage never restarts the sidecar.
   livenessProbe:
     httpGet:
       path: /livez
@@ -245,13 +245,9 @@ the overrides applied), run (the run identity). */}}
     periodSeconds: {{ $w.livenessProbe.periodSeconds }}
     failureThreshold: {{ $w.livenessProbe.failureThreshold }}
     timeoutSeconds: {{ $w.livenessProbe.timeoutSeconds }}
-  readinessProbe:
-    httpGet:
-      path: /readyz
-      port: watcher-ops
-    periodSeconds: {{ $w.readinessProbe.periodSeconds }}
-    failureThreshold: {{ $w.readinessProbe.failureThreshold }}
-    timeoutSeconds: {{ $w.readinessProbe.timeoutSeconds }}
+  # No readiness probe: a native sidecar's readiness counts for its pod's Ready condition, and a
+  # Discord or bot-bridge outage must not turn the agent pod NotReady. The sink's health is in
+  # watcher_sink_up / watcher_oldest_pending_age_seconds (alerts) and /readyz for people.
   resources:
     {{- toYaml $w.resources | nindent 4 }}
   securityContext:

@@ -62,6 +62,11 @@ impl Batcher {
         self.pending.is_empty()
     }
 
+    /// When the oldest waiting unit was read (`watcher_oldest_pending_age_seconds`).
+    pub fn oldest(&self) -> Option<Instant> {
+        self.pending.iter().map(|u| u.read_at).min()
+    }
+
     /// Embeds waiting; the caller stops pulling from the queue at a full message.
     pub fn pending_embeds(&self) -> usize {
         self.pending.iter().map(|u| u.embeds.len().max(1)).sum()

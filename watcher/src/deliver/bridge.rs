@@ -6,6 +6,7 @@
 //! the delivery hot path except re-provisioning after a 401/404.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use discord::webhook_url::WebhookUrl;
@@ -39,6 +40,85 @@ impl BridgeError {
     pub fn is_run_completed(&self) -> bool {
         matches!(self, Self::Status { status: 409, .. })
     }
+}
+
+/// How one `POST /v1/runs` ended: the closed label set of
+/// `watcher_provision_attempts_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProvisionOutcome {
+    /// A webhook was returned.
+    Ok,
+    /// No answer: connection refused or reset, DNS, timeout.
+    Unreachable,
+    /// 401/403: `BRIDGE_TOKEN` is wrong.
+    Unauthorized,
+    /// 409: bot-bridge already completed this run.
+    Conflict,
+    /// 5xx or 429: bot-bridge is up but cannot serve now (its store, Discord).
+    Unavailable,
+    /// Another 4xx: the request (run identity) was refused.
+    Rejected,
+    /// An answer that breaks the contract (body, webhook URL).
+    Invalid,
+}
+
+impl ProvisionOutcome {
+    pub const ALL: [Self; 7] = [
+        Self::Ok,
+        Self::Unreachable,
+        Self::Unauthorized,
+        Self::Conflict,
+        Self::Unavailable,
+        Self::Rejected,
+        Self::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Unreachable => "unreachable",
+            Self::Unauthorized => "unauthorized",
+            Self::Conflict => "conflict",
+            Self::Unavailable => "unavailable",
+            Self::Rejected => "rejected",
+            Self::Invalid => "invalid",
+        }
+    }
+
+    /// Why there is no channel, in words for `/readyz`.
+    pub fn explain(self) -> &'static str {
+        match self {
+            Self::Ok => "provisioned",
+            Self::Unreachable => "bot-bridge unreachable",
+            Self::Unauthorized => "bot-bridge refused BRIDGE_TOKEN",
+            Self::Conflict => "bot-bridge already completed this run",
+            Self::Unavailable => "bot-bridge cannot provision now",
+            Self::Rejected => "bot-bridge rejected the run request",
+            Self::Invalid => "bot-bridge answered outside the contract",
+        }
+    }
+}
+
+impl BridgeError {
+    /// The outcome label of this failure.
+    pub fn outcome(&self) -> ProvisionOutcome {
+        match self {
+            Self::Unreachable(_) => ProvisionOutcome::Unreachable,
+            Self::Invalid(_) => ProvisionOutcome::Invalid,
+            Self::Status { status, .. } => match status {
+                401 | 403 => ProvisionOutcome::Unauthorized,
+                409 => ProvisionOutcome::Conflict,
+                429 | 500..=599 => ProvisionOutcome::Unavailable,
+                _ => ProvisionOutcome::Rejected,
+            },
+        }
+    }
+}
+
+/// Told the outcome of every provisioning call (at start and after Discord
+/// said the webhook is gone).
+pub trait ProvisionObserver: Send + Sync {
+    fn provision_attempt(&self, outcome: ProvisionOutcome);
 }
 
 /// The run identity sent to bot-bridge.
@@ -104,7 +184,10 @@ pub struct Provisioned {
     pub input_secret: Option<Secret<String>>,
 }
 
-#[derive(Debug, Clone)]
+/// How long one call to bot-bridge may take, connection included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
 pub struct BridgeClient {
     http: reqwest::Client,
     base: url::Url,
@@ -112,6 +195,17 @@ pub struct BridgeClient {
     run: RunRequest,
     /// Proves to bot-bridge that this watcher created the run.
     run_token: Option<Secret<String>>,
+    observer: Option<Arc<dyn ProvisionObserver>>,
+}
+
+impl std::fmt::Debug for BridgeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BridgeClient")
+            .field("base", &self.base.as_str())
+            .field("token", &self.token)
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BridgeClient {
@@ -121,7 +215,7 @@ impl BridgeClient {
         run: RunRequest,
     ) -> Result<Self, BridgeError> {
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| BridgeError::Unreachable(e.without_url().to_string()))?;
@@ -141,7 +235,15 @@ impl BridgeClient {
             token,
             run,
             run_token,
+            observer: None,
         })
+    }
+
+    /// Reports every provisioning call's outcome to `observer`.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn ProvisionObserver>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     fn url(&self, path: &str) -> String {
@@ -183,7 +285,19 @@ impl BridgeClient {
     }
 
     /// `POST /v1/runs`: idempotent, so it also re-provisions a deleted webhook.
+    /// The outcome is reported to the observer.
     pub async fn provision(&self) -> Result<Provisioned, BridgeError> {
+        let result = self.provision_once().await;
+        if let Some(observer) = &self.observer {
+            observer.provision_attempt(match &result {
+                Ok(_) => ProvisionOutcome::Ok,
+                Err(e) => e.outcome(),
+            });
+        }
+        result
+    }
+
+    async fn provision_once(&self) -> Result<Provisioned, BridgeError> {
         let resp = self.post("/v1/runs", &self.run).await?;
         let body: RunResponse = resp
             .json()
@@ -246,5 +360,30 @@ mod tests {
             let mode = std::fs::metadata(&file).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn failures_map_to_the_closed_outcome_set() {
+        let status = |status| BridgeError::Status {
+            status,
+            message: String::new(),
+        };
+        assert_eq!(
+            BridgeError::Unreachable("refused".into()).outcome(),
+            ProvisionOutcome::Unreachable
+        );
+        assert_eq!(status(401).outcome(), ProvisionOutcome::Unauthorized);
+        assert_eq!(status(403).outcome(), ProvisionOutcome::Unauthorized);
+        assert_eq!(status(409).outcome(), ProvisionOutcome::Conflict);
+        assert_eq!(status(503).outcome(), ProvisionOutcome::Unavailable);
+        assert_eq!(status(429).outcome(), ProvisionOutcome::Unavailable);
+        assert_eq!(status(400).outcome(), ProvisionOutcome::Rejected);
+        assert_eq!(
+            BridgeError::Invalid("x".into()).outcome(),
+            ProvisionOutcome::Invalid
+        );
+        let labels: std::collections::BTreeSet<_> =
+            ProvisionOutcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(labels.len(), ProvisionOutcome::ALL.len());
     }
 }

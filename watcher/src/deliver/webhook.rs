@@ -98,6 +98,7 @@ impl WebhookSender {
                 self.acquire().await;
             }
             attempts += 1;
+            self.observer.attempt();
             let outcome = self.client.execute(&self.target, msg).await;
             let (reason, detail) = match outcome {
                 ExecuteOutcome::Delivered { headers, .. } => {

@@ -107,6 +107,7 @@ async fn list_faults(AxumState(app): AxumState<App>) -> Response {
 
 async fn clear_faults(AxumState(app): AxumState<App>) -> Response {
     app.with(|s| s.faults.clear());
+    app.faults_cleared.notify_waiters();
     Json(json!({"pending": []})).into_response()
 }
 

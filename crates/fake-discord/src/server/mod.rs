@@ -42,6 +42,8 @@ pub struct Shared {
     pub state: Mutex<State>,
     /// Woken whenever a message or an interaction edit is recorded.
     pub recorded: Notify,
+    /// Woken when the faults are cleared: releases `hang` requests.
+    pub faults_cleared: Notify,
 }
 
 impl Shared {
@@ -49,6 +51,7 @@ impl Shared {
         Self {
             state: Mutex::new(state),
             recorded: Notify::new(),
+            faults_cleared: Notify::new(),
         }
     }
 
@@ -158,6 +161,8 @@ pub async fn serve_fault(
     webhook_id: Option<&str>,
     bucket: impl FnOnce(&mut State) -> Option<Advertised>,
 ) -> FaultOutcome {
+    // Registered before the fault is taken, so a clear in between releases it.
+    let cleared = app.faults_cleared.notified();
     let taken = app.with(|s| {
         let fault = s.faults.take(route, webhook_id)?;
         s.count_fault(fault.label());
@@ -190,6 +195,13 @@ pub async fn serve_fault(
     match fault {
         FaultKind::Slow { delay_ms } => {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            FaultOutcome::Proceed
+        }
+        FaultKind::Hang { max_ms } => {
+            tokio::select! {
+                () = cleared => {}
+                () = tokio::time::sleep(Duration::from_millis(max_ms)) => {}
+            }
             FaultOutcome::Proceed
         }
         FaultKind::Status { status, body } => {
