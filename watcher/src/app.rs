@@ -551,6 +551,16 @@ fn spawn_sink_watchdog(
     });
 }
 
+/// The watcher's routes, pre-registered in `http_server_requests_total` so an
+/// error-ratio `rate()` sees a series from start-up, not from the first request.
+const HTTP_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/livez"),
+    ("GET", "/readyz"),
+    ("GET", "/healthz"),
+    ("GET", "/metrics"),
+    ("POST", "/v1/input"),
+];
+
 /// `watcher` (run): follow, render, deliver until SIGTERM, then drain, post the
 /// summary and exit within the shutdown budget.
 pub async fn run(cfg: Config) -> Result<(), AppError> {
@@ -566,6 +576,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let metrics = Metrics::new("watcher", VERSION)?;
     let watcher_metrics = WatcherMetrics::new(&metrics)?;
     let http_metrics = ops::http::HttpMetrics::new(&metrics)?;
+    http_metrics.preregister("watcher", HTTP_ROUTES, &["200", "500"]);
     let health = Health::new(VERSION);
     let transcript_health =
         health.component("transcript", true, Status::Failed, "no transcript yet");
