@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use e2e::transcript::{self, SESSION};
 use e2e::{
-    append_chunked, count, eventually, get_text, metric_value, started_ops_addr, watcher_env,
-    FakeDiscordProc, Proc,
+    append_chunked, count, eventually, get_text, metric_value, run_to_end, started_ops_addr,
+    watcher_env, FakeDiscordProc, Proc,
 };
 use serde_json::json;
 
@@ -296,10 +296,38 @@ async fn a_live_session_with_a_workflow_run_teammates_steering_and_an_unterminat
         &teammate("t1", "zl-reviewer", "tm-0000 findings: 2 bugs"),
     );
     append(&file, &steering("steer-0000 also run the linter"));
+    // A record of the wrong shape carrying the uuid of the valid one after it.
+    append(
+        &file,
+        &format!(
+            "{}\n",
+            json!({"type": "user", "uuid": "dup", "sessionId": SESSION, "message": "dup-bad"})
+        ),
+    );
+    append(
+        &file,
+        &transcript::prompt("dup", SESSION, "dup-0000 the real one"),
+    );
     fake.wait_markers("", "wf", 0..6, DEADLINE).await;
     fake.wait_markers("", "main", 0..6, DEADLINE).await;
     fake.wait_markers("", "tm", 0..1, DEADLINE).await;
     fake.wait_markers("", "steer", 0..1, DEADLINE).await;
+    fake.wait_markers("", "dup", 0..1, DEADLINE).await;
+    let (_, m) = get_text(&format!("http://{ops}/metrics")).await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "watcher_transcript_skipped_records_total{reason=\"message_shape\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        count(
+            &w.output(),
+            "dropped a transcript record of the wrong shape"
+        ),
+        1
+    );
 
     // The agent's last record, complete but without its newline.
     let last = transcript::prompt("p-last", SESSION, "last-0000 the final words");
@@ -352,7 +380,9 @@ async fn a_live_session_with_a_workflow_run_teammates_steering_and_an_unterminat
     assert_eq!(steer.len(), 1);
     assert!(steer[0]["title"].as_str().unwrap().contains("Prompt"));
     assert_eq!(with("last-0000").len(), 1);
-    // Prompts: go, steering, last line; the teammate message is counted apart.
+    assert_eq!(with("dup-0000").len(), 1);
+    assert!(with("dup-bad").is_empty());
+    // Prompts: go, steering, dup, last line; the teammate message is counted apart.
     let summary = summary_embed(&fake).await;
     let activity = summary["fields"]
         .as_array()
@@ -364,7 +394,7 @@ async fn a_live_session_with_a_workflow_run_teammates_steering_and_an_unterminat
         .unwrap()
         .to_owned();
     assert!(
-        activity.starts_with("3 prompts · 1 teammate message"),
+        activity.starts_with("4 prompts · 1 teammate message"),
         "{activity}"
     );
 }
@@ -466,19 +496,63 @@ async fn three_thousand_subagent_files_keep_memory_and_descriptors_bounded() {
     )
     .await;
     let (rss, fds) = rss_kib_and_fds(w.pid());
-    let (_, m) = get_text(&format!("http://{ops}/metrics")).await;
-    let open = metric_value(&m, "watcher_subagent_files_open").unwrap();
-    let parked = metric_value(&m, "watcher_subagent_files_parked_total").unwrap();
-    eprintln!(
-        "3000 subagent files: RSS {rss_before} -> {rss} KiB, fds {fds_before} -> {fds}, open {open}, parked {parked}"
-    );
-    assert!(open <= 64.0, "{open}");
-    assert!(parked > 0.0);
+    eprintln!("3000 subagent files: RSS {rss_before} -> {rss} KiB, fds {fds_before} -> {fds}");
     assert!(fds < fds_before + 100, "{fds_before} -> {fds}");
     // The chart's limit is 64 MiB.
     assert!(rss < 48 * 1024, "RSS {rss} KiB");
+    let (_, m) = get_text(&format!("http://{ops}/metrics")).await;
+    let open = metric_value(&m, "watcher_subagent_files_open").unwrap();
+    let parked = metric_value(&m, "watcher_subagent_files_parked_total").unwrap();
+    eprintln!("open {open}, parked {parked}");
+    assert!(open <= 64.0, "{open}");
+    assert!(parked > 0.0);
     w.sigterm();
     let mut w = w;
     let status = w.wait_exit(Duration::from_secs(10)).await;
     assert!(status.is_some_and(|s| s.success()), "{}", w.output());
+}
+
+#[test]
+fn render_takes_the_sessions_subagents_like_a_live_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join(format!("{SESSION}.jsonl"));
+    append(&file, &transcript::prompt("p0", SESSION, "go-0000"));
+    append(
+        &file,
+        &transcript::assistant("m0", SESSION, "msg_m0", "main-0000", 10, 5),
+    );
+    // A record of the wrong shape is named on stderr.
+    append(
+        &file,
+        &format!(
+            "{}\n",
+            json!({"type": "user", "uuid": "bad", "sessionId": SESSION, "message": "text"})
+        ),
+    );
+    let run = dir.path().join(SESSION).join("subagents/workflows/wf_r1");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("agent-aa1.meta.json"),
+        r#"{"label":"review parser"}"#,
+    )
+    .unwrap();
+    append(
+        &run.join("agent-aa1.jsonl"),
+        &agent_text("w0", "aa1", "msg_w0", "wf-0000 checked"),
+    );
+    // Nothing the agent puts there can make render hang.
+    nix::unistd::mkfifo(&run.join("agent-zz.jsonl"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let (code, out, err) = run_to_end("watcher", &["render", file.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[review parser · wf_r1] 💭 wf-0000 checked"),
+        "{out}"
+    );
+    // Counts and cost cover the subagent, as in a live run.
+    assert!(out.contains("tokens in 20 out 10"), "{out}");
+    assert!(
+        err.contains("dropped a record of the wrong shape (message_shape)"),
+        "{err}"
+    );
+    assert!(err.contains("agent-zz.jsonl: not a regular file"), "{err}");
 }

@@ -288,8 +288,3 @@ pub fn assistant_with_misspelt_content(uuid: &str, text: &str) -> String {
     );
     line(m)
 }
-
-/// A record as written in a workflow agent's file: sidechain, the agent's id.
-pub fn in_agent_file(line: &str, agent_id: &str) -> String {
-    with_fields(line, json!({"isSidechain": true, "agentId": agent_id}))
-}
