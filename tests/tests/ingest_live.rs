@@ -422,6 +422,12 @@ async fn a_fifo_at_the_transcript_path_or_under_subagents_never_wedges_the_watch
     // and the agent creates FIFOs where the watcher looks for subagents.
     let (status, _) = get_text(&format!("http://{ops}/livez")).await;
     assert_eq!(status, 200);
+    // …and says why nothing is read instead of looking healthy.
+    eventually("not ready, naming the FIFO", DEADLINE, || async {
+        let (status, body) = get_text(&format!("http://{ops}/readyz")).await;
+        (status == 503 && body.contains("is not a regular file")).then_some(())
+    })
+    .await;
     std::fs::remove_file(&file).unwrap();
     append(&file, &transcript::prompts("fifo", 0..3));
     wait_printed(&w, "fifo", 0..3).await;

@@ -149,7 +149,7 @@ struct Tracked {
     /// Last read error, logged once until it changes.
     last_error: Option<String>,
     /// The path was found not to be a regular file, and that was reported
-    /// (once, until a regular file sits there).
+    /// (once, until the path holds something else).
     not_regular: bool,
     /// The last pump read it to its end.
     idle: bool,
@@ -554,7 +554,11 @@ impl Ingest {
         };
         if main.announced || !main.follower.is_open() {
             if !main.announced && self.cfg.transcript_path.is_some() {
-                let detail = format!("{} does not exist yet", main.follower.label());
+                let detail = if main.not_regular {
+                    format!("{} is not a regular file", main.follower.label())
+                } else {
+                    format!("{} does not exist yet", main.follower.label())
+                };
                 if self.last_waiting.as_ref() != Some(&detail) {
                     self.emitter.observer.waiting_for_transcript(&detail);
                     self.last_waiting = Some(detail);
