@@ -72,6 +72,10 @@ const WATCHER_METRICS: &[&str] = &[
     "watcher_last_event_timestamp_seconds",
     "watcher_session_cost_usd",
     "watcher_tokens_total{type=",
+    "watcher_transcript_skipped_records_total{reason=",
+    "watcher_transcript_files_skipped_total{reason=",
+    "watcher_subagent_files_open",
+    "watcher_subagent_files_parked_total",
 ];
 
 #[test]

@@ -107,11 +107,28 @@ pub fn check_config(cfg: &Config) -> Result<(), AppError> {
     Ok(())
 }
 
-/// `watcher render FILE`: what would be posted, without posting it.
+/// `watcher render FILE`: what would be posted, without posting it. Like the
+/// live watcher, the session's subagent files (`<session>/subagents/`, any
+/// depth, and flat `agent-*.jsonl` of the session) are rendered too, after
+/// the session file, so counts and cost match a live run.
 pub async fn render_file(cfg: &Config, file: &Path, format: RenderFormat) -> Result<(), AppError> {
     use std::io::BufRead;
-    let f = std::fs::File::open(file)
-        .map_err(|e| AppError::Io(format!("cannot open {}: {e}", file.display())))?;
+    let mut files = vec![(file.to_path_buf(), Source::Main)];
+    if let Some(dir) = file.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        for f in crate::discover::SubagentScanner::default().scan(dir, file) {
+            let source = Source::Subagent {
+                description: crate::discover::meta_description(&f.path),
+                agent_id: Some(f.agent_id),
+                workflow: f.workflow,
+            };
+            files.push((f.path, source));
+        }
+    }
     let mut renderer = Renderer::new(render_config(cfg)?);
     let mut decoder = Decoder::new(DecoderConfig {
         dedupe_capacity: 1_000_000,
@@ -119,9 +136,6 @@ pub async fn render_file(cfg: &Config, file: &Path, format: RenderFormat) -> Res
     let color = matches!(format, RenderFormat::Text)
         && std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut batcher = Batcher::new(cfg.batch_size, None);
-    let file_name: Arc<str> = Arc::from(file.display().to_string());
-    let mut offset = 0u64;
-    let mut reader = std::io::BufReader::new(f);
     let mut line = Vec::new();
     let mut first_ts: Option<String> = None;
     let mut last_ts: Option<String> = None;
@@ -131,49 +145,72 @@ pub async fn render_file(cfg: &Config, file: &Path, format: RenderFormat) -> Res
     if matches!(format, RenderFormat::Json) {
         batcher.push(unit(vec![renderer.header(&started)], vec![], None));
     }
-    loop {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', &mut line)
-            .map_err(|e| AppError::Io(format!("cannot read {}: {e}", file.display())))?;
-        if n == 0 {
-            break;
-        }
-        let pos = LinePos {
-            file: file_name.clone(),
-            start: offset,
-            end: offset + n as u64,
-        };
-        offset += n as u64;
-        let raw = line.strip_suffix(b"\n").unwrap_or(&line);
-        let events = match decoder.decode_line(raw, &pos, &Source::Main) {
-            Ok(evs) => evs,
-            Err(e) => {
-                eprintln!(
-                    "watcher: {}:{}: skipped line ({})",
-                    file.display(),
-                    pos.start,
-                    e.reason()
-                );
+    for (file, source) in &files {
+        let f = match crate::tail::open_regular(file) {
+            Ok(crate::tail::Opened::File(f, _)) => f,
+            Ok(crate::tail::Opened::NotRegular) => {
+                eprintln!("watcher: {}: not a regular file; skipped", file.display());
                 continue;
             }
+            Err(e) => return Err(AppError::Io(format!("cannot open {}: {e}", file.display()))),
         };
-        for ev in &events {
-            if let Some(ts) = &ev.timestamp {
-                first_ts.get_or_insert_with(|| ts.clone());
-                last_ts = Some(ts.clone());
+        let file_name: Arc<str> = Arc::from(file.display().to_string());
+        let mut offset = 0u64;
+        let mut reader = std::io::BufReader::new(f);
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(|e| AppError::Io(format!("cannot read {}: {e}", file.display())))?;
+            if n == 0 {
+                break;
             }
-            match format {
-                RenderFormat::Text => {
-                    renderer.render(ev);
-                    if let Some(l) = console::line(ev, color) {
-                        let _ = writeln!(out, "{l}");
+            let pos = LinePos {
+                file: file_name.clone(),
+                start: offset,
+                end: offset + n as u64,
+            };
+            offset += n as u64;
+            let raw = line.strip_suffix(b"\n").unwrap_or(&line);
+            let events = match decoder.decode_line(raw, &pos, source) {
+                Ok(evs) => {
+                    if let Some(s) = decoder.last_skip() {
+                        eprintln!(
+                            "watcher: {}:{}: dropped a record of the wrong shape ({})",
+                            file.display(),
+                            pos.start,
+                            s.reason()
+                        );
                     }
+                    evs
                 }
-                RenderFormat::Json => {
-                    let r = renderer.render(ev);
-                    if !r.embeds.is_empty() || !r.files.is_empty() {
-                        batcher.push(unit(r.embeds, r.files, None));
+                Err(e) => {
+                    eprintln!(
+                        "watcher: {}:{}: skipped line ({})",
+                        file.display(),
+                        pos.start,
+                        e.reason()
+                    );
+                    continue;
+                }
+            };
+            for ev in &events {
+                if let Some(ts) = &ev.timestamp {
+                    first_ts.get_or_insert_with(|| ts.clone());
+                    last_ts = Some(ts.clone());
+                }
+                match format {
+                    RenderFormat::Text => {
+                        renderer.render(ev);
+                        if let Some(l) = console::line(ev, color) {
+                            let _ = writeln!(out, "{l}");
+                        }
+                    }
+                    RenderFormat::Json => {
+                        let r = renderer.render(ev);
+                        if !r.embeds.is_empty() || !r.files.is_empty() {
+                            batcher.push(unit(r.embeds, r.files, None));
+                        }
                     }
                 }
             }
@@ -689,6 +726,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             read_chunk: 64 * 1024,
         },
         dedupe_capacity: DEDUPE_CAPACITY,
+        subagent_max_open: cfg.subagent_max_open,
     };
     let ingest_observer: Arc<dyn IngestObserver> = telemetry.clone();
     let ingest = tokio::spawn(crate::ingest::run(

@@ -187,6 +187,10 @@ pub struct Options {
     /// URL bot-bridge should call for input [default: http://<INPUT_ADDR>].
     #[arg(long, env = "INPUT_URL", global = true)]
     pub input_url: Option<String>,
+    /// At most this many subagent transcript files open at once; idle ones
+    /// beyond it are closed and reopened at their offset when they grow.
+    #[arg(long, env = "SUBAGENT_MAX_OPEN", default_value_t = 64, global = true)]
+    pub subagent_max_open: usize,
     /// Discord's per-channel webhook limit (messages per minute), paced proactively.
     #[arg(
         long,
@@ -266,6 +270,7 @@ pub struct RawConfig {
     pub input_secret: Option<Secret<String>>,
     pub agent_input_fifo: Option<PathBuf>,
     pub input_url: Option<String>,
+    pub subagent_max_open: usize,
     pub channel_messages_per_minute: u32,
     pub delivery_max_elapsed: String,
     pub sink_unhealthy_after: String,
@@ -328,6 +333,8 @@ pub struct Config {
     pub model_costs: Option<String>,
     pub ops_addr: SocketAddr,
     pub input: Option<InputConfig>,
+    /// Subagent files open at once (`SUBAGENT_MAX_OPEN`).
+    pub subagent_max_open: usize,
     pub channel_messages_per_minute: u32,
     #[serde(with = "ops::config::duration")]
     pub delivery_max_elapsed: Duration,
@@ -457,6 +464,12 @@ impl RawConfig {
                 format!("{} is not between 1 and 60000", self.poll_interval_ms),
             ));
         }
+        if !(1..=4096).contains(&self.subagent_max_open) {
+            return Err(ConfigError::invalid(
+                "SUBAGENT_MAX_OPEN",
+                format!("{} is not between 1 and 4096", self.subagent_max_open),
+            ));
+        }
         if self.channel_messages_per_minute == 0 {
             return Err(ConfigError::invalid(
                 "CHANNEL_MESSAGES_PER_MINUTE",
@@ -550,6 +563,7 @@ impl RawConfig {
             model_costs: self.model_costs,
             ops_addr: addr("OPS_ADDR", &self.ops_addr)?,
             input,
+            subagent_max_open: self.subagent_max_open,
             channel_messages_per_minute: self.channel_messages_per_minute,
             delivery_max_elapsed: duration("DELIVERY_MAX_ELAPSED", &self.delivery_max_elapsed)?,
             sink_unhealthy_after: duration("SINK_UNHEALTHY_AFTER", &self.sink_unhealthy_after)?,

@@ -16,6 +16,14 @@ use serde::Deserialize;
 /// Where new-layout subagent transcripts live: `<projectDir>/<sessionId>/subagents/`.
 pub const SUBAGENTS_DIR: &str = "subagents";
 
+/// Where workflow runs keep their agents' transcripts, under [`SUBAGENTS_DIR`]:
+/// `workflows/<run>/agent-<id>.jsonl` (beside a `journal.jsonl`, not read).
+pub const WORKFLOWS_DIR: &str = "workflows";
+
+/// How deep under [`SUBAGENTS_DIR`] agent files are looked for (the
+/// workflow layout is two levels down; the rest is margin for what comes next).
+const MAX_SUBAGENT_DEPTH: usize = 4;
+
 /// How much of a file is read to learn its `cwd` or `sessionId`.
 const PROBE_BYTES: u64 = 64 * 1024;
 
@@ -183,7 +191,7 @@ struct Probe {
 fn probe(path: &Path) -> Probe {
     let mut head = Vec::new();
     let mut out = Probe::default();
-    let Ok(f) = fs::File::open(path) else {
+    let Ok(crate::tail::Opened::File(f, _)) = crate::tail::open_regular(path) else {
         return out;
     };
     if f.take(PROBE_BYTES).read_to_end(&mut head).is_err() {
@@ -212,7 +220,8 @@ fn probe(path: &Path) -> Probe {
 pub enum Layout {
     /// `<projectDir>/agent-<id>.jsonl`, shared by all sessions of the project.
     Flat,
-    /// `<projectDir>/<sessionId>/subagents/agent-<id>.jsonl`.
+    /// `<projectDir>/<sessionId>/subagents/[…/]agent-<id>.jsonl`, at any
+    /// depth (workflow runs: `subagents/workflows/<run>/agent-<id>.jsonl`).
     Nested,
 }
 
@@ -221,6 +230,45 @@ pub struct SubagentFile {
     pub path: PathBuf,
     pub agent_id: String,
     pub layout: Layout,
+    /// The workflow run it belongs to (`subagents/workflows/<run>/…`).
+    pub workflow: Option<String>,
+}
+
+/// Every `agent-<id>.jsonl` under `dir` (the session's `subagents/`), at
+/// any depth up to [`MAX_SUBAGENT_DEPTH`], with the workflow run its path
+/// names. Symlinked directories are not entered; a non-directory entry with
+/// an agent file name is returned whatever its type, so that a FIFO or device
+/// is reported (and never opened) by the follower rather than skipped silently.
+/// Directory entry types come from `readdir`: no `stat` per file.
+pub fn nested_agent_files(dir: &Path) -> Vec<(PathBuf, Option<String>)> {
+    let mut out = Vec::new();
+    walk_agents(dir, &mut Vec::new(), &mut out);
+    out
+}
+
+fn walk_agents(dir: &Path, rel: &mut Vec<String>, out: &mut Vec<(PathBuf, Option<String>)>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let Ok(ty) = e.file_type() else { continue };
+        let path = e.path();
+        if ty.is_dir() {
+            if rel.len() + 1 < MAX_SUBAGENT_DEPTH {
+                if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+                    rel.push(name.to_owned());
+                    walk_agents(&path, rel, out);
+                    rel.pop();
+                }
+            }
+        } else if agent_id(&path).is_some() {
+            let workflow = match rel.as_slice() {
+                [w, run, ..] if w == WORKFLOWS_DIR => Some(run.clone()),
+                _ => None,
+            };
+            out.push((path, workflow));
+        }
+    }
 }
 
 /// The session id of a session file: its name without `.jsonl`.
@@ -267,17 +315,19 @@ impl SubagentScanner {
                         agent_id: id.to_owned(),
                         path: f.path,
                         layout: Layout::Flat,
+                        workflow: None,
                     });
                 }
             }
         }
         if let Some(dir) = subagents_dir(project_dir, session) {
-            for f in list(&dir, |p| agent_id(p).is_some()) {
-                if let Some(id) = agent_id(&f.path) {
+            for (path, workflow) in nested_agent_files(&dir) {
+                if let Some(id) = agent_id(&path) {
                     out.push(SubagentFile {
                         agent_id: id.to_owned(),
-                        path: f.path,
+                        path,
                         layout: Layout::Nested,
+                        workflow,
                     });
                 }
             }
@@ -287,20 +337,26 @@ impl SubagentScanner {
     }
 }
 
-/// `description` from `agent-<id>.meta.json` beside the agent file, if any.
+/// `description` (else a workflow agent's `label`) from
+/// `agent-<id>.meta.json` beside the agent file, if any. The meta file is
+/// opened without blocking and only when it is a regular file: the agent can
+/// put a FIFO there.
 pub fn meta_description(agent_file: &Path) -> Option<String> {
     #[derive(Deserialize)]
     struct Meta {
         description: Option<String>,
+        label: Option<String>,
     }
     let meta = agent_file.with_extension("meta.json");
-    let f = fs::File::open(meta).ok()?;
+    let crate::tail::Opened::File(f, _) = crate::tail::open_regular(&meta).ok()? else {
+        return None;
+    };
     let mut bytes = Vec::new();
     f.take(PROBE_BYTES).read_to_end(&mut bytes).ok()?;
-    serde_json::from_slice::<Meta>(&bytes)
-        .ok()?
-        .description
+    let meta = serde_json::from_slice::<Meta>(&bytes).ok()?;
+    meta.description
         .filter(|d| !d.trim().is_empty())
+        .or(meta.label.filter(|l| !l.trim().is_empty()))
 }
 
 /// Every transcript file that exists now under `projects_dir` (sessions and
@@ -323,8 +379,10 @@ pub fn snapshot_project(project: &Path, out: &mut HashMap<PathBuf, u64>) {
     }
     for f in session_files(project) {
         if let Some(dir) = subagents_dir(project, &f.path) {
-            for a in list(&dir, |p| agent_id(p).is_some()) {
-                out.insert(a.path, a.len);
+            for (path, _) in nested_agent_files(&dir) {
+                if let Some(a) = stat(path) {
+                    out.insert(a.path, a.len);
+                }
             }
         }
     }
@@ -437,14 +495,33 @@ mod tests {
             "{\"agentType\":\"x\",\"description\":\"Find the bug\"}",
         );
         write(&p.join("s1/tool-results/t.txt"), "not a transcript");
-        write(&p.join("s1/subagents/workflows/journal.jsonl"), "{}\n");
+        write(&p.join("s1/subagents/workflows/wf_1/journal.jsonl"), "{}\n");
+        write(&p.join("s1/subagents/workflows/wf_1/agent-w1.jsonl"), "");
+        write(
+            &p.join("s1/subagents/workflows/wf_1/agent-w1.meta.json"),
+            "{\"label\":\"review api\",\"phase\":\"review\"}",
+        );
+        write(&p.join("s1/subagents/deeper/agent-d.jsonl"), "");
+        write(&p.join("s1/subagents/a/b/c/d/agent-too-deep.jsonl"), "");
         let mut scanner = SubagentScanner::default();
         let found = scanner.scan(p, &session);
         let ids: Vec<_> = found
             .iter()
-            .map(|f| (f.agent_id.as_str(), f.layout))
+            .map(|f| (f.agent_id.as_str(), f.layout, f.workflow.as_deref()))
             .collect();
-        assert_eq!(ids, vec![("flat", Layout::Flat), ("nest", Layout::Nested)]);
+        assert_eq!(
+            ids,
+            vec![
+                ("flat", Layout::Flat, None),
+                ("nest", Layout::Nested, None),
+                ("d", Layout::Nested, None),
+                ("w1", Layout::Nested, Some("wf_1")),
+            ]
+        );
+        assert_eq!(
+            meta_description(&p.join("s1/subagents/workflows/wf_1/agent-w1.jsonl")).as_deref(),
+            Some("review api")
+        );
         assert_eq!(
             meta_description(&p.join("s1/subagents/agent-nest.jsonl")).as_deref(),
             Some("Find the bug")
@@ -452,6 +529,33 @@ mod tests {
         assert_eq!(meta_description(&p.join("agent-flat.jsonl")), None);
         // The torn one is picked up once it has a complete line.
         fs::write(p.join("agent-empty.jsonl"), user("s1", "/w")).unwrap();
-        assert_eq!(scanner.scan(p, &session).len(), 3);
+        assert_eq!(scanner.scan(p, &session).len(), 5);
+    }
+
+    #[test]
+    fn a_fifo_named_like_a_meta_or_agent_file_never_blocks_discovery() {
+        let root = tempfile::tempdir().unwrap();
+        let p = root.path();
+        let session = p.join("s1.jsonl");
+        write(&session, &user("s1", "/w"));
+        let dir = p.join("s1/subagents");
+        fs::create_dir_all(&dir).unwrap();
+        let fifo = |name: &str| {
+            nix::unistd::mkfifo(&dir.join(name), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        };
+        fifo("agent-x.meta.json");
+        fifo("agent-y.jsonl");
+        nix::unistd::mkfifo(&p.join("agent-z.jsonl"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        write(&dir.join("agent-x.jsonl"), "");
+        assert_eq!(meta_description(&dir.join("agent-x.jsonl")), None);
+        let found = SubagentScanner::default().scan(p, &session);
+        let ids: Vec<_> = found.iter().map(|f| f.agent_id.as_str()).collect();
+        // The FIFO agent file is handed on (the follower reports it); the
+        // flat FIFO fails the regular-file filter and is never probed.
+        assert_eq!(ids, vec!["x", "y"]);
+        let mut snap = HashMap::new();
+        snapshot_project(p, &mut snap);
+        assert!(snap.contains_key(&dir.join("agent-x.jsonl")));
+        assert!(!snap.contains_key(&dir.join("agent-y.jsonl")));
     }
 }

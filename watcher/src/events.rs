@@ -42,6 +42,10 @@ pub struct WatcherMetrics {
     pub truncations: IntCounterVec,
     pub parse_errors: IntCounterVec,
     pub repaired_lines: IntCounterVec,
+    pub skipped_records: IntCounterVec,
+    pub files_skipped: IntCounterVec,
+    pub subagent_files_open: IntGauge,
+    pub subagent_files_parked: IntCounter,
     pub bytes_read: IntCounter,
     pub rotations: IntCounter,
     pub oversize_lines: IntCounter,
@@ -63,6 +67,7 @@ pub struct WatcherMetrics {
 const EVENT_KINDS: &[&str] = &[
     "session_meta",
     "user_prompt",
+    "teammate_message",
     "assistant_text",
     "thinking",
     "tool_use",
@@ -82,6 +87,7 @@ const PARSE_REASONS: &[&str] = &[
     "not_object",
     "oversize",
 ];
+const FILE_SKIP_REASONS: &[&str] = &["not_regular_file"];
 const TOKEN_TYPES: &[&str] = &["input", "output", "cache_write", "cache_read"];
 const INPUT_OUTCOMES: &[&str] = &[
     "accepted",
@@ -112,6 +118,12 @@ impl WatcherMetrics {
             .map(|r| r.reason())
             .collect();
         preregister(&metrics.repaired_lines, &repairs);
+        let skips: Vec<&str> = crate::transcript::decode::Skip::ALL
+            .iter()
+            .map(|r| r.reason())
+            .collect();
+        preregister(&metrics.skipped_records, &skips);
+        preregister(&metrics.files_skipped, FILE_SKIP_REASONS);
         preregister(&metrics.tokens, TOKEN_TYPES);
         preregister(&metrics.input_requests, INPUT_OUTCOMES);
         let fields: Vec<&str> = discord::truncate::Field::ALL
@@ -181,6 +193,24 @@ impl WatcherMetrics {
                 "watcher_transcript_repaired_lines_total",
                 "Damaged transcript lines that decoded after a repair, by what was repaired.",
                 &["reason"],
+            )?,
+            skipped_records: m.counter_vec(
+                "watcher_transcript_skipped_records_total",
+                "Transcript records of a known kind dropped for their shape, by reason.",
+                &["reason"],
+            )?,
+            files_skipped: m.counter_vec(
+                "watcher_transcript_files_skipped_total",
+                "Transcript paths not opened (e.g. a FIFO or device instead of a regular file), by reason.",
+                &["reason"],
+            )?,
+            subagent_files_open: m.gauge(
+                "watcher_subagent_files_open",
+                "Subagent transcript files open now (at most SUBAGENT_MAX_OPEN).",
+            )?,
+            subagent_files_parked: m.counter(
+                "watcher_subagent_files_parked_total",
+                "Idle subagent files closed to stay within SUBAGENT_MAX_OPEN (reopened at their offset when they grow).",
             )?,
             bytes_read: m.counter(
                 "watcher_transcript_bytes_read_total",
@@ -431,6 +461,44 @@ impl IngestObserver for Telemetry {
             .with_label_values(&[reason])
             .inc();
         tracing::info!(reason, file, offset, "repaired a damaged transcript line");
+    }
+    fn skipped_record(&self, reason: &'static str, file: &str, offset: u64) {
+        self.metrics
+            .skipped_records
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(
+            reason,
+            file,
+            offset,
+            "dropped a transcript record of the wrong shape"
+        );
+    }
+    fn file_skipped(&self, reason: &'static str, file: &str) {
+        self.metrics
+            .files_skipped
+            .with_label_values(&[reason])
+            .inc();
+        tracing::warn!(
+            reason,
+            file,
+            "not reading a transcript path that is not a regular file"
+        );
+    }
+    fn subagent_files_open(&self, open: usize) {
+        self.metrics
+            .subagent_files_open
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+    fn subagent_parked(&self) {
+        self.metrics.subagent_files_parked.inc();
+    }
+    fn subagent_cap_reached(&self, cap: usize, tracked: usize) {
+        tracing::warn!(
+            cap,
+            tracked,
+            "SUBAGENT_MAX_OPEN reached: idle subagent files are closed and reopened at their offset when they grow"
+        );
     }
     fn oversize_line(&self, file: &str, offset: u64, len: u64) {
         self.metrics.oversize_lines.inc();

@@ -8,6 +8,17 @@
 //! or fails to decode, so the checkpoint can move past it. `QueueTx::send`
 //! waits while the queue is full, which is what stops reading under
 //! backpressure: the file stays the buffer.
+//!
+//! Subagent files are bounded: at most `subagent_max_open` are open at once
+//! (descriptors and read buffers). Every discovered file is tracked; when a
+//! file that has something to read needs a slot and none is free, the open
+//! follower idle for longest is *parked*: closed, its buffers freed, its
+//! offset and identity kept. A parked file is looked at with one `stat` per
+//! scan and reopened at its offset when it grows (from the top when another
+//! file replaced it). Nothing is skipped; a busy file waits for a slot.
+//!
+//! At shutdown, a complete record the writer left without its newline (the
+//! agent's last line) is posted, as `watcher render` prints it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -41,6 +52,8 @@ pub struct IngestConfig {
     pub tail: TailConfig,
     /// How many uuids the decoder remembers for deduplication.
     pub dedupe_capacity: usize,
+    /// At most this many subagent files are open at once (see the module docs).
+    pub subagent_max_open: usize,
 }
 
 /// Telemetry of the ingest stage; implemented by `events::Telemetry`.
@@ -51,6 +64,18 @@ pub trait IngestObserver: Send + Sync {
     /// UTF-8 or lone surrogates replaced, a record recovered behind a torn
     /// prefix): nothing was lost, but the writer is misbehaving.
     fn repaired(&self, reason: &'static str, file: &str, offset: u64);
+    /// A record of a known kind dropped for its shape (valid JSON).
+    fn skipped_record(&self, reason: &'static str, file: &str, offset: u64);
+    /// A path that is not a regular file (a FIFO, a device …) was not opened;
+    /// called once per path.
+    fn file_skipped(&self, reason: &'static str, file: &str);
+    /// How many subagent files are open now.
+    fn subagent_files_open(&self, open: usize);
+    /// An idle subagent file was closed to stay within the cap.
+    fn subagent_parked(&self);
+    /// The cap on open subagent files was reached (called once each time it
+    /// is reached after having been below it).
+    fn subagent_cap_reached(&self, cap: usize, tracked: usize);
     fn oversize_line(&self, file: &str, offset: u64, len: u64);
     fn rotation(&self, file: &str, reason: &'static str);
     fn event(&self, kind: &'static str);
@@ -74,6 +99,7 @@ pub fn kind_label(kind: &EventKind) -> &'static str {
     match kind {
         EventKind::SessionMeta { .. } => "session_meta",
         EventKind::UserPrompt { .. } => "user_prompt",
+        EventKind::TeammateMessage { .. } => "teammate_message",
         EventKind::AssistantText { .. } => "assistant_text",
         EventKind::Thinking { .. } => "thinking",
         EventKind::ToolUse { .. } => "tool_use",
@@ -100,12 +126,19 @@ pub async fn run(
     // a full queue; nothing is lost, the file and the checkpoint still hold it.
     tokio::select! {
         biased;
-        () = stop.wait() => Ok(()),
+        () = stop.wait() => {}
         res = ingest.run() => match res {
-            Ok(()) | Err(Closed) => Ok(()),
+            Ok(()) | Err(Closed) => return Ok(()),
         },
     }
+    // The agent is gone: its last line may never get a newline. Bounded, as
+    // the drain that follows has its own budget.
+    let _ = tokio::time::timeout(FINAL_FLUSH_BUDGET, ingest.flush_final_lines()).await;
+    Ok(())
 }
+
+/// How long reading the last lines at shutdown may take.
+const FINAL_FLUSH_BUDGET: Duration = Duration::from_millis(1000);
 
 /// A followed file.
 struct Tracked {
@@ -115,7 +148,22 @@ struct Tracked {
     announced: bool,
     /// Last read error, logged once until it changes.
     last_error: Option<String>,
+    /// The path was found not to be a regular file, and that was reported
+    /// (once, until the path holds something else).
+    not_regular: bool,
+    /// The last pump read it to its end.
+    idle: bool,
+    /// When bytes were last read from it: the longest idle is parked first.
+    last_read: Instant,
+    /// Parked (or not a regular file), and a scan saw its path change since:
+    /// wants a slot to be read.
+    wanted: bool,
+    /// Scans left in which a missing `.meta.json` description is looked for.
+    meta_attempts: u8,
 }
+
+/// How many scans look for a subagent's `.meta.json` when it is not there yet.
+const META_ATTEMPTS: u8 = 20;
 
 impl Tracked {
     fn new(follower: Follower, source: Source) -> Self {
@@ -124,6 +172,11 @@ impl Tracked {
             source,
             announced: false,
             last_error: None,
+            not_regular: false,
+            idle: false,
+            last_read: Instant::now(),
+            wanted: false,
+            meta_attempts: META_ATTEMPTS,
         }
     }
 }
@@ -149,8 +202,17 @@ impl Emitter {
             }
             steps += 1;
             let step = match t.follower.step(&mut self.pieces) {
+                Ok(Step::NotRegular) => {
+                    if !t.not_regular {
+                        t.not_regular = true;
+                        self.observer
+                            .file_skipped(crate::tail::open::NOT_REGULAR, t.follower.label());
+                    }
+                    return Ok(true);
+                }
                 Ok(s) => {
                     t.last_error = None;
+                    t.not_regular = false;
                     s
                 }
                 Err(e) => {
@@ -166,6 +228,7 @@ impl Emitter {
                 Step::Read(n) => {
                     if n > 0 {
                         self.observer.bytes_read(n);
+                        t.last_read = Instant::now();
                     }
                     let identity = t.follower.identity();
                     let label = t.follower.label().clone();
@@ -177,9 +240,21 @@ impl Emitter {
                     self.pieces.clear();
                 }
                 Step::Rotated(r) => self.observer.rotation(t.follower.label(), r.reason()),
-                Step::Idle => return Ok(true),
+                Step::Idle | Step::NotRegular => return Ok(true),
             }
         }
+    }
+
+    /// At shutdown: posts the complete record `t`'s writer left without a
+    /// newline, if any (a torn one stays unposted, as it would have while
+    /// running).
+    async fn flush_final_line(&mut self, t: &mut Tracked) -> Result<(), Closed> {
+        let Some(piece) = t.follower.take_final_line(Decoder::is_complete_record) else {
+            return Ok(());
+        };
+        let identity = t.follower.identity();
+        let label = t.follower.label().clone();
+        self.emit(&piece, &label, &identity, &t.source).await
     }
 
     async fn emit(
@@ -208,6 +283,9 @@ impl Emitter {
                     Ok(events) => {
                         if let Some(r) = self.decoder.last_repair() {
                             self.observer.repaired(r.reason(), label, pos.start);
+                        }
+                        if let Some(s) = self.decoder.last_skip() {
+                            self.observer.skipped_record(s.reason(), label, pos.start);
                         }
                         events
                     }
@@ -251,6 +329,11 @@ struct Ingest {
     /// Project directory of the main file: where its subagents are looked for.
     project_dir: Option<PathBuf>,
     subagents: Vec<Tracked>,
+    /// Position of each subagent file in `subagents`.
+    subagent_index: HashMap<PathBuf, usize>,
+    /// The cap on open subagent files was reached and logged; cleared once
+    /// fewer are open again.
+    cap_logged: bool,
     scanner: SubagentScanner,
     last_scan: Option<Instant>,
     last_waiting: Option<String>,
@@ -299,6 +382,8 @@ impl Ingest {
             main: None,
             project_dir: None,
             subagents: Vec::new(),
+            subagent_index: HashMap::new(),
+            cap_logged: false,
             scanner: SubagentScanner::default(),
             last_scan: None,
             last_waiting: None,
@@ -348,16 +433,118 @@ impl Ingest {
     }
 
     /// Reads every followed file; `true` when all of them reached idle.
+    /// Subagent files are opened within `subagent_max_open` (module docs).
     async fn pump_all(&mut self) -> Result<bool, Closed> {
         const FAIR_SHARE: Option<usize> = Some(64);
         let mut idle = true;
         if let Some(main) = self.main.as_mut() {
             idle &= self.emitter.pump(main, FAIR_SHARE).await?;
         }
-        for t in &mut self.subagents {
-            idle &= self.emitter.pump(t, FAIR_SHARE).await?;
+        let cap = self.cfg.subagent_max_open.max(1);
+        let mut open = self
+            .subagents
+            .iter()
+            .filter(|t| t.follower.is_open())
+            .count();
+        // Open followers that read to their end, longest idle first: the ones
+        // parked when a slot is needed.
+        let mut parkable: Vec<usize> = (0..self.subagents.len())
+            .filter(|&i| self.subagents[i].follower.is_open() && self.subagents[i].idle)
+            .collect();
+        parkable.sort_by_key(|&i| std::cmp::Reverse(self.subagents[i].last_read));
+        let mut waiting = false;
+        let mut at_cap = false;
+        for i in 0..self.subagents.len() {
+            let t = &self.subagents[i];
+            // Parked, or not a regular file: only when a scan saw a change.
+            if (t.follower.is_parked() || t.not_regular) && !t.wanted {
+                continue;
+            }
+            // Only a file that is there needs a slot: a vanished one, or one
+            // not created yet, is stepped without taking one (and parked at
+            // once should it open over the cap).
+            let present = || std::fs::metadata(t.follower.path()).is_ok_and(|m| m.is_file());
+            if !t.follower.is_open() && open >= cap && present() {
+                at_cap = true;
+                // Needs a slot: free the longest idle one (never itself).
+                match parkable.iter().rposition(|&j| j != i) {
+                    Some(at) => {
+                        let j = parkable.remove(at);
+                        if self.subagents[j].follower.park() {
+                            open -= 1;
+                            self.emitter.observer.subagent_parked();
+                        }
+                    }
+                    None => {
+                        waiting = true;
+                        continue;
+                    }
+                }
+            }
+            let t = &mut self.subagents[i];
+            let was_open = t.follower.is_open();
+            if !was_open && t.meta_attempts > 0 {
+                // About to open: its records carry the meta file's description.
+                if let Source::Subagent {
+                    description: d @ None,
+                    ..
+                } = &mut t.source
+                {
+                    t.meta_attempts -= 1;
+                    *d = discover::meta_description(t.follower.path());
+                }
+            }
+            t.wanted = false;
+            t.idle = self.emitter.pump(t, FAIR_SHARE).await?;
+            idle &= t.idle;
+            if !was_open && t.follower.is_open() {
+                open += 1;
+                if open > cap && t.idle && t.follower.park() {
+                    open -= 1;
+                    self.emitter.observer.subagent_parked();
+                }
+            }
         }
-        Ok(idle)
+        if at_cap {
+            if !self.cap_logged {
+                self.cap_logged = true;
+                self.emitter
+                    .observer
+                    .subagent_cap_reached(cap, self.subagents.len());
+            }
+        } else if open < cap {
+            self.cap_logged = false;
+        }
+        self.emitter.observer.subagent_files_open(open);
+        // A file waiting for a slot is work left: come back without sleeping.
+        Ok(idle && !waiting)
+    }
+
+    /// At shutdown: reads what is left of the open files (bounded by the
+    /// caller) and posts each one's complete last line without a newline.
+    async fn flush_final_lines(&mut self) -> Result<(), Closed> {
+        if let Some(mut main) = self.main.take() {
+            let res = async {
+                self.emitter.pump(&mut main, None).await?;
+                self.emitter.flush_final_line(&mut main).await
+            }
+            .await;
+            self.main = Some(main);
+            res?;
+        }
+        let mut subagents = std::mem::take(&mut self.subagents);
+        let mut res = Ok(());
+        for t in subagents.iter_mut().filter(|t| t.follower.is_open()) {
+            res = self.emitter.pump(t, None).await.map(drop);
+            if res.is_ok() {
+                res = self.emitter.flush_final_line(t).await;
+            }
+            if res.is_err() {
+                break;
+            }
+        }
+        self.subagents = subagents;
+        res
     }
 
     /// Tells the observer the main file is being followed, once it is open.
@@ -367,7 +554,11 @@ impl Ingest {
         };
         if main.announced || !main.follower.is_open() {
             if !main.announced && self.cfg.transcript_path.is_some() {
-                let detail = format!("{} does not exist yet", main.follower.label());
+                let detail = if main.not_regular {
+                    format!("{} is not a regular file", main.follower.label())
+                } else {
+                    format!("{} does not exist yet", main.follower.label())
+                };
                 if self.last_waiting.as_ref() != Some(&detail) {
                     self.emitter.observer.waiting_for_transcript(&detail);
                     self.last_waiting = Some(detail);
@@ -478,6 +669,7 @@ impl Ingest {
     async fn switch_to(&mut self, project_dir: PathBuf, session: PathBuf) -> Result<(), Closed> {
         let old_main = self.main.take();
         let old_subagents = std::mem::take(&mut self.subagents);
+        self.subagent_index.clear();
         for mut t in old_main.into_iter().chain(old_subagents) {
             self.emitter.pump(&mut t, None).await?;
             if let Some(point) = t.follower.resume_point() {
@@ -499,27 +691,37 @@ impl Ingest {
         };
         let found = self.scanner.scan(dir, main.follower.path());
         for f in found {
-            if let Some(t) = self
-                .subagents
-                .iter_mut()
-                .find(|t| t.follower.path() == f.path)
-            {
-                // The meta file may be written after the transcript.
-                if let Source::Subagent {
-                    description: d @ None,
-                    ..
-                } = &mut t.source
-                {
-                    *d = discover::meta_description(&f.path);
+            if let Some(&i) = self.subagent_index.get(&f.path) {
+                let t = &mut self.subagents[i];
+                // The meta file may be written after the transcript; looked
+                // for a bounded number of times, and only for open files.
+                if t.follower.is_open() && t.meta_attempts > 0 {
+                    if let Source::Subagent {
+                        description: d @ None,
+                        ..
+                    } = &mut t.source
+                    {
+                        t.meta_attempts -= 1;
+                        *d = discover::meta_description(&f.path);
+                    }
                 }
                 continue;
             }
             let source = Source::Subagent {
-                description: discover::meta_description(&f.path),
+                description: None,
                 agent_id: Some(f.agent_id),
+                workflow: f.workflow,
             };
-            let t = self.follow(f.path, source);
+            let t = self.follow(f.path.clone(), source);
+            self.subagent_index.insert(f.path, self.subagents.len());
             self.subagents.push(t);
+        }
+        for t in &mut self.subagents {
+            if t.follower.is_parked() && !t.wanted {
+                t.wanted = t.follower.changed_since_parked();
+            } else if t.not_regular && !t.wanted {
+                t.wanted = std::fs::metadata(t.follower.path()).is_ok_and(|m| m.is_file());
+            }
         }
     }
 
@@ -538,7 +740,16 @@ impl Ingest {
             dirs.insert(dir.clone());
             if let Some(main) = &self.main {
                 if let Some(sub) = discover::subagents_dir(dir, main.follower.path()) {
+                    dirs.insert(sub.join(discover::WORKFLOWS_DIR));
                     dirs.insert(sub);
+                }
+            }
+            // Nested folders (workflow runs) that hold followed files.
+            for t in &self.subagents {
+                if let Some(parent) = t.follower.path().parent() {
+                    if !dirs.contains(parent) {
+                        dirs.insert(parent.to_path_buf());
+                    }
                 }
             }
         }

@@ -61,6 +61,7 @@ fn run(d: &mut Decoder, bytes: &[u8]) {
         &Source::Subagent {
             agent_id: None,
             description: None,
+            workflow: None,
         },
     );
 }

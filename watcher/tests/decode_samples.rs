@@ -77,6 +77,7 @@ fn summary(e: &Event) -> String {
             git_branch.as_deref().unwrap_or("-")
         ),
         EventKind::UserPrompt { text, images } => format!("prompt[{images}] {text}"),
+        EventKind::TeammateMessage { teammate, text, .. } => format!("teammate {teammate} {text}"),
         EventKind::AssistantText { text, model } => {
             format!("text({}) {text}", model.as_deref().unwrap_or("-"))
         }

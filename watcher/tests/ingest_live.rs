@@ -3,9 +3,8 @@
 //! follows them, with a real bounded queue and a recording observer.
 //!
 //! Every record is resolved back to the bytes the test wrote to that very file
-//! (by inode), so the assertions hold for whatever the decoder makes of a line.
-//! Where the real decoder is in place (it yields events for a plain user line),
-//! the uuids of the events are checked too (dedupe across rotations).
+//! (by inode), and the uuids of the events are checked too (dedupe across
+//! rotations).
 //! No sleeps as synchronisation: every wait is on a condition with a deadline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,8 +22,7 @@ use watcher::checkpoint::{Checkpoint, FileCheckpoint};
 use watcher::ingest::{IngestConfig, IngestError, IngestObserver, StartAt};
 use watcher::queue::{self, QueueRx, Record};
 use watcher::tail::{FileIdentity, TailConfig};
-use watcher::transcript::decode::{Decoder, DecoderConfig};
-use watcher::transcript::{LinePos, Source};
+use watcher::transcript::Source;
 
 const DEADLINE: Duration = Duration::from_secs(10);
 const WORKSPACE: &str = "/w";
@@ -44,27 +42,14 @@ fn lines(prefix: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Whether the decoder in the tree already decodes (it is written in
-/// parallel; until then it yields no events and only positions are checked).
-fn decoder_is_real() -> bool {
-    let mut d = Decoder::new(DecoderConfig {
-        dedupe_capacity: 10,
-    });
-    let line = user_line("probe", "hi");
-    let pos = LinePos {
-        file: Arc::from("/probe"),
-        start: 0,
-        end: line.len() as u64,
-    };
-    d.decode_line(line.trim_end().as_bytes(), &pos, &Source::Main)
-        .is_ok_and(|e| !e.is_empty())
-}
-
 #[derive(Debug, Clone, PartialEq)]
 enum Seen {
     ParseError(&'static str, String, u64),
     Repaired(&'static str, String, u64),
     Oversize(String, u64, u64),
+    SkippedRecord(&'static str, String, u64),
+    FileSkipped(&'static str, String),
+    CapReached(usize, usize),
     Rotation(String, &'static str),
     Waiting(String),
     Following(String),
@@ -77,6 +62,9 @@ struct Recorder {
     bytes_read: Mutex<u64>,
     records_seen: Mutex<u64>,
     events: Mutex<Vec<&'static str>>,
+    /// The most subagent files reported open at once.
+    max_open: Mutex<usize>,
+    parked: Mutex<u64>,
 }
 
 impl Recorder {
@@ -119,6 +107,22 @@ impl IngestObserver for Recorder {
     }
     fn oversize_line(&self, file: &str, offset: u64, len: u64) {
         self.push(Seen::Oversize(file.into(), offset, len));
+    }
+    fn skipped_record(&self, reason: &'static str, file: &str, offset: u64) {
+        self.push(Seen::SkippedRecord(reason, file.into(), offset));
+    }
+    fn file_skipped(&self, reason: &'static str, file: &str) {
+        self.push(Seen::FileSkipped(reason, file.into()));
+    }
+    fn subagent_files_open(&self, open: usize) {
+        let mut m = self.max_open.lock().unwrap();
+        *m = (*m).max(open);
+    }
+    fn subagent_parked(&self) {
+        *self.parked.lock().unwrap() += 1;
+    }
+    fn subagent_cap_reached(&self, cap: usize, tracked: usize) {
+        self.push(Seen::CapReached(cap, tracked));
     }
     fn rotation(&self, file: &str, reason: &'static str) {
         self.push(Seen::Rotation(file.into(), reason));
@@ -235,6 +239,7 @@ struct Opts {
     max_line_bytes: usize,
     read_chunk: usize,
     queue_events: usize,
+    subagent_max_open: usize,
 }
 
 impl Default for Opts {
@@ -247,6 +252,7 @@ impl Default for Opts {
             max_line_bytes: 64 * 1024,
             read_chunk: 61,
             queue_events: 1024,
+            subagent_max_open: 64,
         }
     }
 }
@@ -288,6 +294,7 @@ impl Live {
                 read_chunk: opts.read_chunk,
             },
             dedupe_capacity: 10_000,
+            subagent_max_open: opts.subagent_max_open,
         };
         let observer: Arc<dyn IngestObserver> = obs.clone();
         let task = tokio::spawn(watcher::ingest::run(
@@ -423,10 +430,8 @@ async fn appends_in_random_chunks_arrive_as_whole_lines() {
     assert!(got
         .iter()
         .all(|r| r.pos.file.ends_with("/projects/-w/s1.jsonl")));
-    if decoder_is_real() {
-        let want_uuids: Vec<String> = (1..=40).map(|i| format!("a{i}")).collect();
-        assert_eq!(event_uuids(&got), want_uuids);
-    }
+    let want_uuids: Vec<String> = (1..=40).map(|i| format!("a{i}")).collect();
+    assert_eq!(event_uuids(&got), want_uuids);
     live.assert_quiet().await;
     assert_eq!(live.obs.bytes_read(), text.len() as u64);
     assert!(live
@@ -564,10 +569,8 @@ async fn a_truncated_file_is_reread_without_loss() {
     );
     contiguous_from(&got, 0);
     assert_eq!(live.obs.rotations(), vec!["truncated"]);
-    if decoder_is_real() {
-        // Re-read lines are deduplicated: only the new one yields events.
-        assert_eq!(event_uuids(&got), vec!["a5".to_owned()]);
-    }
+    // Re-read lines are deduplicated: only the new one yields events.
+    assert_eq!(event_uuids(&got), vec!["a5".to_owned()]);
     live.assert_quiet().await;
     live.stop().await;
 }
@@ -601,9 +604,7 @@ async fn an_in_place_rewrite_is_detected_by_fingerprint() {
     );
     contiguous_from(&got, 0);
     assert_eq!(live.obs.rotations(), vec!["rewritten"]);
-    if decoder_is_real() {
-        assert_eq!(event_uuids(&got), vec!["z0".to_owned(), "a4".to_owned()]);
-    }
+    assert_eq!(event_uuids(&got), vec!["z0".to_owned(), "a4".to_owned()]);
     live.stop().await;
 }
 
@@ -631,9 +632,7 @@ async fn a_file_renamed_over_is_drained_then_followed_anew() {
     contiguous_from(&got[1..], 0);
     assert_ne!(got[0].identity.inode, got[1].identity.inode);
     assert_eq!(live.obs.rotations(), vec!["replaced"]);
-    if decoder_is_real() {
-        assert_eq!(event_uuids(&got), vec!["a3".to_owned(), "b1".to_owned()]);
-    }
+    assert_eq!(event_uuids(&got), vec!["a3".to_owned(), "b1".to_owned()]);
     live.stop().await;
 }
 
@@ -733,21 +732,21 @@ async fn subagent_files_in_both_layouts_are_followed_as_subagents() {
     got.sort_by(|a, b| a.pos.file.cmp(&b.pos.file));
     assert_eq!(&*got[0].pos.file, flat.display().to_string());
     assert_eq!(&*got[1].pos.file, nested.display().to_string());
-    if decoder_is_real() {
-        let sources: Vec<Source> = got
-            .iter()
-            .flat_map(|r| r.events.iter().map(|e| e.source.clone()))
-            .collect();
-        assert!(sources.contains(&Source::Subagent {
-            agent_id: Some("f1".into()),
-            description: None,
-        }));
-        assert!(sources.contains(&Source::Subagent {
-            agent_id: Some("n1".into()),
-            description: Some("Find the flaky test".into()),
-        }));
-        assert!(!sources.contains(&Source::Main));
-    }
+    let sources: Vec<Source> = got
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.source.clone()))
+        .collect();
+    assert!(sources.contains(&Source::Subagent {
+        agent_id: Some("f1".into()),
+        description: None,
+        workflow: None,
+    }));
+    assert!(sources.contains(&Source::Subagent {
+        agent_id: Some("n1".into()),
+        description: Some("Find the flaky test".into()),
+        workflow: None,
+    }));
+    assert!(!sources.contains(&Source::Main));
     live.assert_quiet().await;
     live.stop().await;
 }
@@ -892,18 +891,16 @@ async fn a_torn_line_is_reported_with_its_offset_and_the_stream_goes_on() {
         got[1].events.is_empty(),
         "the checkpoint can still move past it"
     );
-    if decoder_is_real() {
-        assert_eq!(event_uuids(&got), vec!["a1".to_owned(), "a2".to_owned()]);
-        assert_eq!(
-            live.obs.line_reports(),
-            vec![Seen::ParseError(
-                "torn",
-                session.display().to_string(),
-                before.len() as u64
-            )]
-        );
-        assert!(live.obs.events.lock().unwrap().contains(&"user_prompt"));
-    }
+    assert_eq!(event_uuids(&got), vec!["a1".to_owned(), "a2".to_owned()]);
+    assert_eq!(
+        live.obs.line_reports(),
+        vec![Seen::ParseError(
+            "torn",
+            session.display().to_string(),
+            before.len() as u64
+        )]
+    );
+    assert!(live.obs.events.lock().unwrap().contains(&"user_prompt"));
     live.stop().await;
 }
 
@@ -920,17 +917,15 @@ async fn a_repaired_line_is_delivered_and_reported_with_its_offset() {
     let mut live = Live::start(tmp, projects, disk, Opts::default());
     let got = live.take(3).await;
     assert_eq!(live.texts(&got), vec![before.clone(), damaged, after]);
-    if decoder_is_real() {
-        assert_eq!(event_uuids(&got), ["r1", "r2", "r3"].map(String::from));
-        assert_eq!(
-            live.obs.line_reports(),
-            vec![Seen::Repaired(
-                "surrogate",
-                session.display().to_string(),
-                before.len() as u64
-            )]
-        );
-    }
+    assert_eq!(event_uuids(&got), ["r1", "r2", "r3"].map(String::from));
+    assert_eq!(
+        live.obs.line_reports(),
+        vec![Seen::Repaired(
+            "surrogate",
+            session.display().to_string(),
+            before.len() as u64
+        )]
+    );
     live.stop().await;
 }
 
@@ -979,6 +974,257 @@ async fn a_new_session_with_the_same_mtime_as_the_old_one_still_takes_over() {
             .filter(|s| matches!(s, Seen::Switched(_)))
             .count(),
         1
+    );
+    live.stop().await;
+}
+
+/// A subagent line as the agent CLI writes it in an agent file.
+fn agent_line(uuid: &str, agent: &str, text: &str) -> String {
+    format!(
+        "{{\"type\":\"user\",\"uuid\":\"{uuid}\",\"sessionId\":\"s\",\"isSidechain\":true,\"agentId\":\"{agent}\",\"message\":{{\"role\":\"user\",\"content\":\"{text}\"}},\"timestamp\":\"2026-01-01T00:00:01.000Z\",\"cwd\":\"/w\"}}\n"
+    )
+}
+
+fn mkfifo(path: &Path) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+}
+
+#[tokio::test]
+async fn workflow_subagents_at_any_depth_are_followed_and_named_after_their_run() {
+    let (tmp, projects) = Live::new_dirs();
+    let project = projects.join("-w");
+    let session = project.join("s.jsonl");
+    let disk = Disk::default();
+    disk.append_lines(&session, &[user_line("m1", "main")]);
+    let mut live = Live::start(tmp, projects, disk, Opts::default());
+    live.take(1).await;
+
+    let run = project.join("s/subagents/workflows/wf_57c6a296-6f2");
+    let a1 = run.join("agent-a1.jsonl");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("agent-a1.meta.json"),
+        r#"{"label":"review api","phase":"review","model":"opus"}"#,
+    )
+    .unwrap();
+    // The run's journal is bookkeeping, never read as a transcript.
+    live.disk.append(
+        &run.join("journal.jsonl"),
+        b"{\"type\":\"started\",\"label\":\"review api\",\"phase\":\"review\"}\n",
+    );
+    // The main file keeps growing while the run's agents write.
+    for i in 1..=5 {
+        live.disk
+            .append_lines(&a1, &[agent_line(&format!("a1-{i}"), "a1", "step")]);
+        live.disk
+            .append_lines(&session, &[user_line(&format!("m{}", i + 1), "main")]);
+    }
+    let deeper = project.join("s/subagents/workflows/wf_2/extra/agent-d1.jsonl");
+    live.disk
+        .append_lines(&deeper, &[agent_line("d1-1", "d1", "deep")]);
+
+    let got = live.take(11).await;
+    let mut by_uuid: HashMap<String, Source> = HashMap::new();
+    for r in &got {
+        for e in &r.events {
+            by_uuid.insert(e.uuid.clone().unwrap(), e.source.clone());
+        }
+    }
+    for i in 1..=5 {
+        assert_eq!(
+            by_uuid[&format!("a1-{i}")],
+            Source::Subagent {
+                agent_id: Some("a1".into()),
+                description: Some("review api".into()),
+                workflow: Some("wf_57c6a296-6f2".into()),
+            }
+        );
+        assert_eq!(by_uuid[&format!("m{}", i + 1)], Source::Main);
+    }
+    assert_eq!(
+        by_uuid["d1-1"],
+        Source::Subagent {
+            agent_id: Some("d1".into()),
+            description: None,
+            workflow: Some("wf_2".into()),
+        }
+    );
+    assert!(got.iter().all(|r| !r.pos.file.ends_with("journal.jsonl")));
+    live.assert_quiet().await;
+    live.stop().await;
+}
+
+#[tokio::test]
+async fn a_fifo_at_the_transcript_path_never_wedges_ingest_or_its_shutdown() {
+    let (tmp, projects) = Live::new_dirs();
+    let session = projects.join("-w/s.jsonl");
+    mkfifo(&session);
+    let disk = Disk::default();
+    let opts = Opts {
+        transcript: Some(session.clone()),
+        ..Opts::default()
+    };
+    let mut live = Live::start(tmp, projects, disk, opts);
+    let label = session.display().to_string();
+    live.wait_for("the FIFO to be reported", |o| {
+        o.seen()
+            .contains(&Seen::FileSkipped("not_regular_file", label.clone()))
+    })
+    .await;
+    // Reported once, not on every pass; and a regular file there is read.
+    std::fs::remove_file(&session).unwrap();
+    let want = lines("a", 2);
+    live.disk.append_lines(&session, &want);
+    let got = live.take(2).await;
+    assert_eq!(live.texts(&got), want);
+    let reports = live
+        .obs
+        .seen()
+        .iter()
+        .filter(|s| matches!(s, Seen::FileSkipped(..)))
+        .count();
+    assert_eq!(reports, 1);
+    live.stop().await;
+}
+
+#[tokio::test]
+async fn fifos_under_subagents_are_skipped_and_the_rest_still_flows() {
+    let (tmp, projects) = Live::new_dirs();
+    let project = projects.join("-w");
+    let session = project.join("s.jsonl");
+    let disk = Disk::default();
+    disk.append_lines(&session, &[user_line("m1", "main")]);
+    let mut live = Live::start(tmp, projects, disk, Opts::default());
+    live.take(1).await;
+    let sub = project.join("s/subagents");
+    // The meta file of a real agent file, and an agent file itself.
+    mkfifo(&sub.join("agent-x.meta.json"));
+    mkfifo(&sub.join("agent-y.jsonl"));
+    live.disk
+        .append_lines(&sub.join("agent-x.jsonl"), &[agent_line("x1", "x", "hi")]);
+    live.disk
+        .append_lines(&session, &[user_line("m2", "still flowing")]);
+    let got = live.take(2).await;
+    let uuids = event_uuids(&got);
+    assert!(uuids.contains(&"x1".to_owned()) && uuids.contains(&"m2".to_owned()));
+    let y = sub.join("agent-y.jsonl").display().to_string();
+    live.wait_for("the FIFO agent file to be reported", |o| {
+        o.seen()
+            .contains(&Seen::FileSkipped("not_regular_file", y.clone()))
+    })
+    .await;
+    live.stop().await;
+}
+
+#[tokio::test]
+async fn thousands_of_subagent_files_stay_within_the_cap_and_lose_nothing() {
+    const FILES: usize = 300;
+    const CAP: usize = 8;
+    let (tmp, projects) = Live::new_dirs();
+    let project = projects.join("-w");
+    let session = project.join("s.jsonl");
+    let disk = Disk::default();
+    disk.append_lines(&session, &[user_line("m1", "main")]);
+    let opts = Opts {
+        subagent_max_open: CAP,
+        read_chunk: 4096,
+        queue_events: 4096,
+        ..Opts::default()
+    };
+    let mut live = Live::start(tmp, projects, disk, opts);
+    live.take(1).await;
+    let sub = project.join("s/subagents");
+    let path = |i: usize| sub.join(format!("agent-{i:04}.jsonl"));
+    for i in 0..FILES {
+        live.disk
+            .append_lines(&path(i), &[agent_line(&format!("{i}-a"), "x", "first")]);
+    }
+    let got = live.take(FILES).await;
+    assert_eq!(event_uuids(&got).len(), FILES);
+    // Parked files grow again: reopened at their offset, nothing twice.
+    for i in (0..FILES).step_by(3) {
+        live.disk
+            .append_lines(&path(i), &[agent_line(&format!("{i}-b"), "x", "second")]);
+    }
+    let got = live.take(FILES.div_ceil(3)).await;
+    let mut uuids = event_uuids(&got);
+    uuids.sort();
+    let mut want: Vec<String> = (0..FILES).step_by(3).map(|i| format!("{i}-b")).collect();
+    want.sort();
+    assert_eq!(uuids, want);
+    live.assert_quiet().await;
+    assert!(*live.obs.max_open.lock().unwrap() <= CAP);
+    assert!(*live.obs.parked.lock().unwrap() > 0);
+    let caps: Vec<Seen> = live
+        .obs
+        .seen()
+        .into_iter()
+        .filter(|s| matches!(s, Seen::CapReached(..)))
+        .collect();
+    assert!(
+        !caps.is_empty() && caps.iter().all(|c| matches!(c, Seen::CapReached(CAP, _))),
+        "{caps:?}"
+    );
+    live.stop().await;
+}
+
+#[tokio::test]
+async fn a_complete_last_line_without_newline_is_posted_at_stop() {
+    let (tmp, projects) = Live::new_dirs();
+    let project = projects.join("-w");
+    let session = project.join("s.jsonl");
+    let torn_agent = project.join("s/subagents/agent-t.jsonl");
+    let disk = Disk::default();
+    let first = user_line("l1", "first");
+    let last = user_line("l2", "the agent's last words");
+    disk.append(&session, format!("{first}{}", last.trim_end()).as_bytes());
+    // A subagent whose last line is really torn: never posted.
+    disk.append(&torn_agent, b"{\"type\":\"user\",\"uuid\":\"t1\"");
+    let mut live = Live::start(tmp, projects, disk, Opts::default());
+    let got = live.take(1).await;
+    assert_eq!(event_uuids(&got), vec!["l1".to_owned()]);
+    live.assert_quiet().await;
+
+    live.shutdown.trigger();
+    let got = live.take(1).await;
+    assert_eq!(event_uuids(&got), vec!["l2".to_owned()]);
+    assert_eq!(live.disk.line_of(&got[0]), last.trim_end());
+    assert_eq!(got[0].pos.end, (first.len() + last.len() - 1) as u64);
+    let task = live.task.take().unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("ingest stops promptly")
+        .unwrap()
+        .unwrap();
+    // Nothing else: the torn subagent line stays unposted, uncounted.
+    assert!(live.rx.recv().await.is_none());
+    assert_eq!(live.obs.line_reports(), vec![]);
+}
+
+#[tokio::test]
+async fn a_wrong_shape_record_never_swallows_the_valid_one_with_its_uuid() {
+    let (tmp, projects) = Live::new_dirs();
+    let session = projects.join("-w/s.jsonl");
+    let disk = Disk::default();
+    let bad = "{\"type\":\"user\",\"uuid\":\"u1\",\"sessionId\":\"s\",\"message\":\"a string, not an object\"}\n";
+    let good = user_line("u1", "the real record");
+    disk.append(&session, format!("{bad}{good}").as_bytes());
+    let mut live = Live::start(tmp, projects, disk, Opts::default());
+    let got = live.take(2).await;
+    assert!(got[0].events.is_empty());
+    assert_eq!(event_uuids(&got), vec!["u1".to_owned()]);
+    assert_eq!(
+        live.obs
+            .seen()
+            .into_iter()
+            .filter(|s| matches!(s, Seen::SkippedRecord(..)))
+            .collect::<Vec<_>>(),
+        vec![Seen::SkippedRecord(
+            "message_shape",
+            session.display().to_string(),
+            0
+        )]
     );
     live.stop().await;
 }

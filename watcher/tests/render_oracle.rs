@@ -83,6 +83,8 @@ fn sub(mut e: Event, description: &str) -> Event {
     e.source = Source::Subagent {
         agent_id: Some(nasty(50)),
         description: Some(description.to_owned()),
+        // A workflow run is named by a directory the agent creates.
+        workflow: Some(nasty(40)),
     };
     e
 }
@@ -104,6 +106,11 @@ fn events_with(text: &str) -> Vec<Event> {
         ev(EventKind::AssistantText {
             text: text.into(),
             model: Some(text.into()),
+        }),
+        ev(EventKind::TeammateMessage {
+            teammate: text.into(),
+            summary: Some(text.into()),
+            text: text.into(),
         }),
         ev(EventKind::Thinking { text: text.into() }),
         ev(EventKind::Title {
@@ -166,7 +173,7 @@ fn events_with(text: &str) -> Vec<Event> {
         ),
         (
             "TodoWrite",
-            json!({"todos": [{"content": text, "status": "in_progress"}, {"content": text, "status": "completed"}]}),
+            json!({"todos": [{"content": text, "status": "in_progress"}, {"content": text, "status": "completed"}, text]}),
         ),
         (
             "mcp__srv__tool",

@@ -351,6 +351,7 @@ fn subagent_events_are_marked() {
     described.source = Source::Subagent {
         agent_id: Some("a1b2c3".into()),
         description: Some("Audit the tail module".into()),
+        workflow: None,
     };
     let mut anonymous = ev(EventKind::AssistantText {
         text: "Done.".into(),
@@ -359,11 +360,126 @@ fn subagent_events_are_marked() {
     anonymous.source = Source::Subagent {
         agent_id: Some("a1b2c3".into()),
         description: None,
+        workflow: None,
     };
     insta::assert_json_snapshot!(json!([
         render_one(false, &described),
         render_one(false, &anonymous)
     ]));
+}
+
+#[test]
+fn workflow_and_unnamed_subagents_are_labelled() {
+    let mut workflow = ev(EventKind::AssistantText {
+        text: "Reviewed the API.".into(),
+        model: None,
+    });
+    workflow.source = Source::Subagent {
+        agent_id: Some("a7748a49cbfabf1b6".into()),
+        description: Some("review api".into()),
+        workflow: Some("wf_57c6a296-6f2".into()),
+    };
+    // An inline sidechain record without an agent id.
+    let mut unnamed = ev(EventKind::AssistantText {
+        text: "Done.".into(),
+        model: None,
+    });
+    unnamed.source = Source::Subagent {
+        agent_id: None,
+        description: None,
+        workflow: None,
+    };
+    let authors: Vec<Option<String>> = [&workflow, &unnamed]
+        .iter()
+        .map(|e| {
+            Renderer::new(cfg(false)).render(e).embeds[0]
+                .author
+                .as_ref()
+                .map(|a| a.name.clone())
+        })
+        .collect();
+    assert_eq!(
+        authors,
+        vec![
+            Some("subagent: review api · workflow wf_57c6a296-6f2".into()),
+            Some("subagent".into())
+        ]
+    );
+    insta::assert_json_snapshot!(json!([
+        render_one(false, &workflow),
+        console::line(&workflow, false),
+        console::line(&unnamed, false)
+    ]));
+}
+
+#[test]
+fn teammate_message_is_its_own_kind() {
+    let msg = ev(EventKind::TeammateMessage {
+        teammate: "zl-reviewer".into(),
+        summary: Some("review done".into()),
+        text: "findings: the parser drops <@123> mentions".into(),
+    });
+    let rendered = Renderer::new(cfg(false)).render(&msg);
+    assert_eq!(
+        rendered.embeds[0].title.as_deref(),
+        Some("🤝 from zl-reviewer")
+    );
+    insta::assert_json_snapshot!(json!([snap(&rendered), console::line(&msg, false)]));
+}
+
+#[test]
+fn a_summary_counts_teammate_messages_apart_from_prompts() {
+    let mut r = Renderer::new(cfg(false));
+    r.render(&ev(EventKind::UserPrompt {
+        text: "go".into(),
+        images: 0,
+    }));
+    r.render(&ev(EventKind::TeammateMessage {
+        teammate: "w1".into(),
+        summary: None,
+        text: "done".into(),
+    }));
+    assert_eq!((r.stats().prompts, r.stats().teammate_messages), (1, 1));
+    let summary = r.summary("2025-06-01T12:05:00.000Z");
+    let activity = summary
+        .fields
+        .iter()
+        .find(|f| f.name == "Activity")
+        .map(|f| f.value.clone())
+        .unwrap();
+    assert!(
+        activity.starts_with("1 prompt · 1 teammate message ·"),
+        "{activity}"
+    );
+}
+
+#[test]
+fn todo_items_given_as_bare_strings_show_their_text() {
+    let todo = tool_use(
+        "toolu_13",
+        "TodoWrite",
+        json!({"todos": ["Write the renderer", {"content": "Ship it", "status": "completed"}]}),
+    );
+    let r = Renderer::new(cfg(false)).render(&todo);
+    let d = r.embeds[0].description.clone().unwrap_or_default();
+    assert!(d.contains("☐ Write the renderer"), "{d}");
+    assert!(d.contains("☑ Ship it"), "{d}");
+}
+
+#[test]
+fn a_summary_without_any_usage_costs_nothing_not_unknown() {
+    let mut r = Renderer::new(cfg(false));
+    r.render(&ev(EventKind::UserPrompt {
+        text: "hi".into(),
+        images: 0,
+    }));
+    let summary = r.summary("2025-06-01T12:05:00.000Z");
+    let cost = summary
+        .fields
+        .iter()
+        .find(|f| f.name == "Cost")
+        .map(|f| f.value.clone());
+    assert_eq!(cost.as_deref(), Some("$0.00 (no usage recorded)"));
 }
 
 /// A small session, then the header and summary it produces.

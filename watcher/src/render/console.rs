@@ -62,12 +62,16 @@ fn assemble(ev: &Event, mark: &str, label: &str, detail: &str, code: &str, color
         Source::Subagent {
             agent_id,
             description,
+            workflow,
         } => {
             let name = description
                 .as_deref()
                 .or(agent_id.as_deref())
                 .unwrap_or("subagent");
-            format!("[{}] ", cut(&one_line(name), 30))
+            match workflow {
+                Some(run) => format!("[{} · {}] ", cut(&one_line(name), 30), cut(run, 20)),
+                None => format!("[{}] ", cut(&one_line(name), 30)),
+            }
         }
     };
     let label = cut(&one_line(label), 60);
@@ -130,6 +134,10 @@ pub fn line(ev: &Event, color: bool) -> Option<String> {
                 return None;
             }
             assemble(ev, tool::EMOJI_PROMPT, "prompt", &d, BOLD, color)
+        }
+        EventKind::TeammateMessage { teammate, text, .. } => {
+            let label = format!("from {teammate}");
+            assemble(ev, tool::EMOJI_TEAMMATE, &label, text, BOLD, color)
         }
         EventKind::AssistantText { text, .. } => {
             if text.trim().is_empty() {

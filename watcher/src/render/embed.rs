@@ -42,18 +42,33 @@ fn base(ev: &Event, title: &str, color: u32) -> EmbedBuilder {
     let b = EmbedBuilder::new(title, color).timestamp(ev.timestamp.as_deref());
     match &ev.source {
         Source::Main => b,
-        Source::Subagent {
-            agent_id,
-            description,
-        } => {
-            let who = description
-                .as_deref()
-                .filter(|d| !d.trim().is_empty())
-                .or(agent_id.as_deref())
-                .unwrap_or("unknown");
-            b.author(&format!("subagent: {who}"))
-        }
+        Source::Subagent { .. } => b.author(&subagent_label(&ev.source)),
     }
+}
+
+/// `subagent: <description or id>`, with ` · workflow <run>` for an agent of a
+/// workflow run; plain `subagent` when nothing names it.
+pub fn subagent_label(source: &Source) -> String {
+    let Source::Subagent {
+        agent_id,
+        description,
+        workflow,
+    } = source
+    else {
+        return String::new();
+    };
+    let who = description
+        .as_deref()
+        .filter(|d| !d.trim().is_empty())
+        .or(agent_id.as_deref().filter(|a| !a.is_empty()));
+    let mut label = match who {
+        Some(w) => format!("subagent: {w}"),
+        None => "subagent".to_owned(),
+    };
+    if let Some(run) = workflow.as_deref().filter(|w| !w.is_empty()) {
+        label.push_str(&format!(" · workflow {run}"));
+    }
+    label
 }
 
 fn single(b: EmbedBuilder) -> Rendered {
@@ -134,6 +149,36 @@ pub fn user_prompt(
         PROMPT_CHARS,
         footer.as_deref(),
         ("prompt", seq),
+    )
+}
+
+/// A message from another agent of the team: its own kind, not a prompt.
+pub fn teammate_message(
+    cfg: &RenderConfig,
+    ev: &Event,
+    teammate: &str,
+    summary: Option<&str>,
+    text: &str,
+    seq: u64,
+) -> Rendered {
+    if text.trim().is_empty() && summary.is_none_or(|s| s.trim().is_empty()) {
+        return Rendered::default();
+    }
+    let body = if text.trim().is_empty() {
+        summary.unwrap_or("")
+    } else {
+        text
+    };
+    let title = format!("{} from {}", tool::EMOJI_TEAMMATE, one_line(teammate));
+    prose_embed(
+        cfg,
+        ev,
+        &title,
+        tool::COLOR_TEAMMATE,
+        body,
+        PROMPT_CHARS,
+        summary.filter(|s| !s.trim().is_empty() && !text.trim().is_empty()),
+        ("teammate", seq),
     )
 }
 
@@ -440,7 +485,9 @@ pub fn tool_use(cfg: &RenderConfig, ev: &Event, name: &str, input: &Value) -> Re
                                 Some("in_progress") => "▶",
                                 _ => "☐",
                             };
-                            format!("{mark} {}", one_line(arg(t, "content").unwrap_or("")))
+                            // An item given as a bare string is its content.
+                            let content = t.as_str().or_else(|| arg(t, "content"));
+                            format!("{mark} {}", one_line(content.unwrap_or("")))
                         })
                         .collect::<Vec<_>>()
                         .join("\n")

@@ -162,6 +162,11 @@ impl Renderer {
             EventKind::UserPrompt { text, images } => {
                 embed::user_prompt(cfg, ev, text, *images, seq)
             }
+            EventKind::TeammateMessage {
+                teammate,
+                summary,
+                text,
+            } => embed::teammate_message(cfg, ev, teammate, summary.as_deref(), text, seq),
             EventKind::AssistantText { text, .. } => embed::assistant_text(cfg, ev, text, seq),
             EventKind::Thinking { text } => embed::thinking(cfg, ev, text, seq),
             EventKind::ToolUse { id, name, input } => {

@@ -41,8 +41,10 @@ pub struct Stats {
     pub api_errors: u64,
     /// Events seen, of any kind.
     pub events: u64,
-    /// Human prompts.
+    /// Human prompts (teammate messages are not prompts).
     pub prompts: u64,
+    /// Messages from other agents of an agent team.
+    pub teammate_messages: u64,
     /// Assistant text blocks.
     pub assistant_messages: u64,
     /// Thinking blocks (rendered or not).
@@ -104,6 +106,7 @@ impl Stats {
         if let Source::Subagent {
             agent_id,
             description,
+            ..
         } = &ev.source
         {
             if let Some(key) = agent_id.as_ref().or(description.as_ref()) {
@@ -125,6 +128,7 @@ impl Stats {
             }
             EventKind::SessionMeta { .. } => {}
             EventKind::UserPrompt { .. } => self.prompts += 1,
+            EventKind::TeammateMessage { .. } => self.teammate_messages += 1,
             EventKind::AssistantText { model, .. } => {
                 self.assistant_messages += 1;
                 if main {
@@ -252,6 +256,9 @@ pub fn cost_line(stats: &Stats) -> String {
                     models.join(", "),
                     usd(stats.priced_cost_usd)
                 )
+            } else if models.is_empty() {
+                // No response carried usage: nothing was spent.
+                format!("{} (no usage recorded)", usd(0.0))
             } else {
                 format!("unknown (no price for: {})", models.join(", "))
             }
@@ -339,14 +346,22 @@ pub fn summary(run: &RunInfo, stats: &Stats, ended: &str) -> Embed {
     } else {
         format!("{} — {}", thousands(stats.tool_calls()), tools_line(stats))
     };
-    let activity = [
-        count(stats.prompts, "prompt", "prompts"),
+    let mut activity = vec![count(stats.prompts, "prompt", "prompts")];
+    // Agent teams only: other runs keep the line they always had.
+    if stats.teammate_messages > 0 {
+        activity.push(count(
+            stats.teammate_messages,
+            "teammate message",
+            "teammate messages",
+        ));
+    }
+    activity.extend([
         count(stats.assistant_messages, "reply", "replies"),
         count(stats.tool_results, "tool result", "tool results"),
         count(stats.notices, "notice", "notices"),
         count(stats.events, "event", "events"),
-    ]
-    .join(" · ");
+    ]);
+    let activity = activity.join(" · ");
     let mut b = EmbedBuilder::new(&title, COLOR_RUN)
         .timestamp(Some(ended))
         .field("Duration", &took, true, 64)

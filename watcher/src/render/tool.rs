@@ -15,12 +15,14 @@ pub const COLOR_ERROR: u32 = 0xE74C3C;
 pub const COLOR_OUTPUT: u32 = 0x27AE60;
 pub const COLOR_THINKING: u32 = 0x9B59B6;
 pub const COLOR_PROMPT: u32 = 0x1ABC9C;
+pub const COLOR_TEAMMATE: u32 = 0x8E44AD;
 pub const COLOR_NOTICE: u32 = 0x95A5A6;
 pub const COLOR_RUN: u32 = 0x5865F2;
 
 pub const EMOJI_TEXT: &str = "💭";
 pub const EMOJI_THINKING: &str = "🧠";
 pub const EMOJI_PROMPT: &str = "👤";
+pub const EMOJI_TEAMMATE: &str = "🤝";
 pub const EMOJI_OUTPUT: &str = "✅";
 pub const EMOJI_ERROR: &str = "❌";
 

@@ -16,6 +16,7 @@ use std::time::SystemTime;
 
 use super::identity::{fingerprint, FileIdentity, FINGERPRINT_BYTES};
 use super::lines::{LineSplitter, Piece};
+use super::open::{open_regular, Opened};
 use super::TailConfig;
 
 /// Why reading restarted from the top of the file (the `reason` of
@@ -62,6 +63,9 @@ pub enum Step {
     Rotated(Rotation),
     /// Nothing to read now (at EOF, or the file does not exist).
     Idle,
+    /// The path is not a regular file (a FIFO, a device …): nothing is read
+    /// from it; it is looked at again on the next step.
+    NotRegular,
 }
 
 /// The open file and what was last seen of it.
@@ -83,7 +87,21 @@ pub struct Follower {
     /// rotation).
     next_start: Start,
     splitter: LineSplitter,
+    /// Read buffer, allocated while the file is open (a parked follower
+    /// holds no buffer and no descriptor).
     buf: Vec<u8>,
+    read_chunk: usize,
+    /// Set while parked: the file it was reading and what was seen of it, so
+    /// that a grown file resumes at its offset and another file at the path
+    /// is read from the top.
+    parked: Option<Parked>,
+}
+
+/// What a parked follower remembers of its file.
+#[derive(Debug, Clone)]
+struct Parked {
+    identity: FileIdentity,
+    seen: (u64, Option<SystemTime>),
 }
 
 impl Follower {
@@ -95,8 +113,63 @@ impl Follower {
             open: None,
             next_start: start,
             splitter: LineSplitter::new(cfg.max_line_bytes, 0),
-            buf: vec![0; cfg.read_chunk.max(1)],
+            buf: Vec::new(),
+            read_chunk: cfg.read_chunk.max(1),
+            parked: None,
         }
+    }
+
+    /// Whether the follower is parked (see [`park`](Self::park)).
+    pub fn is_parked(&self) -> bool {
+        self.parked.is_some()
+    }
+
+    /// Closes the file and frees the buffers, remembering where the last
+    /// complete line ended: the next step reopens it there (or from the top
+    /// when another file now sits at the path). A partial line is read again.
+    /// Returns `false` when nothing was open.
+    pub fn park(&mut self) -> bool {
+        let Some(open) = self.open.take() else {
+            return false;
+        };
+        let offset = self.splitter.line_start();
+        self.splitter.reset(offset);
+        self.next_start = Start::At(offset);
+        self.buf = Vec::new();
+        self.parked = Some(Parked {
+            identity: open.identity,
+            seen: open.seen,
+        });
+        true
+    }
+
+    /// For a parked follower: whether the file at the path looks different
+    /// from when it was parked (grew, changed, replaced or gone), so it is
+    /// worth reopening. One `stat`, no open.
+    pub fn changed_since_parked(&self) -> bool {
+        let Some(p) = &self.parked else {
+            return false;
+        };
+        match std::fs::metadata(&self.path) {
+            Ok(m) => {
+                m.dev() != p.identity.dev
+                    || m.ino() != p.identity.inode
+                    || (m.len(), m.modified().ok()) != p.seen
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// The complete record a writer left without its newline, taken at
+    /// shutdown: the held partial line when the whole file has been read
+    /// (nothing after it) and `complete` says it is a whole record.
+    pub fn take_final_line(&mut self, complete: impl Fn(&[u8]) -> bool) -> Option<Piece> {
+        let open = self.open.as_ref()?;
+        let len = open.file.metadata().ok()?.len();
+        if len != self.splitter.pos() || !complete(self.splitter.peek_partial()?) {
+            return None;
+        }
+        self.splitter.take_partial()
     }
 
     pub fn path(&self) -> &Path {
@@ -122,8 +195,12 @@ impl Follower {
     /// Where a later follower of the same file can resume without loss: the
     /// end of the last complete line, with the identity it belongs to.
     pub fn resume_point(&self) -> Option<(FileIdentity, u64)> {
-        let o = self.open.as_ref()?;
-        Some((o.identity.clone(), self.splitter.line_start()))
+        if let Some(o) = self.open.as_ref() {
+            return Some((o.identity.clone(), self.splitter.line_start()));
+        }
+        // Parked: where it will reopen.
+        let p = self.parked.as_ref()?;
+        Some((p.identity.clone(), self.splitter.line_start()))
     }
 
     /// Reads at most one chunk, or detects a rotation. Call until `Idle`.
@@ -146,6 +223,9 @@ impl Follower {
             if fp_len < FINGERPRINT_BYTES as u64 && meta.len() > fp_len {
                 open.identity = identity_of(&open.file, &meta)?;
             }
+        }
+        if self.buf.len() != self.read_chunk {
+            self.buf = vec![0; self.read_chunk];
         }
         let n = open.file.read_at(&mut self.buf, self.splitter.pos())?;
         if n > 0 {
@@ -173,20 +253,28 @@ impl Follower {
     }
 
     fn try_open(&mut self) -> io::Result<Step> {
-        let file = match File::open(&self.path) {
-            Ok(f) => f,
+        // Never a blocking open: the agent can put a FIFO at the path.
+        let (file, meta) = match open_regular(&self.path) {
+            Ok(Opened::File(f, m)) => (f, m),
+            Ok(Opened::NotRegular) => return Ok(Step::NotRegular),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Step::Idle),
             Err(e) => return Err(e),
         };
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Ok(Step::Idle);
-        }
         let identity = identity_of(&file, &meta)?;
-        let offset = match self.next_start {
+        let mut offset = match self.next_start {
             Start::At(o) => o,
             Start::EndOfLines { limit } => last_line_end(&file, limit.min(meta.len()))?,
         };
+        let mut step = Step::Read(0);
+        if let Some(p) = self.parked.take() {
+            let same = p.identity.dev == identity.dev
+                && p.identity.inode == identity.inode
+                && head_matches(&file, &p.identity)?;
+            if !same {
+                offset = 0;
+                step = Step::Rotated(Rotation::Replaced);
+            }
+        }
         self.splitter.reset(offset);
         self.open = Some(Open {
             file,
@@ -195,7 +283,7 @@ impl Follower {
             // end is a truncation.
             seen: (u64::MAX, None),
         });
-        Ok(Step::Read(0))
+        Ok(step)
     }
 
     /// Starts over at the top of the same (rewritten or truncated) file.
@@ -292,7 +380,7 @@ mod tests {
             match f.step(&mut pieces).unwrap() {
                 Step::Read(_) => {}
                 Step::Rotated(r) => rotations.push(r),
-                Step::Idle => break,
+                Step::Idle | Step::NotRegular => break,
             }
         }
         let lines = pieces
@@ -376,6 +464,68 @@ mod tests {
         append(&p, b"a\n");
         let mut f = Follower::new(p.clone(), Start::At(100), &cfg());
         assert_eq!(drain(&mut f), (vec!["a".into()], vec![Rotation::Truncated]));
+    }
+
+    #[test]
+    fn a_parked_follower_resumes_at_its_offset_or_from_the_top_of_a_new_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent-a.jsonl");
+        append(&p, b"one\ntw");
+        let mut f = Follower::new(p.clone(), Start::At(0), &cfg());
+        assert_eq!(drain(&mut f).0, vec!["one"]);
+        assert!(f.park());
+        assert!(f.is_parked() && !f.is_open());
+        assert!(!f.changed_since_parked());
+        append(&p, b"o\nthree\n");
+        assert!(f.changed_since_parked());
+        // The partial line is read again, nothing twice.
+        assert_eq!(drain(&mut f).0, vec!["two", "three"]);
+        assert!(!f.is_parked());
+        // Replaced while parked: the new file is read from its start.
+        assert!(f.park());
+        let tmp = dir.path().join("tmp");
+        std::fs::write(&tmp, b"fresh\n").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        assert!(f.changed_since_parked());
+        assert_eq!(
+            drain(&mut f),
+            (vec!["fresh".into()], vec![Rotation::Replaced])
+        );
+    }
+
+    #[test]
+    fn a_fifo_at_the_path_is_reported_not_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.jsonl");
+        nix::unistd::mkfifo(&p, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mut f = Follower::new(p.clone(), Start::At(0), &cfg());
+        assert_eq!(f.step(&mut Vec::new()).unwrap(), Step::NotRegular);
+        assert!(!f.is_open());
+        std::fs::remove_file(&p).unwrap();
+        append(&p, b"now a file\n");
+        assert_eq!(drain(&mut f).0, vec!["now a file"]);
+    }
+
+    #[test]
+    fn the_final_line_without_newline_is_taken_only_when_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("s.jsonl");
+        append(&p, b"{\"a\":1}\n{\"b\":");
+        let mut f = Follower::new(p.clone(), Start::At(0), &cfg());
+        drain(&mut f);
+        let complete = |b: &[u8]| serde_json::from_slice::<serde_json::Value>(b).is_ok();
+        assert_eq!(f.take_final_line(complete), None, "torn: wait for more");
+        append(&p, b"2}");
+        drain(&mut f);
+        assert_eq!(
+            f.take_final_line(complete),
+            Some(Piece::Line {
+                start: 8,
+                end: 15,
+                bytes: b"{\"b\":2}".to_vec()
+            })
+        );
+        assert_eq!(f.take_final_line(complete), None, "taken once");
     }
 
     #[test]

@@ -28,8 +28,15 @@ impl FileIdentity {
     /// Reads the identity of the file at `path` now.
     pub fn of(path: &Path) -> std::io::Result<FileIdentity> {
         use std::os::unix::fs::MetadataExt;
-        let mut f = std::fs::File::open(path)?;
-        let meta = f.metadata()?;
+        let (mut f, meta) = match super::open::open_regular(path)? {
+            super::open::Opened::File(f, m) => (f, m),
+            super::open::Opened::NotRegular => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file",
+                ))
+            }
+        };
         let mut head = Vec::with_capacity(FINGERPRINT_BYTES);
         (&mut f)
             .take(FINGERPRINT_BYTES as u64)
@@ -47,10 +54,7 @@ impl FileIdentity {
     /// shorter of the two prefixes.
     pub fn same_file(&self, path: &Path) -> bool {
         use std::os::unix::fs::MetadataExt;
-        let Ok(mut f) = std::fs::File::open(path) else {
-            return false;
-        };
-        let Ok(meta) = f.metadata() else {
+        let Ok(super::open::Opened::File(mut f, meta)) = super::open::open_regular(path) else {
             return false;
         };
         if meta.dev() != self.dev || meta.ino() != self.inode {

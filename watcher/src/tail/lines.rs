@@ -141,6 +141,30 @@ impl LineSplitter {
     fn release(&mut self) {
         self.partial = Vec::new();
     }
+
+    /// The unfinished line held now (`\r` included), unless it is being
+    /// skipped for its length.
+    pub fn peek_partial(&self) -> Option<&[u8]> {
+        (!self.skipping && !self.partial.is_empty()).then_some(self.partial.as_slice())
+    }
+
+    /// Takes the unfinished line as if its newline had come: for the final
+    /// flush at shutdown, when the writer is gone and a complete record may
+    /// never get its newline. Reading continues after it.
+    pub fn take_partial(&mut self) -> Option<Piece> {
+        self.peek_partial()?;
+        let mut bytes = std::mem::take(&mut self.partial);
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+        let start = self.line_start;
+        self.line_start = self.pos;
+        Some(Piece::Line {
+            start,
+            end: self.pos,
+            bytes,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +186,18 @@ mod tests {
             end,
             bytes: bytes.to_vec(),
         }
+    }
+
+    #[test]
+    fn a_partial_line_can_be_taken_as_complete() {
+        let (out, mut s) = split_all(&[b"a\n{\"b\":1}\r"], 1024);
+        assert_eq!(out, vec![line(0, 2, b"a")]);
+        assert_eq!(s.peek_partial(), Some(&b"{\"b\":1}\r"[..]));
+        assert_eq!(s.take_partial(), Some(line(2, 10, b"{\"b\":1}")));
+        assert_eq!((s.line_start(), s.peek_partial()), (10, None));
+        // An oversize line being skipped is never taken.
+        let (_, mut s) = split_all(&[b"xxxxxxxxxx"], 4);
+        assert_eq!(s.take_partial(), None);
     }
 
     #[test]

@@ -6,11 +6,14 @@
 //! - [`follow`]: reads one file from an offset and detects truncation,
 //!   in-place rewrite, replacement and vanishing;
 //! - [`identity`]: (device, inode) + fingerprint, what a checkpoint belongs to;
+//! - [`open`]: opening without blocking, regular files only (a FIFO the agent
+//!   creates must not wedge a reader);
 //! - [`wake`]: `notify` wake-ups with the poll tick as a safety net.
 
 pub mod follow;
 pub mod identity;
 pub mod lines;
+pub mod open;
 pub mod wake;
 
 use std::time::Duration;
@@ -18,6 +21,7 @@ use std::time::Duration;
 pub use follow::{Follower, Rotation, Start, Step};
 pub use identity::FileIdentity;
 pub use lines::{LineSplitter, Piece};
+pub use open::{open_regular, Opened};
 pub use wake::Wake;
 
 /// How files are read.

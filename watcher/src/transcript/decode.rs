@@ -40,9 +40,23 @@
 //! - `<system-reminder>` blocks (model-only text injected by the harness) are cut
 //!   from tool results and prompts when they start a line; a message that is
 //!   only such a reminder (or a `<local-command-caveat>`) is hidden.
-//! - Queued prompts (`queue-operation` `enqueue`, `queued_command` attachment)
-//!   become `UserPrompt`s; the same text arriving again by the other route, or as
-//!   the next user record, is shown only once.
+//! - Queued (steering) prompts (`queue-operation` `enqueue`, a `remove` or
+//!   `dequeue` that carries the text, a `queued_command` attachment) become
+//!   `UserPrompt`s; the same text arriving again by another of these routes, or
+//!   as a user record, is shown only once. Queued text that is CLI status
+//!   (`<task-notification>` …) is not a prompt and is not shown from the queue.
+//! - Teammate messages (agent teams: `<teammate-message teammate_id=…>` in a
+//!   user record or a queued prompt, optionally after "Another Claude session
+//!   sent a message:") become one `TeammateMessage` per element, never a
+//!   `UserPrompt`.
+//! - A record of a known kind with the wrong shape (`message` missing or not
+//!   an object, `message.content` missing or neither a string nor an array,
+//!   `attachment` not an object) yields nothing, is reported by
+//!   [`Decoder::last_skip`] and does **not** mark its uuid as seen, so a valid
+//!   record with the same uuid after it is still delivered.
+//! - The subagent source comes from the file, or from `isSidechain: true` in a
+//!   main file; an `agentId` alone (main-thread records of some versions carry
+//!   one) does not make a record a subagent's.
 //! - Titles are emitted when their text changes for their [`TitleSource`];
 //!   ranking sources is the renderer's job.
 
@@ -69,7 +83,7 @@ const ID_MAP_CAPACITY: usize = 4096;
 const SESSION_CAPACITY: usize = 64;
 /// At most this many entries of a bounded map are reserved when it is made.
 const BOUNDED_RESERVE: usize = 1 << 14;
-/// How many queued prompts wait for their second appearance.
+/// How many shown queued prompts are remembered for their other appearances.
 const QUEUED_CAPACITY: usize = 32;
 /// At most this many candidate starts are tried when looking for a record
 /// fused behind a torn prefix.
@@ -115,6 +129,56 @@ impl DecodeError {
     }
 }
 
+/// A record the decoder dropped for its shape (valid JSON, a known record
+/// kind, but not the structure that kind has). `reason()` is the label of
+/// `watcher_transcript_skipped_records_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    /// A `user`/`assistant` record whose `message` is missing or not an object.
+    Message,
+    /// A `user`/`assistant` message whose `content` is missing or neither a
+    /// string nor an array.
+    Content,
+    /// An `attachment` record whose `attachment` is missing or not an object.
+    Attachment,
+}
+
+impl Skip {
+    /// Every reason, for pre-registering metric labels.
+    pub const ALL: [Skip; 3] = [Self::Message, Self::Content, Self::Attachment];
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Message => "message_shape",
+            Self::Content => "content_shape",
+            Self::Attachment => "attachment_shape",
+        }
+    }
+}
+
+/// The shape problem of a record of kind `ty`, if any.
+fn shape_problem(ty: &str, rec: &Record<'_>) -> Option<Skip> {
+    match ty {
+        "user" | "assistant" => match &rec.message.0 {
+            None => Some(Skip::Message),
+            Some(m) if matches!(m.content, Content::None) => Some(Skip::Content),
+            Some(_) => None,
+        },
+        "attachment" if rec.attachment.0.is_none() => Some(Skip::Attachment),
+        _ => None,
+    }
+}
+
+/// How a queued prompt reached the transcript; a text is shown once per
+/// appearance set (see [`Decoder::queued_prompt`]).
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Enqueue = 1,
+    Remove = 2,
+    Attachment = 4,
+    UserRecord = 8,
+}
+
 /// A damage the decoder repaired: the line decoded, but it was not clean.
 /// `reason()` uses the same labels as [`DecodeError::reason`] (plus `fused`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,12 +220,15 @@ pub struct Decoder {
     usage: Bounded<Arc<str>, Usage>,
     /// Last identity seen per `sessionId`.
     sessions: Bounded<Arc<str>, SessionState>,
-    /// Queued prompt texts shown once and expected to appear once more.
-    queued: VecDeque<String>,
+    /// Queued prompt texts already shown, with the [`Route`]s (bits) they
+    /// appeared by: a later appearance by another route is the same prompt.
+    queued: VecDeque<(String, u8)>,
     /// Last title emitted per source (indexed by [`title_slot`]).
     titles: [Option<String>; 3],
     /// What the last `decode_line` call repaired, if anything.
     last_repair: Option<Repair>,
+    /// The first record the last `decode_line` call dropped for its shape.
+    last_skip: Option<Skip>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -181,6 +248,7 @@ impl Decoder {
             queued: VecDeque::new(),
             titles: [None, None, None],
             last_repair: None,
+            last_skip: None,
         }
     }
 
@@ -194,6 +262,20 @@ impl Decoder {
     /// repair (the first repair when there were several), for metrics.
     pub fn last_repair(&self) -> Option<Repair> {
         self.last_repair
+    }
+
+    /// The first record the most recent [`decode_line`](Self::decode_line)
+    /// call dropped for its shape, for metrics and one log line.
+    pub fn last_skip(&self) -> Option<Skip> {
+        self.last_skip
+    }
+
+    /// Whether `raw` (a line without its newline) holds one whole JSON
+    /// object: used at shutdown to tell a complete last record left without
+    /// its newline from a torn one still being written.
+    pub fn is_complete_record(raw: &[u8]) -> bool {
+        let b = trim_ascii(trim_nuls(raw));
+        b.first() == Some(&b'{') && serde_json::from_slice::<IgnoredAny>(b).is_ok()
     }
 
     /// Only the typed parse of the fast path (UTF-8 check + serde), without
@@ -214,6 +296,7 @@ impl Decoder {
         source: &Source,
     ) -> Result<Vec<Event>, DecodeError> {
         self.last_repair = None;
+        self.last_skip = None;
         let mut out = Vec::new();
         // The fast path runs on the line as read: JSON allows whitespace (a
         // CR too) around the record, and a NUL or any damage fails the parse,
@@ -273,6 +356,14 @@ impl Decoder {
         // handlers below take the record mutably.
         let uuid_field = rec.uuid.0.take();
         let timestamp_field = rec.timestamp.0.take();
+        let ty_field = rec.ty.0.take();
+        let ty = ty_field.as_deref().unwrap_or("");
+        // Before the uuid is remembered: a dropped record must not make the
+        // valid record with its uuid a duplicate.
+        if let Some(skip) = shape_problem(ty, rec) {
+            self.last_skip.get_or_insert(skip);
+            return;
+        }
         let uuid = uuid_field.as_deref();
         if let Some(u) = uuid {
             if !self.seen.insert_new(uuid_key(u)) {
@@ -294,15 +385,21 @@ impl Decoder {
                 out.push(ctx.event(kind));
             }
         }
-        let ty = rec.ty.0.take();
-        match ty.as_deref().unwrap_or("") {
+        match ty {
             "user" => self.user(rec, &ctx, out),
             "assistant" => self.assistant(rec, &ctx, out),
             "system" => system(rec, &ctx, out),
             "attachment" => self.attachment(rec, &ctx, out),
-            "queue-operation" if rec.operation.get() == Some("enqueue") => {
+            "queue-operation" => {
+                let route = match rec.operation.get() {
+                    Some("enqueue") => Route::Enqueue,
+                    // Several CLI versions record steering input only as a
+                    // `remove` (or `dequeue`) that carries the text.
+                    Some("remove" | "dequeue") => Route::Remove,
+                    _ => return,
+                };
                 let text = rec.content.text();
-                self.queued_prompt(&text, &ctx, out);
+                self.queued_prompt(&text, route, &ctx, out);
             }
             "summary" => self.title(rec.summary.get(), TitleSource::Summary, &ctx, out),
             "ai-title" => self.title(rec.ai_title.get(), TitleSource::AiTitle, &ctx, out),
@@ -380,6 +477,10 @@ impl Decoder {
             return;
         }
         let trimmed = text.trim();
+        if let Some(messages) = teammate_messages(trimmed) {
+            out.extend(messages.into_iter().map(|k| ctx.event(k)));
+            return;
+        }
         if is_tagged(trimmed) {
             if let Some(readable) = readable_tagged(trimmed) {
                 out.push(ctx.notice(Notice::Command, readable));
@@ -394,7 +495,7 @@ impl Decoder {
         if text.trim().is_empty() && images == 0 {
             return;
         }
-        if self.take_queued(text.trim()) {
+        if self.queued_seen(text.trim(), Route::UserRecord) {
             return;
         }
         out.push(ctx.event(EventKind::UserPrompt { text, images }));
@@ -507,35 +608,50 @@ impl Decoder {
         if text.trim().is_empty() {
             text = att.content.prompt().0;
         }
-        self.queued_prompt(&text, ctx, out);
+        self.queued_prompt(&text, Route::Attachment, ctx, out);
     }
 
-    /// A prompt typed while the agent was busy. It may be written twice (a
-    /// `queue-operation` and a `queued_command` attachment, or later as a user
-    /// record): the first appearance is shown and remembered, the second one
-    /// consumes the memory.
-    fn queued_prompt(&mut self, text: &str, ctx: &Ctx<'_>, out: &mut Vec<Event>) {
+    /// A prompt typed while the agent was busy (steering input). CLI versions
+    /// write it by one or more routes: a `queue-operation` `enqueue`, a
+    /// `remove`/`dequeue` carrying the text, a `queued_command` attachment, a
+    /// user record. The first appearance is shown and remembered; a later
+    /// appearance by a route the text has not used yet is the same prompt.
+    /// The same words by a route already used are a new prompt.
+    fn queued_prompt(&mut self, text: &str, route: Route, ctx: &Ctx<'_>, out: &mut Vec<Event>) {
         let text = text.trim();
-        if text.is_empty() || self.take_queued(text) {
+        if text.is_empty() || self.queued_seen(text, route) {
             return;
+        }
+        if let Some(messages) = teammate_messages(text) {
+            out.extend(messages.into_iter().map(|k| ctx.event(k)));
+        } else if is_tagged(text) {
+            // CLI status (`<task-notification>` …) queued for the model: shown,
+            // if at all, when it arrives as a user record.
+            return;
+        } else {
+            out.push(ctx.event(EventKind::UserPrompt {
+                text: text.to_owned(),
+                images: 0,
+            }));
         }
         if self.queued.len() >= QUEUED_CAPACITY {
             self.queued.pop_front();
         }
-        self.queued.push_back(text.to_owned());
-        out.push(ctx.event(EventKind::UserPrompt {
-            text: text.to_owned(),
-            images: 0,
-        }));
+        self.queued.push_back((text.to_owned(), route as u8));
     }
 
-    fn take_queued(&mut self, text: &str) -> bool {
-        if self.queued.is_empty() {
-            return false;
-        }
-        match self.queued.iter().position(|q| q == text) {
-            Some(i) => {
-                self.queued.remove(i);
+    /// Whether `text` is a queued prompt already shown that has not appeared
+    /// by `route` yet (and marks that it now has).
+    fn queued_seen(&mut self, text: &str, route: Route) -> bool {
+        let bit = route as u8;
+        match self
+            .queued
+            .iter_mut()
+            .rev()
+            .find(|(t, routes)| routes & bit == 0 && t == text)
+        {
+            Some((_, routes)) => {
+                *routes |= bit;
                 true
             }
             None => false,
@@ -735,13 +851,18 @@ fn resolve_source(given: &Source, sidechain: bool, agent_id: Option<&str>) -> So
         Source::Subagent {
             agent_id: known,
             description,
+            workflow,
         } => Source::Subagent {
             agent_id: known.clone().or_else(|| agent_id.map(str::to_owned)),
             description: description.clone(),
+            workflow: workflow.clone(),
         },
-        Source::Main if sidechain || agent_id.is_some() => Source::Subagent {
+        // Only the sidechain flag makes a main-file record a subagent's:
+        // main-thread records of some versions carry an `agentId` too.
+        Source::Main if sidechain => Source::Subagent {
             agent_id: agent_id.map(str::to_owned),
             description: None,
+            workflow: None,
         },
         Source::Main => Source::Main,
     }
@@ -852,6 +973,83 @@ fn elements(s: &str) -> Vec<(Option<&str>, &str)> {
         }
     }
     out
+}
+
+/// What a `user` text starts with when it relays another agent's message.
+const TEAMMATE_PREFIX: &str = "Another Claude session sent a message:";
+const TEAMMATE_OPEN: &str = "<teammate-message";
+const TEAMMATE_CLOSE: &str = "</teammate-message>";
+
+/// The teammate messages of an agent team's relay text: `<teammate-message
+/// teammate_id=".." color=".." summary="..">body</teammate-message>`
+/// elements, optionally after [`TEAMMATE_PREFIX`]. `None` when the text is
+/// not such a relay.
+fn teammate_messages(text: &str) -> Option<Vec<EventKind>> {
+    let body = text
+        .strip_prefix(TEAMMATE_PREFIX)
+        .unwrap_or(text)
+        .trim_start();
+    if !body.starts_with(TEAMMATE_OPEN) {
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(at) = rest.find(TEAMMATE_OPEN) {
+        let after = &rest[at + TEAMMATE_OPEN.len()..];
+        let Some(gt) = after.find('>') else { break };
+        let attrs = &after[..gt];
+        let inner_and_rest = &after[gt + 1..];
+        let (inner, next) = match inner_and_rest.find(TEAMMATE_CLOSE) {
+            Some(c) => (
+                &inner_and_rest[..c],
+                &inner_and_rest[c + TEAMMATE_CLOSE.len()..],
+            ),
+            None => (inner_and_rest, ""),
+        };
+        let teammate = attr(attrs, "teammate_id").unwrap_or("teammate");
+        out.push(EventKind::TeammateMessage {
+            teammate: teammate.to_owned(),
+            summary: attr(attrs, "summary").map(str::to_owned),
+            text: teammate_text(inner.trim()),
+        });
+        rest = next;
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// `name="value"` in a tag's attribute text.
+fn attr<'s>(attrs: &'s str, name: &str) -> Option<&'s str> {
+    let mut rest = attrs;
+    loop {
+        let at = rest.find(name)?;
+        let before_ok = at == 0 || rest[..at].ends_with(char::is_whitespace);
+        let after = &rest[at + name.len()..];
+        if let (true, Some(v)) = (before_ok, after.strip_prefix("=\"")) {
+            return v.find('"').map(|end| &v[..end]).filter(|v| !v.is_empty());
+        }
+        rest = after;
+    }
+}
+
+/// A teammate message body: text as sent, or for the team protocol's JSON
+/// messages (`idle_notification`, `shutdown_request`, …) their type and the
+/// first human-readable field.
+fn teammate_text(body: &str) -> String {
+    if body.starts_with('{') {
+        if let Ok(Value::Object(m)) = serde_json::from_str::<Value>(body) {
+            if let Some(ty) = m.get("type").and_then(Value::as_str) {
+                let detail = ["summary", "message", "content", "reason", "idleReason"]
+                    .iter()
+                    .find_map(|k| m.get(*k).and_then(Value::as_str))
+                    .filter(|d| !d.trim().is_empty());
+                return match detail {
+                    Some(d) => format!("[{ty}] {d}"),
+                    None => format!("[{ty}]"),
+                };
+            }
+        }
+    }
+    body.to_owned()
 }
 
 /// Removes anything that looks like a tag (`<name>`, `</name>`), keeping text.
@@ -2599,6 +2797,197 @@ mod tests {
     }
 
     #[test]
+    fn a_wrong_shape_record_is_skipped_without_taking_its_uuid() {
+        let mut d = decoder();
+        let cases = [
+            (fx::user_with_message_string("dup-1", "hi"), Skip::Message),
+            (
+                fx::assistant_with_misspelt_content("dup-2", "hello"),
+                Skip::Content,
+            ),
+            (
+                fx::with_fields(&fx::user_prompt("dup-3", "x"), json!({"message": [1, 2]})),
+                Skip::Message,
+            ),
+            (
+                fx::with_fields(
+                    &fx::queued_command("dup-4", "x"),
+                    json!({"attachment": "queued"}),
+                ),
+                Skip::Attachment,
+            ),
+            (
+                fx::with_fields(
+                    &fx::user_prompt("dup-5", "x"),
+                    json!({"message": {"role": "user", "content": {"text": "x"}}}),
+                ),
+                Skip::Content,
+            ),
+        ];
+        for (bad, reason) in cases {
+            assert_eq!(decode(&mut d, &bad), vec![], "{bad}");
+            assert_eq!(d.last_skip(), Some(reason), "{bad}");
+        }
+        // The valid records with the same uuids are still delivered.
+        assert_eq!(
+            kinds(&mut d, &fx::user_prompt("dup-1", "hi")),
+            vec![prompt("hi")]
+        );
+        assert_eq!(d.last_skip(), None);
+        let text = fx::assistant_text("dup-2", "m1", "hello", fx::usage(1, 1, 0, 0));
+        assert!(kinds(&mut d, &text).contains(&EventKind::AssistantText {
+            text: "hello".into(),
+            model: Some(fx::MODEL.into())
+        }));
+        // Unknown kinds and metadata lines are not shape errors.
+        for line in [
+            r#"{"type":"brand-new","uuid":"n1","message":"text"}"#,
+            r#"{"type":"progress","uuid":"n2","data":{"type":"bash_progress"}}"#,
+            r#"{"type":"summary","summary":"t","leafUuid":"x"}"#,
+        ] {
+            decode(&mut d, line);
+            assert_eq!(d.last_skip(), None, "{line}");
+        }
+        // An empty block list is a valid (if silent) assistant message.
+        let empty = fx::assistant_block("e1", "m2", json!(null), fx::usage(0, 0, 0, 0));
+        let empty = fx::with_fields(
+            &empty,
+            json!({"message": {"role": "assistant", "id": "m2", "content": []}}),
+        );
+        decode(&mut d, &empty);
+        assert_eq!(d.last_skip(), None);
+    }
+
+    #[test]
+    fn teammate_messages_are_their_own_kind_not_prompts() {
+        let mut d = decoder();
+        assert_eq!(
+            kinds(
+                &mut d,
+                &fx::teammate_message("t1", "reviewer", "yellow", "findings: 2 bugs")
+            ),
+            vec![EventKind::TeammateMessage {
+                teammate: "reviewer".into(),
+                summary: None,
+                text: "findings: 2 bugs".into()
+            }]
+        );
+        // Several in one record, a summary attribute, a protocol JSON body,
+        // and no prefix.
+        let text = concat!(
+            "<teammate-message teammate_id=\"lead\" color=\"blue\" summary=\"new task\">",
+            "Claim task #2</teammate-message>\n",
+            "<teammate-message teammate_id=\"w1\">",
+            r#"{"type":"idle_notification","from":"w1","idleReason":"available"}"#,
+            "</teammate-message>"
+        );
+        assert_eq!(
+            kinds(&mut d, &fx::user_prompt("t2", text)),
+            vec![
+                EventKind::TeammateMessage {
+                    teammate: "lead".into(),
+                    summary: Some("new task".into()),
+                    text: "Claim task #2".into()
+                },
+                EventKind::TeammateMessage {
+                    teammate: "w1".into(),
+                    summary: None,
+                    text: "[idle_notification] available".into()
+                },
+            ]
+        );
+        // Delivered mid-turn as a queued command: still a teammate message.
+        assert_eq!(
+            kinds(
+                &mut d,
+                &fx::queued_command("t3", &fx::teammate_text("w2", "red", "done"))
+            ),
+            vec![EventKind::TeammateMessage {
+                teammate: "w2".into(),
+                summary: None,
+                text: "done".into()
+            }]
+        );
+        // Text merely mentioning the tag is a prompt.
+        assert_eq!(
+            kinds(
+                &mut d,
+                &fx::user_prompt("t4", "what does <teammate-message> mean?")
+            ),
+            vec![prompt("what does <teammate-message> mean?")]
+        );
+    }
+
+    #[test]
+    fn steering_recorded_only_as_a_remove_is_shown_once() {
+        let mut d = decoder();
+        assert_eq!(
+            kinds(&mut d, &fx::steering_remove("also run the linter")),
+            vec![prompt("also run the linter")]
+        );
+        // The same input arriving by another route after it is not repeated.
+        assert_eq!(
+            kinds(&mut d, &fx::queued_command("s1", "also run the linter")),
+            vec![]
+        );
+        // A remove without text (the usual mid-turn path) shows nothing; the
+        // attachment carrying the text does.
+        assert_eq!(
+            kinds(
+                &mut d,
+                &fx::with_fields(&fx::steering_remove(""), json!({"content": null}))
+            ),
+            vec![]
+        );
+        assert_eq!(
+            kinds(&mut d, &fx::queued_command("s2", "and the docs")),
+            vec![prompt("and the docs")]
+        );
+        // enqueue → remove → attachment → user record: once.
+        let mut d = decoder();
+        let mut shown = Vec::new();
+        for line in [
+            fx::queue_operation("enqueue", "stop after this"),
+            fx::steering_remove("stop after this"),
+            fx::queued_command("s3", "stop after this"),
+            fx::user_prompt("s4", "stop after this"),
+        ] {
+            shown.extend(kinds(&mut d, &line));
+        }
+        assert_eq!(shown, vec![prompt("stop after this")]);
+        // A queued task notification is CLI status, not a prompt.
+        assert_eq!(
+            kinds(
+                &mut d,
+                &fx::queue_operation(
+                    "enqueue",
+                    "<task-notification>\n<task-id>b1</task-id>\n</task-notification>"
+                )
+            ),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn an_agent_id_alone_does_not_make_a_main_record_a_subagent_one() {
+        let mut d = decoder();
+        let line = fx::with_fields(&fx::user_prompt("m1", "hi"), json!({"agentId": "a1"}));
+        let evs = d
+            .decode_line(line.as_bytes(), &pos(), &Source::Main)
+            .unwrap();
+        assert!(evs.iter().all(|e| e.source == Source::Main), "{evs:?}");
+    }
+
+    #[test]
+    fn a_complete_record_is_told_from_a_torn_one() {
+        assert!(Decoder::is_complete_record(br#"{"type":"user"}"#));
+        assert!(Decoder::is_complete_record(b"{\"a\":1}\r"));
+        assert!(!Decoder::is_complete_record(br#"{"type":"us"#));
+        assert!(!Decoder::is_complete_record(b"[1]"));
+        assert!(!Decoder::is_complete_record(b""));
+    }
+
+    #[test]
     fn session_meta_first_time_and_on_change() {
         let mut d = decoder();
         let meta = |branch: &str, version: &str| EventKind::SessionMeta {
@@ -2654,7 +3043,8 @@ mod tests {
             evs[0].source,
             Source::Subagent {
                 agent_id: Some("a1b2".into()),
-                description: None
+                description: None,
+                workflow: None,
             }
         );
         let inline = fx::with_fields(
@@ -2668,13 +3058,15 @@ mod tests {
             evs[0].source,
             Source::Subagent {
                 agent_id: None,
-                description: None
+                description: None,
+                workflow: None,
             }
         );
         // The file's source wins, with the agent id filled in when it lacked one.
         let given = Source::Subagent {
             agent_id: None,
             description: Some("explore".into()),
+            workflow: None,
         };
         let line = fx::with_fields(
             &fx::user_prompt("u3", "x"),
@@ -2685,7 +3077,8 @@ mod tests {
             evs[0].source,
             Source::Subagent {
                 agent_id: Some("a9".into()),
-                description: Some("explore".into())
+                description: Some("explore".into()),
+                workflow: None,
             }
         );
         let main = d

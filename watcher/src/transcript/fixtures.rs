@@ -248,3 +248,43 @@ pub fn queued_command(uuid: &str, text: &str) -> String {
     );
     line(m)
 }
+
+/// The text agent teams deliver a teammate's message with (a `user` record's
+/// content): "Another Claude session sent a message:" and one
+/// `<teammate-message>` element.
+pub fn teammate_text(teammate: &str, color: &str, body: &str) -> String {
+    format!(
+        "Another Claude session sent a message:\n<teammate-message teammate_id=\"{teammate}\" color=\"{color}\">\n{body}\n</teammate-message>"
+    )
+}
+
+/// A `user` record relaying a teammate's message (agent teams).
+pub fn teammate_message(uuid: &str, teammate: &str, color: &str, body: &str) -> String {
+    user_prompt(uuid, &teammate_text(teammate, color, body))
+}
+
+/// Steering input as several CLI versions record it: only a
+/// `queue-operation` `remove` carrying the text (no enqueue, no attachment).
+pub fn steering_remove(text: &str) -> String {
+    with_fields(
+        &queue_operation("remove", text),
+        json!({"reason": "absorbed_mid_turn"}),
+    )
+}
+
+/// A user record of the wrong shape: `message` is a string, not an object.
+pub fn user_with_message_string(uuid: &str, text: &str) -> String {
+    let mut m = envelope("user", uuid);
+    m.insert("message".into(), json!(text));
+    line(m)
+}
+
+/// An assistant record whose `message.content` key is misspelt.
+pub fn assistant_with_misspelt_content(uuid: &str, text: &str) -> String {
+    let mut m = envelope("assistant", uuid);
+    m.insert(
+        "message".into(),
+        json!({"role": "assistant", "model": MODEL, "contnet": [{"type": "text", "text": text}]}),
+    );
+    line(m)
+}

@@ -32,6 +32,10 @@ pub enum Source {
         agent_id: Option<String>,
         /// `description` from the agent's `.meta.json`, when present.
         description: Option<String>,
+        /// The workflow run the agent belongs to: the `<run>` of
+        /// `subagents/workflows/<run>/agent-<id>.jsonl`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workflow: Option<String>,
     },
 }
 
@@ -61,6 +65,15 @@ pub enum EventKind {
     },
     /// A prompt typed by the human (string content, or text blocks joined).
     UserPrompt { text: String, images: usize },
+    /// A message from another agent of an agent team (`<teammate-message>`),
+    /// delivered to this session as a `user` record: not the operator's prompt.
+    TeammateMessage {
+        /// `teammate_id` of the sender.
+        teammate: String,
+        /// `summary` the sender gave, when present.
+        summary: Option<String>,
+        text: String,
+    },
     /// Text written by the assistant.
     AssistantText { text: String, model: Option<String> },
     /// A thinking block (often empty text in recent versions).
