@@ -33,6 +33,10 @@ pub struct Settings {
     /// How long an interaction waits for the watcher before deferring (Discord
     /// drops interactions not answered within 3 s).
     pub defer_after: Duration,
+    /// Who may send /input (empty: nobody).
+    pub operators: crate::access::Operators,
+    /// Where operator input may be relayed.
+    pub input_url_policy: crate::access::InputUrlPolicy,
 }
 
 impl Settings {
@@ -50,6 +54,8 @@ impl Settings {
             run_container: c.run_container,
             thread_parent_channel_id: c.thread_parent_channel_id.clone(),
             defer_after: Duration::from_secs(2),
+            operators: c.operators.clone(),
+            input_url_policy: c.input_url_policy.clone(),
         }
     }
 }
@@ -204,6 +210,12 @@ pub(crate) mod fixture {
             run_container: RunContainer::Channel,
             thread_parent_channel_id: None,
             defer_after: Duration::from_secs(2),
+            operators: crate::access::Operators {
+                role_ids: ["10".to_owned()].into(),
+                user_ids: ["5".to_owned()].into(),
+            },
+            input_url_policy: crate::access::InputUrlPolicy::parse("127.0.0.1/32,10.0.0.0/8")
+                .unwrap(),
         }
     }
 

@@ -7,6 +7,7 @@
 //! logged at start-up can show them. Required values are `Option` at the clap level
 //! so that a config file may supply them; `validate()` enforces them and names the key.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use ops::config::ConfigError;
 use ops::telemetry::LogFormat;
 use ops::Secret;
 use serde::{Deserialize, Serialize};
+
+use crate::access::{InputUrlPolicy, Operators};
 
 /// What the retention worker does with a completed run's channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum)]
@@ -114,6 +117,22 @@ pub struct Options {
     /// Time allowed between SIGTERM and exit.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "5s")]
     pub shutdown_timeout: String,
+    /// Discord role ids (comma-separated) whose members may send /input.
+    /// With neither this nor OPERATOR_USER_IDS set, every /input is refused.
+    #[arg(long, env = "OPERATOR_ROLE_IDS")]
+    pub operator_role_ids: Option<String>,
+    /// Discord user ids (comma-separated) who may send /input.
+    #[arg(long, env = "OPERATOR_USER_IDS")]
+    pub operator_user_ids: Option<String>,
+    /// Hosts a run's input_url may name: comma-separated CIDRs, addresses, host
+    /// names and *.suffix patterns. Loopback and link-local (cloud metadata) are
+    /// refused unless listed.
+    #[arg(
+        long,
+        env = "INPUT_URL_ALLOW",
+        default_value = crate::access::DEFAULT_INPUT_URL_ALLOW
+    )]
+    pub input_url_allow: String,
     /// `json` or `pretty`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
     pub log_format: LogFormat,
@@ -146,6 +165,9 @@ pub struct RawConfig {
     pub run_container: RunContainer,
     pub thread_parent_channel_id: Option<String>,
     pub shutdown_timeout: String,
+    pub operator_role_ids: Option<String>,
+    pub operator_user_ids: Option<String>,
+    pub input_url_allow: String,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otel_exporter_otlp_endpoint: Option<String>,
@@ -187,6 +209,11 @@ pub struct Config {
     pub thread_parent_channel_id: Option<String>,
     #[serde(with = "ops::config::duration")]
     pub shutdown_timeout: Duration,
+    /// Who may send /input (empty: nobody).
+    pub operators: Operators,
+    /// Where operator input may be relayed.
+    #[serde(skip)]
+    pub input_url_policy: InputUrlPolicy,
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otel_exporter_otlp_endpoint: Option<String>,
@@ -199,6 +226,40 @@ fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
             format!("{s:?} is not a duration ({e}); examples: 1s, 30m, 72h"),
         )
     })
+}
+
+/// Longest accepted `RETENTION`: ten years. Larger values overflow timers.
+pub const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Longest accepted `RETENTION_INTERVAL`.
+pub const MAX_RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Longest accepted `SHUTDOWN_TIMEOUT` (the chart's grace period is far shorter).
+pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// A duration within `(0, max]` (or `[0, max]` when `zero_ok`).
+fn bounded(key: &str, s: &str, max: Duration, zero_ok: bool) -> Result<Duration, ConfigError> {
+    let d = duration(key, s)?;
+    if !zero_ok && d.is_zero() {
+        return Err(ConfigError::invalid(key, "must be positive"));
+    }
+    if d > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{s:?} is too long; at most {}",
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A comma-separated list of Discord ids.
+fn snowflakes(key: &str, s: Option<&str>) -> Result<BTreeSet<String>, ConfigError> {
+    s.unwrap_or("")
+        .split(',')
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| snowflake(key, p))
+        .collect()
 }
 
 fn addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -321,14 +382,19 @@ impl RawConfig {
                 "required when RUN_CONTAINER=thread",
             ));
         }
-        let retention = duration("RETENTION", &self.retention)?;
-        let retention_interval = duration("RETENTION_INTERVAL", &self.retention_interval)?;
-        if retention_interval.is_zero() {
-            return Err(ConfigError::invalid(
-                "RETENTION_INTERVAL",
-                "must be positive",
-            ));
-        }
+        let retention = bounded("RETENTION", &self.retention, MAX_RETENTION, true)?;
+        let retention_interval = bounded(
+            "RETENTION_INTERVAL",
+            &self.retention_interval,
+            MAX_RETENTION_INTERVAL,
+            false,
+        )?;
+        let operators = Operators {
+            role_ids: snowflakes("OPERATOR_ROLE_IDS", self.operator_role_ids.as_deref())?,
+            user_ids: snowflakes("OPERATOR_USER_IDS", self.operator_user_ids.as_deref())?,
+        };
+        let input_url_policy = InputUrlPolicy::parse(&self.input_url_allow)
+            .map_err(|p| ConfigError::invalid("INPUT_URL_ALLOW", p))?;
         Ok(Config {
             discord_bot_token,
             discord_application_id,
@@ -346,7 +412,14 @@ impl RawConfig {
             retention_interval,
             run_container: self.run_container,
             thread_parent_channel_id,
-            shutdown_timeout: duration("SHUTDOWN_TIMEOUT", &self.shutdown_timeout)?,
+            shutdown_timeout: bounded(
+                "SHUTDOWN_TIMEOUT",
+                &self.shutdown_timeout,
+                MAX_SHUTDOWN_TIMEOUT,
+                true,
+            )?,
+            operators,
+            input_url_policy,
             log_format: self.log_format,
             log_filter: self.log_filter,
             otel_exporter_otlp_endpoint: self.otel_exporter_otlp_endpoint.filter(|s| !s.is_empty()),
@@ -406,6 +479,17 @@ mod tests {
         assert_eq!(c.retention, Duration::from_secs(72 * 3600));
         assert_eq!(c.retention_action, RetentionAction::Archive);
         assert_eq!(c.run_container, RunContainer::Channel);
+        assert!(!c.operators.is_configured());
+        assert_eq!(c.input_url_policy, InputUrlPolicy::default());
+        let c = load_args(&with(&[
+            "--operator-role-ids",
+            " 11, 12 ",
+            "--operator-user-ids",
+            "13",
+        ]))
+        .unwrap();
+        assert_eq!(c.operators.role_ids.len(), 2);
+        assert!(c.operators.user_ids.contains("13"));
         assert_eq!(
             c.database,
             Database::Sqlite {
@@ -423,6 +507,16 @@ mod tests {
             (&["--run-container", "thread"], "THREAD_PARENT_CHANNEL_ID"),
             (&["--database-url", "postgres://u:pw@h/db"], "DATABASE_URL"),
             (&["--discord-api-base", "ftp://x"], "DISCORD_API_BASE"),
+            (&["--retention", "100000000h"], "RETENTION"),
+            (
+                &["--retention-interval", "100000000h"],
+                "RETENTION_INTERVAL",
+            ),
+            (&["--retention-interval", "0s"], "RETENTION_INTERVAL"),
+            (&["--shutdown-timeout", "100000000h"], "SHUTDOWN_TIMEOUT"),
+            (&["--operator-role-ids", "12,abc"], "OPERATOR_ROLE_IDS"),
+            (&["--operator-user-ids", "@alice"], "OPERATOR_USER_IDS"),
+            (&["--input-url-allow", "10.0.0.0/99"], "INPUT_URL_ALLOW"),
         ];
         for (extra, key) in cases {
             let err = load_args(&with(extra)).unwrap_err().to_string();

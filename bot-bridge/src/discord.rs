@@ -11,6 +11,8 @@ use std::pin::Pin;
 use ops::Secret;
 use serde_json::Value;
 
+use crate::access::Operators;
+
 /// A boxed future, so the trait stays object-safe (`Arc<dyn DiscordApi>`).
 pub type DiscordFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DiscordError>> + Send + 'a>>;
 
@@ -27,6 +29,7 @@ pub mod perm {
     pub const VIEW_CHANNEL: u64 = 1 << 10;
     pub const SEND_MESSAGES: u64 = 1 << 11;
     pub const READ_MESSAGE_HISTORY: u64 = 1 << 16;
+    pub const USE_APPLICATION_COMMANDS: u64 = 1 << 31;
     pub const CREATE_PUBLIC_THREADS: u64 = 1 << 35;
     pub const CREATE_PRIVATE_THREADS: u64 = 1 << 36;
     pub const SEND_MESSAGES_IN_THREADS: u64 = 1 << 38;
@@ -34,6 +37,10 @@ pub mod perm {
 
 /// Discord's error code when the guild already has 500 channels.
 pub const MAX_GUILD_CHANNELS_CODE: u64 = 30013;
+/// Discord's error code when a channel already has its maximum of webhooks.
+pub const MAX_WEBHOOKS_CODE: u64 = 30007;
+/// Webhooks one channel may hold (Discord raised it from 10 to 15 in 2023).
+pub const MAX_WEBHOOKS_PER_CHANNEL: usize = 15;
 
 /// A guild channel, category or thread as far as bot-bridge cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +111,11 @@ impl DiscordError {
     pub fn is_guild_full(&self) -> bool {
         matches!(self, Self::Http { code, .. } if *code == MAX_GUILD_CHANNELS_CODE)
     }
+
+    /// Whether a channel refused a webhook because it holds the maximum.
+    pub fn is_webhook_limit(&self) -> bool {
+        matches!(self, Self::Http { code, .. } if *code == MAX_WEBHOOKS_CODE)
+    }
 }
 
 /// The Discord operations of bot-bridge. `reason` goes to the guild audit log.
@@ -155,27 +167,55 @@ pub trait DiscordApi: Send + Sync + 'static {
 }
 
 /// The overwrites of a live run channel: everyone may read, nobody but the
-/// webhook may post. The @everyone role's id is the guild id.
-pub fn run_overwrites(guild_id: &str) -> Vec<Overwrite> {
-    vec![Overwrite {
+/// webhook may post, and only operators may use the slash commands (the
+/// @everyone role's id is the guild id). Discord applies a member's own
+/// overwrite over its roles' and the roles' over @everyone's, so the allows
+/// of the operator roles and users win over the @everyone deny. bot-bridge
+/// checks the operator lists itself too (`access::Operators`): an admin can
+/// re-open the command in Discord's settings, never the relay.
+pub fn run_overwrites(guild_id: &str, operators: &Operators) -> Vec<Overwrite> {
+    let mut out = vec![Overwrite {
         id: guild_id.to_owned(),
         kind: 0,
         allow: perm::VIEW_CHANNEL | perm::READ_MESSAGE_HISTORY,
         deny: perm::SEND_MESSAGES
             | perm::SEND_MESSAGES_IN_THREADS
             | perm::CREATE_PUBLIC_THREADS
-            | perm::CREATE_PRIVATE_THREADS,
-    }]
+            | perm::CREATE_PRIVATE_THREADS
+            | perm::USE_APPLICATION_COMMANDS,
+    }];
+    let operator = |id: &String, kind: u8| Overwrite {
+        id: id.clone(),
+        kind,
+        allow: perm::VIEW_CHANNEL | perm::USE_APPLICATION_COMMANDS,
+        deny: 0,
+    };
+    // The @everyone role is never an operator overwrite: it would undo the deny.
+    out.extend(
+        operators
+            .role_ids
+            .iter()
+            .filter(|r| r.as_str() != guild_id)
+            .map(|r| operator(r, 0)),
+    );
+    out.extend(operators.user_ids.iter().map(|u| operator(u, 1)));
+    out
 }
 
 /// The overwrites of an archived channel: readable history, nothing else.
-pub fn archive_overwrites(guild_id: &str) -> Vec<Overwrite> {
-    let mut o = run_overwrites(guild_id);
+pub fn archive_overwrites(guild_id: &str, operators: &Operators) -> Vec<Overwrite> {
+    let mut o = run_overwrites(guild_id, operators);
     for w in &mut o {
         w.deny |= perm::ADD_REACTIONS;
     }
     o
 }
+
+/// `default_member_permissions` of the slash commands: `"0"` hides them from
+/// every member without ADMINISTRATOR until a guild admin grants them to the
+/// operator role in Server Settings → Integrations (bot tokens cannot set
+/// per-command permissions). `null` would let everyone use them.
+pub const COMMAND_DEFAULT_MEMBER_PERMISSIONS: &str = "0";
 
 /// The slash commands bot-bridge answers, as registered with Discord.
 pub fn commands() -> Value {
@@ -184,6 +224,7 @@ pub fn commands() -> Value {
             "name": "input",
             "type": 1,
             "description": "Send text to the agent of this run",
+            "default_member_permissions": COMMAND_DEFAULT_MEMBER_PERMISSIONS,
             "options": [{
                 "type": 3,
                 "name": "text",
@@ -195,7 +236,8 @@ pub fn commands() -> Value {
         {
             "name": "status",
             "type": 1,
-            "description": "Show the status of this run"
+            "description": "Show the status of this run",
+            "default_member_permissions": COMMAND_DEFAULT_MEMBER_PERMISSIONS
         }
     ])
 }
@@ -790,6 +832,15 @@ pub mod memory {
             ready(self.with(|s| {
                 if !s.channels.contains_key(&channel_id) {
                     return Err(DiscordError::NotFound);
+                }
+                if s.webhooks.values().filter(|c| **c == channel_id).count()
+                    >= MAX_WEBHOOKS_PER_CHANNEL
+                {
+                    return Err(DiscordError::Http {
+                        status: 400,
+                        code: MAX_WEBHOOKS_CODE,
+                        message: "Maximum number of webhooks reached (15)".into(),
+                    });
                 }
                 let id = s.id();
                 s.calls.push(format!("create_webhook {id}"));

@@ -86,10 +86,12 @@ pub enum Outcome {
     RunFinished,
     /// Unknown command or malformed body.
     Invalid,
+    /// The invoking member is not an operator (or none is configured).
+    Forbidden,
 }
 
 impl Outcome {
-    pub const ALL: [Self; 8] = [
+    pub const ALL: [Self; 9] = [
         Self::Ok,
         Self::Forwarded,
         Self::Busy,
@@ -98,6 +100,7 @@ impl Outcome {
         Self::NotRunChannel,
         Self::RunFinished,
         Self::Invalid,
+        Self::Forbidden,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -110,6 +113,7 @@ impl Outcome {
             Self::NotRunChannel => "not_run_channel",
             Self::RunFinished => "run_finished",
             Self::Invalid => "invalid",
+            Self::Forbidden => "forbidden",
         }
     }
 }
@@ -178,6 +182,14 @@ impl BridgeMetrics {
     /// Metrics in a private registry, for tests and tools that export nothing.
     pub fn unregistered() -> Result<Self, MetricsError> {
         Self::new(&Metrics::new("bridge", "0")?)
+    }
+
+    /// `bridge_interactions_total{command,outcome}` now (tests).
+    #[cfg(test)]
+    pub(crate) fn interactions_count(&self, command: &str, outcome: &str) -> u64 {
+        self.interactions
+            .with_label_values(&[command, outcome])
+            .get()
     }
 
     /// Sets `bridge_runs_active` from the store at start-up.
@@ -300,6 +312,34 @@ impl BridgeError<'_> {
     }
 }
 
+/// A request to `/interactions` failed signature verification. Anyone can
+/// send those (Discord itself probes with bad signatures), so the caller logs
+/// only some of them ([`crate::api::interactions`] throttles) and carries how
+/// many went unlogged since; every one is counted.
+pub struct SignatureRefused<'a> {
+    pub error: &'a dyn std::fmt::Display,
+    /// Whether this one is written to the log.
+    pub log: bool,
+    /// Refusals not logged since the last line.
+    pub unlogged: u64,
+}
+
+impl SignatureRefused<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        if self.log {
+            tracing::warn!(
+                kind = ErrorKind::Interaction.as_str(),
+                error = %self.error,
+                unlogged_since_last = self.unlogged,
+                "interaction signature refused"
+            );
+        }
+        m.errors
+            .with_label_values(&[ErrorKind::Interaction.as_str()])
+            .inc();
+    }
+}
+
 /// An interaction was answered.
 #[derive(Debug)]
 pub struct InteractionHandled<'a> {
@@ -356,6 +396,7 @@ mod tests {
             "bridge_discord_rate_limited_total{scope=\"global\"} 1",
             "bridge_discord_rate_limited_total{scope=\"route\"} 0",
             "bridge_interactions_total{command=\"input\",outcome=\"forwarded\"} 1",
+            "bridge_interactions_total{command=\"input\",outcome=\"forbidden\"} 0",
         ] {
             assert!(text.contains(name), "missing {name}:\n{text}");
         }

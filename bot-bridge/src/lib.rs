@@ -7,6 +7,7 @@
 //! reached through the `discord::DiscordApi` trait. `main.rs` only wires these
 //! together with the shared `ops` runtime.
 
+pub mod access;
 pub mod api;
 pub mod app;
 pub mod config;

@@ -62,6 +62,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         otlp_endpoint: cfg.otel_exporter_otlp_endpoint.clone(),
     })?;
     tracing::info!(config = %serde_json::to_string(&cfg).unwrap_or_default(), "starting bot-bridge");
+    if !cfg.operators.is_configured() {
+        tracing::warn!(
+            "no operators configured: every /input is refused; set OPERATOR_ROLE_IDS or OPERATOR_USER_IDS"
+        );
+    }
     let shutdown = Shutdown::on_signals().context("cannot install signal handlers")?;
 
     let metrics = Metrics::new("bridge", VERSION)?;

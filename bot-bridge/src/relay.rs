@@ -37,7 +37,8 @@ pub enum RelayOutcome {
     Busy,
     /// 503 or no answer: the agent cannot take input now.
     Unavailable,
-    /// Any other status: the watcher refused (bad signature, bad body…).
+    /// Any other status, a redirect included: the watcher refused (bad
+    /// signature, bad body…).
     Rejected(u16),
 }
 
@@ -82,7 +83,10 @@ pub struct Relay {
 impl Relay {
     /// `timeout` bounds one call; the interaction handler defers long before.
     pub fn new(timeout: Duration) -> Result<Self, RelayError> {
+        // Redirects are never followed: a watcher (or whatever answers at its
+        // address) must not bounce the signed input to another host or path.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
             .build()
@@ -140,7 +144,51 @@ impl Relay {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
     use super::*;
+
+    async fn serve(app: axum::Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        let target = serve(axum::Router::new().fallback(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { "ok" }
+        }))
+        .await;
+        let location = format!("{target}/internal/admin/delete?confirm=yes");
+        let watcher = serve(axum::Router::new().fallback(move || {
+            let location = location.clone();
+            async move {
+                (
+                    http::StatusCode::TEMPORARY_REDIRECT,
+                    [(http::header::LOCATION, location)],
+                )
+            }
+        }))
+        .await;
+        let relay = Relay::new(Duration::from_secs(5)).unwrap();
+        let msg = InputMessage {
+            run_id: "r".into(),
+            user: "u".into(),
+            text: "t".into(),
+            id: "1".into(),
+        };
+        let outcome = relay
+            .forward(&watcher, &Secret::new("k".into()), &msg)
+            .await;
+        assert_eq!(outcome, RelayOutcome::Rejected(307));
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the redirect was followed");
+    }
 
     #[test]
     fn signature_matches_a_reference_hmac() {

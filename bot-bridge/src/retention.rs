@@ -199,10 +199,13 @@ async fn apply(
                         .await?;
                 }
             }
-            let overwrites: Vec<_> = discord::archive_overwrites(&state.settings().guild_id)
-                .iter()
-                .map(discord::Overwrite::to_json)
-                .collect();
+            let overwrites: Vec<_> = discord::archive_overwrites(
+                &state.settings().guild_id,
+                &state.settings().operators,
+            )
+            .iter()
+            .map(discord::Overwrite::to_json)
+            .collect();
             let patch = json!({"parent_id": category, "permission_overwrites": overwrites});
             let r = d.modify_channel(&channel_id, &patch, &reason).await;
             if r.is_ok() {
@@ -272,6 +275,10 @@ async fn remove_empty_overflow(state: &AppState) -> usize {
 
 #[cfg(test)]
 mod tests {
+    fn owner() -> crate::access::Caller {
+        crate::access::Caller::RunToken(ops::Secret::new("owner-token-".repeat(4)))
+    }
+
     use super::*;
     use crate::app::fixture;
     use crate::runs::{AttemptValue, NewRun};
@@ -288,9 +295,9 @@ mod tests {
     #[tokio::test]
     async fn due_channels_move_to_the_archive_once() {
         let (state, discord) = fixture::state(fixture::settings());
-        let (a, _) = state.provision(new_run("a")).await.unwrap();
-        let (b, _) = state.provision(new_run("b")).await.unwrap();
-        let run = state.complete(&a.run_id, None).await.unwrap();
+        let (a, _) = state.provision(new_run("a"), &owner()).await.unwrap();
+        let (b, _) = state.provision(new_run("b"), &owner()).await.unwrap();
+        let run = state.complete(&a.run_id, None, &owner()).await.unwrap();
         let due = run.archive_due_at.unwrap();
         assert_eq!(tick(&state, due - 1).await, TickReport::default());
         let report = tick(&state, due).await;
@@ -317,10 +324,10 @@ mod tests {
         let mut settings = fixture::settings();
         settings.retention_action = RetentionAction::Delete;
         let (state, discord) = fixture::state(settings);
-        let (a, _) = state.provision(new_run("a")).await.unwrap();
-        let (b, _) = state.provision(new_run("b")).await.unwrap();
-        state.complete(&a.run_id, None).await.unwrap();
-        let run = state.complete(&b.run_id, None).await.unwrap();
+        let (a, _) = state.provision(new_run("a"), &owner()).await.unwrap();
+        let (b, _) = state.provision(new_run("b"), &owner()).await.unwrap();
+        state.complete(&a.run_id, None, &owner()).await.unwrap();
+        let run = state.complete(&b.run_id, None, &owner()).await.unwrap();
         discord.with(|s| s.channels.remove(&a.channel_id));
         let report = tick(&state, run.archive_due_at.unwrap()).await;
         assert_eq!((report.deleted, report.gone), (1, 1), "{report:?}");
@@ -336,10 +343,16 @@ mod tests {
         let (state, discord) = fixture::state(settings);
         let mut runs = Vec::new();
         for i in 0..51 {
-            runs.push(state.provision(new_run(&format!("s{i}"))).await.unwrap().0);
+            runs.push(
+                state
+                    .provision(new_run(&format!("s{i}")), &owner())
+                    .await
+                    .unwrap()
+                    .0,
+            );
         }
         let last = runs.last().unwrap();
-        let run = state.complete(&last.run_id, None).await.unwrap();
+        let run = state.complete(&last.run_id, None, &owner()).await.unwrap();
         let report = tick(&state, run.archive_due_at.unwrap()).await;
         assert_eq!(report.categories_removed, 1, "{report:?}");
         discord.with(|s| assert!(!s.channels.values().any(|c| c.name == "Agent Runs 2")));

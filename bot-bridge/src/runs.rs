@@ -11,12 +11,13 @@ use ops::Secret;
 use rand::RngCore;
 use serde::Serialize;
 
+use crate::access::{hash_token, Caller};
 use crate::app::AppState;
 use crate::config::RunContainer;
 use crate::discord::{self, kind, Channel, DiscordError, NewChannel};
 use crate::events::{ErrorKind, RunCompleted, RunCreated, RunRepaired};
 use crate::store::{
-    CategoryKind, CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, StoreError, StoredWebhook,
+    CategoryKind, CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, StoreError,
 };
 
 /// Discord's limits on channels (DESIGN.md §4).
@@ -43,6 +44,15 @@ pub enum RunsError {
         "the guild holds {MAX_CHANNELS_PER_GUILD} channels; set RUN_CONTAINER=thread or free channels"
     )]
     GuildFull,
+    /// The caller does not own the run (no or a wrong run token).
+    #[error("{0}")]
+    Forbidden(String),
+    /// The thread parent channel holds Discord's maximum of webhooks.
+    #[error(
+        "the thread parent channel holds {} webhooks, one per active run",
+        discord::MAX_WEBHOOKS_PER_CHANNEL
+    )]
+    WebhookLimit,
     #[error("discord: {0}")]
     Discord(#[from] DiscordError),
     #[error("store: {0}")]
@@ -86,6 +96,9 @@ pub struct Provisioned {
     pub channel_id: String,
     pub webhook_url: Secret<String>,
     pub input_secret: Secret<String>,
+    /// The run token, when bot-bridge generated it in this call (creation
+    /// without a proposed token); returned once, stored only as a hash.
+    pub run_token: Option<Secret<String>>,
 }
 
 /// The public view of a run (`GET /v1/runs/...`): no token, no secret.
@@ -249,15 +262,12 @@ fn check_part(name: &str, v: &str) -> Result<String, RunsError> {
     Ok(v.to_owned())
 }
 
-fn check_input_url(u: &str) -> Result<String, RunsError> {
-    match url::Url::parse(u) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
-            Ok(u.trim_end_matches('/').to_owned())
-        }
-        _ => Err(RunsError::BadRequest(
-            "input_url must be an http(s) URL".into(),
-        )),
-    }
+/// The refusal for a caller that does not own an existing run.
+fn not_owner() -> RunsError {
+    RunsError::Forbidden(format!(
+        "this run was created by another caller; present its run token in {}",
+        crate::access::RUN_TOKEN_HEADER
+    ))
 }
 
 impl AppState {
@@ -297,18 +307,43 @@ impl AppState {
     }
 
     /// `POST /v1/runs`: returns the run and whether it was created now.
-    pub async fn provision(&self, req: NewRun) -> Result<(Provisioned, bool), RunsError> {
+    ///
+    /// The caller that creates a run owns it: it proposed a run token
+    /// (`X-Agentmon-Run-Token`, as the watcher does, so a lost answer never
+    /// locks it out) or receives one generated here. Re-posting the key of an
+    /// existing run returns its secrets only to its owner; `input_url` is
+    /// fixed once set.
+    pub async fn provision(
+        &self,
+        req: NewRun,
+        caller: &Caller,
+    ) -> Result<(Provisioned, bool), RunsError> {
         let key = RunKey {
             task_id: check_part("task_id", &req.task_id)?,
             attempt: check_part("attempt", &req.attempt.as_string())?,
             short_id: check_part("short_id", &req.short_id)?,
         };
-        let input_url = req.input_url.as_deref().map(check_input_url).transpose()?;
+        let policy = &self.settings().input_url_policy;
+        let input_url = req
+            .input_url
+            .as_deref()
+            .map(|u| policy.check(u).map_err(RunsError::BadRequest))
+            .transpose()?;
+        let proposed = caller.proposed_token().map_err(RunsError::BadRequest)?;
         let _guard = self.inner.provision.lock().await;
         let store = self.store();
+        let mut issued = None;
         let (mut run, created) = match self.stored(store.find_by_key(key.clone())).await? {
             Some(r) => (r, false),
             None => {
+                let token = match proposed.clone() {
+                    Some(t) => t,
+                    None => {
+                        let t = random_secret();
+                        issued = Some(t.clone());
+                        t
+                    }
+                };
                 let fresh = RunRecord {
                     run_id: uuid::Uuid::new_v4().to_string(),
                     key: key.clone(),
@@ -317,6 +352,7 @@ impl AppState {
                     webhook_token: None,
                     input_url: input_url.clone(),
                     input_secret: random_secret(),
+                    token_hash: Some(hash_token(&token)),
                     status: RunStatus::Active,
                     created_at: now_unix(),
                     completed_at: None,
@@ -326,17 +362,55 @@ impl AppState {
                 };
                 match self.stored(store.insert_run(fresh.clone())).await? {
                     Inserted::New => (fresh, true),
-                    Inserted::Existing(r) => (*r, false),
+                    Inserted::Existing(r) => {
+                        issued = None;
+                        (*r, false)
+                    }
                 }
             }
         };
+        if !created {
+            match &run.token_hash {
+                Some(hash) if caller.owns(hash) => {}
+                Some(_) => return Err(not_owner()),
+                None => {
+                    // A run created before run tokens existed: the first caller
+                    // to re-provision it after the upgrade becomes its owner.
+                    let token = match proposed {
+                        Some(t) => t,
+                        None => {
+                            let t = random_secret();
+                            issued = Some(t.clone());
+                            t
+                        }
+                    };
+                    run.token_hash = Some(hash_token(&token));
+                    self.stored(store.update_run(run.clone())).await?;
+                    tracing::warn!(
+                        run_id = %run.run_id,
+                        "a run created before run tokens was adopted by its first caller"
+                    );
+                }
+            }
+        }
         if run.status != RunStatus::Active {
             return Err(RunsError::RunFinished);
         }
-        // A restarted watcher pod has a new IP: the latest input_url wins.
-        if input_url.is_some() && input_url != run.input_url {
-            run.input_url = input_url;
-            self.stored(store.update_run(run.clone())).await?;
+        // input_url is fixed once set: at creation, or by the owner's first
+        // call that names one (a run created before its watcher started).
+        match (&input_url, &run.input_url) {
+            (Some(new), Some(old)) if new != old => {
+                return Err(RunsError::BadRequest(
+                    "input_url is fixed once set and this one differs; \
+                     a new input address needs a new ATTEMPT"
+                        .into(),
+                ));
+            }
+            (Some(_), None) => {
+                run.input_url = input_url;
+                self.stored(store.update_run(run.clone())).await?;
+            }
+            _ => {}
         }
         let result = match self.settings().run_container {
             RunContainer::Channel => self.ensure_channel(&mut run, created).await,
@@ -373,6 +447,7 @@ impl AppState {
                 channel_id: channel_id.clone(),
                 webhook_url: Secret::new(url),
                 input_secret: run.input_secret.clone(),
+                run_token: issued,
             },
             created,
         ))
@@ -398,7 +473,7 @@ impl AppState {
                 name: channel_name(&run.key),
                 kind: kind::TEXT,
                 parent_id: Some(parent),
-                overwrites: discord::run_overwrites(&guild),
+                overwrites: discord::run_overwrites(&guild, &self.settings().operators),
             };
             let reason = format!("agentmon run {run_id}");
             let channel = match self
@@ -450,7 +525,8 @@ impl AppState {
         Ok(())
     }
 
-    /// Thread mode: one thread per run, one shared webhook on the parent.
+    /// Thread mode: one thread per run, and one webhook per run on the parent
+    /// (Discord allows 15 per channel: [`RunsError::WebhookLimit`] beyond).
     async fn ensure_thread(&self, run: &mut RunRecord, created: bool) -> Result<(), RunsError> {
         let parent = self
             .settings()
@@ -482,31 +558,33 @@ impl AppState {
             run.channel_id = Some(thread.id);
             self.stored(self.store().update_run(run.clone())).await?;
         }
+        // One webhook per run on the parent, deleted at completion, so a
+        // finished run's URL stops working. Older versions shared one webhook
+        // per parent (still in `shared_webhooks`); a run on it gets its own.
         let shared = self
             .stored(self.store().shared_webhook(parent.clone()))
-            .await?;
-        let hook = match shared {
-            Some(h) if self.call(Some(&run_id), d.webhook_exists(&h.id)).await? => h,
-            _ => {
-                let w = self
-                    .call(
-                        Some(&run_id),
-                        d.create_webhook(&parent, WEBHOOK_NAME, "agentmon run threads"),
-                    )
-                    .await?;
-                let stored = StoredWebhook {
-                    id: w.id,
-                    token: w.token,
-                };
-                self.stored(
-                    self.store()
-                        .put_shared_webhook(parent.clone(), stored.clone()),
-                )
-                .await?;
-                stored
-            }
+            .await?
+            .map(|w| w.id);
+        let own = run
+            .webhook_id
+            .clone()
+            .filter(|id| shared.as_deref() != Some(id.as_str()));
+        let alive = match &own {
+            Some(id) => self.call(Some(&run_id), d.webhook_exists(id)).await?,
+            None => false,
         };
-        if run.webhook_id.as_deref() != Some(hook.id.as_str()) {
+        if !alive {
+            let hook = match self
+                .call(
+                    Some(&run_id),
+                    d.create_webhook(&parent, WEBHOOK_NAME, &reason),
+                )
+                .await
+            {
+                Ok(h) => h,
+                Err(e) if e.is_webhook_limit() => return Err(RunsError::WebhookLimit),
+                Err(e) => return Err(e.into()),
+            };
             run.webhook_id = Some(hook.id);
             run.webhook_token = Some(hook.token);
             self.stored(self.store().update_run(run.clone())).await?;
@@ -561,23 +639,42 @@ impl AppState {
         }
     }
 
-    /// `POST /v1/runs/{id}/complete`: revokes the webhook (channel mode), marks
-    /// the run completed and schedules retention. Calling it again is a no-op.
+    /// `POST /v1/runs/{id}/complete`: revokes the run's webhook, marks the run
+    /// completed and schedules retention. Only the run's owner may complete it
+    /// (see [`Self::provision`]); calling it again is a no-op.
     pub async fn complete(
         &self,
         run_id: &str,
         summary: Option<serde_json::Value>,
+        caller: &Caller,
     ) -> Result<RunRecord, RunsError> {
         let _guard = self.inner.provision.lock().await;
         let mut run = self
             .stored(self.store().get_run(run_id.to_owned()))
             .await?
             .ok_or(RunsError::NotFound)?;
+        if let Some(hash) = &run.token_hash {
+            if !caller.owns(hash) {
+                return Err(not_owner());
+            }
+        }
         if run.status != RunStatus::Active {
             return Ok(run);
         }
-        if self.settings().run_container == RunContainer::Channel {
-            if let Some(hook) = &run.webhook_id {
+        if let Some(hook) = &run.webhook_id {
+            // A run provisioned before per-run thread webhooks may still use the
+            // parent's shared webhook, which other such runs post through.
+            let shared = match (
+                &self.settings().thread_parent_channel_id,
+                self.settings().run_container,
+            ) {
+                (Some(parent), RunContainer::Thread) => self
+                    .stored(self.store().shared_webhook(parent.clone()))
+                    .await?
+                    .map(|w| w.id),
+                _ => None,
+            };
+            if shared.as_deref() != Some(hook.as_str()) {
                 let reason = format!("agentmon run {run_id} completed");
                 match self
                     .call(Some(run_id), self.discord().delete_webhook(hook, &reason))
@@ -587,9 +684,9 @@ impl AppState {
                     Err(e) => return Err(e.into()),
                 }
             }
-            run.webhook_id = None;
-            run.webhook_token = None;
         }
+        run.webhook_id = None;
+        run.webhook_token = None;
         let now = now_unix();
         let retention = i64::try_from(self.settings().retention.as_secs()).unwrap_or(i64::MAX);
         run.status = RunStatus::Completed;
@@ -707,6 +804,11 @@ mod tests {
     use crate::app::fixture;
     use crate::discord::perm;
 
+    /// The watcher that creates the runs of these tests.
+    fn owner() -> Caller {
+        Caller::RunToken(Secret::new("owner-token-".repeat(4)))
+    }
+
     fn new_run(task: &str, short: &str) -> NewRun {
         NewRun {
             task_id: task.into(),
@@ -719,9 +821,15 @@ mod tests {
     #[tokio::test]
     async fn provisioning_is_idempotent_and_channels_are_read_only() {
         let (state, discord) = fixture::state(fixture::settings());
-        let (a, created) = state.provision(new_run("T-1", "ab")).await.unwrap();
+        let (a, created) = state
+            .provision(new_run("T-1", "ab"), &owner())
+            .await
+            .unwrap();
         assert!(created);
-        let (b, created) = state.provision(new_run("T-1", "ab")).await.unwrap();
+        let (b, created) = state
+            .provision(new_run("T-1", "ab"), &owner())
+            .await
+            .unwrap();
         assert!(!created);
         assert_eq!(a.run_id, b.run_id);
         assert_eq!(a.channel_id, b.channel_id);
@@ -748,14 +856,14 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_webhook_or_channel_is_replaced() {
         let (state, discord) = fixture::state(fixture::settings());
-        let (a, _) = state.provision(new_run("t", "x")).await.unwrap();
+        let (a, _) = state.provision(new_run("t", "x"), &owner()).await.unwrap();
         discord.with(|s| s.webhooks.clear());
-        let (b, created) = state.provision(new_run("t", "x")).await.unwrap();
+        let (b, created) = state.provision(new_run("t", "x"), &owner()).await.unwrap();
         assert!(!created);
         assert_eq!(a.channel_id, b.channel_id);
         assert_ne!(a.webhook_url.expose(), b.webhook_url.expose());
         discord.with(|s| s.channels.remove(&b.channel_id));
-        let (c, _) = state.provision(new_run("t", "x")).await.unwrap();
+        let (c, _) = state.provision(new_run("t", "x"), &owner()).await.unwrap();
         assert_ne!(c.channel_id, b.channel_id);
         assert_eq!(c.run_id, a.run_id);
         discord.with(|s| assert!(s.webhooks.values().any(|ch| *ch == c.channel_id)));
@@ -768,7 +876,7 @@ mod tests {
         for i in 0..51 {
             last = Some(
                 state
-                    .provision(new_run("t", &format!("s{i}")))
+                    .provision(new_run("t", &format!("s{i}")), &owner())
                     .await
                     .unwrap()
                     .0,
@@ -800,24 +908,27 @@ mod tests {
                 );
             }
         });
-        let err = state.provision(new_run("t", "a")).await.unwrap_err();
+        let err = state
+            .provision(new_run("t", "a"), &owner())
+            .await
+            .unwrap_err();
         assert!(matches!(err, RunsError::GuildFull), "{err}");
     }
 
     #[tokio::test]
     async fn complete_revokes_the_webhook_once() {
         let (state, discord) = fixture::state(fixture::settings());
-        let (a, _) = state.provision(new_run("t", "a")).await.unwrap();
+        let (a, _) = state.provision(new_run("t", "a"), &owner()).await.unwrap();
         let summary = serde_json::json!({"cost": 1.5});
         let run = state
-            .complete(&a.run_id, Some(summary.clone()))
+            .complete(&a.run_id, Some(summary.clone()), &owner())
             .await
             .unwrap();
         assert_eq!(run.status, RunStatus::Completed);
         assert_eq!(run.archive_due_at, Some(run.completed_at.unwrap() + 1));
         assert!(run.webhook_token.is_none());
         discord.with(|s| assert!(s.webhooks.is_empty()));
-        let again = state.complete(&a.run_id, None).await.unwrap();
+        let again = state.complete(&a.run_id, None, &owner()).await.unwrap();
         assert_eq!(again.summary, Some(summary));
         let deletes = discord.with(|s| {
             s.calls
@@ -827,17 +938,19 @@ mod tests {
         });
         assert_eq!(deletes, 1);
         assert!(matches!(
-            state.provision(new_run("t", "a")).await,
+            state.provision(new_run("t", "a"), &owner()).await,
             Err(RunsError::RunFinished)
         ));
         assert!(matches!(
-            state.complete("nope", None).await,
+            state.complete("nope", None, &owner()).await,
             Err(RunsError::NotFound)
         ));
     }
 
-    #[tokio::test]
-    async fn thread_mode_shares_one_parent_webhook() {
+    fn thread_state() -> (
+        AppState,
+        std::sync::Arc<crate::discord::memory::MockDiscord>,
+    ) {
         let mut settings = fixture::settings();
         settings.run_container = RunContainer::Thread;
         settings.thread_parent_channel_id = Some("555".into());
@@ -853,20 +966,152 @@ mod tests {
                 },
             )
         });
-        let (a, _) = state.provision(new_run("t", "a")).await.unwrap();
-        let (b, _) = state.provision(new_run("t", "b")).await.unwrap();
+        (state, discord)
+    }
+
+    #[tokio::test]
+    async fn thread_mode_gives_each_run_its_own_webhook_revoked_at_completion() {
+        let (state, discord) = thread_state();
+        let (a, _) = state.provision(new_run("t", "a"), &owner()).await.unwrap();
+        let (b, _) = state.provision(new_run("t", "b"), &owner()).await.unwrap();
         assert_ne!(a.channel_id, b.channel_id);
         assert!(a
             .webhook_url
             .expose()
             .ends_with(&format!("?thread_id={}", a.channel_id)));
+        let hook_of = |url: &str| url.split('/').nth(6).unwrap_or_default().to_owned();
+        let (ha, hb) = (
+            hook_of(a.webhook_url.expose()),
+            hook_of(b.webhook_url.expose()),
+        );
+        assert_ne!(ha, hb, "runs share a webhook");
         discord.with(|s| {
-            assert_eq!(s.webhooks.len(), 1);
+            assert_eq!(s.webhooks.len(), 2);
             assert_eq!(s.channels[&a.channel_id].kind, kind::PUBLIC_THREAD);
         });
-        // Completion must not revoke the shared webhook.
-        state.complete(&a.run_id, None).await.unwrap();
-        discord.with(|s| assert_eq!(s.webhooks.len(), 1));
+        // Completing A revokes A's URL only.
+        state.complete(&a.run_id, None, &owner()).await.unwrap();
+        discord.with(|s| {
+            assert!(
+                !s.webhooks.contains_key(&ha),
+                "A's webhook survived completion"
+            );
+            assert!(s.webhooks.contains_key(&hb));
+        });
+    }
+
+    #[tokio::test]
+    async fn thread_mode_past_the_webhook_limit_is_a_clear_error() {
+        let (state, _) = thread_state();
+        for i in 0..crate::discord::MAX_WEBHOOKS_PER_CHANNEL {
+            state
+                .provision(new_run("t", &format!("s{i}")), &owner())
+                .await
+                .unwrap();
+        }
+        let err = state
+            .provision(new_run("t", "one-too-many"), &owner())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunsError::WebhookLimit), "{err}");
+        // A completed run frees its slot.
+        let first = state
+            .store()
+            .find_by_key(RunKey {
+                task_id: "t".into(),
+                attempt: "1".into(),
+                short_id: "s0".into(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        state.complete(&first.run_id, None, &owner()).await.unwrap();
+        state
+            .provision(new_run("t", "one-too-many"), &owner())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_run_belongs_to_the_caller_that_created_it() {
+        let (state, _) = fixture::state(fixture::settings());
+        let (a, created) = state.provision(new_run("t", "a"), &owner()).await.unwrap();
+        assert!(created);
+        assert!(a.run_token.is_none(), "a proposed token is not echoed");
+        for intruder in [
+            Caller::Anonymous,
+            Caller::RunToken(Secret::new("intruder-token-".repeat(3))),
+        ] {
+            let err = state
+                .provision(new_run("t", "a"), &intruder)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RunsError::Forbidden(_)), "{err}");
+            let err = state
+                .complete(&a.run_id, None, &intruder)
+                .await
+                .unwrap_err();
+            assert!(matches!(err, RunsError::Forbidden(_)), "{err}");
+        }
+        // input_url is fixed at creation, even for the owner.
+        let mut moved = new_run("t", "a");
+        moved.input_url = Some("http://10.9.9.9:8081".into());
+        let err = state.provision(moved, &owner()).await.unwrap_err();
+        assert!(err.to_string().contains("fixed"), "{err}");
+        // Without a proposed token, bot-bridge issues one, once.
+        let (b, _) = state
+            .provision(new_run("t", "b"), &Caller::Anonymous)
+            .await
+            .unwrap();
+        let token = b.run_token.clone().expect("a token for the creator");
+        assert!(token.expose().len() >= crate::access::MIN_RUN_TOKEN);
+        let (again, created) = state
+            .provision(new_run("t", "b"), &Caller::RunToken(token.clone()))
+            .await
+            .unwrap();
+        assert!(!created && again.run_token.is_none());
+        assert_eq!(again.input_secret.expose(), b.input_secret.expose());
+        let stored = state
+            .store()
+            .get_run(b.run_id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            stored.token_hash.as_deref(),
+            Some(crate::access::hash_token(&token).as_str())
+        );
+        state
+            .complete(&b.run_id, None, &Caller::RunToken(token))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_run_from_before_run_tokens_is_adopted_once() {
+        let (state, _) = fixture::state(fixture::settings());
+        let (a, _) = state.provision(new_run("t", "a"), &owner()).await.unwrap();
+        let mut legacy = state
+            .store()
+            .get_run(a.run_id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        legacy.token_hash = None;
+        state.store().update_run(legacy).await.unwrap();
+        let (adopted, _) = state
+            .provision(new_run("t", "a"), &Caller::Anonymous)
+            .await
+            .unwrap();
+        let token = adopted.run_token.expect("the adopter gets a token");
+        assert!(matches!(
+            state.provision(new_run("t", "a"), &Caller::Anonymous).await,
+            Err(RunsError::Forbidden(_))
+        ));
+        state
+            .provision(new_run("t", "a"), &Caller::RunToken(token))
+            .await
+            .unwrap();
     }
 
     #[tokio::test]
@@ -874,13 +1119,13 @@ mod tests {
         let (state, _) = fixture::state(fixture::settings());
         let mut r = new_run("", "a");
         assert!(matches!(
-            state.provision(r.clone()).await,
+            state.provision(r.clone(), &owner()).await,
             Err(RunsError::BadRequest(_))
         ));
         r.task_id = "t".into();
-        r.input_url = Some("not a url".into());
+        r.input_url = Some("http://169.254.169.254".into());
         assert!(matches!(
-            state.provision(r).await,
+            state.provision(r, &owner()).await,
             Err(RunsError::BadRequest(_))
         ));
     }

@@ -88,13 +88,17 @@ pub struct RunRecord {
     /// The run's channel, or its thread in thread mode; `None` until Discord
     /// created it (the row is written first, so a crash leaves no orphan).
     pub channel_id: Option<String>,
-    /// The webhook the watcher posts to (the shared parent webhook in thread mode).
+    /// The webhook the watcher posts to (in thread mode one on the parent
+    /// channel per run; older versions shared one per parent).
     pub webhook_id: Option<String>,
     pub webhook_token: Option<Secret<String>>,
     /// Base URL of the watcher's input listener.
     pub input_url: Option<String>,
     /// HMAC key for relayed operator input, hex of 32 random bytes.
     pub input_secret: Secret<String>,
+    /// Hex SHA-256 of the run token its creator holds (`access::hash_token`);
+    /// `None` for runs created before run tokens existed.
+    pub token_hash: Option<String>,
     pub status: RunStatus,
     /// Unix seconds.
     pub created_at: i64,
@@ -140,6 +144,13 @@ pub struct StoredWebhook {
     pub token: Secret<String>,
 }
 
+/// Where a page of [`RunStore::list_runs`] continues: after this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListCursor {
+    pub created_at: i64,
+    pub run_id: String,
+}
+
 /// Result of inserting a run whose key may already exist.
 #[derive(Debug, Clone)]
 pub enum Inserted {
@@ -159,8 +170,14 @@ pub trait RunStore: Send + Sync + 'static {
     fn find_by_key(&self, key: RunKey) -> StoreFuture<'_, Option<RunRecord>>;
     /// The run whose channel (or thread) is `channel_id`.
     fn find_by_channel(&self, channel_id: String) -> StoreFuture<'_, Option<RunRecord>>;
-    /// At most `limit` runs, newest first, optionally only one status.
-    fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> StoreFuture<'_, Vec<RunRecord>>;
+    /// At most `limit` runs, newest first (`created_at`, then `run_id`, both
+    /// descending), optionally only one status and only after `after`.
+    fn list_runs(
+        &self,
+        status: Option<RunStatus>,
+        limit: u32,
+        after: Option<ListCursor>,
+    ) -> StoreFuture<'_, Vec<RunRecord>>;
     /// Completed runs whose `archive_due_at` is at or before `now`.
     fn due_runs(&self, now: i64) -> StoreFuture<'_, Vec<RunRecord>>;
     fn count_runs(&self, status: RunStatus) -> StoreFuture<'_, u64>;

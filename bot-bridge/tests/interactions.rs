@@ -183,3 +183,32 @@ async fn a_busy_or_finished_run_says_so() {
     let (_, reply) = interact(&bridge, &input(channel, "x"), now(), &key).await;
     assert_eq!(reply["data"]["content"], "run finished");
 }
+
+#[tokio::test]
+async fn a_flood_of_unsigned_requests_logs_a_line_not_each() {
+    let bridge = Bridge::start().await;
+    let before = count_refusal_lines();
+    let http = reqwest::Client::new();
+    for _ in 0..200 {
+        let r = http
+            .post(format!("{}/interactions", bridge.base))
+            .body(r#"{"type":1}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    // The first refusal (of this process, within the period) is logged; the
+    // flood behind it is only counted.
+    let logged = count_refusal_lines() - before;
+    assert!(logged <= 1, "{logged} log lines for 200 unsigned requests");
+}
+
+fn count_refusal_lines() -> usize {
+    harness::captured_logs()
+        .lines()
+        .filter(|l| {
+            l.contains("interaction signature refused") || l.contains("\"kind\":\"interaction\"")
+        })
+        .count()
+}

@@ -186,3 +186,82 @@ async fn get_responses_carry_no_secret() {
     }
     bridge.assert_no_secret_leaked().await;
 }
+
+/// A POST as another holder of `API_TOKEN`, with `run_token` or none.
+async fn post_as(
+    bridge: &Bridge,
+    path: &str,
+    run_token: Option<&str>,
+    body: &Value,
+) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}{path}", bridge.base))
+        .bearer_auth(API_TOKEN)
+        .json(body);
+    if let Some(t) = run_token {
+        req = req.header(bot_bridge::access::RUN_TOKEN_HEADER, t);
+    }
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn another_caller_cannot_take_over_a_run() {
+    let bridge = Bridge::start().await;
+    let mut body = run_body("T-9", "victim");
+    body["input_url"] = json!("http://127.0.0.1:8081");
+    let (status, mine) = bridge.create_run(&body).await;
+    assert_eq!(status, 201, "{mine}");
+    let run_id = mine["run_id"].as_str().unwrap();
+    let webhook = mine["webhook_url"].as_str().unwrap();
+    let secret = mine["input_secret"].as_str().unwrap();
+    let mut takeover = body.clone();
+    takeover["input_url"] = json!("http://127.0.0.1:47777");
+    for token in [None, Some("intruder-token-0123456789abcdefghij")] {
+        for (path, body) in [
+            ("/v1/runs".to_owned(), &body),
+            ("/v1/runs".to_owned(), &takeover),
+            (format!("/v1/runs/{run_id}/complete"), &json!({})),
+        ] {
+            let (status, text) = post_as(&bridge, &path, token, body).await;
+            assert_eq!(status, 403, "{path} {token:?}: {text}");
+            let v: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["error"]["code"], "forbidden", "{text}");
+            assert!(
+                !text.contains(webhook) && !text.contains(secret),
+                "secrets handed to another caller: {text}"
+            );
+        }
+    }
+    // The owner still gets its run, at its original input address.
+    let (status, again) = bridge.create_run(&body).await;
+    assert_eq!(status, 200, "{again}");
+    let (_, view) = bridge.get(&format!("/v1/runs/{run_id}")).await;
+    assert_eq!(view["input_url"], "http://127.0.0.1:8081");
+    assert_eq!(view["status"], "active");
+}
+
+#[tokio::test]
+async fn input_urls_that_could_reach_elsewhere_are_refused() {
+    let bridge = Bridge::start().await;
+    for (url, problem) in [
+        ("http://127.0.0.1:47777/?confirm=yes&x=/v1/input", "query"),
+        ("http://user:pw@127.0.0.1:8081", "credentials"),
+        ("http://169.254.169.254", "not allowed"),
+        ("http://127.0.0.1:47777/internal/admin/delete", "path"),
+        ("http://127.0.0.1:8081#frag", "fragment"),
+        ("file:///etc/passwd", "http"),
+    ] {
+        let mut body = run_body("T-10", "u");
+        body["input_url"] = json!(url);
+        let (status, v) = bridge.create_run(&body).await;
+        assert_eq!(status, 400, "{url}: {v}");
+        let message = v["error"]["message"].as_str().unwrap_or("");
+        assert!(message.contains(problem), "{url}: {message}");
+        assert!(!message.contains("pw"), "credentials echoed: {message}");
+    }
+    assert!(
+        bridge.fake_channels().iter().all(|c| c.kind != 0),
+        "a run was created"
+    );
+}

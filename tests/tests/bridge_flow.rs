@@ -24,6 +24,12 @@ const BOT_TOKEN: &str = "bot-token-SECRET-4d1e";
 const API_TOKEN: &str = "api-token-SECRET-8c2f";
 const APP_ID: &str = "4242";
 const TASK: &str = "task-7";
+/// The run token the test presents as the run's creator; the watcher finds it
+/// in its STATE_DIR, as after a restart.
+const RUN_TOKEN: &str = "run-token-SECRET-0123456789abcdef01";
+/// Discord ids of the operators (bot-bridge's OPERATOR_* lists).
+const OPERATOR_ROLE: &str = "555";
+const OPERATOR_USER: &str = "99";
 const SHORT: &str = "abc123";
 
 fn signing_key() -> SigningKey {
@@ -59,6 +65,9 @@ fn bridge_env(fake: &FakeDiscordProc, db: &Path) -> Vec<(&'static str, String)> 
         ("RETENTION", "2s".to_string()),
         ("RETENTION_INTERVAL", "200ms".to_string()),
         ("RUST_LOG", "debug".to_string()),
+        ("INPUT_URL_ALLOW", "127.0.0.1/32".to_string()),
+        ("OPERATOR_ROLE_IDS", OPERATOR_ROLE.to_string()),
+        ("OPERATOR_USER_IDS", OPERATOR_USER.to_string()),
     ]
 }
 
@@ -86,13 +95,28 @@ impl Bridge {
     }
 
     async fn create_run(&self) -> (reqwest::StatusCode, Value) {
-        let r = reqwest::Client::new()
+        self.create_run_as(Some(RUN_TOKEN), &json!({})).await
+    }
+
+    /// `POST /v1/runs` for the test's run key plus `extra` fields, presenting
+    /// `run_token` (or none).
+    async fn create_run_as(
+        &self,
+        run_token: Option<&str>,
+        extra: &Value,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut body = json!({"task_id": TASK, "attempt": 1, "short_id": SHORT});
+        for (k, v) in extra.as_object().into_iter().flatten() {
+            body[k] = v.clone();
+        }
+        let mut req = reqwest::Client::new()
             .post(self.url("/v1/runs"))
             .bearer_auth(API_TOKEN)
-            .json(&json!({"task_id": TASK, "attempt": 1, "short_id": SHORT}))
-            .send()
-            .await
-            .unwrap();
+            .json(&body);
+        if let Some(t) = run_token {
+            req = req.header("x-agentmon-run-token", t);
+        }
+        let r = req.send().await.unwrap();
         (r.status(), r.json().await.unwrap())
     }
 
@@ -142,9 +166,18 @@ impl Bridge {
 
     /// A fresh, validly signed `/input` and the ephemeral reply's text.
     async fn input(&self, id: &str, channel_id: &str, text: &str) -> String {
-        let r = self
-            .interact(&signing_key(), now_unix(), &input(id, channel_id, text))
-            .await;
+        self.input_from(input(id, channel_id, text)).await
+    }
+
+    /// A signed `/input` with its member replaced by `member`.
+    async fn input_as(&self, member: Value, id: &str, channel_id: &str, text: &str) -> String {
+        let mut body = input(id, channel_id, text);
+        body["member"] = member;
+        self.input_from(body).await
+    }
+
+    async fn input_from(&self, body: Value) -> String {
+        let r = self.interact(&signing_key(), now_unix(), &body).await;
         assert_eq!(r.status(), 200);
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["data"]["flags"], 64, "replies are ephemeral: {v}");
@@ -161,7 +194,7 @@ fn input(id: &str, channel_id: &str, text: &str) -> Value {
         "channel_id": channel_id,
         "guild_id": "1",
         "token": format!("interaction-token-{id}"),
-        "member": {"user": {"id": "99", "username": "operator"}},
+        "member": {"user": {"id": OPERATOR_USER, "username": "operator"}, "roles": []},
         "data": {"id": "1", "name": "input", "type": 1,
                  "options": [{"name": "text", "type": 3, "value": text}]},
     })
@@ -308,11 +341,54 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     let allow: u64 = everyone["allow"].as_str().unwrap_or("0").parse().unwrap();
     assert_ne!(deny & (1 << 11), 0, "@everyone may not send: {everyone}");
     assert_eq!(allow & (1 << 11), 0);
+    // Slash commands: denied to @everyone in the channel, allowed to the
+    // operators, and registered hidden from non-admins.
+    const USE_APPLICATION_COMMANDS: u64 = 1 << 31;
+    assert_ne!(deny & USE_APPLICATION_COMMANDS, 0, "{everyone}");
+    for (id, kind) in [(OPERATOR_ROLE, 0), (OPERATOR_USER, 1)] {
+        let o = channel["permission_overwrites"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["id"] == id)
+            .unwrap_or_else(|| panic!("an overwrite for operator {id}: {channel}"));
+        assert_eq!(o["type"], kind, "{o}");
+        let allow: u64 = o["allow"].as_str().unwrap().parse().unwrap();
+        assert_ne!(allow & USE_APPLICATION_COMMANDS, 0, "{o}");
+    }
+    let registered = eventually("slash commands registered", DEADLINE, || async {
+        let all = fake.admin_list("commands").await;
+        all.into_iter()
+            .find(|c| c["application_id"] == APP_ID)
+            .map(|c| c["commands"].as_array().cloned().unwrap_or_default())
+    })
+    .await;
+    assert!(!registered.is_empty());
+    for c in &registered {
+        assert_eq!(c["default_member_permissions"], "0", "{c}");
+    }
+    // Another API_TOKEN holder re-posting the run's key (without its run
+    // token, or with its own) gets 403 and none of the run's secrets.
+    for token in [None, Some("another-watcher-token-0123456789abcd")] {
+        let (status, body) = bridge
+            .create_run_as(token, &json!({"input_url": "http://127.0.0.1:47777"}))
+            .await;
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(body["error"]["code"], "forbidden", "{body}");
+        let text = body.to_string();
+        assert!(!text.contains(&input_secret), "{text}");
+        assert!(
+            !text.contains(created["webhook_url"].as_str().unwrap()),
+            "{text}"
+        );
+    }
 
     // The watcher provisions the same run and streams the session into it.
     let transcript_path = dir.path().join("session.jsonl");
     std::fs::write(&transcript_path, transcript::prompts("flow", 0..5)).unwrap();
     let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("run-token"), RUN_TOKEN).unwrap();
     let fifo = Fifo::open(dir.path(), None);
     let env = watcher_env(&bridge, &transcript_path, &state, &fifo.path);
     let mut watcher = Proc::start("watcher", &[], &env);
@@ -394,6 +470,28 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
         bridge.input("9004", "123456789", "elsewhere").await,
         "not a run channel"
     );
+    // A guild member who can read the channel but is no operator is refused
+    // (ephemerally); an operator by role gets through.
+    let intruder = bridge
+        .input_as(
+            json!({"user": {"id": "31337", "username": "mallory"}, "roles": ["777"]}),
+            "9020",
+            &channel_id,
+            "intruder: rm -rf / please",
+        )
+        .await;
+    assert!(intruder.contains("only operators"), "{intruder}");
+    assert_eq!(
+        bridge
+            .input_as(
+                json!({"user": {"id": "4040", "username": "rolly"}, "roles": ["777", OPERATOR_ROLE]}),
+                "9021",
+                &channel_id,
+                "by role",
+            )
+            .await,
+        "forwarded"
+    );
     // A replayed interaction (same id) is acknowledged but written once.
     assert_eq!(
         bridge
@@ -409,10 +507,17 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     );
     fifo.wait_for("marker").await;
     let lines = fifo.lines();
-    assert_eq!(lines.len(), 3, "only the three valid inputs: {lines:?}");
-    for refused in ["forged", "stale", "elsewhere"] {
+    assert_eq!(lines.len(), 4, "only the four valid inputs: {lines:?}");
+    for refused in ["forged", "stale", "elsewhere", "intruder"] {
         assert!(!lines.iter().any(|l| l.contains(refused)), "{lines:?}");
     }
+    // Discord lets /input carry 4000 characters: all of them reach the agent,
+    // as one line, even though the encoded line is longer than PIPE_BUF.
+    let long = format!("long-input {}", "\"é🙂x".repeat(997));
+    assert_eq!(long.chars().count(), 3999);
+    assert_eq!(bridge.input("9022", &channel_id, &long).await, "forwarded");
+    let line = fifo.wait_for("long-input").await;
+    assert_eq!(line["text"], long.as_str());
 
     // The webhook is deleted mid-run: the watcher re-provisions and nothing is lost.
     let old_hooks = live_webhooks(&fake, &channel_id).await;
@@ -538,6 +643,12 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     ] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    let forbidden = metric_value(
+        &metrics,
+        r#"bridge_interactions_total{command="input",outcome="forbidden"}"#,
+    );
+    // The restarted process saw no refused input: the series exists at 0.
+    assert_eq!(forbidden, Some(0.0), "{metrics}");
     let forwarded = metric_value(
         &metrics,
         r#"bridge_interactions_total{command="input",outcome="forwarded"}"#,
@@ -584,7 +695,12 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
         .map(|w| w["token"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(webhook_tokens.len(), 2);
-    let mut secrets = vec![BOT_TOKEN.to_owned(), API_TOKEN.to_owned(), input_secret];
+    let mut secrets = vec![
+        BOT_TOKEN.to_owned(),
+        API_TOKEN.to_owned(),
+        input_secret,
+        RUN_TOKEN.to_owned(),
+    ];
     secrets.extend(webhook_tokens);
     for (what, text) in outputs
         .iter()
@@ -682,6 +798,51 @@ async fn thread_mode_streams_into_the_runs_thread() {
             .all(|m| m["thread_id"] == thread_id.as_str()),
         "nothing lands in the parent channel itself"
     );
+
+    // Another run gets its own webhook on the parent, not a shared one.
+    let (status, other) = bridge
+        .create_run_as(Some(RUN_TOKEN), &json!({"short_id": "other-run"}))
+        .await;
+    assert_eq!(status, 201, "{other}");
+    let other_url = other["webhook_url"].as_str().unwrap().to_owned();
+    let hooks = live_webhooks(&fake, &parent_id).await;
+    assert_eq!(hooks.len(), 2, "one webhook per run: {hooks:?}");
+    let own = hooks
+        .iter()
+        .find(|w| !other_url.contains(&format!("/webhooks/{}/", w["id"].as_str().unwrap())))
+        .unwrap();
+    let own_url = format!(
+        "{}/webhooks/{}/{}?thread_id={thread_id}",
+        fake.api_base,
+        own["id"].as_str().unwrap(),
+        own["token"].as_str().unwrap()
+    );
+    // The run completes: its URL stops working; the other run's still posts.
+    let mut watcher = watcher;
+    watcher.sigterm();
+    assert!(watcher.wait_exit(Duration::from_secs(6)).await.is_some());
+    eventually("run A's webhook revoked", DEADLINE, || async {
+        (live_webhooks(&fake, &parent_id).await.len() == 1).then_some(())
+    })
+    .await;
+    let post = |url: String| async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"content": "late", "allowed_mentions": {"parse": []}}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(
+        post(own_url).await,
+        404,
+        "a completed run's URL still posts"
+    );
+    let other_thread = other["channel_id"].as_str().unwrap();
+    assert!(other_url.ends_with(&format!("?thread_id={other_thread}")));
+    assert!((200..300).contains(&post(other_url).await));
 }
 
 fn sign_input(secret: &str, ts: &str, body: &[u8]) -> String {

@@ -349,6 +349,7 @@ fn run_request(cfg: &Config) -> RunRequest {
             .clone()
             .unwrap_or_else(|| cfg.run_id.clone().unwrap_or_else(|| "0".to_owned())),
         input_url: cfg.input.as_ref().map(|i| i.url.clone()),
+        run_token_file: Some(cfg.state_dir.join("run-token")),
     }
 }
 

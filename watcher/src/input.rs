@@ -4,10 +4,12 @@
 //! Requests are authenticated with HMAC-SHA256 over `timestamp + "." + body`
 //! (the secret comes from config or from bot-bridge at provisioning), must be
 //! fresh (5-minute window), are deduplicated by `id`, and are rate limited.
-//! Lines are written with a non-blocking open and a single `write` of at most
-//! `PIPE_BUF` bytes, which POSIX makes atomic on a pipe: the agent never sees a
-//! partial line, and a missing or stalled reader is answered 503 instead of
-//! blocking the watcher.
+//! Lines are written with a non-blocking open. A line of at most `PIPE_BUF`
+//! bytes goes out in one atomic `write`; a longer one (Discord lets `/input`
+//! carry 4000 characters, more than `PIPE_BUF` once encoded) may go out in
+//! parts, and the writer finishes it before anything else (it is the FIFO's
+//! only writer, so nothing interleaves). A pipe with no room for even the first
+//! byte, or a missing reader, is answered 503 instead of blocking the watcher.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
@@ -32,6 +34,13 @@ use tokio::time::Instant;
 
 /// POSIX guarantees atomic pipe writes up to this size (Linux: 4096).
 pub const PIPE_BUF: usize = 4096;
+/// Longest line written to the FIFO: 4000 characters of `/input` text at up to
+/// 6 bytes each once JSON-escaped, plus the envelope.
+pub const MAX_LINE: usize = 32 * 1024;
+/// Polls (of [`FINISH_POLL_MS`]) a line longer than `PIPE_BUF` waits for the
+/// reader to make room for its rest before it is given up as torn.
+const FINISH_POLLS: u32 = 50;
+const FINISH_POLL_MS: u16 = 100;
 /// How old (or how far in the future) a signed timestamp may be.
 pub const WINDOW: Duration = Duration::from_secs(300);
 pub const TIMESTAMP_HEADER: &str = "x-agentmon-timestamp";
@@ -182,7 +191,44 @@ pub fn router(cfg: InputConfig, observer: Arc<dyn InputObserver>) -> Router {
     };
     Router::new()
         .route("/v1/input", post(handle))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// Largest request body: one input line's worth, with room for JSON escapes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// Gives the errors axum writes itself (405, 413, a body that cannot be
+/// read) the same `{"error":{"code","message"}}` body as the handler's.
+async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let code = match status.as_u16() {
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "too_large",
+        414 => "uri_too_long",
+        s if s >= 500 => "unavailable",
+        _ => "bad_request",
+    };
+    let message = status
+        .canonical_reason()
+        .unwrap_or("request failed")
+        .to_ascii_lowercase();
+    let mut out = error(status, code, &message);
+    if let Some(allow) = resp.headers().get(http::header::ALLOW) {
+        out.headers_mut().insert(http::header::ALLOW, allow.clone());
+    }
+    out
 }
 
 /// Verifies `sha256=<hex>` over `timestamp.body` in constant time.
@@ -293,11 +339,11 @@ async fn handle_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
         Err(e) => return error(StatusCode::BAD_REQUEST, "bad_body", &e.to_string()),
     };
     bytes.push(b'\n');
-    if bytes.len() > PIPE_BUF {
+    if bytes.len() > MAX_LINE {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
-            "input too long for one atomic line",
+            "input too long for one line",
         );
     }
     let allowed = s.limiter.lock().map(|mut l| l.allow()).unwrap_or(false);
@@ -362,6 +408,41 @@ fn forget(s: &AppState, id: &str) {
     }
 }
 
+/// How far a failed [`write_line`] got.
+enum Written {
+    /// Nothing of the line was written (safe to answer busy or retry).
+    Nothing(std::io::Error),
+    /// Part of a line longer than `PIPE_BUF` went out and the rest could not
+    /// follow in time (or a regular file filled up): the reader sees it torn.
+    Part,
+}
+
+/// Writes all of `line`, waiting (bounded) for room for the rest of a line
+/// that went out in parts.
+fn write_line(f: &mut std::fs::File, line: &[u8]) -> Result<(), Written> {
+    use std::os::fd::AsFd;
+    let mut written = 0;
+    let mut polls = FINISH_POLLS;
+    while written < line.len() {
+        match f.write(&line[written..]) {
+            Ok(0) => return Err(Written::Part),
+            Ok(n) => written += n,
+            Err(e) if written == 0 => return Err(Written::Nothing(e)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && polls > 0 => {
+                polls -= 1;
+                let mut fds = [nix::poll::PollFd::new(
+                    f.as_fd(),
+                    nix::poll::PollFlags::POLLOUT,
+                )];
+                // An error or a timeout is answered by the next write.
+                let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(FINISH_POLL_MS));
+            }
+            Err(_) => return Err(Written::Part),
+        }
+    }
+    Ok(())
+}
+
 /// The writer: owns the FIFO handle, one job at a time, never blocks on it.
 fn writer(fifo: PathBuf, mut rx: mpsc::Receiver<Job>) {
     let mut file: Option<std::fs::File> = None;
@@ -390,25 +471,23 @@ fn writer(fifo: PathBuf, mut rx: mpsc::Receiver<Job>) {
                 }
             }
             let Some(f) = file.as_mut() else { break };
-            match f.write(&job.line) {
-                Ok(n) if n == job.line.len() => {
+            match write_line(f, &job.line) {
+                Ok(()) => {
                     result = Ok(());
                     break;
                 }
-                Ok(_) => {
-                    // Cannot happen for ≤ PIPE_BUF bytes on a pipe; on a regular
-                    // file it means the disk is full.
-                    result = Err(WriteError::Other);
-                    break;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                Err(Written::Nothing(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     result = Err(WriteError::Busy);
                     break;
                 }
-                Err(_) => {
+                Err(Written::Nothing(_)) => {
                     // EPIPE: the reader went away; reopen once.
                     file = None;
                     result = Err(WriteError::NoReader);
+                }
+                Err(Written::Part) => {
+                    result = Err(WriteError::Other);
+                    break;
                 }
             }
         }
@@ -419,6 +498,48 @@ fn writer(fifo: PathBuf, mut rx: mpsc::Receiver<Job>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct NoObserver;
+    impl InputObserver for NoObserver {
+        fn outcome(&self, _outcome: &'static str) {}
+    }
+
+    #[tokio::test]
+    async fn every_error_answer_is_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = InputConfig {
+            secret: Arc::new(RwLock::new(Some(Secret::new("k".into())))),
+            fifo: dir.path().join("none.fifo"),
+            queue: 4,
+            rate_per_second: 10.0,
+            burst: 10.0,
+        };
+        let app = router(cfg, Arc::new(NoObserver));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let http = reqwest::Client::new();
+        let cases = [
+            (
+                http.get(format!("{base}/v1/input")),
+                405,
+                "method_not_allowed",
+            ),
+            (http.post(format!("{base}/nope")), 404, "not_found"),
+            (
+                http.post(format!("{base}/v1/input"))
+                    .body(vec![b' '; MAX_BODY + 1]),
+                413,
+                "too_large",
+            ),
+        ];
+        for (req, status, code) in cases {
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), status);
+            let v: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(v["error"]["code"], code, "{v}");
+        }
+    }
 
     #[test]
     fn signatures_verify_and_reject_tampering() {

@@ -7,6 +7,9 @@
 //! directly when the watcher answers within `defer_after`, otherwise with a
 //! deferred reply that is edited once the watcher answered.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -18,8 +21,9 @@ use ops::Secret;
 use serde_json::{json, Value};
 
 use super::ApiError;
+use crate::access::Verdict;
 use crate::app::AppState;
-use crate::events::{Command, ErrorKind, InteractionHandled, Outcome};
+use crate::events::{Command, ErrorKind, InteractionHandled, Outcome, SignatureRefused};
 use crate::relay::{InputMessage, RelayOutcome};
 use crate::store::RunStatus;
 
@@ -51,6 +55,45 @@ pub enum SignatureError {
     #[error("signature does not verify")]
     Invalid,
 }
+
+/// At most one log line per this period for refused signatures.
+pub const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Lets one event through per period and counts the rest, so an
+/// unauthenticated flood costs a counter increment, not a log line each.
+#[derive(Debug, Default)]
+pub struct LogThrottle {
+    state: Mutex<(Option<tokio::time::Instant>, u64)>,
+}
+
+impl LogThrottle {
+    pub const fn new() -> Self {
+        Self {
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// Whether to log this event, and how many went unlogged before it.
+    pub fn admit(&self, now: tokio::time::Instant) -> (bool, u64) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due =
+            s.0.is_none_or(|last| now.duration_since(last) >= REFUSED_LOG_EVERY);
+        if due {
+            let unlogged = s.1;
+            *s = (Some(now), 0);
+            (true, unlogged)
+        } else {
+            s.1 += 1;
+            (false, s.1)
+        }
+    }
+}
+
+/// One per process: the flood it guards against is per process too.
+static REFUSED_LOG: LogThrottle = LogThrottle::new();
 
 /// Checks Discord's signature over `timestamp + body` and the timestamp's age.
 pub fn verify(
@@ -103,6 +146,20 @@ fn option_text(data: &Value, name: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// The ephemeral answer to a member who may not send input.
+fn refusal(verdict: Verdict) -> &'static str {
+    match verdict {
+        Verdict::NotConfigured => {
+            "input is disabled: bot-bridge has no operators configured \
+             (an admin sets OPERATOR_ROLE_IDS or OPERATOR_USER_IDS)"
+        }
+        _ => {
+            "only operators may send input to this agent \
+             (an admin adds your role to OPERATOR_ROLE_IDS or your id to OPERATOR_USER_IDS)"
+        }
+    }
+}
+
 fn outcome_of(r: RelayOutcome) -> Outcome {
     match r {
         RelayOutcome::Forwarded => Outcome::Forwarded,
@@ -134,7 +191,13 @@ pub async fn handle(
         }
     };
     if let Err(e) = verify(&key, &headers, &body, crate::runs::now_unix()) {
-        state.report(ErrorKind::Interaction, None, &e);
+        let (log, unlogged) = REFUSED_LOG.admit(tokio::time::Instant::now());
+        SignatureRefused {
+            error: &e,
+            log,
+            unlogged,
+        }
+        .emit(state.metrics());
         return ApiError::unauthorized("invalid request signature").into_response();
     }
     let Ok(interaction) = serde_json::from_slice::<Value>(&body) else {
@@ -182,6 +245,16 @@ async fn command(state: AppState, interaction: Value) -> Response {
     };
     if cmd == Command::Unknown {
         return done(Outcome::Invalid, None, "unknown command");
+    }
+    if cmd == Command::Input {
+        let verdict = state.settings().operators.check(&interaction);
+        if verdict != Verdict::Allowed {
+            let user_id = str_at(&interaction, &["member", "user", "id"])
+                .or_else(|| str_at(&interaction, &["user", "id"]))
+                .unwrap_or("");
+            tracing::info!(user_id, ?verdict, "input refused: not an operator");
+            return done(Outcome::Forbidden, None, refusal(verdict));
+        }
     }
     let channel_id = str_at(&interaction, &["channel_id"])
         .or_else(|| str_at(&interaction, &["channel", "id"]))
@@ -330,6 +403,19 @@ mod tests {
         h
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn refused_signatures_log_once_per_period_with_a_count() {
+        let t = LogThrottle::new();
+        let start = tokio::time::Instant::now();
+        assert_eq!(t.admit(start), (true, 0));
+        for i in 1..=1000 {
+            assert_eq!(t.admit(start + Duration::from_millis(i)), (false, i));
+        }
+        let later = start + REFUSED_LOG_EVERY;
+        assert_eq!(t.admit(later), (true, 1000));
+        assert_eq!(t.admit(later), (false, 1));
+    }
+
     #[test]
     fn verification_accepts_only_fresh_valid_signatures() {
         let sk = SigningKey::from_bytes(&[7u8; 32]);
@@ -430,14 +516,21 @@ mod tests {
         })
     }
 
+    fn owner() -> crate::access::Caller {
+        crate::access::Caller::RunToken(Secret::new("owner-token-".repeat(4)))
+    }
+
     async fn run_with_input(state: &AppState, input_url: &str) -> crate::runs::Provisioned {
         state
-            .provision(NewRun {
-                task_id: "t".into(),
-                attempt: AttemptValue::Number(1),
-                short_id: "a".into(),
-                input_url: Some(input_url.into()),
-            })
+            .provision(
+                NewRun {
+                    task_id: "t".into(),
+                    attempt: AttemptValue::Number(1),
+                    short_id: "a".into(),
+                    input_url: Some(input_url.into()),
+                },
+                &owner(),
+            )
             .await
             .unwrap()
             .0
@@ -496,6 +589,69 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_operators_reach_the_watcher() {
+        let (state, _) = fixture::state(fixture::settings());
+        let (url, mut rx) = watcher(202, None).await;
+        let run = run_with_input(&state, &url).await;
+        let metrics = state.metrics().clone();
+        let base = fixture::serve(state).await;
+        let now = crate::runs::now_unix();
+        let as_member = |user: &str, roles: &[&str]| {
+            let mut v = input(&run.channel_id, "rm -rf / please");
+            v["member"] = json!({"user": {"id": user, "username": "mallory"}, "roles": roles});
+            v
+        };
+        let v: Value = post_interaction(&base, &as_member("6", &["11"]), now)
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["data"]["flags"], 64);
+        let content = v["data"]["content"].as_str().unwrap();
+        assert!(content.contains("only operators"), "{content}");
+        assert_eq!(metrics.interactions_count("input", "forbidden"), 1);
+        // By role, then by user id (the fixture's operators: role 10, user 5).
+        for member in [as_member("6", &["11", "10"]), input(&run.channel_id, "hi")] {
+            let v: Value = post_interaction(&base, &member, now)
+                .await
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(v["data"]["content"], "forwarded");
+        }
+        let mut got = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            got.push(r);
+        }
+        assert_eq!(got.len(), 2, "the refused input reached the watcher");
+        // The operator by role sent the same text; the refused one did not arrive.
+        let same_text = got
+            .iter()
+            .filter(|(_, _, body)| String::from_utf8_lossy(body).contains("rm -rf"))
+            .count();
+        assert_eq!(same_text, 1);
+    }
+
+    #[tokio::test]
+    async fn without_operators_all_input_is_refused_with_how_to_configure() {
+        let mut settings = fixture::settings();
+        settings.operators = crate::access::Operators::default();
+        let (state, _) = fixture::state(settings);
+        let (url, mut rx) = watcher(202, None).await;
+        let run = run_with_input(&state, &url).await;
+        let base = fixture::serve(state).await;
+        let v: Value =
+            post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
+                .await
+                .json()
+                .await
+                .unwrap();
+        let content = v["data"]["content"].as_str().unwrap();
+        assert!(content.contains("OPERATOR_ROLE_IDS"), "{content}");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[tokio::test]
     async fn watcher_answers_map_to_operator_messages() {
         for (status, text) in [(429, "agent busy, try again"), (503, "agent unavailable")] {
             let (state, _) = fixture::state(fixture::settings());
@@ -528,7 +684,7 @@ mod tests {
             .unwrap();
         assert_eq!(v["data"]["content"], "not a run channel");
         assert_eq!(v["data"]["flags"], 64);
-        state.complete(&run.run_id, None).await.unwrap();
+        state.complete(&run.run_id, None, &owner()).await.unwrap();
         let v: Value = post_interaction(&base, &input(&run.channel_id, "x"), now)
             .await
             .json()

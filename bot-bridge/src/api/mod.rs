@@ -71,6 +71,13 @@ impl From<RunsError> for ApiError {
                 "the guild has no room for another channel (Discord allows 500); \
                  set RUN_CONTAINER=thread or let retention delete channels",
             ),
+            RunsError::Forbidden(m) => Self::new(StatusCode::FORBIDDEN, "forbidden", m),
+            RunsError::WebhookLimit => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "webhook_limit",
+                "the thread parent channel holds Discord's 15 webhooks (one per active run); \
+                 retry when a run completes, or use RUN_CONTAINER=channel",
+            ),
             RunsError::Discord(_) => Self::new(
                 StatusCode::BAD_GATEWAY,
                 "discord_error",
@@ -85,6 +92,60 @@ impl From<RunsError> for ApiError {
     }
 }
 
+/// The credentials of a `Bearer` authorization (the scheme is
+/// case-insensitive, RFC 9110 §11.1).
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| rest.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// The stable `code` of an error status the router or a layer produced.
+fn code_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        400 | 422 => "bad_request",
+        401 => "unauthorized",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "request_timeout",
+        413 => "payload_too_large",
+        414 => "uri_too_long",
+        415 => "unsupported_media_type",
+        429 => "rate_limited",
+        503 => "unavailable",
+        s if s >= 500 => "internal",
+        _ => "error",
+    }
+}
+
+/// Gives every error answer the contract's JSON body, including those axum
+/// and tower layers write in plain text (405, 408, 413, extractor
+/// rejections): a client parses one shape whatever failed.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let message = status.canonical_reason().unwrap_or("request failed");
+    let mut out =
+        ApiError::new(status, code_of(status), message.to_ascii_lowercase()).into_response();
+    // Keep what tells the client how to proceed (Allow on 405, Retry-After).
+    for name in [http::header::ALLOW, http::header::RETRY_AFTER] {
+        if let Some(v) = resp.headers().get(&name) {
+            out.headers_mut().insert(name, v.clone());
+        }
+    }
+    out
+}
+
 /// Rejects requests without `Authorization: Bearer <API_TOKEN>`. The compare
 /// is constant-time so response timing does not reveal the token.
 async fn require_bearer(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -92,8 +153,7 @@ async fn require_bearer(State(state): State<AppState>, req: Request, next: Next)
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer);
     let Some(presented) = presented else {
         return ApiError::unauthorized("missing bearer token").into_response();
     };
@@ -125,6 +185,7 @@ pub fn api_router(state: AppState) -> Router {
         .route("/interactions", post(interactions::handle))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
 
@@ -145,6 +206,7 @@ mod tests {
             Some("Bearer wrong"),
             Some("Basic api-token-secret"),
             Some("Bearer "),
+            Some("Bearerapi-token-secret"),
         ] {
             let mut req = http.post(format!("{base}/v1/runs")).json(&body);
             if let Some(a) = auth {
@@ -163,6 +225,14 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(ok.status(), 201);
+        // The scheme is case-insensitive (RFC 9110): lower-case bearer works.
+        let lower = http
+            .get(format!("{base}/v1/runs"))
+            .header("authorization", "bearer api-token-secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(lower.status(), 200);
     }
 
     #[tokio::test]
@@ -187,6 +257,31 @@ mod tests {
                     .body(vec![b' '; super::BODY_LIMIT + 10]),
                 413,
                 "payload_too_large",
+            ),
+            (
+                http.get(format!("{base}/v1/runs?limit=lots")),
+                400,
+                "bad_request",
+            ),
+            (
+                http.get(format!("{base}/v1/runs?cursor=garbage")),
+                400,
+                "bad_request",
+            ),
+            (
+                http.delete(format!("{base}/v1/runs")),
+                405,
+                "method_not_allowed",
+            ),
+            (
+                http.put(format!("{base}/interactions")),
+                405,
+                "method_not_allowed",
+            ),
+            (
+                http.get(format!("{base}/v1/runs/%FF%FE")),
+                400,
+                "bad_request",
             ),
         ];
         for (req, status, code) in cases {

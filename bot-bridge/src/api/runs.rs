@@ -1,9 +1,9 @@
 //! `POST /v1/runs`, `GET /v1/runs[/{id}]`, `POST /v1/runs/{id}/complete`.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::de::DeserializeOwned;
@@ -11,9 +11,10 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiError;
+use crate::access::Caller;
 use crate::app::AppState;
 use crate::runs::{NewRun, RunView, RunsError};
-use crate::store::RunStatus;
+use crate::store::{ListCursor, RunStatus};
 
 /// Reads a JSON body, turning every failure into a JSON error answer.
 pub(crate) fn json_body<T: DeserializeOwned>(
@@ -31,33 +32,45 @@ pub(crate) fn json_body<T: DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
-/// `POST /v1/runs`: 201 when the run was created now, 200 when it existed.
+/// `POST /v1/runs`: 201 when the run was created now, 200 when it existed
+/// (only for its owner: see `AppState::provision`).
 pub async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let req: NewRun = json_body(body)?;
-    let (provisioned, created) = state.provision(req).await?;
+    let caller = Caller::from_headers(&headers);
+    let (provisioned, created) = state.provision(req, &caller).await?;
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
     // The one answer that carries secrets, exposed explicitly for the caller.
-    let body = json!({
+    let mut body = json!({
         "run_id": provisioned.run_id,
         "channel_id": provisioned.channel_id,
         "webhook_url": provisioned.webhook_url.expose(),
         "input_secret": provisioned.input_secret.expose(),
     });
+    if let Some(token) = &provisioned.run_token {
+        body["run_token"] = json!(token.expose());
+    }
     Ok((status, Json(body)).into_response())
+}
+
+/// Turns a path or query extraction failure into the contract's JSON error.
+fn bad_params(e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!("invalid request parameters: {e}"))
 }
 
 /// `GET /v1/runs/{run_id}`: the run without its secrets.
 pub async fn get(
     State(state): State<AppState>,
-    Path(run_id): Path<String>,
+    run_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RunView>, ApiError> {
+    let Path(run_id) = run_id.map_err(bad_params)?;
     let run = state
         .store()
         .get_run(run_id)
@@ -71,33 +84,64 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
     status: Option<String>,
-    /// At most this many runs (default 100, at most 1000), newest first.
+    /// At most this many runs (default 100, at most [`MAX_LIST`]), newest first.
     limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    cursor: Option<String>,
 }
 
-/// Bounds a listing so one request cannot read the whole history.
-const MAX_LIST: u32 = 1000;
+/// Bounds one page so one request cannot build the whole history in memory;
+/// callers page on with `cursor`.
+pub const MAX_LIST: u32 = 200;
 
-/// `GET /v1/runs?status=active&limit=100`: `{"runs": [...]}`, newest first.
+/// `(created_at, run_id)` of the last run of a page, as `{created_at}_{run_id}`.
+fn parse_cursor(c: &str) -> Option<ListCursor> {
+    let (at, id) = c.split_once('_')?;
+    Some(ListCursor {
+        created_at: at.parse().ok()?,
+        run_id: id.to_owned(),
+    })
+}
+
+/// `GET /v1/runs?status=active&limit=100&cursor=...`:
+/// `{"runs": [...], "next_cursor": "..."|null}`, newest first.
 pub async fn list(
     State(state): State<AppState>,
-    Query(q): Query<ListQuery>,
+    q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(bad_params)?;
     let status = match q.status.as_deref() {
         None | Some("") | Some("all") => None,
         Some(s) => Some(RunStatus::parse(s).ok_or_else(|| {
             ApiError::bad_request("status must be active, completed, archived or deleted")
         })?),
     };
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+            ApiError::bad_request("cursor must be the next_cursor of a previous page")
+        })?),
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
-    let runs = state.store().list_runs(status, limit).await.map_err(|e| {
-        state.report(crate::events::ErrorKind::Store, None, &e);
-        RunsError::Store(e)
-    })?;
+    let runs = state
+        .store()
+        .list_runs(status, limit, after)
+        .await
+        .map_err(|e| {
+            state.report(crate::events::ErrorKind::Store, None, &e);
+            RunsError::Store(e)
+        })?;
+    let next = (runs.len() == limit as usize)
+        .then(|| {
+            runs.last()
+                .map(|r| format!("{}_{}", r.created_at, r.run_id))
+        })
+        .flatten();
     let views: Vec<RunView> = runs.iter().map(RunView::from).collect();
-    Ok(Json(json!({ "runs": views })))
+    Ok(Json(json!({ "runs": views, "next_cursor": next })))
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -110,13 +154,88 @@ pub struct CompleteRequest {
 /// `POST /v1/runs/{run_id}/complete`: 200 with the run, also when repeated.
 pub async fn complete(
     State(state): State<AppState>,
-    Path(run_id): Path<String>,
+    run_id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RunView>, ApiError> {
+    let Path(run_id) = run_id.map_err(bad_params)?;
     let req: CompleteRequest = match &body {
         Ok(b) if b.iter().all(u8::is_ascii_whitespace) => CompleteRequest::default(),
         _ => json_body(body)?,
     };
-    let run = state.complete(&run_id, req.summary).await?;
+    let caller = Caller::from_headers(&headers);
+    let run = state.complete(&run_id, req.summary, &caller).await?;
     Ok(Json(RunView::from(&run)))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::MAX_LIST;
+    use crate::app::fixture;
+    use crate::store::{RunKey, RunRecord, RunStatus};
+
+    fn record(i: usize) -> RunRecord {
+        RunRecord {
+            run_id: format!("00000000-0000-0000-0000-{i:012}"),
+            key: RunKey {
+                task_id: "t".into(),
+                attempt: "1".into(),
+                short_id: format!("s{i}"),
+            },
+            channel_id: None,
+            webhook_id: None,
+            webhook_token: None,
+            input_url: None,
+            input_secret: ops::Secret::new("s".into()),
+            token_hash: None,
+            status: RunStatus::Active,
+            // Several runs share a second, as in a burst of starts.
+            created_at: 1_700_000_000 + i64::try_from(i / 3).unwrap(),
+            completed_at: None,
+            archive_due_at: None,
+            summary: None,
+            retention_note: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn listing_is_capped_and_pages_with_a_cursor() {
+        let (state, _) = fixture::state(fixture::settings());
+        let total = MAX_LIST as usize + 25;
+        for i in 0..total {
+            state.store().insert_run(record(i)).await.unwrap();
+        }
+        let base = fixture::serve(state).await;
+        let http = reqwest::Client::new();
+        let page = |q: String| {
+            let req = http
+                .get(format!("{base}/v1/runs?{q}"))
+                .bearer_auth("api-token-secret");
+            async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+        };
+        let big = page("limit=1000".into()).await;
+        assert_eq!(big["runs"].as_array().unwrap().len(), MAX_LIST as usize);
+        assert!(big["next_cursor"].is_string(), "{}", big["next_cursor"]);
+        // Small pages walk every run once, newest first, then stop.
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let v = page(format!("limit=7&cursor={cursor}")).await;
+            for r in v["runs"].as_array().unwrap() {
+                seen.push(r["run_id"].as_str().unwrap().to_owned());
+            }
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_owned(),
+                None => break,
+            }
+        }
+        assert_eq!(seen.len(), total);
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), total, "a run listed twice");
+        assert_eq!(seen[0], record(total - 1).run_id, "newest first");
+    }
 }

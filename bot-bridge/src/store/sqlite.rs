@@ -13,12 +13,13 @@ use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    CategoryKind, CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, RunStore, StoreError,
-    StoreFuture, StoredWebhook,
+    CategoryKind, CategoryRecord, Inserted, ListCursor, RunKey, RunRecord, RunStatus, RunStore,
+    StoreError, StoreFuture, StoredWebhook,
 };
 
 /// Schema migrations, applied in order; never edit one that shipped.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
 CREATE TABLE runs (
     run_id          TEXT PRIMARY KEY,
     task_id         TEXT NOT NULL,
@@ -50,7 +51,11 @@ CREATE TABLE shared_webhooks (
     webhook_id     TEXT NOT NULL,
     webhook_token  TEXT NOT NULL
 );
-"];
+",
+    r"
+ALTER TABLE runs ADD COLUMN token_hash TEXT;
+",
+];
 
 /// A SQLite-backed store. Cheap to clone.
 #[derive(Clone)]
@@ -62,6 +67,25 @@ impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteStore").finish_non_exhaustive()
     }
+}
+
+/// Creates `path` owner-only if missing, or makes an existing file so.
+#[cfg(unix)]
+fn restrict(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |e: std::io::Error| StoreError::Database(format!("{}: {e}", path.display()));
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+}
+
+#[cfg(not(unix))]
+fn restrict(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 fn db(e: rusqlite::Error) -> StoreError {
@@ -76,8 +100,22 @@ fn lock(m: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file and applies migrations.
+    ///
+    /// The file holds webhook tokens and input secrets, so it is made
+    /// owner-only (0600) before SQLite opens it; SQLite gives its `-wal` and
+    /// `-shm` files the database file's mode, and existing ones are fixed too.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        Self::init(Connection::open(path).map_err(db)?)
+        restrict(path)?;
+        let store = Self::init(Connection::open(path).map_err(db)?)?;
+        for suffix in ["-wal", "-shm", "-journal"] {
+            let mut side = path.as_os_str().to_owned();
+            side.push(suffix);
+            let side = std::path::PathBuf::from(side);
+            if side.exists() {
+                restrict(&side)?;
+            }
+        }
+        Ok(store)
     }
 
     /// A private in-memory database (tests, demos).
@@ -144,7 +182,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 const RUN_COLUMNS: &str = "run_id, task_id, attempt, short_id, channel_id, webhook_id, \
     webhook_token, input_url, input_secret, status, created_at, completed_at, archive_due_at, \
-    summary, retention_note";
+    summary, retention_note, token_hash";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Result<RunRecord, StoreError>> {
     let status: String = row.get(9)?;
@@ -176,6 +214,7 @@ fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Result<RunRecord, StoreError>
         archive_due_at: row.get(12)?,
         summary,
         retention_note: row.get(14)?,
+        token_hash: row.get(15)?,
     }))
 }
 
@@ -212,7 +251,7 @@ impl RunStore for SqliteStore {
                 .execute(
                     &format!(
                         "INSERT INTO runs ({RUN_COLUMNS}) VALUES \
-                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
+                         (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16) \
                          ON CONFLICT (task_id, attempt, short_id) DO NOTHING"
                     ),
                     params![
@@ -231,6 +270,7 @@ impl RunStore for SqliteStore {
                         run.archive_due_at,
                         summary_text(&run),
                         run.retention_note,
+                        run.token_hash,
                     ],
                 )
                 .map_err(db)?;
@@ -255,7 +295,7 @@ impl RunStore for SqliteStore {
             conn.execute(
                 "UPDATE runs SET channel_id = ?2, webhook_id = ?3, webhook_token = ?4, \
                  input_url = ?5, status = ?6, completed_at = ?7, archive_due_at = ?8, \
-                 summary = ?9, retention_note = ?10 WHERE run_id = ?1",
+                 summary = ?9, retention_note = ?10, token_hash = ?11 WHERE run_id = ?1",
                 params![
                     run.run_id,
                     run.channel_id,
@@ -267,6 +307,7 @@ impl RunStore for SqliteStore {
                     run.archive_due_at,
                     summary_text(&run),
                     run.retention_note,
+                    run.token_hash,
                 ],
             )
             .map_err(db)?;
@@ -310,23 +351,25 @@ impl RunStore for SqliteStore {
         })
     }
 
-    fn list_runs(&self, status: Option<RunStatus>, limit: u32) -> StoreFuture<'_, Vec<RunRecord>> {
-        self.run(move |conn| match status {
-            Some(s) => query_runs(
+    fn list_runs(
+        &self,
+        status: Option<RunStatus>,
+        limit: u32,
+        after: Option<ListCursor>,
+    ) -> StoreFuture<'_, Vec<RunRecord>> {
+        self.run(move |conn| {
+            // NULLs switch a filter off, so one statement serves every query.
+            let (at, id) = after.map_or((None, None), |c| (Some(c.created_at), Some(c.run_id)));
+            query_runs(
                 conn,
                 &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs WHERE status = ?1 \
-                     ORDER BY created_at DESC, run_id LIMIT ?2"
+                    "SELECT {RUN_COLUMNS} FROM runs \
+                     WHERE (?1 IS NULL OR status = ?1) \
+                     AND (?2 IS NULL OR created_at < ?2 OR (created_at = ?2 AND run_id < ?3)) \
+                     ORDER BY created_at DESC, run_id DESC LIMIT ?4"
                 ),
-                params![s.as_str(), limit],
-            ),
-            None => query_runs(
-                conn,
-                &format!(
-                    "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at DESC, run_id LIMIT ?1"
-                ),
-                [limit],
-            ),
+                params![status.map(RunStatus::as_str), at, id, limit],
+            )
         })
     }
 
@@ -474,6 +517,7 @@ mod tests {
             webhook_token: None,
             input_url: None,
             input_secret: Secret::new("s3cr3t".into()),
+            token_hash: None,
             status: RunStatus::Active,
             created_at: 100,
             completed_at: None,
@@ -496,7 +540,7 @@ mod tests {
             Inserted::Existing(r) => assert_eq!(r.run_id, "run-t-a"),
             Inserted::New => panic!("duplicate key inserted"),
         }
-        assert_eq!(s.list_runs(None, 10).await.unwrap().len(), 1);
+        assert_eq!(s.list_runs(None, 10, None).await.unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -530,6 +574,28 @@ mod tests {
         assert_eq!(s.due_runs(150).await.unwrap().len(), 1);
         assert_eq!(s.categories().await.unwrap().len(), 1);
         assert_eq!(s.count_runs(RunStatus::Completed).await.unwrap(), 1);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        // A file left world-readable by an older version is fixed at open.
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let s = SqliteStore::open(&path).unwrap();
+        s.insert_run(run("t", "a")).await.unwrap();
+        let mut seen = 0;
+        for name in ["b.db", "b.db-wal", "b.db-shm"] {
+            let p = dir.path().join(name);
+            if let Ok(meta) = std::fs::metadata(&p) {
+                seen += 1;
+                assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+            }
+        }
+        assert!(seen >= 2, "WAL files expected beside the database");
     }
 
     #[test]

@@ -109,8 +109,16 @@ pub fn settings() -> Settings {
         run_container: RunContainer::Channel,
         thread_parent_channel_id: None,
         defer_after: Duration::from_secs(2),
+        operators: bot_bridge::access::Operators {
+            role_ids: Default::default(),
+            user_ids: ["42".to_owned()].into(),
+        },
+        input_url_policy: bot_bridge::access::InputUrlPolicy::parse("127.0.0.1/32").unwrap(),
     }
 }
+
+/// The run token every request of these tests presents: they play one watcher.
+pub const RUN_TOKEN: &str = "harness-run-token-0123456789abcdef";
 
 impl Bridge {
     pub async fn start() -> Bridge {
@@ -176,6 +184,7 @@ impl Bridge {
         let resp = reqwest::Client::new()
             .post(format!("{}{path}", self.base))
             .bearer_auth(API_TOKEN)
+            .header(bot_bridge::access::RUN_TOKEN_HEADER, RUN_TOKEN)
             .json(body)
             .send()
             .await

@@ -6,6 +6,13 @@
 //! a message goes through [`clean_text`] first. `allowed_mentions: {"parse": []}`
 //! is always sent as well; neutralising mentions here is belt and braces (and keeps
 //! the text from *looking* like a ping).
+//!
+//! Two things would let agent output mislead a reader: a masked link
+//! `[docs](https://evil.example)` shows text that hides where it points, and the
+//! Unicode bidi overrides and isolates (U+202A–U+202E, U+2066–U+2069) reorder
+//! what is displayed (a `exe.txt` that is really `txt.exe`). Masked links are
+//! broken with a zero-width space between `]` and `(` so the URL shows as text;
+//! bidi controls are removed.
 
 use crate::truncate::truncate_chars;
 
@@ -20,8 +27,9 @@ const C1_CSI: char = '\u{9b}';
 /// Returns `s` as Discord should show it: ANSI escape sequences removed, line
 /// endings normalised (`\r\n` → `\n`, and for carriage-return redraws only the
 /// text after the line's last `\r`, as a terminal would finally show it), control
-/// characters other than `\n` and `\t` removed, and mentions neutralised with a
-/// zero-width space after the `@`.
+/// characters other than `\n` and `\t` and bidi overrides removed, mentions
+/// neutralised with a zero-width space after the `@`, and masked links broken
+/// with one between `]` and `(`.
 pub fn clean_text(s: &str) -> String {
     let stripped = strip_ansi(s);
     let mut lines = String::with_capacity(stripped.len());
@@ -31,9 +39,27 @@ pub fn clean_text(s: &str) -> String {
         }
         let line = line.trim_end_matches('\r');
         let shown = line.rsplit('\r').next().unwrap_or(line);
-        lines.extend(shown.chars().filter(|c| !c.is_control() || *c == '\t'));
+        lines.extend(
+            shown
+                .chars()
+                .filter(|c| (!c.is_control() || *c == '\t') && !is_bidi_control(*c)),
+        );
     }
-    neutralise_mentions(&lines)
+    break_masked_links(&neutralise_mentions(&lines))
+}
+
+/// The bidi embeddings, overrides (U+202A–U+202E) and isolates (U+2066–U+2069).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Puts a zero-width space between `]` and `(`, so `[text](url)` is shown as
+/// written instead of as a link labelled `text`. Idempotent.
+fn break_masked_links(s: &str) -> String {
+    if !s.contains("](") {
+        return s.to_owned();
+    }
+    s.replace("](", "]\u{200B}(")
 }
 
 /// Removes CSI (`ESC [ … final`), OSC/DCS/SOS/PM/APC strings (terminated by BEL or
@@ -224,6 +250,32 @@ mod tests {
             "@\u{200B}everyone @\u{200B}here <@\u{200B}123> <@\u{200B}!456> <@\u{200B}&789> mail@example.com @ever"
         );
         assert_eq!(clean_text(&cleaned), cleaned);
+    }
+
+    #[test]
+    fn masked_links_show_their_target() {
+        let s = "see [the docs](https://evil.example/x) and [a]( b)";
+        let cleaned = clean_text(s);
+        assert_eq!(
+            cleaned,
+            "see [the docs]\u{200B}(https://evil.example/x) and [a]\u{200B}( b)"
+        );
+        assert!(!cleaned.contains("]("));
+        assert_eq!(clean_text(&cleaned), cleaned);
+        assert_eq!(
+            clean_text("plain https://x.example [x] (y)"),
+            "plain https://x.example [x] (y)"
+        );
+    }
+
+    #[test]
+    fn bidi_overrides_are_removed() {
+        let s = "invoice\u{202E}fdp.exe \u{2066}iso\u{2069} \u{202A}a\u{202B}b\u{202C}c\u{202D}d \u{2067}\u{2068}e";
+        let cleaned = clean_text(s);
+        assert_eq!(cleaned, "invoicefdp.exe iso abcd e");
+        assert!(!cleaned.chars().any(is_bidi_control));
+        // Right-to-left text itself is kept.
+        assert_eq!(clean_text("שלום"), "שלום");
     }
 
     #[test]

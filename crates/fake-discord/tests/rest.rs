@@ -395,6 +395,26 @@ async fn commands_are_stored_and_interaction_edits_recorded() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // default_member_permissions is a bit set as a decimal string, or null.
+    for bad in [json!(0), json!("admins"), json!(true)] {
+        let (status, body) = bot
+            .call(
+                reqwest::Method::PUT,
+                "/applications/77/commands",
+                Some(json!([{"name": "x", "description": "x", "default_member_permissions": bad}])),
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+    let (status, echoed) = bot
+        .call(
+            reqwest::Method::PUT,
+            "/applications/77/commands",
+            Some(json!([{"name": "x", "description": "x", "default_member_permissions": "0"}])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(echoed[0]["default_member_permissions"], "0");
     assert_eq!(fake.commands("77", Some("1")).unwrap().len(), 2);
     let admin: Value = reqwest::get(fake.admin_url("commands"))
         .await
@@ -402,7 +422,13 @@ async fn commands_are_stored_and_interaction_edits_recorded() {
         .json()
         .await
         .unwrap();
-    assert_eq!(admin[0]["commands"].as_array().unwrap().len(), 2);
+    let guild = admin
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["guild_id"] == "1")
+        .unwrap();
+    assert_eq!(guild["commands"].as_array().unwrap().len(), 2);
 
     // No bot token on interaction webhooks.
     let r = reqwest::Client::new()

@@ -5,6 +5,7 @@
 //! every call here is retried by the caller with backoff and none of them sits on
 //! the delivery hot path except re-provisioning after a 401/404.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use discord::webhook_url::WebhookUrl;
@@ -48,6 +49,42 @@ pub struct RunRequest {
     pub short_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_url: Option<String>,
+    /// Where the run token is kept (`STATE_DIR/run-token`, 0600), so a
+    /// restarted watcher can still re-provision and complete its run.
+    #[serde(skip)]
+    pub run_token_file: Option<PathBuf>,
+}
+
+/// Header the run token travels in (bot-bridge's `access::RUN_TOKEN_HEADER`).
+pub const RUN_TOKEN_HEADER: &str = "x-agentmon-run-token";
+
+/// The run token: read from `file`, or generated (32 random bytes, hex) and
+/// saved there owner-only before bot-bridge ever sees it, so an answer lost
+/// on the way back never leaves the watcher without it.
+fn load_or_create_run_token(file: &Path) -> std::io::Result<Secret<String>> {
+    use std::io::Write;
+    match std::fs::read_to_string(file) {
+        Ok(t) if !t.trim().is_empty() => return Ok(Secret::new(t.trim().to_owned())),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+    let token = hex::encode(bytes);
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = file.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(&tmp)?;
+    f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, file)?;
+    Ok(Secret::new(token))
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +110,8 @@ pub struct BridgeClient {
     base: url::Url,
     token: Secret<String>,
     run: RunRequest,
+    /// Proves to bot-bridge that this watcher created the run.
+    run_token: Option<Secret<String>>,
 }
 
 impl BridgeClient {
@@ -86,11 +125,22 @@ impl BridgeClient {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| BridgeError::Unreachable(e.without_url().to_string()))?;
+        let run_token = match run.run_token_file.as_deref().map(load_or_create_run_token) {
+            Some(Ok(t)) => Some(t),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot keep the run token in STATE_DIR; a restart will not be able to re-provision this run");
+                let mut bytes = [0u8; 32];
+                rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+                Some(Secret::new(hex::encode(bytes)))
+            }
+            None => None,
+        };
         Ok(Self {
             http,
             base,
             token,
             run,
+            run_token,
         })
     }
 
@@ -105,6 +155,12 @@ impl BridgeClient {
     ) -> Result<reqwest::Response, BridgeError> {
         let mut headers = http::HeaderMap::new();
         ops::trace::inject(&mut headers);
+        if let Some(t) = &self.run_token {
+            if let Ok(mut v) = http::HeaderValue::from_str(t.expose()) {
+                v.set_sensitive(true);
+                headers.insert(RUN_TOKEN_HEADER, v);
+            }
+        }
         let resp = self
             .http
             .post(self.url(path))
@@ -170,4 +226,25 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_token_is_kept_owner_only_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("state").join("run-token");
+        let first = load_or_create_run_token(&file).unwrap();
+        assert_eq!(first.expose().len(), 64);
+        let again = load_or_create_run_token(&file).unwrap();
+        assert_eq!(first.expose(), again.expose());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
 }

@@ -778,6 +778,17 @@ fn check_commands(v: &Value) -> Result<Vec<Value>, ApiError> {
                 "rest",
             );
         }
+        // A permission bit set as a decimal string, or null (everyone).
+        if let Some(p) = o.get("default_member_permissions").filter(|p| !p.is_null()) {
+            if p.as_str().is_none_or(|s| s.parse::<u64>().is_err()) {
+                c.push(
+                    vec![idx.clone(), "default_member_permissions".into()],
+                    "BASE_TYPE_BAD_INT",
+                    "Value is not a valid permissions bit set.".into(),
+                    "rest",
+                );
+            }
+        }
         if ty == 1 {
             c.required_len(
                 o,
