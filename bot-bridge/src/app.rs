@@ -80,6 +80,8 @@ pub(crate) struct Inner {
     /// or for the last free slot of a category do not race each other.
     pub provision: tokio::sync::Mutex<()>,
     pub health: Option<HealthParts>,
+    /// Kubernetes Events on agent pods, when `KUBE_CONFIG` is set.
+    pub pod_events: std::sync::OnceLock<crate::reconcile::PodEvents>,
 }
 
 /// Everything a handler or worker needs. Cheap to clone.
@@ -114,6 +116,7 @@ impl AppState {
                 relay,
                 provision: tokio::sync::Mutex::new(()),
                 health,
+                pod_events: std::sync::OnceLock::new(),
             }),
         }
     }

@@ -15,6 +15,7 @@ pub mod discord;
 pub mod events;
 pub mod relay;
 pub mod retention;
+pub mod reconcile;
 pub mod runs;
 pub mod store;
 

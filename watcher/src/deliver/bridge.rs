@@ -49,11 +49,41 @@ pub struct RunRequest {
     pub short_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_url: Option<String>,
+    /// The pod this watcher runs in, so bot-bridge can end the run when the
+    /// pod dies without `complete` ([`PodIdentity::from_env`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodIdentity>,
     /// Where the run token is kept (`STATE_DIR/run-token`, 0600), so a
     /// restarted watcher can still re-provision and complete its run.
     #[serde(skip)]
     pub run_token_file: Option<PathBuf>,
 }
+
+/// The watcher's pod, from the downward API env the chart's sidecar template
+/// sets (`POD_NAMESPACE`, `POD_NAME`, `POD_UID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodIdentity {
+    /// `Some` when all three variables are set and non-empty.
+    pub fn from_env() -> Option<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Some(Self {
+            namespace: var("POD_NAMESPACE")?,
+            name: var("POD_NAME")?,
+            uid: var("POD_UID")?,
+        })
+    }
+}
+
+/// How often the watcher tells bot-bridge its run is alive (default; env
+/// `BRIDGE_HEARTBEAT_INTERVAL`, e.g. `60s`). bot-bridge's
+/// `RUN_SILENCE_TIMEOUT` (default 10 min) must be well above it.
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Header the run token travels in (bot-bridge's `access::RUN_TOKEN_HEADER`).
 pub const RUN_TOKEN_HEADER: &str = "x-agentmon-run-token";
@@ -209,6 +239,50 @@ impl BridgeClient {
         self.post(&path, &serde_json::json!({ "summary": summary }))
             .await?;
         Ok(())
+    }
+}
+
+/// Heartbeats `run_id` every `interval` until `stop`, so bot-bridge does not
+/// finalise it as silent. Failures are logged at debug level only: the next
+/// beat retries, and a watcher that cannot reach bot-bridge for the whole
+/// silence timeout is, to bot-bridge, indistinguishable from a dead one.
+pub fn spawn_heartbeat(
+    bridge: BridgeClient,
+    run_id: String,
+    interval: Duration,
+    stop: ops::shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let path = format!("/v1/runs/{}/heartbeat", urlencode(&run_id));
+        let mut timer = tokio::time::interval(interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.wait() => return,
+                _ = timer.tick() => {}
+            }
+            match bridge.post(&path, &serde_json::json!({})).await {
+                Ok(_) => tracing::debug!(run_id = %run_id, "heartbeat sent"),
+                // The run is over (completed or finalised): nothing to keep alive.
+                Err(e) if e.is_run_completed() => return,
+                Err(e) => tracing::debug!(run_id = %run_id, error = %e, "heartbeat failed"),
+            }
+        }
+    })
+}
+
+/// `BRIDGE_HEARTBEAT_INTERVAL` (humantime, at least 1 s), else the default;
+/// an unreadable value is logged and the default used.
+pub fn heartbeat_interval_from_env() -> Duration {
+    match std::env::var("BRIDGE_HEARTBEAT_INTERVAL") {
+        Ok(v) if !v.trim().is_empty() => match humantime::parse_duration(v.trim()) {
+            Ok(d) if d >= Duration::from_secs(1) => d,
+            _ => {
+                tracing::warn!(value = %v, "BRIDGE_HEARTBEAT_INTERVAL is not a duration of at least 1s; using 60s");
+                DEFAULT_HEARTBEAT_INTERVAL
+            }
+        },
+        _ => DEFAULT_HEARTBEAT_INTERVAL,
     }
 }
 
