@@ -343,3 +343,80 @@ async fn a_watcher_killed_outside_kubernetes_is_finalised_after_the_silence_time
         "{metrics}"
     );
 }
+
+/// 200 runs whose pods vanish at once: all finalised, no 429, and the time
+/// against the minimum Discord's bot limits allow: each finalisation is two
+/// requests (closing embed, webhook revocation) under the global 50 per
+/// second, so 400 requests take at least 8 s. Long (it provisions 200
+/// channels first): run with `--ignored`.
+#[tokio::test]
+#[ignore = "long: 200 channels; run with --ignored to measure"]
+async fn two_hundred_runs_whose_pods_vanish_at_once_are_finalised_at_discords_pace() {
+    const RUNS: usize = 200;
+    let dir = tempfile::tempdir().unwrap();
+    let fake = FakeKube::start().await.unwrap();
+    let kubeconfig = fake.kubeconfig(dir.path().join("kubeconfig")).unwrap();
+    let discord = FakeDiscordProc::start(&[]).await;
+    let db = dir.path().join("bridge.db");
+    let bridge = Bridge::start(&discord, &db, &kube_env(&kubeconfig)).await;
+    let http = reqwest::Client::new();
+    let setup = Instant::now();
+    for i in 0..RUNS {
+        let name = format!("agent-{i:03}");
+        let uid = agent_pod(&fake, &name);
+        let r = http
+            .post(format!("http://{}/v1/runs", bridge.api))
+            .bearer_auth(API_TOKEN)
+            .header("x-agentmon-run-token", format!("run-token-{i:03}-{}", "x".repeat(32)))
+            .json(&json!({"task_id": "bench", "attempt": 1, "short_id": name,
+                          "pod": {"namespace": NS, "name": name, "uid": uid}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    }
+    eprintln!("{RUNS} runs provisioned in {:?}", setup.elapsed());
+    watch_open(&fake, 0).await;
+    let active = || async {
+        let v: Value = http
+            .get(format!("http://{}/v1/runs?status=active&limit=200", bridge.api))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["runs"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(active().await, RUNS);
+
+    for i in 0..RUNS {
+        fake.delete_pod(NS, &format!("agent-{i:03}"), 0).unwrap();
+    }
+    let allowed = Instant::now() + GRACE;
+    eventually("every run finalised", Duration::from_secs(120), || async {
+        (active().await == 0).then_some(())
+    })
+    .await;
+    let took = Instant::now().saturating_duration_since(allowed);
+    let minimum = Duration::from_secs_f64((2 * RUNS) as f64 / 50.0);
+    let ratio = took.as_secs_f64() / minimum.as_secs_f64();
+    eprintln!(
+        "{RUNS} runs finalised {took:?} after the grace period; minimum {minimum:?}; ratio {ratio:.2}"
+    );
+    let stats = discord.stats().await;
+    assert_eq!(stats["rate_limited"], json!({}), "429s: {stats}");
+    assert_eq!(stats["rest_rate_limited"], json!({}), "429s: {stats}");
+    eprintln!(
+        "max global requests per second seen by Discord: {}",
+        stats["max_global_requests_per_second"]
+    );
+    let messages = discord.messages().await;
+    let closing = messages
+        .iter()
+        .filter(|m| m["payload"].to_string().contains("finalised without"))
+        .count();
+    assert_eq!(closing, RUNS, "one closing embed per run");
+    assert!(ratio <= 1.2, "took {ratio:.2}× the minimum");
+}
