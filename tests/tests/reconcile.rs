@@ -17,7 +17,7 @@ const DEADLINE: Duration = Duration::from_secs(60);
 const API_TOKEN: &str = "api-token-SECRET-5e7a";
 const BOT_TOKEN: &str = "bot-token-SECRET-93b1";
 const NS: &str = "agents";
-const LABEL: (&str, &str) = ("agentmon.io/watched", "true");
+const LABEL: (&str, &str) = ("agentmon.io/watcher", "true");
 /// RECONCILE_GRACE in these scenarios.
 const GRACE: Duration = Duration::from_secs(2);
 /// The acceptance bound: finalised within this of the grace period.

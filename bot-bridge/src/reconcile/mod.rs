@@ -48,7 +48,7 @@ use crate::store::{IdentitySource, PodIdentity, RunStatus};
 use telemetry::{FinalizeReason, ReconcileError, RunFinalized};
 
 /// The pod label the chart's sidecar template sets on agent pods.
-pub const DEFAULT_LABEL_SELECTOR: &str = "agentmon.io/watched=true";
+pub const DEFAULT_LABEL_SELECTOR: &str = "agentmon.io/watcher=true";
 /// How often active runs are checked against what the watch saw.
 pub const TICK: Duration = Duration::from_secs(1);
 /// Longest accepted pod name, namespace or UID (Kubernetes allows 253).
@@ -138,7 +138,7 @@ impl ReconcileConfig {
         if label_selector.is_empty() || label_selector.chars().any(char::is_control) {
             return Err(ConfigError::invalid(
                 "RECONCILE_LABEL_SELECTOR",
-                "must be a label selector such as agentmon.io/watched=true",
+                "must be a label selector such as agentmon.io/watcher=true",
             ));
         }
         Ok(Self {
