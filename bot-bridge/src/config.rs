@@ -428,7 +428,12 @@ impl RawConfig {
             self.kube_config.as_deref(),
             self.reconcile_namespaces.as_deref(),
             &self.reconcile_label_selector,
-            bounded("RECONCILE_GRACE", &self.reconcile_grace, MAX_RETENTION_INTERVAL, true)?,
+            bounded(
+                "RECONCILE_GRACE",
+                &self.reconcile_grace,
+                MAX_RETENTION_INTERVAL,
+                true,
+            )?,
             bounded(
                 "RUN_SILENCE_TIMEOUT",
                 &self.run_silence_timeout,

@@ -13,9 +13,9 @@ pub mod app;
 pub mod config;
 pub mod discord;
 pub mod events;
+pub mod reconcile;
 pub mod relay;
 pub mod retention;
-pub mod reconcile;
 pub mod runs;
 pub mod store;
 

@@ -70,9 +70,6 @@ pub struct NewRun {
     pub short_id: String,
     #[serde(default)]
     pub input_url: Option<String>,
-    /// The watcher's pod (downward API), bound to the run for the reconciler.
-    #[serde(default)]
-    pub pod: Option<crate::store::PodIdentity>,
 }
 
 /// `attempt` as JSON number or string.
@@ -297,7 +294,10 @@ impl AppState {
         }
     }
 
-    pub(crate) async fn stored<T>(&self, fut: crate::store::StoreFuture<'_, T>) -> Result<T, StoreError> {
+    pub(crate) async fn stored<T>(
+        &self,
+        fut: crate::store::StoreFuture<'_, T>,
+    ) -> Result<T, StoreError> {
         match fut.await {
             Ok(v) => {
                 self.store_ok();
@@ -837,7 +837,6 @@ mod tests {
             attempt: AttemptValue::Number(1),
             short_id: short.into(),
             input_url: Some("http://10.0.0.1:8081".into()),
-            pod: None,
         }
     }
 

@@ -163,6 +163,7 @@ pub enum Inserted {
 /// The pod a run belongs to (Kubernetes downward API: `metadata.namespace`,
 /// `metadata.name`, `metadata.uid`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PodIdentity {
     pub namespace: String,
     pub name: String,

@@ -185,7 +185,9 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
         let run = bridge.run(&run_id).await;
         let channel = run["channel_id"].as_str().unwrap().to_owned();
         eventually("the watcher's first message", DEADLINE, || async {
-            let text = discord.payload_text(&format!("?channel_id={channel}")).await;
+            let text = discord
+                .payload_text(&format!("?channel_id={channel}"))
+                .await;
             text.contains(&format!("hello from {name}")).then_some(())
         })
         .await;
@@ -256,7 +258,11 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
         let has_hook = webhooks
             .iter()
             .any(|w| w["channel_id"].as_str() == Some(channel.as_str()) && w["deleted"] == false);
-        assert_eq!(has_hook, *name == "alive", "{name}: live webhook {has_hook}");
+        assert_eq!(
+            has_hook,
+            *name == "alive",
+            "{name}: live webhook {has_hook}"
+        );
     }
     assert_eq!(bridge.run(&run_of("alive").1).await["status"], "active");
 
@@ -367,7 +373,10 @@ async fn two_hundred_runs_whose_pods_vanish_at_once_are_finalised_at_discords_pa
         let r = http
             .post(format!("http://{}/v1/runs", bridge.api))
             .bearer_auth(API_TOKEN)
-            .header("x-agentmon-run-token", format!("run-token-{i:03}-{}", "x".repeat(32)))
+            .header(
+                "x-agentmon-run-token",
+                format!("run-token-{i:03}-{}", "x".repeat(32)),
+            )
             .json(&json!({"task_id": "bench", "attempt": 1, "short_id": name,
                           "pod": {"namespace": NS, "name": name, "uid": uid}}))
             .send()
@@ -379,7 +388,10 @@ async fn two_hundred_runs_whose_pods_vanish_at_once_are_finalised_at_discords_pa
     watch_open(&fake, 0).await;
     let active = || async {
         let v: Value = http
-            .get(format!("http://{}/v1/runs?status=active&limit=200", bridge.api))
+            .get(format!(
+                "http://{}/v1/runs?status=active&limit=200",
+                bridge.api
+            ))
             .bearer_auth(API_TOKEN)
             .send()
             .await

@@ -39,12 +39,12 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: NewRun = json_body(body)?;
+    // `pod` (the watcher's pod, for the reconciler) is read apart from the run's key.
+    let mut raw: serde_json::Value = json_body(body)?;
+    let pod = crate::reconcile::take_pod(&mut raw)?;
+    let req: NewRun = serde_json::from_value(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let caller = Caller::from_headers(&headers);
-    let pod = req.pod.clone();
-    if let Some(p) = &pod {
-        crate::reconcile::check_pod(p)?;
-    }
     let (provisioned, created) = state.provision(req, &caller).await?;
     if let Some(pod) = pod {
         state

@@ -170,18 +170,32 @@ pub async fn kube_client(source: &KubeSource) -> Result<kube::Client, KubeSetupE
         KubeSource::Kubeconfig { path } => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| KubeSetupError::Kubeconfig(e.to_string()))?;
-            kube::Config::from_custom_kubeconfig(
-                file,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await
-            .map_err(|e| KubeSetupError::Kubeconfig(e.to_string()))?
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| KubeSetupError::Kubeconfig(e.to_string()))?
         }
         KubeSource::InCluster => {
             kube::Config::incluster().map_err(|e| KubeSetupError::InCluster(e.to_string()))?
         }
     };
     kube::Client::try_from(config).map_err(|e| KubeSetupError::Client(e.to_string()))
+}
+
+/// Takes the optional `pod` object out of a `POST /v1/runs` body and checks it.
+pub fn take_pod(body: &mut serde_json::Value) -> Result<Option<PodIdentity>, RunsError> {
+    let Some(raw) = body.as_object_mut().and_then(|o| o.remove("pod")) else {
+        return Ok(None);
+    };
+    if raw.is_null() {
+        return Ok(None);
+    }
+    let pod: PodIdentity = serde_json::from_value(raw).map_err(|e| {
+        RunsError::BadRequest(format!(
+            "pod must be {{\"namespace\", \"name\", \"uid\"}}: {e}"
+        ))
+    })?;
+    check_pod(&pod)?;
+    Ok(Some(pod))
 }
 
 /// Checks a pod identity a watcher sent.
