@@ -7,7 +7,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use e2e::{eventually, transcript, FakeDiscordProc, Proc};
 use fake_kube::{DropMode, FakeKube, NewPod};
