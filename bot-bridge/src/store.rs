@@ -204,8 +204,9 @@ pub struct RunLiveness {
     pub run_id: String,
     pub pod: Option<PodIdentity>,
     pub source: Option<IdentitySource>,
-    /// Unix seconds of the last heartbeat, or the run's creation.
-    pub last_seen: i64,
+    /// Unix seconds of the last heartbeat; `None` when its watcher never sent
+    /// one (a watcher from before heartbeats: never finalised for silence).
+    pub last_heartbeat: Option<i64>,
 }
 
 /// Persistent state of bot-bridge. See the module docs for the replica model.

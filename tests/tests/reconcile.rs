@@ -316,7 +316,8 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
 #[tokio::test]
 async fn a_watcher_killed_outside_kubernetes_is_finalised_after_the_silence_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let discord = FakeDiscordProc::start(&[]).await;
+    // Rate limits off here; the Kubernetes scenarios run with them on.
+    let discord = FakeDiscordProc::start(&["--no-rate-limits"]).await;
     let db = dir.path().join("bridge.db");
     let silence = Duration::from_secs(3);
     let bridge = Bridge::start(

@@ -12,7 +12,9 @@
 //!   relist), or reaches `Succeeded`/`Failed`, ends its run after
 //!   `RECONCILE_GRACE`, with the reason from the pod's status.
 //! - **Silence** (`RUN_SILENCE_TIMEOUT`, for runs the reconciler cannot
-//!   follow): the watcher heartbeats its run; a run silent that long ends.
+//!   follow): the watcher heartbeats its run; a run silent that long after a
+//!   heartbeat ends (a run that never heartbeated, from an older watcher, is
+//!   left to `complete`).
 //!
 //! The database is the record of what was finalised: a finalisation is the
 //! same path `complete` takes (`AppState::finish`, under the provisioning
@@ -680,12 +682,17 @@ pub fn due(
             }
             continue;
         }
-        // Not followed through Kubernetes: silence ends it. A restart of
-        // bot-bridge counts as a sign of life (no heartbeat could arrive).
+        // Not followed through Kubernetes: silence ends it, once its watcher
+        // has heartbeated at all (a watcher from before heartbeats never
+        // does). A restart of bot-bridge counts as a sign of life (no
+        // heartbeat could arrive meanwhile).
+        let Some(last_heartbeat) = run.last_heartbeat else {
+            continue;
+        };
         if cfg.silence_timeout.is_zero() {
             continue;
         }
-        let last = run.last_seen.max(started_unix);
+        let last = last_heartbeat.max(started_unix);
         let silent = u64::try_from(now_unix.saturating_sub(last)).unwrap_or(0);
         if silent >= cfg.silence_timeout.as_secs() {
             out.push((

@@ -155,13 +155,13 @@ fn runs_are_due_after_the_grace_period_or_the_silence_timeout() {
             run_id: "gone".into(),
             pod: Some(identity("a", "ua")),
             source: Some(IdentitySource::Claimed),
-            last_seen: 0,
+            last_heartbeat: None,
         },
         RunLiveness {
             run_id: "quiet".into(),
             pod: None,
             source: None,
-            last_seen: 1_000,
+            last_heartbeat: Some(1_000),
         },
         RunLiveness {
             run_id: "other-ns".into(),
@@ -170,7 +170,7 @@ fn runs_are_due_after_the_grace_period_or_the_silence_timeout() {
                 ..identity("b", "ub")
             }),
             source: Some(IdentitySource::Claimed),
-            last_seen: 1_090,
+            last_heartbeat: Some(1_090),
         },
     ];
     let c = cfg(30, 60);
@@ -193,6 +193,12 @@ fn runs_are_due_after_the_grace_period_or_the_silence_timeout() {
     );
     // A restart of bot-bridge counts as a sign of life for silence.
     assert!(due(&runs[1..2], &mut t, &c, true, 1_050, 1_060, later).is_empty());
+    // A run whose watcher never heartbeated (older watcher) is never silent.
+    let old = [RunLiveness {
+        last_heartbeat: None,
+        ..runs[1].clone()
+    }];
+    assert!(due(&old, &mut t, &c, true, 0, 999_999, later).is_empty());
 }
 
 fn owner() -> Caller {
@@ -311,7 +317,7 @@ async fn a_claimed_pod_never_replaces_a_verified_one() {
     assert_eq!(live.len(), 1);
     assert_eq!(live[0].pod, Some(identity("verified", "u2")));
     assert_eq!(live[0].source, Some(IdentitySource::Verified));
-    assert_eq!(live[0].last_seen, 4_000_000_000);
+    assert_eq!(live[0].last_heartbeat, Some(4_000_000_000));
     assert_eq!(
         store.run_pod(id).await.unwrap(),
         Some(identity("verified", "u2"))

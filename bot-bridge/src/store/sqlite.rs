@@ -571,7 +571,7 @@ impl RunStore for SqliteStore {
             let mut stmt = conn
                 .prepare(
                     "SELECT r.run_id, l.pod_namespace, l.pod_name, l.pod_uid, \
-                     l.identity_source, MAX(r.created_at, COALESCE(l.heartbeat_at, 0)) \
+                     l.identity_source, l.heartbeat_at \
                      FROM runs r LEFT JOIN run_liveness l ON l.run_id = r.run_id \
                      WHERE r.status = 'active' ORDER BY r.created_at, r.run_id",
                 )
@@ -594,7 +594,7 @@ impl RunStore for SqliteStore {
                         run_id: r.get(0)?,
                         pod,
                         source: source.as_deref().and_then(IdentitySource::parse),
-                        last_seen: r.get(5)?,
+                        last_heartbeat: r.get(5)?,
                     })
                 })
                 .map_err(db)?;
