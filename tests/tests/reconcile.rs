@@ -287,6 +287,9 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
         "{metrics}"
     );
     assert_eq!(e2e::metric_value(&metrics, "bridge_runs_active"), Some(0.0));
+    // Counted at start: the six run channels, their category and the fake's own.
+    let channels = e2e::metric_value(&metrics, "bridge_guild_channels").unwrap_or(0.0);
+    assert!(channels >= 7.0, "bridge_guild_channels {channels}");
 
     // Kubernetes Events on the pods: provisioned, then finalised.
     let events = fake

@@ -53,6 +53,9 @@ use telemetry::{FinalizeReason, ReconcileError, RunFinalized};
 pub const DEFAULT_LABEL_SELECTOR: &str = "agentmon.io/watcher=true";
 /// How often active runs are checked against what the watch saw.
 pub const TICK: Duration = Duration::from_secs(1);
+/// How often the guild's channels are counted for `bridge_guild_channels`
+/// (provisioning updates it too); one request, far below any limit.
+pub const CHANNEL_COUNT_EVERY: Duration = Duration::from_secs(300);
 /// Longest accepted pod name, namespace or UID (Kubernetes allows 253).
 const MAX_POD_FIELD: usize = 253;
 /// Bound on one Kubernetes Event write (the kube client retries on its own).
@@ -633,6 +636,17 @@ impl AppState {
         Ok(true)
     }
 
+    /// Sets `bridge_guild_channels` from a listing of the guild.
+    pub async fn count_guild_channels(&self) {
+        let guild = self.settings().guild_id.clone();
+        if let Ok(channels) = self
+            .call(None, self.discord().list_guild_channels(&guild))
+            .await
+        {
+            self.metrics().lifecycle.set_guild_channels(channels.len());
+        }
+    }
+
     /// Writes the "RunFinalized" Event on the run's pod, if it has one.
     pub(crate) async fn announce_finalized(&self, run_id: &str, reason: FinalizeReason) {
         if self.pod_events().is_none() {
@@ -752,6 +766,7 @@ pub async fn run(
     let mut timer = tokio::time::interval(TICK);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut finalizing: Option<tokio::task::JoinHandle<()>> = None;
+    let mut counted: Option<Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.wait() => break,
@@ -763,6 +778,11 @@ pub async fn run(
             _ = timer.tick() => {
                 if let Some(h) = &heartbeat {
                     h.beat();
+                }
+                if counted.is_none_or(|t| t.elapsed() >= CHANNEL_COUNT_EVERY) {
+                    counted = Some(Instant::now());
+                    let state = state.clone();
+                    tokio::spawn(async move { state.count_guild_channels().await });
                 }
                 if finalizing.as_ref().is_some_and(|h| !h.is_finished()) {
                     continue;
