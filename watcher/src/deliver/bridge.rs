@@ -307,6 +307,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_pod_identity_travels_in_the_run_request_only_when_known() {
+        let mut run = RunRequest {
+            task_id: "t".into(),
+            attempt: "1".into(),
+            short_id: "s".into(),
+            input_url: None,
+            pod: None,
+            run_token_file: None,
+        };
+        let v = serde_json::to_value(&run).unwrap();
+        assert!(v.get("pod").is_none(), "{v}");
+        run.pod = Some(PodIdentity {
+            namespace: "agents".into(),
+            name: "agent-1".into(),
+            uid: "u-1".into(),
+        });
+        let v = serde_json::to_value(&run).unwrap();
+        assert_eq!(
+            v["pod"],
+            serde_json::json!({"namespace": "agents", "name": "agent-1", "uid": "u-1"})
+        );
+    }
+
+    #[test]
     fn the_run_token_is_kept_owner_only_across_restarts() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("state").join("run-token");
