@@ -226,6 +226,9 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
     fake.delete_pod(NS, "expired", 0).unwrap();
     fake.compact();
     fake.pause_watches(false);
+    // The 410 really was served (the scenario is not a plain watch event).
+    let stats = fake.wait_for_stats(DEADLINE, |s| s.expired >= 1).await;
+    assert!(stats.expired >= 1, "no 410 served: {stats:?}");
 
     let expect = [
         ("deleted", "deleted", "pod deleted", t_deleted),
