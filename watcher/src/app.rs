@@ -647,7 +647,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             crate::deliver::bridge::spawn_heartbeat(
                 bridge.clone(),
                 p.run_id.clone(),
-                crate::deliver::bridge::heartbeat_interval_from_env(),
+                cfg.bridge_heartbeat_interval,
                 shutdown.clone(),
             );
             Some((p.webhook, Some(bridge)))

@@ -80,11 +80,6 @@ impl PodIdentity {
     }
 }
 
-/// How often the watcher tells bot-bridge its run is alive (default; env
-/// `BRIDGE_HEARTBEAT_INTERVAL`, e.g. `60s`). bot-bridge's
-/// `RUN_SILENCE_TIMEOUT` (default 10 min) must be well above it.
-pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(60);
-
 /// Header the run token travels in (bot-bridge's `access::RUN_TOKEN_HEADER`).
 pub const RUN_TOKEN_HEADER: &str = "x-agentmon-run-token";
 
@@ -269,21 +264,6 @@ pub fn spawn_heartbeat(
             }
         }
     })
-}
-
-/// `BRIDGE_HEARTBEAT_INTERVAL` (humantime, at least 1 s), else the default;
-/// an unreadable value is logged and the default used.
-pub fn heartbeat_interval_from_env() -> Duration {
-    match std::env::var("BRIDGE_HEARTBEAT_INTERVAL") {
-        Ok(v) if !v.trim().is_empty() => match humantime::parse_duration(v.trim()) {
-            Ok(d) if d >= Duration::from_secs(1) => d,
-            _ => {
-                tracing::warn!(value = %v, "BRIDGE_HEARTBEAT_INTERVAL is not a duration of at least 1s; using 60s");
-                DEFAULT_HEARTBEAT_INTERVAL
-            }
-        },
-        _ => DEFAULT_HEARTBEAT_INTERVAL,
-    }
 }
 
 fn urlencode(s: &str) -> String {
