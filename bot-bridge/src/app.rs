@@ -178,6 +178,8 @@ pub(crate) struct Inner {
     /// or for the last free slot of a category do not race each other.
     pub provision: tokio::sync::Mutex<()>,
     pub health: Option<HealthParts>,
+    /// Kubernetes Events on agent pods, when `KUBE_CONFIG` is set.
+    pub pod_events: std::sync::OnceLock<crate::reconcile::PodEvents>,
 }
 
 /// Everything a handler or worker needs. Cheap to clone.
@@ -212,6 +214,7 @@ impl AppState {
                 relay,
                 provision: tokio::sync::Mutex::new(()),
                 health,
+                pod_events: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -423,6 +426,23 @@ mod tests {
         }
         fn put_shared_webhook(&self, c: String, w: StoredWebhook) -> StoreFuture<'_, ()> {
             self.inner.put_shared_webhook(c, w)
+        }
+        fn bind_pod(
+            &self,
+            run_id: String,
+            pod: crate::store::PodIdentity,
+            source: crate::store::IdentitySource,
+        ) -> StoreFuture<'_, bool> {
+            self.inner.bind_pod(run_id, pod, source)
+        }
+        fn heartbeat(&self, run_id: String, at: i64) -> StoreFuture<'_, ()> {
+            self.inner.heartbeat(run_id, at)
+        }
+        fn run_pod(&self, run_id: String) -> StoreFuture<'_, Option<crate::store::PodIdentity>> {
+            self.inner.run_pod(run_id)
+        }
+        fn active_liveness(&self) -> StoreFuture<'_, Vec<crate::store::RunLiveness>> {
+            self.inner.active_liveness()
         }
         fn ping(&self) -> StoreFuture<'_, ()> {
             let locked = self.locked.load(Ordering::SeqCst);

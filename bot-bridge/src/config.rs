@@ -142,6 +142,28 @@ pub struct Options {
     /// OTLP/HTTP endpoint for span export (off when unset).
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// Kubernetes API access for the run reconciler and pod Events: a
+    /// kubeconfig file path, or `in-cluster` (the pod's ServiceAccount).
+    /// Unset: no reconciler (runs still end by `complete` or silence).
+    #[arg(long, env = "KUBE_CONFIG")]
+    pub kube_config: Option<String>,
+    /// Namespaces whose agent pods are watched (comma-separated); empty: all.
+    #[arg(long, env = "RECONCILE_NAMESPACES")]
+    pub reconcile_namespaces: Option<String>,
+    /// Label selector of agent pods (what the chart's sidecar template sets).
+    #[arg(
+        long,
+        env = "RECONCILE_LABEL_SELECTOR",
+        default_value = crate::reconcile::DEFAULT_LABEL_SELECTOR
+    )]
+    pub reconcile_label_selector: String,
+    /// Time a run's pod may be gone or finished before the run is finalised
+    /// without `complete` (the watcher's own `complete` usually comes first).
+    #[arg(long, env = "RECONCILE_GRACE", default_value = "30s")]
+    pub reconcile_grace: String,
+    /// A run with no heartbeat for this long is finalised ("silent"); 0: off.
+    #[arg(long, env = "RUN_SILENCE_TIMEOUT", default_value = "10m")]
+    pub run_silence_timeout: String,
 }
 
 /// The raw, layered values, before validation. Field names are the config keys.
@@ -171,6 +193,11 @@ pub struct RawConfig {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otel_exporter_otlp_endpoint: Option<String>,
+    pub kube_config: Option<String>,
+    pub reconcile_namespaces: Option<String>,
+    pub reconcile_label_selector: String,
+    pub reconcile_grace: String,
+    pub run_silence_timeout: String,
 }
 
 /// Where runs are stored.
@@ -217,6 +244,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_filter: String,
     pub otel_exporter_otlp_endpoint: Option<String>,
+    /// The run reconciler and silence detection (see `reconcile`).
+    pub reconcile: crate::reconcile::ReconcileConfig,
 }
 
 fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -395,6 +424,23 @@ impl RawConfig {
         };
         let input_url_policy = InputUrlPolicy::parse(&self.input_url_allow)
             .map_err(|p| ConfigError::invalid("INPUT_URL_ALLOW", p))?;
+        let reconcile = crate::reconcile::ReconcileConfig::parse(
+            self.kube_config.as_deref(),
+            self.reconcile_namespaces.as_deref(),
+            &self.reconcile_label_selector,
+            bounded(
+                "RECONCILE_GRACE",
+                &self.reconcile_grace,
+                MAX_RETENTION_INTERVAL,
+                true,
+            )?,
+            bounded(
+                "RUN_SILENCE_TIMEOUT",
+                &self.run_silence_timeout,
+                MAX_RETENTION,
+                true,
+            )?,
+        )?;
         Ok(Config {
             discord_bot_token,
             discord_application_id,
@@ -423,6 +469,7 @@ impl RawConfig {
             log_format: self.log_format,
             log_filter: self.log_filter,
             otel_exporter_otlp_endpoint: self.otel_exporter_otlp_endpoint.filter(|s| !s.is_empty()),
+            reconcile,
         })
     }
 }

@@ -164,6 +164,15 @@ pub trait DiscordApi: Send + Sync + 'static {
         interaction_token: &Secret<String>,
         body: &Value,
     ) -> DiscordFuture<'_, ()>;
+    /// Posts `body` through a run's webhook (into `thread_id` in thread mode);
+    /// a deleted webhook is `Err(NotFound)`.
+    fn execute_webhook(
+        &self,
+        webhook_id: &str,
+        webhook_token: &Secret<String>,
+        thread_id: Option<&str>,
+        body: &Value,
+    ) -> DiscordFuture<'_, ()>;
 }
 
 /// The overwrites of a live run channel: everyone may read, nobody but the
@@ -586,6 +595,27 @@ pub mod rest {
                     .map_err(map_err)
             })
         }
+
+        fn execute_webhook(
+            &self,
+            webhook_id: &str,
+            webhook_token: &Secret<String>,
+            thread_id: Option<&str>,
+            body: &Value,
+        ) -> DiscordFuture<'_, ()> {
+            let (id, token, thread, body) = (
+                webhook_id.to_owned(),
+                webhook_token.clone(),
+                thread_id.map(str::to_owned),
+                body.clone(),
+            );
+            Box::pin(async move {
+                self.client
+                    .execute_webhook(&id, &token, thread.as_deref(), &body)
+                    .await
+                    .map_err(map_err)
+            })
+        }
     }
 
     #[cfg(test)]
@@ -681,6 +711,8 @@ pub mod memory {
         pub webhooks: BTreeMap<String, String>,
         pub calls: Vec<String>,
         pub edits: Vec<Value>,
+        /// Bodies posted through webhooks (closing embeds).
+        pub posts: Vec<Value>,
         pub commands: Option<Value>,
         pub overwrites: BTreeMap<String, Vec<Overwrite>>,
     }
@@ -884,6 +916,23 @@ pub mod memory {
             self.with(|s| s.edits.push(body));
             ready(Ok(()))
         }
+        fn execute_webhook(
+            &self,
+            webhook_id: &str,
+            _webhook_token: &Secret<String>,
+            _thread_id: Option<&str>,
+            body: &Value,
+        ) -> DiscordFuture<'_, ()> {
+            let (webhook_id, body) = (webhook_id.to_owned(), body.clone());
+            ready(self.with(|s| {
+                s.calls.push(format!("execute_webhook {webhook_id}"));
+                if !s.webhooks.contains_key(&webhook_id) {
+                    return Err(DiscordError::NotFound);
+                }
+                s.posts.push(body);
+                Ok(())
+            }))
+        }
     }
 }
 
@@ -1029,6 +1078,15 @@ pub mod registration {
                 b: &Value,
             ) -> DiscordFuture<'_, ()> {
                 self.inner.edit_original_interaction_response(a, t, b)
+            }
+            fn execute_webhook(
+                &self,
+                w: &str,
+                t: &ops::Secret<String>,
+                thread: Option<&str>,
+                b: &Value,
+            ) -> DiscordFuture<'_, ()> {
+                self.inner.execute_webhook(w, t, thread, b)
             }
         }
 

@@ -128,6 +128,8 @@ pub struct BridgeMetrics {
     discord_requests: IntCounterVec,
     rate_limited: IntCounterVec,
     interactions: IntCounterVec,
+    /// Run ends, reconciler errors, guild channels (`reconcile::telemetry`).
+    pub(crate) lifecycle: crate::reconcile::telemetry::LifecycleMetrics,
 }
 
 /// Every `route` label value of `bridge_discord_requests_total`: the REST
@@ -176,6 +178,7 @@ impl BridgeMetrics {
                 "Interactions handled by command and outcome.",
                 &["command", "outcome"],
             )?,
+            lifecycle: crate::reconcile::telemetry::LifecycleMetrics::new(metrics)?,
         };
         // Closed sets start at 0 so alerts on rate() see the series from the start.
         for kind in ErrorKind::ALL {

@@ -13,6 +13,7 @@ pub mod app;
 pub mod config;
 pub mod discord;
 pub mod events;
+pub mod reconcile;
 pub mod relay;
 pub mod retention;
 pub mod runs;

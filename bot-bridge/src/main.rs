@@ -151,6 +151,22 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
         Some(retention_heartbeat),
     ));
+    let kube = match &cfg.reconcile.kube {
+        Some(source) => {
+            let client = bot_bridge::reconcile::kube_client(source).await?;
+            state.set_pod_events(bot_bridge::reconcile::PodEvents::new(client.clone()));
+            Some(client)
+        }
+        None => None,
+    };
+    let reconcile_heartbeat = health.heartbeat("reconcile", Duration::from_secs(300));
+    let reconciler = tokio::spawn(bot_bridge::reconcile::run(
+        state.clone(),
+        cfg.reconcile.clone(),
+        kube,
+        shutdown.clone(),
+        Some(reconcile_heartbeat),
+    ));
     let api_server = tokio::spawn(ops::server::serve(api_listener, api, shutdown.clone()));
     let ops_server = tokio::spawn(ops::server::serve(
         ops_listener,
@@ -164,6 +180,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = registration.await;
         let _ = store_watch.await;
         let _ = retention.await;
+        let _ = reconciler.await;
         let _ = api_server.await;
         let _ = ops_server.await;
     };

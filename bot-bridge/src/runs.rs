@@ -16,6 +16,7 @@ use crate::app::AppState;
 use crate::config::RunContainer;
 use crate::discord::{self, kind, Channel, DiscordError, NewChannel};
 use crate::events::{ErrorKind, RunCompleted, RunCreated, RunRepaired};
+use crate::reconcile::telemetry::FinalizeReason;
 use crate::store::{
     CategoryKind, CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, StoreError,
 };
@@ -272,7 +273,7 @@ fn not_owner() -> RunsError {
 
 impl AppState {
     /// Wraps a Discord result: health and error counting in one place.
-    async fn call<T>(
+    pub(crate) async fn call<T>(
         &self,
         run_id: Option<&str>,
         fut: discord::DiscordFuture<'_, T>,
@@ -293,7 +294,10 @@ impl AppState {
         }
     }
 
-    async fn stored<T>(&self, fut: crate::store::StoreFuture<'_, T>) -> Result<T, StoreError> {
+    pub(crate) async fn stored<T>(
+        &self,
+        fut: crate::store::StoreFuture<'_, T>,
+    ) -> Result<T, StoreError> {
         match fut.await {
             Ok(v) => {
                 self.store_ok();
@@ -461,6 +465,7 @@ impl AppState {
         let channels = self
             .call(Some(&run_id), d.list_guild_channels(&guild))
             .await?;
+        self.metrics().lifecycle.set_guild_channels(channels.len());
         let alive = run
             .channel_id
             .as_ref()
@@ -649,7 +654,7 @@ impl AppState {
         caller: &Caller,
     ) -> Result<RunRecord, RunsError> {
         let _guard = self.inner.provision.lock().await;
-        let mut run = self
+        let run = self
             .stored(self.store().get_run(run_id.to_owned()))
             .await?
             .ok_or(RunsError::NotFound)?;
@@ -661,6 +666,21 @@ impl AppState {
         if run.status != RunStatus::Active {
             return Ok(run);
         }
+        self.finish(run, summary, FinalizeReason::Completed).await
+    }
+
+    /// The end of every run, by `complete` or by the reconciler: revokes the
+    /// webhook, marks the run completed with `summary`, schedules retention
+    /// and counts `reason`. The caller holds the provisioning lock and has
+    /// checked that the run is active.
+    pub(crate) async fn finish(
+        &self,
+        mut run: RunRecord,
+        summary: Option<serde_json::Value>,
+        reason: FinalizeReason,
+    ) -> Result<RunRecord, RunsError> {
+        let run_id = run.run_id.clone();
+        let run_id = run_id.as_str();
         if let Some(hook) = &run.webhook_id {
             // A run provisioned before per-run thread webhooks may still use the
             // parent's shared webhook, which other such runs post through.
@@ -675,9 +695,9 @@ impl AppState {
                 _ => None,
             };
             if shared.as_deref() != Some(hook.as_str()) {
-                let reason = format!("agentmon run {run_id} completed");
+                let why = format!("agentmon run {run_id} completed");
                 match self
-                    .call(Some(run_id), self.discord().delete_webhook(hook, &reason))
+                    .call(Some(run_id), self.discord().delete_webhook(hook, &why))
                     .await
                 {
                     Ok(()) | Err(DiscordError::NotFound) => {}
@@ -699,6 +719,8 @@ impl AppState {
             archive_due_at: run.archive_due_at.unwrap_or(now),
         }
         .emit(self.metrics());
+        self.metrics().lifecycle.finalized(reason);
+        self.announce_finalized(run_id, reason).await;
         Ok(run)
     }
 }

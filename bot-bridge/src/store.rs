@@ -160,6 +160,55 @@ pub enum Inserted {
     Existing(Box<RunRecord>),
 }
 
+/// The pod a run belongs to (Kubernetes downward API: `metadata.namespace`,
+/// `metadata.name`, `metadata.uid`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// Where a run's pod identity came from. The watcher's claim is what this
+/// build stores; a verified identity (TokenReview) replaces a claimed one and
+/// is never replaced by a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentitySource {
+    Claimed,
+    Verified,
+}
+
+impl IdentitySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Claimed => "claimed",
+            Self::Verified => "verified",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "claimed" => Self::Claimed,
+            "verified" => Self::Verified,
+            _ => return None,
+        })
+    }
+}
+
+/// What tells an active run's end without `complete`: its pod and its last
+/// heartbeat (see `reconcile`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLiveness {
+    pub run_id: String,
+    pub pod: Option<PodIdentity>,
+    pub source: Option<IdentitySource>,
+    /// Unix seconds of the last heartbeat; `None` when its watcher never sent
+    /// one (a watcher from before heartbeats: never finalised for silence).
+    pub last_heartbeat: Option<i64>,
+}
+
 /// Persistent state of bot-bridge. See the module docs for the replica model.
 pub trait RunStore: Send + Sync + 'static {
     /// Inserts `run` unless a run with the same key exists.
@@ -191,4 +240,18 @@ pub trait RunStore: Send + Sync + 'static {
     /// read alone can succeed while writes are locked out), for readiness.
     /// Writes nothing.
     fn ping(&self) -> StoreFuture<'_, ()>;
+    /// Binds `run_id` to its pod. A verified identity replaces anything; a
+    /// claimed one never replaces a verified one. Returns whether it changed.
+    fn bind_pod(
+        &self,
+        run_id: String,
+        pod: PodIdentity,
+        source: IdentitySource,
+    ) -> StoreFuture<'_, bool>;
+    /// Records a heartbeat of `run_id` at `at` (unix seconds).
+    fn heartbeat(&self, run_id: String, at: i64) -> StoreFuture<'_, ()>;
+    /// The pod `run_id` is bound to, if any.
+    fn run_pod(&self, run_id: String) -> StoreFuture<'_, Option<PodIdentity>>;
+    /// Every active run with its pod and last sign of life.
+    fn active_liveness(&self) -> StoreFuture<'_, Vec<RunLiveness>>;
 }

@@ -386,6 +386,7 @@ fn run_request(cfg: &Config) -> RunRequest {
             .clone()
             .unwrap_or_else(|| cfg.run_id.clone().unwrap_or_else(|| "0".to_owned())),
         input_url: cfg.input.as_ref().map(|i| i.url.clone()),
+        pod: crate::deliver::bridge::PodIdentity::from_env(),
         run_token_file: Some(cfg.state_dir.join("run-token")),
     }
 }
@@ -778,6 +779,12 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             set_input_secret(&input_secret, &p);
             tracing::info!(run_id = %p.run_id, channel_id = %p.channel_id, webhook = %p.webhook, "run provisioned by bot-bridge");
             bridge_run = Some((bridge.clone(), p.run_id.clone()));
+            crate::deliver::bridge::spawn_heartbeat(
+                bridge.clone(),
+                p.run_id.clone(),
+                cfg.bridge_heartbeat_interval,
+                shutdown.clone(),
+            );
             Some((p.webhook, Some(bridge)))
         }
     };

@@ -215,6 +215,15 @@ pub struct Options {
         global = true
     )]
     pub sink_unhealthy_after: String,
+    /// How often the run is heartbeated to bot-bridge (its RUN_SILENCE_TIMEOUT ends runs
+    /// whose watcher went silent); at least 1s.
+    #[arg(
+        long,
+        env = "BRIDGE_HEARTBEAT_INTERVAL",
+        default_value = "60s",
+        global = true
+    )]
+    pub bridge_heartbeat_interval: String,
     /// Treat this much transcript silence as the end of the session (off when unset).
     #[arg(long, env = "IDLE_COMPLETE_AFTER", global = true)]
     pub idle_complete_after: Option<String>,
@@ -274,6 +283,7 @@ pub struct RawConfig {
     pub channel_messages_per_minute: u32,
     pub delivery_max_elapsed: String,
     pub sink_unhealthy_after: String,
+    pub bridge_heartbeat_interval: String,
     pub idle_complete_after: Option<String>,
     pub shutdown_timeout: String,
     pub dlq_max_bytes: String,
@@ -340,6 +350,9 @@ pub struct Config {
     pub delivery_max_elapsed: Duration,
     #[serde(with = "ops::config::duration")]
     pub sink_unhealthy_after: Duration,
+    /// Heartbeats of the run to bot-bridge (bridge sink only).
+    #[serde(with = "ops::config::duration")]
+    pub bridge_heartbeat_interval: Duration,
     #[serde(with = "opt_duration")]
     pub idle_complete_after: Option<Duration>,
     #[serde(with = "ops::config::duration")]
@@ -567,6 +580,16 @@ impl RawConfig {
             channel_messages_per_minute: self.channel_messages_per_minute,
             delivery_max_elapsed: duration("DELIVERY_MAX_ELAPSED", &self.delivery_max_elapsed)?,
             sink_unhealthy_after: duration("SINK_UNHEALTHY_AFTER", &self.sink_unhealthy_after)?,
+            bridge_heartbeat_interval: {
+                let d = duration("BRIDGE_HEARTBEAT_INTERVAL", &self.bridge_heartbeat_interval)?;
+                if d < Duration::from_secs(1) {
+                    return Err(ConfigError::invalid(
+                        "BRIDGE_HEARTBEAT_INTERVAL",
+                        "must be at least 1s",
+                    ));
+                }
+                d
+            },
             idle_complete_after,
             shutdown_timeout: duration("SHUTDOWN_TIMEOUT", &self.shutdown_timeout)?,
             dlq_max_bytes: size("DLQ_MAX_BYTES", &self.dlq_max_bytes)?,

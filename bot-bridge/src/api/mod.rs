@@ -176,6 +176,7 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/runs", post(runs::create).get(runs::list))
         .route("/v1/runs/{run_id}", get(runs::get))
         .route("/v1/runs/{run_id}/complete", post(runs::complete))
+        .route("/v1/runs/{run_id}/heartbeat", post(runs::heartbeat))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

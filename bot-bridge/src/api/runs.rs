@@ -39,9 +39,18 @@ pub async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let req: NewRun = json_body(body)?;
+    // `pod` (the watcher's pod, for the reconciler) is read apart from the run's key.
+    let mut raw: serde_json::Value = json_body(body)?;
+    let pod = crate::reconcile::take_pod(&mut raw)?;
+    let req: NewRun = serde_json::from_value(raw)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let caller = Caller::from_headers(&headers);
     let (provisioned, created) = state.provision(req, &caller).await?;
+    if let Some(pod) = pod {
+        state
+            .bind_pod(&provisioned.run_id, &provisioned.channel_id, pod)
+            .await?;
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -166,6 +175,20 @@ pub async fn complete(
     let caller = Caller::from_headers(&headers);
     let run = state.complete(&run_id, req.summary, &caller).await?;
     Ok(Json(RunView::from(&run)))
+}
+
+/// `POST /v1/runs/{run_id}/heartbeat` (owner only): 204; the run is alive
+/// (see `reconcile`: silent runs are finalised).
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    run_id: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    let Path(run_id) = run_id.map_err(bad_params)?;
+    state
+        .heartbeat(&run_id, &Caller::from_headers(&headers))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[cfg(test)]

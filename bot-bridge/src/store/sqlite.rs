@@ -14,8 +14,8 @@ use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    CategoryKind, CategoryRecord, Inserted, ListCursor, RunKey, RunRecord, RunStatus, RunStore,
-    StoreError, StoreFuture, StoredWebhook,
+    CategoryKind, CategoryRecord, IdentitySource, Inserted, ListCursor, PodIdentity, RunKey,
+    RunLiveness, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoredWebhook,
 };
 
 /// Schema migrations, applied in order; never edit one that shipped.
@@ -55,6 +55,16 @@ CREATE TABLE shared_webhooks (
 ",
     r"
 ALTER TABLE runs ADD COLUMN token_hash TEXT;
+",
+    r"
+CREATE TABLE run_liveness (
+    run_id          TEXT PRIMARY KEY REFERENCES runs (run_id),
+    pod_namespace   TEXT,
+    pod_name        TEXT,
+    pod_uid         TEXT,
+    identity_source TEXT CHECK (identity_source IN ('claimed','verified')),
+    heartbeat_at    INTEGER
+);
 ",
 ];
 
@@ -512,6 +522,99 @@ impl RunStore for SqliteStore {
             }
             conn.busy_timeout(BUSY_TIMEOUT).map_err(db)?;
             result
+        })
+    }
+
+    fn bind_pod(
+        &self,
+        run_id: String,
+        pod: PodIdentity,
+        source: IdentitySource,
+    ) -> StoreFuture<'_, bool> {
+        self.run(move |conn| {
+            // A claim never overwrites a verified identity.
+            let changed = conn
+                .execute(
+                    "INSERT INTO run_liveness \
+                     (run_id, pod_namespace, pod_name, pod_uid, identity_source) \
+                     VALUES (?1, ?2, ?3, ?4, ?5) \
+                     ON CONFLICT (run_id) DO UPDATE SET pod_namespace = ?2, pod_name = ?3, \
+                     pod_uid = ?4, identity_source = ?5 \
+                     WHERE run_liveness.identity_source IS NULL \
+                        OR run_liveness.identity_source = 'claimed' OR ?5 = 'verified'",
+                    params![run_id, pod.namespace, pod.name, pod.uid, source.as_str()],
+                )
+                .map_err(db)?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn heartbeat(&self, run_id: String, at: i64) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            conn.execute(
+                "INSERT INTO run_liveness (run_id, heartbeat_at) VALUES (?1, ?2) \
+                 ON CONFLICT (run_id) DO UPDATE SET heartbeat_at = MAX(COALESCE(heartbeat_at, 0), ?2)",
+                params![run_id, at],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn run_pod(&self, run_id: String) -> StoreFuture<'_, Option<PodIdentity>> {
+        self.run(move |conn| {
+            let row: Option<(Option<String>, Option<String>, Option<String>)> = conn
+                .query_row(
+                    "SELECT pod_namespace, pod_name, pod_uid FROM run_liveness WHERE run_id = ?1",
+                    [run_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            Ok(match row {
+                Some((Some(namespace), Some(name), Some(uid))) => Some(PodIdentity {
+                    namespace,
+                    name,
+                    uid,
+                }),
+                _ => None,
+            })
+        })
+    }
+
+    fn active_liveness(&self) -> StoreFuture<'_, Vec<RunLiveness>> {
+        self.run(move |conn| {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT r.run_id, l.pod_namespace, l.pod_name, l.pod_uid, \
+                     l.identity_source, l.heartbeat_at \
+                     FROM runs r LEFT JOIN run_liveness l ON l.run_id = r.run_id \
+                     WHERE r.status = 'active' ORDER BY r.created_at, r.run_id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    let ns: Option<String> = r.get(1)?;
+                    let name: Option<String> = r.get(2)?;
+                    let uid: Option<String> = r.get(3)?;
+                    let source: Option<String> = r.get(4)?;
+                    let pod = match (ns, name, uid) {
+                        (Some(namespace), Some(name), Some(uid)) => Some(PodIdentity {
+                            namespace,
+                            name,
+                            uid,
+                        }),
+                        _ => None,
+                    };
+                    Ok(RunLiveness {
+                        run_id: r.get(0)?,
+                        pod,
+                        source: source.as_deref().and_then(IdentitySource::parse),
+                        last_heartbeat: r.get(5)?,
+                    })
+                })
+                .map_err(db)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(db)
         })
     }
 }

@@ -172,6 +172,19 @@ the overrides applied), run (the run identity). */}}
       valueFrom:
         fieldRef:
           fieldPath: status.podIP
+    # The pod's identity, sent to bot-bridge so its reconciler can end the run if the pod dies.
+    - name: POD_NAMESPACE
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.namespace
+    - name: POD_NAME
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.name
+    - name: POD_UID
+      valueFrom:
+        fieldRef:
+          fieldPath: metadata.uid
     - name: CLAUDE_PROJECTS_DIR
       value: {{ trimSuffix "/" (printf "%s/%s" (include "agentmon.watcher.claudeMount" .) ($w.claude.projectsSubPath | default "")) | quote }}
     - name: WORKSPACE_PATH

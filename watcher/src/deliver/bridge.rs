@@ -129,10 +129,35 @@ pub struct RunRequest {
     pub short_id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub input_url: Option<String>,
+    /// The pod this watcher runs in, so bot-bridge can end the run when the
+    /// pod dies without `complete` ([`PodIdentity::from_env`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodIdentity>,
     /// Where the run token is kept (`STATE_DIR/run-token`, 0600), so a
     /// restarted watcher can still re-provision and complete its run.
     #[serde(skip)]
     pub run_token_file: Option<PathBuf>,
+}
+
+/// The watcher's pod, from the downward API env the chart's sidecar template
+/// sets (`POD_NAMESPACE`, `POD_NAME`, `POD_UID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PodIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodIdentity {
+    /// `Some` when all three variables are set and non-empty.
+    pub fn from_env() -> Option<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Some(Self {
+            namespace: var("POD_NAMESPACE")?,
+            name: var("POD_NAME")?,
+            uid: var("POD_UID")?,
+        })
+    }
 }
 
 /// Header the run token travels in (bot-bridge's `access::RUN_TOKEN_HEADER`).
@@ -326,6 +351,35 @@ impl BridgeClient {
     }
 }
 
+/// Heartbeats `run_id` every `interval` until `stop`, so bot-bridge does not
+/// finalise it as silent. Failures are logged at debug level only: the next
+/// beat retries, and a watcher that cannot reach bot-bridge for the whole
+/// silence timeout is, to bot-bridge, indistinguishable from a dead one.
+pub fn spawn_heartbeat(
+    bridge: BridgeClient,
+    run_id: String,
+    interval: Duration,
+    stop: ops::shutdown::Shutdown,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let path = format!("/v1/runs/{}/heartbeat", urlencode(&run_id));
+        let mut timer = tokio::time::interval(interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.wait() => return,
+                _ = timer.tick() => {}
+            }
+            match bridge.post(&path, &serde_json::json!({})).await {
+                Ok(_) => tracing::debug!(run_id = %run_id, "heartbeat sent"),
+                // The run is over (completed or finalised): nothing to keep alive.
+                Err(e) if e.is_run_completed() => return,
+                Err(e) => tracing::debug!(run_id = %run_id, error = %e, "heartbeat failed"),
+            }
+        }
+    })
+}
+
 fn urlencode(s: &str) -> String {
     s.chars()
         .map(|c| {
@@ -345,6 +399,30 @@ fn urlencode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pod_identity_travels_in_the_run_request_only_when_known() {
+        let mut run = RunRequest {
+            task_id: "t".into(),
+            attempt: "1".into(),
+            short_id: "s".into(),
+            input_url: None,
+            pod: None,
+            run_token_file: None,
+        };
+        let v = serde_json::to_value(&run).unwrap();
+        assert!(v.get("pod").is_none(), "{v}");
+        run.pod = Some(PodIdentity {
+            namespace: "agents".into(),
+            name: "agent-1".into(),
+            uid: "u-1".into(),
+        });
+        let v = serde_json::to_value(&run).unwrap();
+        assert_eq!(
+            v["pod"],
+            serde_json::json!({"namespace": "agents", "name": "agent-1", "uid": "u-1"})
+        );
+    }
 
     #[test]
     fn the_run_token_is_kept_owner_only_across_restarts() {
