@@ -8,7 +8,8 @@
 //! - [`Caller`]: who is calling the runs API for a given run. The bearer
 //!   `API_TOKEN` only says "a watcher of this deployment"; a run's secrets go
 //!   only to the caller that created it, proven by the run token it got (or
-//!   proposed) at creation. Pod identity (TokenReview) becomes another variant.
+//!   proposed) at creation, or by the pod it is bound to (`Caller::Pod`, a
+//!   TokenReview of the pod's projected ServiceAccount token: see `auth`).
 //! - [`InputUrlPolicy`]: where bot-bridge may send operator input, so a caller
 //!   cannot point the HMAC-signed relay at a metadata endpoint or a loopback
 //!   admin port.
@@ -91,19 +92,64 @@ impl Operators {
     }
 }
 
-/// Who is calling the runs API for one run. `API_TOKEN` was checked before;
-/// this says whether the caller is the run's owner. A later identity method
-/// (Kubernetes pod identity through TokenReview) is one more variant and one
-/// more arm in [`Caller::owns`].
+/// Who is calling the runs API for one run. The bearer was checked before
+/// (`API_TOKEN`, or a pod token through TokenReview: see `auth`); this says
+/// whether the caller is the run's owner.
 #[derive(Debug, Clone)]
 pub enum Caller {
     /// Presented `X-Agentmon-Run-Token`.
     RunToken(Secret<String>),
     /// Presented nothing beyond the API token.
     Anonymous,
+    /// Presented its pod's projected ServiceAccount token instead of the API
+    /// token; the TokenReview named this pod. It owns the runs bound to it
+    /// (`IdentitySource::Verified`) and nothing else.
+    Pod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+}
+
+/// What the bearer of a runs API request proved (set by the auth layer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bearer {
+    /// `API_TOKEN`: operators, tools, watchers outside Kubernetes.
+    ApiToken,
+    /// A reviewed pod token.
+    Pod(crate::store::PodIdentity),
 }
 
 impl Caller {
+    /// The caller of a request: a pod token names the pod (a run token header
+    /// beside it is ignored); behind `API_TOKEN`, the run token decides.
+    pub fn of(bearer: &Bearer, headers: &http::HeaderMap) -> Self {
+        match bearer {
+            Bearer::ApiToken => Self::from_headers(headers),
+            Bearer::Pod(p) => Self::Pod {
+                namespace: p.namespace.clone(),
+                name: p.name.clone(),
+                uid: p.uid.clone(),
+            },
+        }
+    }
+
+    /// The pod of a `Pod` caller.
+    pub fn pod(&self) -> Option<crate::store::PodIdentity> {
+        match self {
+            Self::Pod {
+                namespace,
+                name,
+                uid,
+            } => Some(crate::store::PodIdentity {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                uid: uid.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Reads the caller's identity from request headers.
     pub fn from_headers(headers: &http::HeaderMap) -> Self {
         match headers
@@ -124,7 +170,9 @@ impl Caller {
                 let presented = hash_token(t);
                 bool::from(presented.as_bytes().ct_eq(token_hash.as_bytes()))
             }
-            Self::Anonymous => false,
+            // A pod owns runs by their bound pod, not by token (see
+            // `AppState::authorize`).
+            Self::Anonymous | Self::Pod { .. } => false,
         }
     }
 
@@ -144,7 +192,7 @@ impl Caller {
                 }
                 Ok(Some(t.clone()))
             }
-            Self::Anonymous => Ok(None),
+            Self::Anonymous | Self::Pod { .. } => Ok(None),
         }
     }
 }
@@ -354,6 +402,13 @@ mod tests {
         assert!(Caller::RunToken(t).owns(&h));
         assert!(!Caller::RunToken(Secret::new("b".repeat(40))).owns(&h));
         assert!(!Caller::Anonymous.owns(&h));
+        let pod = Caller::Pod {
+            namespace: "agents".into(),
+            name: "a".into(),
+            uid: "u".into(),
+        };
+        assert!(!pod.owns(&h), "a pod never owns a run by token");
+        assert!(matches!(pod.proposed_token(), Ok(None)));
         assert!(Caller::RunToken(Secret::new("short".into()))
             .proposed_token()
             .is_err());

@@ -180,6 +180,8 @@ pub(crate) struct Inner {
     pub health: Option<HealthParts>,
     /// Kubernetes Events on agent pods, when `KUBE_CONFIG` is set.
     pub pod_events: std::sync::OnceLock<crate::reconcile::PodEvents>,
+    /// Pod-token checks, when `TOKEN_REVIEW_AUDIENCE` is set.
+    pub token_reviewer: std::sync::OnceLock<crate::auth::TokenReviewer>,
 }
 
 /// Everything a handler or worker needs. Cheap to clone.
@@ -215,8 +217,18 @@ impl AppState {
                 provision: tokio::sync::Mutex::new(()),
                 health,
                 pod_events: std::sync::OnceLock::new(),
+                token_reviewer: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Turns on pod-token authentication (once; later calls are ignored).
+    pub fn set_token_reviewer(&self, reviewer: crate::auth::TokenReviewer) {
+        let _ = self.inner.token_reviewer.set(reviewer);
+    }
+
+    pub fn token_reviewer(&self) -> Option<&crate::auth::TokenReviewer> {
+        self.inner.token_reviewer.get()
     }
 
     pub fn settings(&self) -> &Settings {

@@ -164,6 +164,12 @@ pub struct Options {
     /// A run with no heartbeat for this long is finalised ("silent"); 0: off.
     #[arg(long, env = "RUN_SILENCE_TIMEOUT", default_value = "10m")]
     pub run_silence_timeout: String,
+    /// Accept agent pods' projected ServiceAccount tokens for this audience
+    /// (checked with a TokenReview; needs KUBE_CONFIG). Such a caller may
+    /// create, read, heartbeat and complete its own run only. Unset: only
+    /// API_TOKEN is accepted.
+    #[arg(long, env = "TOKEN_REVIEW_AUDIENCE")]
+    pub token_review_audience: Option<String>,
 }
 
 /// The raw, layered values, before validation. Field names are the config keys.
@@ -198,6 +204,7 @@ pub struct RawConfig {
     pub reconcile_label_selector: String,
     pub reconcile_grace: String,
     pub run_silence_timeout: String,
+    pub token_review_audience: Option<String>,
 }
 
 /// Where runs are stored.
@@ -246,6 +253,8 @@ pub struct Config {
     pub otel_exporter_otlp_endpoint: Option<String>,
     /// The run reconciler and silence detection (see `reconcile`).
     pub reconcile: crate::reconcile::ReconcileConfig,
+    /// The audience pod tokens must carry; `None`: pod tokens are refused.
+    pub token_review_audience: Option<String>,
 }
 
 fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
@@ -441,6 +450,8 @@ impl RawConfig {
                 true,
             )?,
         )?;
+        let token_review_audience =
+            token_review_audience(self.token_review_audience.as_deref(), &reconcile)?;
         Ok(Config {
             discord_bot_token,
             discord_application_id,
@@ -470,8 +481,32 @@ impl RawConfig {
             log_filter: self.log_filter,
             otel_exporter_otlp_endpoint: self.otel_exporter_otlp_endpoint.filter(|s| !s.is_empty()),
             reconcile,
+            token_review_audience,
         })
     }
+}
+
+/// `TOKEN_REVIEW_AUDIENCE`: one audience string; needs Kubernetes access.
+fn token_review_audience(
+    raw: Option<&str>,
+    reconcile: &crate::reconcile::ReconcileConfig,
+) -> Result<Option<String>, ConfigError> {
+    let Some(a) = raw.map(str::trim).filter(|a| !a.is_empty()) else {
+        return Ok(None);
+    };
+    if a.len() > 253 || !a.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+        return Err(ConfigError::invalid(
+            "TOKEN_REVIEW_AUDIENCE",
+            "must be one audience of up to 253 printable characters, without spaces or commas",
+        ));
+    }
+    if reconcile.kube.is_none() {
+        return Err(ConfigError::invalid(
+            "TOKEN_REVIEW_AUDIENCE",
+            "needs KUBE_CONFIG (a kubeconfig path or `in-cluster`) to reach the TokenReview API",
+        ));
+    }
+    Ok(Some(a.to_owned()))
 }
 
 /// Parses the command line and environment (and the `--config` file) into a
@@ -528,6 +563,15 @@ mod tests {
         assert_eq!(c.run_container, RunContainer::Channel);
         assert!(!c.operators.is_configured());
         assert_eq!(c.input_url_policy, InputUrlPolicy::default());
+        assert_eq!(c.token_review_audience, None);
+        let c = load_args(&with(&[
+            "--token-review-audience",
+            "agentmon",
+            "--kube-config",
+            "in-cluster",
+        ]))
+        .unwrap();
+        assert_eq!(c.token_review_audience.as_deref(), Some("agentmon"));
         let c = load_args(&with(&[
             "--operator-role-ids",
             " 11, 12 ",
@@ -564,6 +608,11 @@ mod tests {
             (&["--operator-role-ids", "12,abc"], "OPERATOR_ROLE_IDS"),
             (&["--operator-user-ids", "@alice"], "OPERATOR_USER_IDS"),
             (&["--input-url-allow", "10.0.0.0/99"], "INPUT_URL_ALLOW"),
+            (&["--token-review-audience", "agentmon"], "KUBE_CONFIG"),
+            (
+                &["--token-review-audience", "a,b", "--kube-config", "in-cluster"],
+                "TOKEN_REVIEW_AUDIENCE",
+            ),
         ];
         for (extra, key) in cases {
             let err = load_args(&with(extra)).unwrap_err().to_string();

@@ -130,6 +130,8 @@ pub struct BridgeMetrics {
     interactions: IntCounterVec,
     /// Run ends, reconciler errors, guild channels (`reconcile::telemetry`).
     pub(crate) lifecycle: crate::reconcile::telemetry::LifecycleMetrics,
+    /// `bridge_auth_total{method,outcome}` (`auth`).
+    pub auth: crate::auth::AuthMetrics,
 }
 
 /// Every `route` label value of `bridge_discord_requests_total`: the REST
@@ -179,6 +181,7 @@ impl BridgeMetrics {
                 &["command", "outcome"],
             )?,
             lifecycle: crate::reconcile::telemetry::LifecycleMetrics::new(metrics)?,
+            auth: crate::auth::AuthMetrics::new(metrics)?,
         };
         // Closed sets start at 0 so alerts on rate() see the series from the start.
         for kind in ErrorKind::ALL {

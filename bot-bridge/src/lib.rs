@@ -10,6 +10,7 @@
 pub mod access;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod discord;
 pub mod events;

@@ -155,6 +155,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(source) => {
             let client = bot_bridge::reconcile::kube_client(source).await?;
             state.set_pod_events(bot_bridge::reconcile::PodEvents::new(client.clone()));
+            if let Some(audience) = &cfg.token_review_audience {
+                let reviews = bot_bridge::auth::review_client(source).await?;
+                state.set_token_reviewer(bot_bridge::auth::TokenReviewer::new(
+                    reviews,
+                    audience.clone(),
+                ));
+            }
             Some(client)
         }
         None => None,

@@ -373,7 +373,20 @@ impl AppState {
                 }
             }
         };
-        if !created {
+        if created {
+            if let Some(pod) = caller.pod() {
+                // Bound before anyone else can see the run, so the pod's own
+                // retry finds it its own.
+                self.stored(store.bind_pod(
+                    run.run_id.clone(),
+                    pod,
+                    crate::store::IdentitySource::Verified,
+                ))
+                .await?;
+            }
+        } else if caller.pod().is_some() {
+            self.authorize(&run, caller).await?;
+        } else {
             match &run.token_hash {
                 Some(hash) if caller.owns(hash) => {}
                 Some(_) => return Err(not_owner()),
@@ -658,11 +671,7 @@ impl AppState {
             .stored(self.store().get_run(run_id.to_owned()))
             .await?
             .ok_or(RunsError::NotFound)?;
-        if let Some(hash) = &run.token_hash {
-            if !caller.owns(hash) {
-                return Err(not_owner());
-            }
-        }
+        self.authorize(&run, caller).await?;
         if run.status != RunStatus::Active {
             return Ok(run);
         }

@@ -13,7 +13,11 @@ use axum::{Json, Router};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use ops::Secret;
+
+use crate::access::Bearer;
 use crate::app::AppState;
+use crate::auth::{AuthMethod, AuthOutcome, ReviewError};
 use crate::runs::RunsError;
 
 /// Largest accepted request body: run requests and interactions are small;
@@ -146,23 +150,66 @@ async fn json_errors(req: Request, next: Next) -> Response {
     out
 }
 
-/// Rejects requests without `Authorization: Bearer <API_TOKEN>`. The compare
-/// is constant-time so response timing does not reveal the token.
-async fn require_bearer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// Rejects requests without `Authorization: Bearer <API_TOKEN>` or, when
+/// `TOKEN_REVIEW_AUDIENCE` is set, a pod token a TokenReview accepts (401;
+/// 503 when the TokenReview API cannot answer for a token not cached). The
+/// `API_TOKEN` compare is constant-time so response timing does not reveal
+/// it. The handlers get the proven [`Bearer`] as a request extension.
+async fn require_bearer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let auth = &state.metrics().auth;
     let presented = req
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(bearer);
+        .and_then(bearer)
+        .map(|t| Secret::new(t.to_owned()));
+    let reviewer = state.token_reviewer();
+    let method = if reviewer.is_some() {
+        AuthMethod::PodToken
+    } else {
+        AuthMethod::ApiToken
+    };
     let Some(presented) = presented else {
+        auth.record(method, AuthOutcome::Unauthenticated);
         return ApiError::unauthorized("missing bearer token").into_response();
     };
     let expected = state.settings().api_token.expose().as_bytes();
-    if bool::from(presented.as_bytes().ct_eq(expected)) {
-        next.run(req).await
+    let bearer = if bool::from(presented.expose().as_bytes().ct_eq(expected)) {
+        auth.record(AuthMethod::ApiToken, AuthOutcome::Ok);
+        Bearer::ApiToken
+    } else if let Some(reviewer) = reviewer {
+        match reviewer.review(&presented).await {
+            Ok(pod) => {
+                auth.record(AuthMethod::PodToken, AuthOutcome::Ok);
+                Bearer::Pod(pod)
+            }
+            Err(e @ ReviewError::Unauthenticated(_)) => {
+                auth.record(AuthMethod::PodToken, AuthOutcome::Unauthenticated);
+                tracing::info!(error = %e, "pod token refused");
+                return ApiError::unauthorized("invalid bearer token").into_response();
+            }
+            Err(e @ ReviewError::Unavailable(_)) => {
+                auth.record(AuthMethod::PodToken, AuthOutcome::Unavailable);
+                tracing::warn!(error = %e, "TokenReview failed; pod token not checked");
+                let mut resp = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "auth_unavailable",
+                    "the Kubernetes TokenReview API did not answer; retry later",
+                )
+                .into_response();
+                resp.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("5"),
+                );
+                return resp;
+            }
+        }
     } else {
-        ApiError::unauthorized("invalid bearer token").into_response()
-    }
+        auth.record(AuthMethod::ApiToken, AuthOutcome::Unauthenticated);
+        return ApiError::unauthorized("invalid bearer token").into_response();
+    };
+    req.extensions_mut().insert(bearer);
+    next.run(req).await
 }
 
 async fn not_found() -> ApiError {

@@ -2,7 +2,7 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::ApiError;
-use crate::access::Caller;
+use crate::access::{Bearer, Caller};
 use crate::app::AppState;
 use crate::runs::{NewRun, RunView, RunsError};
 use crate::store::{ListCursor, RunStatus};
@@ -36,6 +36,7 @@ pub(crate) fn json_body<T: DeserializeOwned>(
 /// (only for its owner: see `AppState::provision`).
 pub async fn create(
     State(state): State<AppState>,
+    Extension(bearer): Extension<Bearer>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -44,12 +45,27 @@ pub async fn create(
     let pod = crate::reconcile::take_pod(&mut raw)?;
     let req: NewRun = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
-    let caller = Caller::from_headers(&headers);
+    let caller = Caller::of(&bearer, &headers);
     let (provisioned, created) = state.provision(req, &caller).await?;
-    if let Some(pod) = pod {
-        state
-            .bind_pod(&provisioned.run_id, &provisioned.channel_id, pod)
-            .await?;
+    match caller.pod() {
+        // A reviewed pod was bound (verified) at creation; its claim in the
+        // body adds nothing.
+        Some(verified) => {
+            if created {
+                state.announce_provisioned(
+                    &provisioned.run_id,
+                    &provisioned.channel_id,
+                    verified,
+                );
+            }
+        }
+        None => {
+            if let Some(pod) = pod {
+                state
+                    .bind_pod(&provisioned.run_id, &provisioned.channel_id, pod)
+                    .await?;
+            }
+        }
     }
     let status = if created {
         StatusCode::CREATED
@@ -77,6 +93,8 @@ fn bad_params(e: impl std::fmt::Display) -> ApiError {
 /// `GET /v1/runs/{run_id}`: the run without its secrets.
 pub async fn get(
     State(state): State<AppState>,
+    Extension(bearer): Extension<Bearer>,
+    headers: HeaderMap,
     run_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RunView>, ApiError> {
     let Path(run_id) = run_id.map_err(bad_params)?;
@@ -89,6 +107,11 @@ pub async fn get(
             RunsError::Store(e)
         })?
         .ok_or(RunsError::NotFound)?;
+    // Behind API_TOKEN any run may be inspected; a pod reads its own only.
+    let caller = Caller::of(&bearer, &headers);
+    if caller.pod().is_some() {
+        state.authorize(&run, &caller).await?;
+    }
     Ok(Json(RunView::from(&run)))
 }
 
@@ -119,8 +142,16 @@ fn parse_cursor(c: &str) -> Option<ListCursor> {
 /// `{"runs": [...], "next_cursor": "..."|null}`, newest first.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(bearer): Extension<Bearer>,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    if bearer != Bearer::ApiToken {
+        state.metrics().auth.record(
+            crate::auth::AuthMethod::PodToken,
+            crate::auth::AuthOutcome::Forbidden,
+        );
+        return Err(RunsError::Forbidden("listing runs needs API_TOKEN".into()).into());
+    }
     let Query(q) = q.map_err(bad_params)?;
     let status = match q.status.as_deref() {
         None | Some("") | Some("all") => None,
@@ -163,6 +194,7 @@ pub struct CompleteRequest {
 /// `POST /v1/runs/{run_id}/complete`: 200 with the run, also when repeated.
 pub async fn complete(
     State(state): State<AppState>,
+    Extension(bearer): Extension<Bearer>,
     run_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -172,7 +204,7 @@ pub async fn complete(
         Ok(b) if b.iter().all(u8::is_ascii_whitespace) => CompleteRequest::default(),
         _ => json_body(body)?,
     };
-    let caller = Caller::from_headers(&headers);
+    let caller = Caller::of(&bearer, &headers);
     let run = state.complete(&run_id, req.summary, &caller).await?;
     Ok(Json(RunView::from(&run)))
 }
@@ -181,12 +213,13 @@ pub async fn complete(
 /// (see `reconcile`: silent runs are finalised).
 pub async fn heartbeat(
     State(state): State<AppState>,
+    Extension(bearer): Extension<Bearer>,
     run_id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     let Path(run_id) = run_id.map_err(bad_params)?;
     state
-        .heartbeat(&run_id, &Caller::from_headers(&headers))
+        .heartbeat(&run_id, &Caller::of(&bearer, &headers))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

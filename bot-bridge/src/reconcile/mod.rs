@@ -171,7 +171,13 @@ pub enum KubeSetupError {
 /// ServiceAccount. Never `Config::infer()`: what bot-bridge talks to is what
 /// its configuration says.
 pub async fn kube_client(source: &KubeSource) -> Result<kube::Client, KubeSetupError> {
-    let config = match source {
+    let config = kube_config(source).await?;
+    kube::Client::try_from(config).map_err(|e| KubeSetupError::Client(e.to_string()))
+}
+
+/// The client configuration `KUBE_CONFIG` names (see [`kube_client`]).
+pub async fn kube_config(source: &KubeSource) -> Result<kube::Config, KubeSetupError> {
+    Ok(match source {
         KubeSource::Kubeconfig { path } => {
             let file = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| KubeSetupError::Kubeconfig(e.to_string()))?;
@@ -182,8 +188,7 @@ pub async fn kube_client(source: &KubeSource) -> Result<kube::Client, KubeSetupE
         KubeSource::InCluster => {
             kube::Config::incluster().map_err(|e| KubeSetupError::InCluster(e.to_string()))?
         }
-    };
-    kube::Client::try_from(config).map_err(|e| KubeSetupError::Client(e.to_string()))
+    })
 }
 
 /// Takes the optional `pod` object out of a `POST /v1/runs` body and checks it.
@@ -556,15 +561,20 @@ impl AppState {
             )
             .await?;
         if changed {
-            self.publish_pod_event(
-                pod,
-                EventType::Normal,
-                "ChannelProvisioned",
-                "Provision",
-                format!("agentmon run {run_id} streams to Discord channel {channel_id}"),
-            );
+            self.announce_provisioned(run_id, channel_id, pod);
         }
         Ok(())
+    }
+
+    /// The "channel provisioned" Event on the run's pod.
+    pub fn announce_provisioned(&self, run_id: &str, channel_id: &str, pod: PodIdentity) {
+        self.publish_pod_event(
+            pod,
+            EventType::Normal,
+            "ChannelProvisioned",
+            "Provision",
+            format!("agentmon run {run_id} streams to Discord channel {channel_id}"),
+        );
     }
 
     /// `POST /v1/runs/{id}/heartbeat`: the run's watcher is alive.
@@ -573,13 +583,7 @@ impl AppState {
             .stored(self.store().get_run(run_id.to_owned()))
             .await?
             .ok_or(RunsError::NotFound)?;
-        if let Some(hash) = &run.token_hash {
-            if !caller.owns(hash) {
-                return Err(RunsError::Forbidden(
-                    "only the run's creator may heartbeat it".into(),
-                ));
-            }
-        }
+        self.authorize(&run, caller).await?;
         if run.status != RunStatus::Active {
             return Err(RunsError::RunFinished);
         }
