@@ -114,6 +114,11 @@ pub struct Options {
     /// Bearer token for bot-bridge (secret).
     #[arg(long, env = "BRIDGE_TOKEN", hide_env_values = true, global = true)]
     pub bridge_token: Option<String>,
+    /// File holding the bearer token for bot-bridge, read on every call (a
+    /// projected ServiceAccount token the kubelet rotates). Instead of
+    /// BRIDGE_TOKEN, not with it.
+    #[arg(long, env = "BRIDGE_TOKEN_FILE", global = true)]
+    pub bridge_token_file: Option<PathBuf>,
     /// Task identifier shown in the header embed.
     #[arg(long, env = "TASK_ID", global = true)]
     pub task_id: Option<String>,
@@ -260,6 +265,7 @@ pub struct RawConfig {
     pub discord_webhook_url: Option<Secret<String>>,
     pub bridge_url: Option<String>,
     pub bridge_token: Option<Secret<String>>,
+    pub bridge_token_file: Option<PathBuf>,
     pub task_id: Option<String>,
     pub attempt: Option<String>,
     pub short_id: Option<String>,
@@ -305,7 +311,7 @@ pub enum SinkConfig {
     /// Provision the webhook from bot-bridge.
     Bridge {
         url: url::Url,
-        token: Secret<String>,
+        token: crate::deliver::bridge::BridgeAuth,
     },
 }
 
@@ -420,6 +426,29 @@ fn addr(key: &str, s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
+/// The bearer for bot-bridge: `BRIDGE_TOKEN` or `BRIDGE_TOKEN_FILE`, exactly
+/// one (the file is read on every call, so it is not opened here).
+fn bridge_auth(
+    token: Option<&Secret<String>>,
+    file: Option<&std::path::Path>,
+) -> Result<crate::deliver::bridge::BridgeAuth, ConfigError> {
+    use crate::deliver::bridge::BridgeAuth;
+    let token = token.filter(|t| !t.expose().trim().is_empty());
+    let file = file.filter(|f| !f.as_os_str().is_empty());
+    match (token, file) {
+        (Some(_), Some(_)) => Err(ConfigError::invalid(
+            "BRIDGE_TOKEN_FILE",
+            "set BRIDGE_TOKEN or BRIDGE_TOKEN_FILE, not both",
+        )),
+        (Some(t), None) => Ok(BridgeAuth::Token(t.clone())),
+        (None, Some(f)) => Ok(BridgeAuth::File(f.to_owned())),
+        (None, None) => Err(ConfigError::invalid(
+            "BRIDGE_TOKEN",
+            "required when BRIDGE_URL is set (or BRIDGE_TOKEN_FILE, a token file read on every call)",
+        )),
+    }
+}
+
 impl RawConfig {
     /// Checks every value and derives the runtime configuration. Errors name the
     /// environment variable, the name operators set in Kubernetes manifests.
@@ -432,6 +461,8 @@ impl RawConfig {
             );
         } else if self.bridge_token.is_some() && !given(&self.bridge_url) {
             warnings.push("BRIDGE_TOKEN is ignored: BRIDGE_URL is not set".to_owned());
+        } else if self.bridge_token_file.is_some() && !given(&self.bridge_url) {
+            warnings.push("BRIDGE_TOKEN_FILE is ignored: BRIDGE_URL is not set".to_owned());
         }
         let sink = match (&self.discord_webhook_url, &self.bridge_url) {
             (Some(url), _) => SinkConfig::Webhook {
@@ -448,13 +479,10 @@ impl RawConfig {
                             format!("{bridge:?} is not an http(s) URL"),
                         )
                     })?;
-                let token = self
-                    .bridge_token
-                    .clone()
-                    .filter(|t| !t.expose().is_empty())
-                    .ok_or_else(|| {
-                        ConfigError::invalid("BRIDGE_TOKEN", "required when BRIDGE_URL is set")
-                    })?;
+                let token = bridge_auth(
+                    self.bridge_token.as_ref(),
+                    self.bridge_token_file.as_deref(),
+                )?;
                 SinkConfig::Bridge { url, token }
             }
             (None, None) => SinkConfig::Console,
@@ -630,5 +658,27 @@ mod tests {
         assert_eq!(parse_size("100").unwrap(), 100);
         assert!(parse_size("8 parsecs").is_err());
         assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn the_bridge_bearer_is_a_token_or_a_file_not_both() {
+        use crate::deliver::bridge::BridgeAuth;
+        let tok = Secret::new("api-SeCrEt".to_owned());
+        let file = std::path::Path::new("/var/run/secrets/agentmon/token");
+        let both = bridge_auth(Some(&tok), Some(file)).unwrap_err().to_string();
+        assert!(both.contains("BRIDGE_TOKEN_FILE") && both.contains("not both"), "{both}");
+        assert!(!both.contains("SeCrEt"), "{both}");
+        let neither = bridge_auth(None, None).unwrap_err().to_string();
+        assert!(neither.contains("BRIDGE_TOKEN"), "{neither}");
+        let blank = Secret::new("  ".to_owned());
+        assert!(bridge_auth(Some(&blank), None).is_err());
+        assert!(matches!(
+            bridge_auth(Some(&tok), None),
+            Ok(BridgeAuth::Token(_))
+        ));
+        assert!(matches!(
+            bridge_auth(Some(&blank), Some(file)),
+            Ok(BridgeAuth::File(p)) if p == file
+        ));
     }
 }

@@ -24,13 +24,18 @@ pub enum BridgeError {
     /// The answer was not what the contract says.
     #[error("bot-bridge answered an invalid body: {0}")]
     Invalid(String),
+    /// `BRIDGE_TOKEN_FILE` could not be read (or is empty); retried, as the
+    /// kubelet may be rotating it. The message names the file, never its
+    /// content.
+    #[error("cannot read the bot-bridge token: {0}")]
+    Credential(String),
 }
 
 impl BridgeError {
     /// Whether retrying can help (not for 400/401/403: the config is wrong).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unreachable(_) | Self::Invalid(_) => true,
+            Self::Unreachable(_) | Self::Invalid(_) | Self::Credential(_) => true,
             Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 404,
         }
     }
@@ -50,7 +55,8 @@ pub enum ProvisionOutcome {
     Ok,
     /// No answer: connection refused or reset, DNS, timeout.
     Unreachable,
-    /// 401/403: `BRIDGE_TOKEN` is wrong.
+    /// 401/403: `BRIDGE_TOKEN` is wrong, or `BRIDGE_TOKEN_FILE` cannot be
+    /// read.
     Unauthorized,
     /// 409: bot-bridge already completed this run.
     Conflict,
@@ -90,7 +96,9 @@ impl ProvisionOutcome {
         match self {
             Self::Ok => "provisioned",
             Self::Unreachable => "bot-bridge unreachable",
-            Self::Unauthorized => "bot-bridge refused BRIDGE_TOKEN",
+            Self::Unauthorized => {
+                "bot-bridge refused BRIDGE_TOKEN (or BRIDGE_TOKEN_FILE is unreadable)"
+            }
             Self::Conflict => "bot-bridge already completed this run",
             Self::Unavailable => "bot-bridge cannot provision now",
             Self::Rejected => "bot-bridge rejected the run request",
@@ -105,6 +113,7 @@ impl BridgeError {
         match self {
             Self::Unreachable(_) => ProvisionOutcome::Unreachable,
             Self::Invalid(_) => ProvisionOutcome::Invalid,
+            Self::Credential(_) => ProvisionOutcome::Unauthorized,
             Self::Status { status, .. } => match status {
                 401 | 403 => ProvisionOutcome::Unauthorized,
                 409 => ProvisionOutcome::Conflict,
@@ -209,6 +218,55 @@ pub struct Provisioned {
     pub input_secret: Option<Secret<String>>,
 }
 
+/// Largest token file read (projected tokens are about 1 KiB).
+pub const MAX_TOKEN_FILE: u64 = 16 * 1024;
+
+/// The bearer a watcher presents to bot-bridge.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BridgeAuth {
+    /// `BRIDGE_TOKEN`: the shared API token.
+    Token(Secret<String>),
+    /// `BRIDGE_TOKEN_FILE`: read on every call, so a token the kubelet
+    /// rotates is always the current one.
+    File(PathBuf),
+}
+
+impl BridgeAuth {
+    /// The token to send now.
+    pub async fn bearer(&self) -> Result<Secret<String>, BridgeError> {
+        let path = match self {
+            Self::Token(t) => return Ok(t.clone()),
+            Self::File(p) => p,
+        };
+        let fail = |why: String| BridgeError::Credential(format!("{}: {why}", path.display()));
+        let bytes = read_bounded(path, MAX_TOKEN_FILE)
+            .await
+            .map_err(|e| fail(e.kind().to_string()))?;
+        if bytes.len() as u64 > MAX_TOKEN_FILE {
+            return Err(fail(format!("larger than {MAX_TOKEN_FILE} bytes")));
+        }
+        let text = String::from_utf8(bytes).map_err(|_| fail("not UTF-8".into()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(fail("empty".into()));
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(fail("not a bearer token (non-printable characters)".into()));
+        }
+        Ok(Secret::new(token.to_owned()))
+    }
+}
+
+/// Reads at most `max + 1` bytes of `path` (one more tells "too large").
+async fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt as _;
+    let file = tokio::fs::File::open(path).await?;
+    let mut out = Vec::new();
+    file.take(max + 1).read_to_end(&mut out).await?;
+    Ok(out)
+}
+
 /// How long one call to bot-bridge may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -216,7 +274,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct BridgeClient {
     http: reqwest::Client,
     base: url::Url,
-    token: Secret<String>,
+    token: BridgeAuth,
     run: RunRequest,
     /// Proves to bot-bridge that this watcher created the run.
     run_token: Option<Secret<String>>,
@@ -236,7 +294,7 @@ impl std::fmt::Debug for BridgeClient {
 impl BridgeClient {
     pub fn new(
         base: url::Url,
-        token: Secret<String>,
+        token: BridgeAuth,
         run: RunRequest,
     ) -> Result<Self, BridgeError> {
         let http = reqwest::Client::builder()
@@ -280,6 +338,7 @@ impl BridgeClient {
         path: &str,
         body: &impl Serialize,
     ) -> Result<reqwest::Response, BridgeError> {
+        let bearer = self.token.bearer().await?;
         let mut headers = http::HeaderMap::new();
         ops::trace::inject(&mut headers);
         if let Some(t) = &self.run_token {
@@ -292,7 +351,7 @@ impl BridgeClient {
             .http
             .post(self.url(path))
             .headers(headers)
-            .bearer_auth(self.token.expose())
+            .bearer_auth(bearer.expose())
             .json(body)
             .send()
             .await
@@ -399,6 +458,32 @@ fn urlencode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_token_file_is_read_on_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let auth = BridgeAuth::File(path.clone());
+        // Missing: a provisioning failure that names the file, not a panic.
+        let e = auth.bearer().await.unwrap_err();
+        assert_eq!(e.outcome(), ProvisionOutcome::Unauthorized);
+        assert!(e.is_transient());
+        assert!(e.to_string().contains("token"), "{e}");
+        std::fs::write(&path, "first-SeCrEt\n").unwrap();
+        assert_eq!(auth.bearer().await.unwrap().expose(), "first-SeCrEt");
+        // The kubelet rotated it: the next call sends the new one.
+        std::fs::write(&path, "second-SeCrEt").unwrap();
+        assert_eq!(auth.bearer().await.unwrap().expose(), "second-SeCrEt");
+        for bad in ["", " \n", "two words"] {
+            std::fs::write(&path, bad).unwrap();
+            let e = auth.bearer().await.unwrap_err().to_string();
+            assert!(!e.contains("words"), "content leaked: {e}");
+        }
+        std::fs::write(&path, vec![b'a'; MAX_TOKEN_FILE as usize + 1]).unwrap();
+        assert!(auth.bearer().await.is_err(), "an oversized file is refused");
+        let shown = format!("{:?}", BridgeAuth::Token(Secret::new("tok-SeCrEt".into())));
+        assert!(!shown.contains("SeCrEt"), "{shown}");
+    }
 
     #[test]
     fn the_pod_identity_travels_in_the_run_request_only_when_known() {
