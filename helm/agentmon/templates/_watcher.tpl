@@ -55,6 +55,19 @@ the overrides applied), run (the run identity). */}}
 {{- end -}}
 
 {{- define "agentmon.watcher.claudeMount" -}}/agentmon/claude{{- end -}}
+{{- define "agentmon.watcher.tokenMount" -}}/var/run/secrets/agentmon{{- end -}}
+
+{{/* "true" when the sidecar proves its pod with a projected ServiceAccount token (BRIDGE_TOKEN_FILE)
+instead of the shared API token: sink bridge, and this release's bot-bridge reviews tokens
+(botBridge.tokenReview, which needs botBridge.reconcile for its Kubernetes access). Argument: (dict "v" values "w" watcher). */}}
+{{- define "agentmon.watcher.podToken" -}}
+{{- $bb := index .v "botBridge" | default dict -}}
+{{- $tr := $bb.tokenReview | default dict -}}
+{{- $rc := $bb.reconcile | default dict -}}
+{{- if and (eq .w.sink "bridge") $bb.enabled $tr.enabled $rc.enabled -}}
+true
+{{- end -}}
+{{- end -}}
 {{- define "agentmon.watcher.stateMount" -}}/var/lib/agentmon{{- end -}}
 
 {{- define "agentmon.watcherPodLabels" -}}
@@ -87,6 +100,17 @@ the overrides applied), run (the run identity). */}}
 - name: agentmon-input
   emptyDir:
     sizeLimit: 1Mi
+{{- end }}
+{{- if include "agentmon.watcher.podToken" (dict "v" $r.ctx.Values "w" $w) }}
+# The pod's identity for bot-bridge: a ServiceAccount token for bot-bridge's audience only, rotated
+# by the kubelet; it grants no Kubernetes API access by itself.
+- name: agentmon-pod-token
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ $r.ctx.Values.botBridge.tokenReview.audience | quote }}
+          expirationSeconds: {{ int ($w.podToken.expirationSeconds | default 600) }}
+          path: token
 {{- end }}
 {{- end -}}
 
@@ -196,11 +220,17 @@ the overrides applied), run (the run identity). */}}
     {{- if eq $w.sink "bridge" }}
     - name: BRIDGE_URL
       value: {{ $w.bridgeUrl | default (printf "http://%s.%s.svc:%d" (include "agentmon.botBridge.fullname" $ctx) $ctx.Release.Namespace (int $v.botBridge.apiPort)) | quote }}
+    {{- if include "agentmon.watcher.podToken" (dict "v" $v "w" $w) }}
+    # The pod's projected ServiceAccount token, read on every call (the kubelet rotates it).
+    - name: BRIDGE_TOKEN_FILE
+      value: {{ printf "%s/token" (include "agentmon.watcher.tokenMount" .) | quote }}
+    {{- else }}
     - name: BRIDGE_TOKEN
       valueFrom:
         secretKeyRef:
           name: {{ $w.bridgeToken.secretName | default $v.secret.name | quote }}
           key: {{ $w.bridgeToken.key | default $v.secret.keys.apiToken | quote }}
+    {{- end }}
     {{- else if eq $w.sink "webhook" }}
     - name: DISCORD_WEBHOOK_URL
       valueFrom:
@@ -288,5 +318,10 @@ the overrides applied), run (the run identity). */}}
     {{- if $input }}
     - name: agentmon-input
       mountPath: {{ $w.input.mountPath }}
+    {{- end }}
+    {{- if include "agentmon.watcher.podToken" (dict "v" $v "w" $w) }}
+    - name: agentmon-pod-token
+      mountPath: {{ include "agentmon.watcher.tokenMount" . }}
+      readOnly: true
     {{- end }}
 {{- end -}}
