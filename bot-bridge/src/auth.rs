@@ -371,7 +371,9 @@ impl crate::app::AppState {
     ) -> Result<(), crate::runs::RunsError> {
         let auth = &self.metrics().auth;
         if let Some(pod) = caller.pod() {
-            let bound = self.stored(self.store().run_pod(run.run_id.clone())).await?;
+            let bound = self
+                .stored(self.store().run_pod(run.run_id.clone()))
+                .await?;
             if bound.as_ref() == Some(&pod) {
                 return Ok(());
             }

@@ -610,7 +610,12 @@ mod tests {
             (&["--input-url-allow", "10.0.0.0/99"], "INPUT_URL_ALLOW"),
             (&["--token-review-audience", "agentmon"], "KUBE_CONFIG"),
             (
-                &["--token-review-audience", "a,b", "--kube-config", "in-cluster"],
+                &[
+                    "--token-review-audience",
+                    "a,b",
+                    "--kube-config",
+                    "in-cluster",
+                ],
                 "TOKEN_REVIEW_AUDIENCE",
             ),
         ];

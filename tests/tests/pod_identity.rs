@@ -151,7 +151,11 @@ async fn a_pod_token_acts_on_its_own_run_only() {
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, &token_a1).unwrap();
     let transcript_path = dir.path().join("a.jsonl");
-    std::fs::write(&transcript_path, transcript::prompt("u-a", "s", "hello from a")).unwrap();
+    std::fs::write(
+        &transcript_path,
+        transcript::prompt("u-a", "s", "hello from a"),
+    )
+    .unwrap();
     let state = dir.path().join("state-a");
     std::fs::create_dir_all(&state).unwrap();
     let mut env = e2e::watcher_env(&transcript_path, &state);
@@ -201,7 +205,12 @@ async fn a_pod_token_acts_on_its_own_run_only() {
     std::fs::write(&token_file, &token_a2).unwrap();
     eventually("pod A's first token expired", DEADLINE, || async {
         let s = bridge
-            .call("GET", &format!("/v1/runs/{run_a}"), Some(&token_a1), json!({}))
+            .call(
+                "GET",
+                &format!("/v1/runs/{run_a}"),
+                Some(&token_a1),
+                json!({}),
+            )
             .await;
         (s == 401).then_some(())
     })
@@ -230,7 +239,12 @@ async fn a_pod_token_acts_on_its_own_run_only() {
     assert_eq!(s, 403, "pod A re-posting run B's key");
     // Pod A reads its own run.
     let s = bridge
-        .call("GET", &format!("/v1/runs/{run_a}"), Some(&token_a2), json!({}))
+        .call(
+            "GET",
+            &format!("/v1/runs/{run_a}"),
+            Some(&token_a2),
+            json!({}),
+        )
         .await;
     assert_eq!(s, 200);
 
@@ -247,7 +261,11 @@ async fn a_pod_token_acts_on_its_own_run_only() {
         ("other audience", Some(other_audience.as_str())),
         ("unknown", Some("not-a-token")),
     ] {
-        assert_eq!(bridge.call("GET", &path_a, token, json!({})).await, 401, "{what}");
+        assert_eq!(
+            bridge.call("GET", &path_a, token, json!({})).await,
+            401,
+            "{what}"
+        );
     }
 
     // The TokenReview API down: new tokens get 503 (never 500), cached ones
@@ -275,7 +293,12 @@ async fn a_pod_token_acts_on_its_own_run_only() {
         assert_eq!(s, 503, "{shown}");
         assert!(took < Duration::from_secs(8), "{shown}: took {took:?}");
         let cached = bridge
-            .call("GET", &format!("/v1/runs/{run_b}"), Some(&token_b), json!({}))
+            .call(
+                "GET",
+                &format!("/v1/runs/{run_b}"),
+                Some(&token_b),
+                json!({}),
+            )
             .await;
         assert_eq!(cached, 200, "{shown}: a cached review still works");
         fake.clear_faults();

@@ -666,7 +666,10 @@ mod tests {
         let tok = Secret::new("api-SeCrEt".to_owned());
         let file = std::path::Path::new("/var/run/secrets/agentmon/token");
         let both = bridge_auth(Some(&tok), Some(file)).unwrap_err().to_string();
-        assert!(both.contains("BRIDGE_TOKEN_FILE") && both.contains("not both"), "{both}");
+        assert!(
+            both.contains("BRIDGE_TOKEN_FILE") && both.contains("not both"),
+            "{both}"
+        );
         assert!(!both.contains("SeCrEt"), "{both}");
         let neither = bridge_auth(None, None).unwrap_err().to_string();
         assert!(neither.contains("BRIDGE_TOKEN"), "{neither}");

@@ -52,11 +52,7 @@ pub async fn create(
         // body adds nothing.
         Some(verified) => {
             if created {
-                state.announce_provisioned(
-                    &provisioned.run_id,
-                    &provisioned.channel_id,
-                    verified,
-                );
+                state.announce_provisioned(&provisioned.run_id, &provisioned.channel_id, verified);
             }
         }
         None => {

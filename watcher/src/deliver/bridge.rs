@@ -292,11 +292,7 @@ impl std::fmt::Debug for BridgeClient {
 }
 
 impl BridgeClient {
-    pub fn new(
-        base: url::Url,
-        token: BridgeAuth,
-        run: RunRequest,
-    ) -> Result<Self, BridgeError> {
+    pub fn new(base: url::Url, token: BridgeAuth, run: RunRequest) -> Result<Self, BridgeError> {
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(Duration::from_secs(3))
