@@ -62,6 +62,23 @@ fn watcher_rejects_malformed_webhook_url() {
 
 #[test]
 fn watcher_rejects_bad_values_naming_the_key() {
+    // The bot-bridge bearer: a token or a token file, exactly one.
+    assert_config_error(
+        "watcher",
+        &["check-config"],
+        &[
+            ("BRIDGE_URL", "http://127.0.0.1:1".into()),
+            ("BRIDGE_TOKEN", "bridge-SeCrEt".into()),
+            ("BRIDGE_TOKEN_FILE", "/var/run/secrets/agentmon/token".into()),
+        ],
+        "BRIDGE_TOKEN_FILE",
+    );
+    assert_config_error(
+        "watcher",
+        &["check-config"],
+        &[("BRIDGE_URL", "http://127.0.0.1:1".into())],
+        "BRIDGE_TOKEN",
+    );
     assert_config_error(
         "watcher",
         &["check-config"],
@@ -155,6 +172,13 @@ fn bot_bridge_rejects_bad_config_naming_the_key() {
         &[],
         &base(("DISCORD_API_BASE", "not a url".into())),
         "DISCORD_API_BASE",
+    );
+    // Pod tokens need the Kubernetes API to review them.
+    assert_config_error(
+        "bot-bridge",
+        &[],
+        &base(("TOKEN_REVIEW_AUDIENCE", "agentmon".into())),
+        "KUBE_CONFIG",
     );
     assert_config_error(
         "bot-bridge",
