@@ -500,6 +500,88 @@ mod tests {
         }
     }
 
+    fn caller(name: &str, uid: &str) -> crate::access::Caller {
+        crate::access::Caller::Pod {
+            namespace: "agents".into(),
+            name: name.into(),
+            uid: uid.into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_pod_owns_the_run_it_created_and_nothing_else() {
+        use crate::access::Caller;
+        use crate::runs::{AttemptValue, NewRun, RunsError};
+        let (state, _) = crate::app::fixture::state(crate::app::fixture::settings());
+        let new_run = |short: &str| NewRun {
+            task_id: "t".into(),
+            attempt: AttemptValue::Number(1),
+            short_id: short.into(),
+            input_url: None,
+        };
+        let a = caller("agent-a", "uid-a");
+        let (run_a, created) = state.provision(new_run("a"), &a).await.unwrap();
+        assert!(created);
+        let stored = state
+            .store()
+            .get_run(run_a.run_id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            state.store().run_pod(run_a.run_id.clone()).await.unwrap(),
+            a.pod(),
+            "bound to the creating pod"
+        );
+        assert!(state.authorize(&stored, &a).await.is_ok());
+        // Its own retry gets the run again.
+        let (again, created) = state.provision(new_run("a"), &a).await.unwrap();
+        assert!(!created);
+        assert_eq!(again.run_id, run_a.run_id);
+        // Another pod, the same pod name with another UID (a re-created pod),
+        // and a run-token caller are all refused.
+        for other in [
+            caller("agent-b", "uid-b"),
+            caller("agent-a", "uid-a2"),
+            Caller::Anonymous,
+        ] {
+            assert!(
+                matches!(
+                    state.authorize(&stored, &other).await,
+                    Err(RunsError::Forbidden(_))
+                ),
+                "{other:?}"
+            );
+            assert!(matches!(
+                state.provision(new_run("a"), &other).await,
+                Err(RunsError::Forbidden(_))
+            ));
+            assert!(matches!(
+                state.complete(&run_a.run_id, None, &other).await,
+                Err(RunsError::Forbidden(_))
+            ));
+            assert!(matches!(
+                state.heartbeat(&run_a.run_id, &other).await,
+                Err(RunsError::Forbidden(_))
+            ));
+        }
+        // A run created behind API_TOKEN (no bound pod) is no pod's.
+        let (run_t, _) = state
+            .provision(new_run("t"), &Caller::Anonymous)
+            .await
+            .unwrap();
+        let stored_t = state
+            .store()
+            .get_run(run_t.run_id.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(state.authorize(&stored_t, &a).await.is_err());
+        assert!(state.complete(&run_a.run_id, None, &a).await.is_ok());
+        let auth = &state.metrics().auth;
+        assert!(auth.count(AuthMethod::PodToken, AuthOutcome::Forbidden) >= 9);
+    }
+
     #[test]
     fn the_pod_comes_from_the_review() {
         let sa = "system:serviceaccount:agents:agent";

@@ -69,7 +69,10 @@ fn watcher_rejects_bad_values_naming_the_key() {
         &[
             ("BRIDGE_URL", "http://127.0.0.1:1".into()),
             ("BRIDGE_TOKEN", "bridge-SeCrEt".into()),
-            ("BRIDGE_TOKEN_FILE", "/var/run/secrets/agentmon/token".into()),
+            (
+                "BRIDGE_TOKEN_FILE",
+                "/var/run/secrets/agentmon/token".into(),
+            ),
         ],
         "BRIDGE_TOKEN_FILE",
     );
