@@ -150,6 +150,12 @@ async fn json_errors(req: Request, next: Next) -> Response {
     out
 }
 
+/// Refused pod tokens and TokenReview failures are counted each
+/// (`bridge_auth_total`) but logged at most once per 10 s with the number
+/// unlogged, so a flood or an outage costs a counter, not a log line each.
+static REFUSED_LOG: interactions::LogThrottle = interactions::LogThrottle::new();
+static UNAVAILABLE_LOG: interactions::LogThrottle = interactions::LogThrottle::new();
+
 /// Rejects requests without `Authorization: Bearer <API_TOKEN>` or, when
 /// `TOKEN_REVIEW_AUDIENCE` is set, a pod token a TokenReview accepts (401;
 /// 503 when the TokenReview API cannot answer for a token not cached). The
@@ -185,12 +191,18 @@ async fn require_bearer(State(state): State<AppState>, mut req: Request, next: N
             }
             Err(e @ ReviewError::Unauthenticated(_)) => {
                 auth.record(AuthMethod::PodToken, AuthOutcome::Unauthenticated);
-                tracing::info!(error = %e, "pod token refused");
+                let (log, unlogged) = REFUSED_LOG.admit(tokio::time::Instant::now());
+                if log {
+                    tracing::info!(error = %e, unlogged, "pod token refused");
+                }
                 return ApiError::unauthorized("invalid bearer token").into_response();
             }
             Err(e @ ReviewError::Unavailable(_)) => {
                 auth.record(AuthMethod::PodToken, AuthOutcome::Unavailable);
-                tracing::warn!(error = %e, "TokenReview failed; pod token not checked");
+                let (log, unlogged) = UNAVAILABLE_LOG.admit(tokio::time::Instant::now());
+                if log {
+                    tracing::warn!(error = %e, unlogged, "TokenReview failed; pod token not checked");
+                }
                 let mut resp = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "auth_unavailable",
