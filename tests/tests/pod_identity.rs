@@ -119,10 +119,19 @@ fn auth_series(method: &str, outcome: &str) -> String {
 
 #[tokio::test]
 async fn a_pod_token_acts_on_its_own_run_only() {
+    scenario(&[]).await;
+}
+
+#[tokio::test]
+async fn a_pod_token_acts_on_its_own_run_only_without_discord_rate_limits() {
+    scenario(&["--no-rate-limits"]).await;
+}
+
+async fn scenario(discord_args: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeKube::start().await.unwrap();
     let kubeconfig = fake.kubeconfig(dir.path().join("kubeconfig")).unwrap();
-    let discord = FakeDiscordProc::start(&[]).await;
+    let discord = FakeDiscordProc::start(discord_args).await;
     let bridge = Bridge::start(&discord, dir.path(), &kubeconfig).await;
     // Every series exists from the first scrape.
     for m in ["api_token", "run_token", "pod_token"] {
