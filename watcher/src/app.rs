@@ -269,6 +269,7 @@ async fn replay(cfg: &Config, dlq: Dlq) -> Result<(), AppError> {
     let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
         global_per_second: 50,
         channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+        channel_window: cfg.channel_window,
     });
     // Failures during replay are not re-queued into the DLQ being replayed: a
     // scratch DLQ keeps them apart and the original entry stays in place.
@@ -655,6 +656,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
                 global_per_second: 50,
                 channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+                channel_window: cfg.channel_window,
             });
             let dlq = Dlq::open(&cfg.state_dir, cfg.dlq_max_bytes)
                 .map_err(|e| AppError::State(e.to_string()))?;
@@ -668,7 +670,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                 target,
                 bridge,
                 Some(on_provisioned),
-                ops::Backoff::default(),
+                crate::deliver::webhook::RETRY_BACKOFF,
                 cfg.delivery_max_elapsed,
                 dlq,
                 observer,

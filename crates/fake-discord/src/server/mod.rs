@@ -159,8 +159,10 @@ pub async fn serve_fault(
     bucket: impl FnOnce(&mut State) -> Option<Advertised>,
 ) -> FaultOutcome {
     let taken = app.with(|s| {
-        let fault = s.faults.take(route, webhook_id)?;
+        let now = tokio::time::Instant::now();
+        let fault = s.faults.take(route, webhook_id, now)?;
         s.count_fault(fault.label());
+        s.stats.last_fault_at_mono_ms = Some(s.mono_ms(now));
         let adv = match fault {
             FaultKind::RateLimitStorm {
                 scope: StormScope::User | StormScope::Shared,
