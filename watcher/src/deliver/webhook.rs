@@ -295,3 +295,68 @@ impl WebhookSender {
         Sent::DeadLettered(reason)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::NoopObserver;
+    use discord::ratelimit::{LimiterConfig, Scope};
+
+    fn sender(limiter: Limiter, state: &std::path::Path, max_elapsed: Duration) -> WebhookSender {
+        // Nothing listens there: no request may be made while rate limited.
+        let url = WebhookUrl::parse("http://127.0.0.1:9/api/webhooks/1/token").unwrap();
+        WebhookSender::new(
+            WebhookClient::new(Duration::from_secs(1)).unwrap(),
+            limiter,
+            url,
+            None,
+            None,
+            RETRY_BACKOFF,
+            max_elapsed,
+            Dlq::open(state, 1 << 20).unwrap(),
+            Arc::new(NoopObserver),
+        )
+    }
+
+    fn rate_limited_for(limiter: &Limiter, wait: Duration) {
+        let permit = limiter.try_acquire("webhook:1", Some("1")).unwrap();
+        permit.rate_limited(&RateLimitHeaders {
+            scope: Some(Scope::User),
+            retry_after: Some(wait),
+            ..RateLimitHeaders::default()
+        });
+    }
+
+    /// issue 15: a message waiting for a permit was never dead-lettered, however
+    /// long the wait; DELIVERY_MAX_ELAPSED covers that wait too.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_waiting_for_a_permit_past_the_deadline_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let limiter = Limiter::new(LimiterConfig::default());
+        // Discord (or a broken proxy) asks for an absurd wait: capped, no panic.
+        rate_limited_for(&limiter, Duration::from_secs(1_000_000_000_000));
+        let mut s = sender(limiter, dir.path(), Duration::from_secs(600));
+        let start = Instant::now();
+        s.acquire().await;
+        let msg = WebhookMessage::default();
+        assert_eq!(
+            s.send(&msg, true).await,
+            Sent::DeadLettered(DlqReason::RetriesExhausted)
+        );
+        assert_eq!(Instant::now() - start, Duration::from_secs(600));
+        let entries = s.dlq.entries().unwrap();
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_rate_limit_is_waited_out_within_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let limiter = Limiter::new(LimiterConfig::default());
+        rate_limited_for(&limiter, Duration::from_secs(5));
+        let mut s = sender(limiter, dir.path(), Duration::from_secs(600));
+        let start = Instant::now();
+        s.acquire().await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        assert!(s.permit.is_some());
+    }
+}
