@@ -84,6 +84,7 @@ async fn outage_then_recovery(fake_args: &[&str]) {
         .await;
 
     let stats = fake.stats().await;
+    eprintln!("outage over: {stats}");
     let recovered = stats["last_fault_at_mono_ms"].as_u64().unwrap();
     let messages = fake.messages().await;
     let last = messages
