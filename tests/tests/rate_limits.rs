@@ -71,7 +71,7 @@ async fn outage_then_recovery(fake_args: &[&str]) {
             let served = fake.stats().await["faults_served"]["status"]
                 .as_u64()
                 .unwrap_or(0);
-            (served >= 1 + chunk as u64 * 2).then_some(())
+            (served > chunk as u64 * 2).then_some(())
         })
         .await;
     }
