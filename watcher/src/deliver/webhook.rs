@@ -122,7 +122,9 @@ impl WebhookSender {
         let since = self.waiting_since.take();
         let started = since.filter(|_| acquired).unwrap_or_else(Instant::now);
         let deadline = started + self.max_elapsed;
-        let mut held = if acquired { self.permit.take() } else { None };
+        // A permit taken for an earlier batch that never came is used here: left
+        // unused it would hold the bucket and the channel slot it reserved.
+        let mut held = self.permit.take();
         let mut first_error: Option<SystemTime> = None;
         let mut attempts: u32 = 0;
         let mut retries: u32 = 0;
@@ -358,5 +360,27 @@ mod tests {
         s.acquire().await;
         assert_eq!(Instant::now() - start, Duration::from_secs(5));
         assert!(s.permit.is_some());
+    }
+
+    /// A permit taken for a batch that never came must not hold the bucket:
+    /// the next send (here the summary, sent without `acquire`) uses it.
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_left_over_is_used_not_leaked() {
+        let dir = tempfile::tempdir().unwrap();
+        // No headers ever: the bucket stays unknown, one request at a time.
+        let limiter = Limiter::new(LimiterConfig::default());
+        let mut s = sender(limiter.clone(), dir.path(), Duration::from_secs(600));
+        s.acquire().await;
+        assert!(s.permit.is_some());
+        assert!(limiter.try_acquire("webhook:1", Some("1")).is_err());
+        // Nothing listens at the URL: the attempt fails at once and is retried
+        // until the deadline; what matters is that it was made at all.
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            s.send(&WebhookMessage::default(), false),
+        )
+        .await;
+        assert!(sent.is_err(), "still retrying the unreachable webhook");
+        assert!(s.permit.is_none());
     }
 }
