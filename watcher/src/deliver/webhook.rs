@@ -28,13 +28,13 @@ pub enum Sent {
 }
 
 /// The retry schedule after a 5xx, a timeout or a reset: full jitter from
-/// 250 ms, capped at 4 s, so that delivery resumes within ~4 s of Discord
-/// recovering however long the outage was. A retry every 2 s on average stays
+/// 250 ms, capped at 3 s, so that delivery resumes within ~3 s of Discord
+/// recovering however long the outage was. A retry every 1.5 s on average stays
 /// far below the webhook's 5 requests per 2 s, and 5xx answers do not count
 /// towards Cloudflare's invalid-request ban.
 pub const RETRY_BACKOFF: Backoff = Backoff {
     base: Duration::from_millis(250),
-    cap: Duration::from_secs(4),
+    cap: Duration::from_secs(3),
 };
 
 /// Notified when the webhook changes (re-provisioning), so the input listener
