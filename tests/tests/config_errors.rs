@@ -89,6 +89,12 @@ fn watcher_rejects_bad_values_naming_the_key() {
     assert_config_error(
         "watcher",
         &["check-config"],
+        &[("CHANNEL_WINDOW", "10ms".into())],
+        "CHANNEL_WINDOW",
+    );
+    assert_config_error(
+        "watcher",
+        &["check-config"],
         &[("FILTERS", "{not json".into())],
         "FILTERS",
     );

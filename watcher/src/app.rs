@@ -306,6 +306,7 @@ async fn replay(cfg: &Config, dlq: Dlq) -> Result<(), AppError> {
     let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
         global_per_second: 50,
         channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+        channel_window: cfg.channel_window,
     });
     // Failures during replay are not re-queued into the DLQ being replayed: a
     // scratch DLQ keeps them apart and the original entry stays in place.
@@ -433,16 +434,6 @@ const PROVISION_RETRY: ops::Backoff = ops::Backoff {
 const PROVISION_REFUSED_RETRY: ops::Backoff = ops::Backoff {
     base: Duration::from_secs(1),
     cap: Duration::from_secs(30),
-};
-
-/// Retry schedule of webhook sends after 5xx, timeouts and resets: full
-/// jitter with a 3 s cap, so a watcher notices Discord's return within
-/// seconds, while retrying no more often on average (one request per 1.5 s)
-/// than it posts when healthy (30 messages per minute); 5xx answers do not
-/// count against Discord's invalid-request limit.
-pub const DELIVERY_RETRY: ops::Backoff = ops::Backoff {
-    base: Duration::from_millis(250),
-    cap: Duration::from_secs(3),
 };
 
 /// How long one webhook request may take.
@@ -798,6 +789,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
                 global_per_second: 50,
                 channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+                channel_window: cfg.channel_window,
             });
             let dlq = Dlq::open(&cfg.state_dir, cfg.dlq_max_bytes)
                 .map_err(|e| AppError::State(e.to_string()))?;
@@ -811,7 +803,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                 target,
                 bridge,
                 Some(on_provisioned),
-                DELIVERY_RETRY,
+                crate::deliver::webhook::RETRY_BACKOFF,
                 cfg.delivery_max_elapsed,
                 dlq,
                 observer,

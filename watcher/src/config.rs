@@ -199,6 +199,10 @@ pub struct Options {
         global = true
     )]
     pub channel_messages_per_minute: u32,
+    /// The window CHANNEL_MESSAGES_PER_MINUTE counts over: Discord's is 60s;
+    /// shorter only against a fake Discord scaled down for tests.
+    #[arg(long, env = "CHANNEL_WINDOW", default_value = "60s", global = true)]
+    pub channel_window: String,
     /// Give up retrying a message after this long and dead-letter it.
     #[arg(
         long,
@@ -281,6 +285,7 @@ pub struct RawConfig {
     pub input_url: Option<String>,
     pub subagent_max_open: usize,
     pub channel_messages_per_minute: u32,
+    pub channel_window: String,
     pub delivery_max_elapsed: String,
     pub sink_unhealthy_after: String,
     pub bridge_heartbeat_interval: String,
@@ -346,6 +351,8 @@ pub struct Config {
     /// Subagent files open at once (`SUBAGENT_MAX_OPEN`).
     pub subagent_max_open: usize,
     pub channel_messages_per_minute: u32,
+    #[serde(with = "ops::config::duration")]
+    pub channel_window: Duration,
     #[serde(with = "ops::config::duration")]
     pub delivery_max_elapsed: Duration,
     #[serde(with = "ops::config::duration")]
@@ -489,6 +496,13 @@ impl RawConfig {
                 "must be at least 1",
             ));
         }
+        let channel_window = duration("CHANNEL_WINDOW", &self.channel_window)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&channel_window) {
+            return Err(ConfigError::invalid(
+                "CHANNEL_WINDOW",
+                format!("{:?} is not between 1s and 1h", self.channel_window),
+            ));
+        }
         let queue_max_bytes = size("QUEUE_MAX_BYTES", &self.queue_max_bytes)?;
         if queue_max_bytes < 1024 {
             return Err(ConfigError::invalid(
@@ -578,6 +592,7 @@ impl RawConfig {
             input,
             subagent_max_open: self.subagent_max_open,
             channel_messages_per_minute: self.channel_messages_per_minute,
+            channel_window,
             delivery_max_elapsed: duration("DELIVERY_MAX_ELAPSED", &self.delivery_max_elapsed)?,
             sink_unhealthy_after: duration("SINK_UNHEALTHY_AFTER", &self.sink_unhealthy_after)?,
             bridge_heartbeat_interval: {
