@@ -522,7 +522,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         &layer,
     );
     let server_stop = Shutdown::new();
-    let ops_server = tokio::spawn(ops::server::serve(
+    let ops_server = tokio::spawn(ops::server::serve_ops(
         ops_listener,
         ops_router,
         server_stop.clone(),
