@@ -1,0 +1,187 @@
+//! Every listener bounds its clients (DESIGN.md §5, "Listener limits"): 2000
+//! slowloris connections against each port of both binaries at once leave
+//! `/livez` answering within 100 ms, memory within the chart's limits, and
+//! every slow connection closed by the 30 s header-read timeout.
+
+// Scenarios fail fast on anything unexpected; that is the point of a test.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::{started_ops_addr, Proc};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+/// Slow connections per port.
+const SLOW_CLIENTS: usize = 2000;
+/// The header-read timeout of DESIGN.md §5, and the slack a loaded machine needs.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+const SLACK: Duration = Duration::from_secs(8);
+/// The chart's memory limits (helm/agentmon/values.yaml).
+const WATCHER_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
+const BRIDGE_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
+
+fn rss_bytes(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A slowloris client: opens a connection, sends part of a request head and
+/// then one more header byte every few seconds, and returns how long the
+/// server kept it open (`None`: still open at `give_up`).
+async fn slow_client(addr: SocketAddr, connect: Arc<Semaphore>, give_up: Instant) -> Option<Duration> {
+    let permit = connect.acquire_owned().await.unwrap();
+    let opened = Instant::now();
+    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
+    else {
+        // Refused or dropped at connect: closed at once.
+        return Some(Duration::ZERO);
+    };
+    drop(permit);
+    if s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nx-slow: ").await.is_err() {
+        return Some(opened.elapsed());
+    }
+    let mut buf = [0u8; 512];
+    let mut trickle = tokio::time::interval(Duration::from_secs(5));
+    trickle.tick().await;
+    loop {
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return Some(opened.elapsed()),
+                Ok(_) => {}
+            },
+            _ = trickle.tick() => {
+                if s.write_all(b"a").await.is_err() {
+                    return Some(opened.elapsed());
+                }
+            }
+            () = tokio::time::sleep_until(give_up) => return None,
+        }
+    }
+}
+
+/// One probe like the kubelet's: a fresh connection, `GET /livez`, the
+/// status line; the time it took (a failure counts as a very slow answer).
+async fn probe(addr: &str) -> Duration {
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.ok()?;
+        out.starts_with(b"HTTP/1.1 200").then_some(())
+    })
+    .await;
+    match answer {
+        Ok(Some(())) => started.elapsed(),
+        _ => Duration::from_secs(3600),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_on_every_port_never_starve_the_probes() {
+    let dir = tempfile::tempdir().unwrap();
+    let transcript = dir.path().join("t.jsonl");
+    std::fs::write(&transcript, "").unwrap();
+    let fifo = dir.path().join("input.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut watcher_env = e2e::watcher_env(&transcript, &dir.path().join("state"));
+    watcher_env.extend([
+        ("INPUT_ADDR", "127.0.0.1:0".to_string()),
+        ("INPUT_SECRET", "input-secret".to_string()),
+        ("AGENT_INPUT_FIFO", fifo.display().to_string()),
+    ]);
+    let watcher = Proc::start("watcher", &[], &watcher_env);
+    let watcher_ops = started_ops_addr(&watcher).await;
+    let input = watcher
+        .wait_log("operator input listening", Duration::from_secs(20))
+        .await["input_addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bridge = Proc::start(
+        "bot-bridge",
+        &[],
+        &[
+            ("OPS_ADDR", "127.0.0.1:0".to_string()),
+            ("API_ADDR", "127.0.0.1:0".to_string()),
+            ("API_TOKEN", "api-token".to_string()),
+            ("DISCORD_BOT_TOKEN", "bot-token".to_string()),
+            ("DISCORD_API_BASE", "http://127.0.0.1:9/api/v10".to_string()),
+            ("GUILD_ID", "1".to_string()),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("b.db").display()),
+            ),
+        ],
+    );
+    let started = bridge.wait_log("started", Duration::from_secs(20)).await;
+    let bridge_ops = started["ops_addr"].as_str().unwrap().to_owned();
+    let api = started["api_addr"].as_str().unwrap().to_owned();
+
+    let attack_started = Instant::now();
+    let give_up = attack_started + HEADER_TIMEOUT + SLACK + Duration::from_secs(20);
+    let connect = Arc::new(Semaphore::new(256));
+    let mut clients = Vec::new();
+    for addr in [&watcher_ops, &input, &bridge_ops, &api] {
+        let addr: SocketAddr = addr.parse().unwrap();
+        for _ in 0..SLOW_CLIENTS {
+            clients.push(tokio::spawn(slow_client(addr, connect.clone(), give_up)));
+        }
+    }
+
+    // Probe both ops ports and sample memory until every slow client is gone.
+    let mut slowest = [Duration::ZERO; 2];
+    let mut peak = [0u64; 2];
+    let mut probes = 0;
+    while clients.iter().any(|c| !c.is_finished()) && Instant::now() < give_up {
+        for (i, addr) in [&watcher_ops, &bridge_ops].into_iter().enumerate() {
+            slowest[i] = slowest[i].max(probe(addr).await);
+        }
+        probes += 1;
+        peak[0] = peak[0].max(rss_bytes(watcher.pid()));
+        peak[1] = peak[1].max(rss_bytes(bridge.pid()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut held = Vec::new();
+    for c in clients {
+        held.push(c.await.unwrap());
+    }
+    let still_open = held.iter().filter(|h| h.is_none()).count();
+    let longest = held.iter().flatten().max().copied().unwrap_or_default();
+    eprintln!(
+        "slow clients: {} over {:?}; longest held {longest:?}, still open {still_open}; \
+         {probes} probe rounds, slowest /livez watcher {:?} bot-bridge {:?}; \
+         peak RSS watcher {} KiB bot-bridge {} KiB",
+        held.len(),
+        attack_started.elapsed(),
+        slowest[0],
+        slowest[1],
+        peak[0] / 1024,
+        peak[1] / 1024,
+    );
+    assert_eq!(still_open, 0, "slow connections outlived the header timeout");
+    assert!(
+        longest <= HEADER_TIMEOUT + SLACK,
+        "a slow connection was held {longest:?}"
+    );
+    assert!(probes >= 20, "only {probes} probe rounds");
+    for (name, slow) in ["watcher", "bot-bridge"].iter().zip(slowest) {
+        assert!(
+            slow <= Duration::from_millis(100),
+            "{name} /livez took {slow:?} under the flood"
+        );
+    }
+    assert!(peak[0] < WATCHER_LIMIT_BYTES, "watcher RSS {} bytes", peak[0]);
+    assert!(peak[1] < BRIDGE_LIMIT_BYTES, "bot-bridge RSS {} bytes", peak[1]);
+}
