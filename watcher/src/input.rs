@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -139,6 +139,8 @@ enum WriteError {
     NoReader,
     /// The pipe is full: the agent is not reading.
     Busy,
+    /// The path is a symlink or not a FIFO: nothing is written to it.
+    NotAFifo,
     Other,
 }
 
@@ -344,6 +346,14 @@ async fn handle_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
                 "agent is not reading its input",
             )
         }
+        Ok(Ok(Err(WriteError::NotAFifo))) => {
+            forget(s, &req.id);
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_a_fifo",
+                "the agent's input is not a FIFO; nothing was written",
+            )
+        }
         _ => {
             forget(s, &req.id);
             error(
@@ -362,6 +372,31 @@ fn forget(s: &AppState, id: &str) {
     }
 }
 
+/// Opens the agent's FIFO for writing without blocking and without following
+/// a symlink, and makes sure it is a FIFO: the agent's container shares the
+/// volume, so the path may have been replaced by a symlink to, or by, a
+/// regular file, where operator input must not be appended.
+fn open_fifo(path: &Path) -> Result<std::fs::File, WriteError> {
+    use nix::fcntl::OFlag;
+    use std::os::unix::fs::FileTypeExt;
+    let file = OpenOptions::new()
+        .append(true)
+        .custom_flags((OFlag::O_NONBLOCK | OFlag::O_NOFOLLOW).bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(nix::libc::ENXIO) => WriteError::NoReader,
+            Some(nix::libc::ELOOP) => WriteError::NotAFifo,
+            _ if e.kind() == std::io::ErrorKind::NotFound => WriteError::NoReader,
+            _ => WriteError::Other,
+        })?;
+    // `fstat` on the open descriptor: the path may change after the open.
+    match file.metadata() {
+        Ok(m) if m.file_type().is_fifo() => Ok(file),
+        Ok(_) => Err(WriteError::NotAFifo),
+        Err(_) => Err(WriteError::Other),
+    }
+}
+
 /// The writer: owns the FIFO handle, one job at a time, never blocks on it.
 fn writer(fifo: PathBuf, mut rx: mpsc::Receiver<Job>) {
     let mut file: Option<std::fs::File> = None;
@@ -369,22 +404,16 @@ fn writer(fifo: PathBuf, mut rx: mpsc::Receiver<Job>) {
         let mut result = Err(WriteError::Other);
         for _ in 0..2 {
             if file.is_none() {
-                match OpenOptions::new()
-                    .append(true)
-                    .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-                    .open(&fifo)
-                {
+                match open_fifo(&fifo) {
                     Ok(f) => file = Some(f),
                     Err(e) => {
-                        result = Err(
-                            if e.raw_os_error() == Some(nix::libc::ENXIO)
-                                || e.kind() == std::io::ErrorKind::NotFound
-                            {
-                                WriteError::NoReader
-                            } else {
-                                WriteError::Other
-                            },
-                        );
+                        if e == WriteError::NotAFifo {
+                            tracing::error!(
+                                fifo = %fifo.display(),
+                                "AGENT_INPUT_FIFO is not a FIFO (a symlink, a regular file or something else); operator input refused"
+                            );
+                        }
+                        result = Err(e);
                         break;
                     }
                 }
@@ -396,8 +425,7 @@ fn writer(fifo: PathBuf, mut rx: mpsc::Receiver<Job>) {
                     break;
                 }
                 Ok(_) => {
-                    // Cannot happen for ≤ PIPE_BUF bytes on a pipe; on a regular
-                    // file it means the disk is full.
+                    // Cannot happen for ≤ PIPE_BUF bytes on a pipe.
                     result = Err(WriteError::Other);
                     break;
                 }
@@ -429,6 +457,84 @@ mod tests {
         assert!(!verify(b"other", "1700000000", b"{\"a\":1}", &sig));
         assert!(!verify(b"k", "1700000000", b"{\"a\":1}", "sha256=zz"));
         assert!(!verify(b"k", "1700000000", b"{\"a\":1}", ""));
+    }
+
+    struct Quiet;
+    impl InputObserver for Quiet {
+        fn outcome(&self, _: &'static str) {}
+    }
+
+    const SECRET: &str = "input-secret";
+
+    fn app(fifo: &Path) -> Router {
+        router(
+            InputConfig {
+                fifo: fifo.to_path_buf(),
+                secret: Arc::new(RwLock::new(Some(Secret::new(SECRET.to_owned())))),
+                rate_per_second: 100.0,
+                burst: 100.0,
+                queue: 4,
+            },
+            Arc::new(Quiet),
+        )
+    }
+
+    fn signed(id: &str) -> axum::http::Request<axum::body::Body> {
+        let body = serde_json::json!({"run_id": "r1", "user": "op", "text": "hello", "id": id})
+            .to_string();
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .to_string();
+        axum::http::Request::post("/v1/input")
+            .header(TIMESTAMP_HEADER, &ts)
+            .header(SIGNATURE_HEADER, sign(SECRET.as_bytes(), &ts, body.as_bytes()))
+            .body(axum::body::Body::from(body))
+            .unwrap()
+    }
+
+    async fn post(app: &Router, id: &str) -> (StatusCode, serde_json::Value) {
+        use tower::ServiceExt;
+        let r = app.clone().oneshot(signed(id)).await.unwrap();
+        let status = r.status();
+        let bytes = axum::body::to_bytes(r.into_body(), 1 << 16).await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or_default())
+    }
+
+    #[tokio::test]
+    async fn a_symlink_or_a_regular_file_is_refused_and_left_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("target.txt");
+        std::fs::write(&target, b"original\n").unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        for path in [&link, &target] {
+            let (status, body) = post(&app(path), "i1").await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", path.display());
+            assert_eq!(body["error"]["code"], "not_a_fifo");
+        }
+        assert_eq!(std::fs::read(&target).unwrap(), b"original\n");
+    }
+
+    #[tokio::test]
+    async fn a_symlink_to_a_real_fifo_is_refused_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("in.fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&fifo, &link).unwrap();
+        // A reader, so that only the symlink can be the reason for a refusal.
+        let _reader = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+            .open(&fifo)
+            .unwrap();
+        let (status, body) = post(&app(&link), "i1").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "not_a_fifo");
+        let (status, _) = post(&app(&fifo), "i2").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "the FIFO itself works");
     }
 
     #[tokio::test(start_paused = true)]
