@@ -72,6 +72,7 @@ const WATCHER_METRICS: &[&str] = &[
     "watcher_last_event_timestamp_seconds",
     "watcher_session_cost_usd",
     "watcher_tokens_total{type=",
+    "watcher_state_write_errors_total{file=",
 ];
 
 #[test]

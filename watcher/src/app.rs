@@ -502,7 +502,10 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let transcript_health =
         health.component("transcript", true, Status::Failed, "no transcript yet");
     let sink_health = health.component("sink", true, Status::Ok, "idle");
-    let telemetry = Arc::new(Telemetry::new(watcher_metrics, transcript_health));
+    let state_health = health.component("state", false, Status::Ok, "writable");
+    let telemetry = Arc::new(
+        Telemetry::new(watcher_metrics, transcript_health).with_state_component(state_health),
+    );
     let heartbeat = health.heartbeat("pipeline", Duration::from_secs(30));
 
     let shutdown = Shutdown::on_signals()

@@ -16,6 +16,50 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+/// The state files, by role (a closed set: a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StateFile {
+    /// `checkpoint.json`.
+    Checkpoint,
+    /// `delivered.log`.
+    Delivered,
+    /// `dlq/*.jsonl`.
+    Dlq,
+    /// `input-ids.log`, the replay guard of operator input.
+    InputIds,
+}
+
+impl StateFile {
+    pub const ALL: [StateFile; 4] = [
+        StateFile::Checkpoint,
+        StateFile::Delivered,
+        StateFile::Dlq,
+        StateFile::InputIds,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Checkpoint => "checkpoint",
+            Self::Delivered => "delivered",
+            Self::Dlq => "dlq",
+            Self::InputIds => "input_ids",
+        }
+    }
+}
+
+/// Told about every state write that failed, and about the next that
+/// succeeded, so that a full or read-only `STATE_DIR` shows in metrics and
+/// `/healthz`, not only in logs.
+pub trait StateObserver: Send + Sync {
+    fn write_failed(&self, file: StateFile, error: &dyn std::fmt::Display);
+    fn written(&self, file: StateFile);
+}
+
+impl StateObserver for crate::deliver::NoopObserver {
+    fn write_failed(&self, _: StateFile, _: &dyn std::fmt::Display) {}
+    fn written(&self, _: StateFile) {}
+}
+
 /// Mode of every state file.
 pub const FILE_MODE: u32 = 0o600;
 /// Mode of every state directory.

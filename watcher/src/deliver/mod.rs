@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// Telemetry of the delivery stage. Pipeline code reports through this trait
 /// only; the binary turns the calls into metrics and log lines.
-pub trait DeliveryObserver: Send + Sync {
+pub trait DeliveryObserver: crate::atomic_file::StateObserver + Send + Sync {
     /// A message was accepted by Discord.
     fn sent(&self, embeds: usize, bytes: usize);
     /// A 429 was received (and will be honoured).

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::bridge::{BridgeClient, Provisioned};
 use super::dlq::{Dlq, DlqEntry, DlqReason};
+use crate::atomic_file::StateFile;
 use super::DeliveryObserver;
 
 /// How a message ended.
@@ -140,7 +141,7 @@ impl WebhookSender {
                         format!("{status}: {body}"),
                         attempts,
                         first_error,
-                    );
+                    ).await;
                 }
                 ExecuteOutcome::Gone { status } => {
                     first_error.get_or_insert_with(SystemTime::now);
@@ -151,7 +152,7 @@ impl WebhookSender {
                             format!("webhook answered {status}"),
                             attempts,
                             first_error,
-                        );
+                        ).await;
                     }
                     match self.reprovision().await {
                         Ok(()) => continue,
@@ -173,7 +174,7 @@ impl WebhookSender {
                 } else {
                     DlqReason::RetriesExhausted
                 };
-                return self.dead_letter(msg, dlq_reason, detail, attempts, first_error);
+                return self.dead_letter(msg, dlq_reason, detail, attempts, first_error).await;
             }
             self.observer.retry(reason);
             tracing::warn!(reason, error = %detail, attempt = attempts, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
@@ -199,7 +200,14 @@ impl WebhookSender {
         }
     }
 
-    fn dead_letter(
+    /// Writes `msg` to the DLQ and only then reports it dead-lettered. A
+    /// failed write (a full or read-only `STATE_DIR`) is retried with backoff
+    /// until it succeeds: returning would let the checkpoint pass a message
+    /// that is nowhere. Meanwhile delivery waits, readiness fails after
+    /// `SINK_UNHEALTHY_AFTER`, and each failure is counted
+    /// (`watcher_state_write_errors_total{file="dlq"}`); a shutdown that
+    /// comes first leaves the record before the checkpoint, to be read again.
+    async fn dead_letter(
         &mut self,
         msg: &WebhookMessage,
         reason: DlqReason,
@@ -214,11 +222,18 @@ impl WebhookSender {
             attempts,
             first_error.unwrap_or_else(SystemTime::now),
         );
-        let dropped = match self.dlq.append(&entry) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write the dead-letter queue; message lost");
-                0
+        let mut failures = 0u32;
+        let dropped = loop {
+            match self.dlq.append(&entry) {
+                Ok(dropped) => {
+                    self.observer.written(StateFile::Dlq);
+                    break dropped;
+                }
+                Err(e) => {
+                    self.observer.write_failed(StateFile::Dlq, &e);
+                    tokio::time::sleep(self.backoff.delay(failures)).await;
+                    failures = failures.saturating_add(1);
+                }
             }
         };
         self.observer
