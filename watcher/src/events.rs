@@ -83,6 +83,7 @@ const INPUT_OUTCOMES: &[&str] = &[
     "accepted",
     "bad_request",
     "unauthorized",
+    "forbidden",
     "duplicate",
     "too_large",
     "rate_limited",
