@@ -266,7 +266,10 @@ fn a_config_file_syntax_error_never_echoes_the_line() {
     )
     .unwrap();
     for (name, args) in [
-        ("watcher", vec!["check-config", "--config", file.to_str().unwrap()]),
+        (
+            "watcher",
+            vec!["check-config", "--config", file.to_str().unwrap()],
+        ),
         ("bot-bridge", vec!["--config", file.to_str().unwrap()]),
     ] {
         let (code, out, err) = run_to_end(name, &args, &[]);
@@ -301,14 +304,20 @@ fn check_config_hides_credentials_in_urls() {
     );
     assert_eq!(code, 0, "{err}");
     assert!(!out.contains("hunter") && !err.contains("hunter"), "{out}");
-    assert!(out.contains("bridge:8080") && out.contains("collector:4318"), "{out}");
+    assert!(
+        out.contains("bridge:8080") && out.contains("collector:4318"),
+        "{out}"
+    );
     let (code, _, err) = run_to_end(
         "watcher",
         &["check-config"],
         &[("BRIDGE_URL", "ftp://agent:hunter2@bridge/".into())],
     );
     assert_ne!(code, 0);
-    assert!(err.contains("BRIDGE_URL") && !err.contains("hunter2"), "{err}");
+    assert!(
+        err.contains("BRIDGE_URL") && !err.contains("hunter2"),
+        "{err}"
+    );
 }
 
 /// A token from a Secret made with `--from-file` ends with a newline: it is

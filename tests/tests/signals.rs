@@ -43,7 +43,13 @@ async fn second_sigterm_ends_it_at_once(mut proc: Proc) {
     let status = proc
         .wait_exit(Duration::from_secs(3))
         .await
-        .unwrap_or_else(|| panic!("{} ignored the second SIGTERM:\n{}", proc.name, proc.output()));
+        .unwrap_or_else(|| {
+            panic!(
+                "{} ignored the second SIGTERM:\n{}",
+                proc.name,
+                proc.output()
+            )
+        });
     assert_eq!(status.code(), Some(143), "{}", proc.output());
     let line = proc
         .wait_log(

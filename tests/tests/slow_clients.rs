@@ -37,16 +37,24 @@ fn rss_bytes(pid: i32) -> u64 {
 /// A slowloris client: opens a connection, sends part of a request head and
 /// then one more header byte every few seconds, and returns how long the
 /// server kept it open (`None`: still open at `give_up`).
-async fn slow_client(addr: SocketAddr, connect: Arc<Semaphore>, give_up: Instant) -> Option<Duration> {
+async fn slow_client(
+    addr: SocketAddr,
+    connect: Arc<Semaphore>,
+    give_up: Instant,
+) -> Option<Duration> {
     let permit = connect.acquire_owned().await.unwrap();
     let opened = Instant::now();
-    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
+    let Ok(Ok(mut s)) =
+        tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr)).await
     else {
         // Refused or dropped at connect: closed at once.
         return Some(Duration::ZERO);
     };
     drop(permit);
-    if s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nx-slow: ").await.is_err() {
+    if s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\nx-slow: ")
+        .await
+        .is_err()
+    {
         return Some(opened.elapsed());
     }
     let mut buf = [0u8; 512];
@@ -170,7 +178,10 @@ async fn slow_clients_on_every_port_never_starve_the_probes() {
         peak[0] / 1024,
         peak[1] / 1024,
     );
-    assert_eq!(still_open, 0, "slow connections outlived the header timeout");
+    assert_eq!(
+        still_open, 0,
+        "slow connections outlived the header timeout"
+    );
     assert!(
         longest <= HEADER_TIMEOUT + SLACK,
         "a slow connection was held {longest:?}"
@@ -182,6 +193,14 @@ async fn slow_clients_on_every_port_never_starve_the_probes() {
             "{name} /livez took {slow:?} under the flood"
         );
     }
-    assert!(peak[0] < WATCHER_LIMIT_BYTES, "watcher RSS {} bytes", peak[0]);
-    assert!(peak[1] < BRIDGE_LIMIT_BYTES, "bot-bridge RSS {} bytes", peak[1]);
+    assert!(
+        peak[0] < WATCHER_LIMIT_BYTES,
+        "watcher RSS {} bytes",
+        peak[0]
+    );
+    assert!(
+        peak[1] < BRIDGE_LIMIT_BYTES,
+        "bot-bridge RSS {} bytes",
+        peak[1]
+    );
 }

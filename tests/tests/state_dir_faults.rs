@@ -8,7 +8,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::{eventually, metric_value, run_to_end, started_ops_addr, transcript, FakeDiscordProc, Proc};
+use e2e::{
+    eventually, metric_value, run_to_end, started_ops_addr, transcript, FakeDiscordProc, Proc,
+};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(40);
@@ -41,7 +43,8 @@ async fn scrape(ops: &str) -> Option<(String, Value)> {
 #[tokio::test]
 async fn a_dead_letter_that_cannot_be_written_is_counted_as_an_error_and_kept_trying() {
     let fake = FakeDiscordProc::start(&[]).await;
-    fake.inject(json!({"kind": "not_found", "count": 1000})).await;
+    fake.inject(json!({"kind": "not_found", "count": 1000}))
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let file = dir.path().join("s.jsonl");
@@ -51,7 +54,10 @@ async fn a_dead_letter_that_cannot_be_written_is_counted_as_an_error_and_kept_tr
     let ops = started_ops_addr(&w).await;
     // The DLQ directory becomes unusable (root ignores modes: a file in its place).
     let dlq = state.join("dlq");
-    eventually("the DLQ directory exists", DEADLINE, || async { dlq.is_dir().then_some(()) }).await;
+    eventually("the DLQ directory exists", DEADLINE, || async {
+        dlq.is_dir().then_some(())
+    })
+    .await;
     std::fs::remove_dir(&dlq).unwrap();
     std::fs::write(&dlq, b"not a directory").unwrap();
     std::fs::write(&file, transcript::prompts("kept", 0..1)).unwrap();
@@ -69,18 +75,25 @@ async fn a_dead_letter_that_cannot_be_written_is_counted_as_an_error_and_kept_tr
     );
     assert_eq!(h["checks"]["state"]["status"], "degraded", "{h}");
     assert!(
-        h["checks"]["state"]["detail"].as_str().unwrap().contains("dlq"),
+        h["checks"]["state"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("dlq"),
         "{h}"
     );
 
     // The volume recovers: the retried write lands, and is counted then.
     std::fs::remove_file(&dlq).unwrap();
     std::fs::create_dir(&dlq).unwrap();
-    eventually("the entry is dead-lettered once written", DEADLINE, || async {
-        let (m, h) = scrape(&ops).await?;
-        let written = metric_value(&m, "watcher_dlq_messages_total")?;
-        (written >= 1.0 && h["checks"]["state"]["status"] == "ok").then_some(())
-    })
+    eventually(
+        "the entry is dead-lettered once written",
+        DEADLINE,
+        || async {
+            let (m, h) = scrape(&ops).await?;
+            let written = metric_value(&m, "watcher_dlq_messages_total")?;
+            (written >= 1.0 && h["checks"]["state"]["status"] == "ok").then_some(())
+        },
+    )
     .await;
     w.sigterm();
     let (code, list, err) = run_to_end("watcher", &["dlq", "list"], &env);
@@ -90,7 +103,10 @@ async fn a_dead_letter_that_cannot_be_written_is_counted_as_an_error_and_kept_tr
         .unwrap()
         .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
         .collect();
-    assert!(stored.contains("kept-0000"), "the message is in the DLQ:\n{stored}");
+    assert!(
+        stored.contains("kept-0000"),
+        "the message is in the DLQ:\n{stored}"
+    );
 }
 
 #[tokio::test]

@@ -62,14 +62,12 @@ async fn watcher_input_secret_with_a_trailing_newline_matches() {
         ("RUN_ID", "run-1".to_string()),
     ]);
     let watcher = Proc::start("watcher", &[], &env);
-    let input = watcher
-        .wait_log("operator input listening", DEADLINE)
-        .await["input_addr"]
+    let input = watcher.wait_log("operator input listening", DEADLINE).await["input_addr"]
         .as_str()
         .unwrap()
         .to_owned();
-    let body = serde_json::json!({"run_id": "run-1", "user": "op", "text": "hi", "id": "i-1"})
-        .to_string();
+    let body =
+        serde_json::json!({"run_id": "run-1", "user": "op", "text": "hi", "id": "i-1"}).to_string();
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -78,7 +76,10 @@ async fn watcher_input_secret_with_a_trailing_newline_matches() {
     let r = reqwest::Client::new()
         .post(format!("http://{input}/v1/input"))
         .header("x-agentmon-timestamp", &ts)
-        .header("x-agentmon-signature", sign(b"input-secret", &ts, body.as_bytes()))
+        .header(
+            "x-agentmon-signature",
+            sign(b"input-secret", &ts, body.as_bytes()),
+        )
         .body(body)
         .send()
         .await

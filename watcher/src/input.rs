@@ -257,21 +257,24 @@ pub fn router(cfg: InputConfig, observer: Arc<dyn InputObserver>) -> Router {
         ids: HashMap::new(),
         cap: 100_000,
     };
-    let journal = cfg.state_dir.as_deref().and_then(|dir| match IdJournal::open(dir) {
-        Ok((journal, young)) => {
-            for id in &young {
-                seen.insert(id);
+    let journal = cfg
+        .state_dir
+        .as_deref()
+        .and_then(|dir| match IdJournal::open(dir) {
+            Ok((journal, young)) => {
+                for id in &young {
+                    seen.insert(id);
+                }
+                if !young.is_empty() {
+                    tracing::info!(inputs = young.len(), "remembering recent operator inputs");
+                }
+                Some(journal)
             }
-            if !young.is_empty() {
-                tracing::info!(inputs = young.len(), "remembering recent operator inputs");
+            Err(e) => {
+                observer.write_failed(StateFile::InputIds, &e);
+                None
             }
-            Some(journal)
-        }
-        Err(e) => {
-            observer.write_failed(StateFile::InputIds, &e);
-            None
-        }
-    });
+        });
     let fifo = cfg.fifo.clone();
     let writer_observer = observer.clone();
     tokio::task::spawn_blocking(move || writer(fifo, journal, writer_observer, rx));
@@ -448,8 +451,7 @@ async fn handle_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
             .into_response();
     }
     let (done, rx) = oneshot::channel();
-    if s
-        .jobs
+    if s.jobs
         .try_send(Job {
             line: bytes,
             id: req.id.clone(),
@@ -641,8 +643,8 @@ mod tests {
     }
 
     fn signed_for(run: &str, id: &str) -> axum::http::Request<axum::body::Body> {
-        let body = serde_json::json!({"run_id": run, "user": "op", "text": "hello", "id": id})
-            .to_string();
+        let body =
+            serde_json::json!({"run_id": run, "user": "op", "text": "hello", "id": id}).to_string();
         let ts = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -650,7 +652,10 @@ mod tests {
             .to_string();
         axum::http::Request::post("/v1/input")
             .header(TIMESTAMP_HEADER, &ts)
-            .header(SIGNATURE_HEADER, sign(SECRET.as_bytes(), &ts, body.as_bytes()))
+            .header(
+                SIGNATURE_HEADER,
+                sign(SECRET.as_bytes(), &ts, body.as_bytes()),
+            )
             .body(axum::body::Body::from(body))
             .unwrap()
     }
@@ -679,7 +684,12 @@ mod tests {
         std::os::unix::fs::symlink(&target, &link).unwrap();
         for path in [&link, &target] {
             let (status, body) = post(&app(path), "i1").await;
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{}", path.display());
+            assert_eq!(
+                status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{}",
+                path.display()
+            );
             assert_eq!(body["error"]["code"], "not_a_fifo");
         }
         assert_eq!(std::fs::read(&target).unwrap(), b"original\n");
@@ -730,7 +740,10 @@ mod tests {
         let state = dir.path().join("state");
         let first = app_in(&fifo, Some(&state), None);
         let (status, body) = post(&first, "i1").await;
-        assert_eq!((status, &body["status"]), (StatusCode::ACCEPTED, &"accepted".into()));
+        assert_eq!(
+            (status, &body["status"]),
+            (StatusCode::ACCEPTED, &"accepted".into())
+        );
         drop(first);
         // The same signed request against a restarted listener.
         let restarted = app_in(&fifo, Some(&state), None);

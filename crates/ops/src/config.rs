@@ -207,11 +207,7 @@ fn redacted(e: config::ConfigError) -> ConfigError {
 /// `string "hunter2"` → `a string`: what kind of value, not which.
 fn value_kind(unexpected: &impl std::fmt::Display) -> String {
     let shown = unexpected.to_string();
-    let kind = shown
-        .split(['`', '"'])
-        .next()
-        .unwrap_or_default()
-        .trim();
+    let kind = shown.split(['`', '"']).next().unwrap_or_default().trim();
     format!("a {kind}")
 }
 
@@ -243,7 +239,10 @@ pub fn duration_at_most(key: &str, text: &str, max: Duration) -> Result<Duration
 /// character, or whitespace at either end, is refused naming the key (never
 /// the value), because such a token is accepted at start-up and then never
 /// matches. An empty value counts as unset.
-pub fn secret(key: &str, value: Option<Secret<String>>) -> Result<Option<Secret<String>>, ConfigError> {
+pub fn secret(
+    key: &str,
+    value: Option<Secret<String>>,
+) -> Result<Option<Secret<String>>, ConfigError> {
     let Some(value) = value else {
         return Ok(None);
     };
@@ -397,7 +396,10 @@ mod tests {
         let err = duration_at_most("SHUTDOWN_TIMEOUT", "100000000years", max)
             .unwrap_err()
             .to_string();
-        assert!(err.contains("SHUTDOWN_TIMEOUT") && err.contains("maximum"), "{err}");
+        assert!(
+            err.contains("SHUTDOWN_TIMEOUT") && err.contains("maximum"),
+            "{err}"
+        );
         let err = duration_at_most("K", "soon", max).unwrap_err().to_string();
         assert!(err.contains("not a duration"), "{err}");
     }
@@ -410,7 +412,13 @@ mod tests {
         assert_eq!(s("tok").unwrap().unwrap().expose(), "tok");
         assert!(s("").unwrap().is_none());
         assert!(s("\n").unwrap().is_none());
-        for bad in ["hunter2\n\n", "hun\nter2", " hunter2", "hunter2 ", "hunter2\t"] {
+        for bad in [
+            "hunter2\n\n",
+            "hun\nter2",
+            " hunter2",
+            "hunter2 ",
+            "hunter2\t",
+        ] {
             let err = s(bad).unwrap_err().to_string();
             assert!(err.contains("API_TOKEN"), "{err}");
             assert!(!err.contains("hunter"), "the value leaked: {err}");

@@ -656,19 +656,17 @@ mod tests {
         let release = CancellationToken::new();
         let (tx, entered) = tokio::sync::mpsc::unbounded_channel();
         let r = release.clone();
-        let router = Router::new()
-            .route("/livez", get(|| async { "ok" }))
-            .route(
-                "/slow",
-                get(move || {
-                    let r = r.clone();
-                    let _ = tx.send(());
-                    async move {
-                        r.cancelled().await;
-                        "done"
-                    }
-                }),
-            );
+        let router = Router::new().route("/livez", get(|| async { "ok" })).route(
+            "/slow",
+            get(move || {
+                let r = r.clone();
+                let _ = tx.send(());
+                async move {
+                    r.cancelled().await;
+                    "done"
+                }
+            }),
+        );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Shutdown::new();
@@ -711,9 +709,11 @@ mod tests {
 
     async fn get_ok(addr: SocketAddr, path: &str) -> String {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out
@@ -723,7 +723,9 @@ mod tests {
     async fn a_slow_request_head_is_cut_off_at_the_header_timeout() {
         let srv = start(limits(16)).await;
         let mut s = TcpStream::connect(srv.addr).await.unwrap();
-        s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n")
+            .await
+            .unwrap();
         let started = Instant::now();
         assert!(
             closed_within(&mut s, Duration::from_secs(3)).await,
@@ -736,7 +738,9 @@ mod tests {
     async fn an_idle_keep_alive_connection_is_closed() {
         let srv = start(limits(16)).await;
         let mut s = TcpStream::connect(srv.addr).await.unwrap();
-        s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /livez HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
         let mut buf = [0u8; 256];
         let n = s.read(&mut buf).await.unwrap();
         assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
@@ -775,7 +779,10 @@ mod tests {
         let closed = tokio::time::timeout(Duration::from_millis(500), extra.read_to_end(&mut out))
             .await
             .is_ok();
-        assert!(closed && out.is_empty(), "refused without an answer: {out:?}");
+        assert!(
+            closed && out.is_empty(),
+            "refused without an answer: {out:?}"
+        );
         srv.release.cancel();
         let mut buf = String::new();
         first.read_to_string(&mut buf).await.unwrap_or_default();
@@ -812,7 +819,10 @@ mod tests {
             }
         );
         let small = split(256);
-        assert!(small.public + small.ops + RESERVED_DESCRIPTORS as usize <= 256, "{small:?}");
+        assert!(
+            small.public + small.ops + RESERVED_DESCRIPTORS as usize <= 256,
+            "{small:?}"
+        );
         assert!(small.ops >= 2 && small.public >= 2);
         let tiny = split(0);
         assert!(tiny.ops >= 2 && tiny.public >= 2);

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 
 use super::bridge::{BridgeClient, Provisioned};
 use super::dlq::{Dlq, DlqEntry, DlqReason};
-use crate::atomic_file::StateFile;
 use super::DeliveryObserver;
+use crate::atomic_file::StateFile;
 
 /// How a message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,24 +135,28 @@ impl WebhookSender {
                 }
                 ExecuteOutcome::Rejected { status, body } => {
                     first_error.get_or_insert_with(SystemTime::now);
-                    return self.dead_letter(
-                        msg,
-                        DlqReason::Rejected,
-                        format!("{status}: {body}"),
-                        attempts,
-                        first_error,
-                    ).await;
+                    return self
+                        .dead_letter(
+                            msg,
+                            DlqReason::Rejected,
+                            format!("{status}: {body}"),
+                            attempts,
+                            first_error,
+                        )
+                        .await;
                 }
                 ExecuteOutcome::Gone { status } => {
                     first_error.get_or_insert_with(SystemTime::now);
                     if self.bridge.is_none() {
-                        return self.dead_letter(
-                            msg,
-                            DlqReason::WebhookGone,
-                            format!("webhook answered {status}"),
-                            attempts,
-                            first_error,
-                        ).await;
+                        return self
+                            .dead_letter(
+                                msg,
+                                DlqReason::WebhookGone,
+                                format!("webhook answered {status}"),
+                                attempts,
+                                first_error,
+                            )
+                            .await;
                     }
                     match self.reprovision().await {
                         Ok(()) => continue,
@@ -174,7 +178,9 @@ impl WebhookSender {
                 } else {
                     DlqReason::RetriesExhausted
                 };
-                return self.dead_letter(msg, dlq_reason, detail, attempts, first_error).await;
+                return self
+                    .dead_letter(msg, dlq_reason, detail, attempts, first_error)
+                    .await;
             }
             self.observer.retry(reason);
             tracing::warn!(reason, error = %detail, attempt = attempts, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
