@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -100,11 +100,27 @@ pub struct BindError {
     pub source: std::io::Error,
 }
 
+/// The listen backlog: connections the kernel completes before the service
+/// accepts them. Large, so that a burst of connections (a flood, or many
+/// clients at once) does not overflow it: an overflow drops the SYN of the
+/// next client, a kubelet probe included, which then waits a full second
+/// for its retransmit. The kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
 /// Binds `addr`, the value of config key `key`.
 pub async fn bind(key: &'static str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { key, addr, source })
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std and tokio do: a restarted service can bind at once.
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().map_err(|source| BindError { key, addr, source })
 }
 
 /// A request head (request line and headers) must arrive within this long;
@@ -122,7 +138,7 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// input) holds, before the descriptor budget lowers it.
 pub const PUBLIC_MAX_CONNECTIONS: usize = 512;
 /// The most connections the ops listener holds: probes and scrapes need few.
-pub const OPS_MAX_CONNECTIONS: usize = 64;
+pub const OPS_MAX_CONNECTIONS: usize = 128;
 /// Descriptors kept out of every listener's reach: files, outbound sockets,
 /// the database, notify watches.
 pub const RESERVED_DESCRIPTORS: u64 = 128;
@@ -213,14 +229,35 @@ pub async fn serve(
     serve_with(listener, router, shutdown, Limits::public()).await
 }
 
-/// Serves the ops router with [`Limits::ops`]: its own cap, so that a flood
-/// on a public port cannot take the probes' connections.
+/// Serves the ops router with [`Limits::ops`] on a thread of its own (a
+/// single-threaded runtime): its own cap, so that a flood on a public port
+/// cannot take the probes' connections, and its own scheduler, so that the
+/// thousands of tasks of such a flood cannot delay `/livez` either (as
+/// linkerd2-proxy runs its admin server).
 pub async fn serve_ops(
     listener: TcpListener,
     router: Router,
     shutdown: Shutdown,
 ) -> std::io::Result<()> {
-    serve_with(listener, router, shutdown, Limits::ops()).await
+    let listener = listener.into_std()?;
+    let (done, finished) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("ops-server".into())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        serve_with(listener, router, shutdown, Limits::ops()).await
+                    })
+                });
+            let _ = done.send(result);
+        })?;
+    finished
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the ops server thread ended")))
 }
 
 /// Serves `router` within `limits` until `shutdown` triggers, then stops
@@ -311,7 +348,7 @@ async fn serve_connection(
     limits: Limits,
     shutdown: Shutdown,
 ) {
-    let activity = Arc::new(Activity::new());
+    let activity = slot.activity.clone();
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
@@ -421,6 +458,8 @@ struct ConnState {
     in_flight: usize,
     /// When the connection last became idle (accepted, or a response left).
     idle_since: Instant,
+    /// Whether the server has read from it yet (see [`Table::admit`]).
+    activity: Arc<Activity>,
     evict: CancellationToken,
 }
 
@@ -446,6 +485,12 @@ impl Table {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A place for a new connection. At the cap, the connection idle the
+    /// longest gives way, preferring one the server has already read from:
+    /// a connection not read yet may hold a complete request (a probe) that
+    /// a busy server has not got to, while one that was read and is still
+    /// idle is a slow or idle client. Only when every connection has a
+    /// request in flight is the new one refused.
     fn admit(self: &Arc<Self>) -> Admission {
         let mut t = self.lock();
         let mut evicted = false;
@@ -454,7 +499,7 @@ impl Table {
                 .open
                 .iter()
                 .filter(|(_, c)| c.in_flight == 0)
-                .min_by_key(|(id, c)| (c.idle_since, **id))
+                .min_by_key(|(id, c)| (!c.activity.heard(), c.idle_since, **id))
                 .map(|(id, _)| *id);
             let Some(id) = oldest_idle else {
                 return Admission::Full;
@@ -467,11 +512,13 @@ impl Table {
         t.next_id += 1;
         let id = t.next_id;
         let evict = CancellationToken::new();
+        let activity = Arc::new(Activity::new());
         t.open.insert(
             id,
             ConnState {
                 in_flight: 0,
                 idle_since: Instant::now(),
+                activity: activity.clone(),
                 evict: evict.clone(),
             },
         );
@@ -479,6 +526,7 @@ impl Table {
             table: self.clone(),
             id,
             evict,
+            activity,
         };
         if evicted {
             Admission::Evicted(slot)
@@ -499,6 +547,7 @@ struct Slot {
     table: Arc<Table>,
     id: u64,
     evict: CancellationToken,
+    activity: Arc<Activity>,
 }
 
 impl Slot {
@@ -544,11 +593,13 @@ impl Drop for RequestGuard {
     }
 }
 
-/// When a connection last moved a byte, in milliseconds since it opened.
+/// When a connection last moved a byte, in milliseconds since it opened,
+/// and whether it has moved any.
 #[derive(Debug)]
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
+    heard: AtomicBool,
 }
 
 impl Activity {
@@ -556,12 +607,18 @@ impl Activity {
         Self {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            heard: AtomicBool::new(false),
         }
     }
 
     fn touch(&self) {
         let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
+        self.heard.store(true, Ordering::Relaxed);
+    }
+
+    fn heard(&self) -> bool {
+        self.heard.load(Ordering::Relaxed)
     }
 
     fn last(&self) -> Instant {
@@ -809,6 +866,26 @@ mod tests {
             .unwrap();
     }
 
+    #[tokio::test]
+    async fn the_ops_server_runs_on_its_own_thread_and_stops_on_shutdown() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let router = Router::new().route(
+            "/livez",
+            get(|| async { std::thread::current().name().unwrap_or_default().to_owned() }),
+        );
+        let stop = Shutdown::new();
+        let server = tokio::spawn(serve_ops(listener, router, stop.clone()));
+        let answer = get_ok(addr, "/livez").await;
+        assert!(answer.ends_with("ops-server"), "{answer}");
+        stop.trigger();
+        tokio::time::timeout(Duration::from_secs(2), server)
+            .await
+            .expect("stopped")
+            .unwrap()
+            .unwrap();
+    }
+
     #[test]
     fn the_descriptor_budget_keeps_room_and_a_share_for_ops() {
         assert_eq!(
@@ -826,6 +903,23 @@ mod tests {
         assert!(small.ops >= 2 && small.public >= 2);
         let tiny = split(0);
         assert!(tiny.ops >= 2 && tiny.public >= 2);
+    }
+
+    #[test]
+    fn a_connection_not_read_yet_is_spared_for_one_that_was() {
+        let t = Arc::new(Table::new(2));
+        let Admission::Open(unread) = t.admit() else {
+            panic!("room")
+        };
+        let Admission::Open(slow) = t.admit() else {
+            panic!("room")
+        };
+        slow.activity.touch();
+        let Admission::Evicted(_third) = t.admit() else {
+            panic!("one gives way")
+        };
+        assert!(slow.evict.is_cancelled(), "the slow client gives way");
+        assert!(!unread.evict.is_cancelled(), "the older unread one is spared");
     }
 
     #[test]
