@@ -111,7 +111,10 @@ fn probe(addr: &str) -> Duration {
             took
         }
         Err(why) => {
-            eprintln!("failed probe of {addr} after {:?}: {why}", started.elapsed());
+            eprintln!(
+                "failed probe of {addr} after {:?}: {why}",
+                started.elapsed()
+            );
             Duration::from_secs(3600)
         }
     }
@@ -122,23 +125,37 @@ fn probe(addr: &str) -> Duration {
 fn kubelet(
     addrs: Vec<String>,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<(Vec<(Duration, Duration)>, usize)> {
+) -> std::thread::JoinHandle<Vec<Vec<Duration>>> {
     std::thread::spawn(move || {
-        let started = Instant::now();
-        let mut slowest = vec![(Duration::ZERO, Duration::ZERO); addrs.len()];
-        let mut rounds = 0;
+        let mut took = vec![Vec::new(); addrs.len()];
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
             for (i, addr) in addrs.iter().enumerate() {
-                let took = probe(addr);
-                if took > slowest[i].0 {
-                    slowest[i] = (took, started.elapsed());
-                }
+                took[i].push(probe(addr));
             }
-            rounds += 1;
             std::thread::sleep(Duration::from_millis(100));
         }
-        (slowest, rounds)
+        took
     })
+}
+
+/// The `q` quantile (0..=1) of `samples`.
+fn quantile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let i = ((sorted.len().saturating_sub(1)) as f64 * q).round() as usize;
+    sorted.get(i).copied().unwrap_or_default()
+}
+
+/// The most a probe may take: 100 ms for release binaries (what users run,
+/// `E2E_PROFILE=release`); a debug build on a shared 2-core test machine
+/// gets a second (half the chart's probe timeout) for the burst of the
+/// first seconds, while 90% of its probes must still answer within 100 ms.
+fn slowest_allowed() -> Duration {
+    if e2e::profile() == "release" {
+        Duration::from_millis(100)
+    } else {
+        Duration::from_secs(1)
+    }
 }
 
 /// The soft descriptor limit the binaries start with, as under a container
@@ -220,7 +237,7 @@ async fn slow_clients_on_every_port_never_starve_the_probes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (slowest, probes) = tokio::task::spawn_blocking(move || probes.join().unwrap())
+    let took = tokio::task::spawn_blocking(move || probes.join().unwrap())
         .await
         .unwrap();
     let mut held = Vec::new();
@@ -229,14 +246,25 @@ async fn slow_clients_on_every_port_never_starve_the_probes() {
     }
     let still_open = held.iter().filter(|h| h.is_none()).count();
     let longest = held.iter().flatten().max().copied().unwrap_or_default();
+    let summary: Vec<String> = ["watcher", "bot-bridge"]
+        .iter()
+        .zip(&took)
+        .map(|(name, t)| {
+            format!(
+                "{name} {} probes p50 {:?} p90 {:?} max {:?}",
+                t.len(),
+                quantile(t, 0.5),
+                quantile(t, 0.9),
+                quantile(t, 1.0)
+            )
+        })
+        .collect();
     eprintln!(
         "slow clients: {} over {:?}; longest held {longest:?}, still open {still_open}; \
-         {probes} probe rounds, slowest /livez (took, at) watcher {:?} bot-bridge {:?}; \
-         peak RSS watcher {} KiB bot-bridge {} KiB",
+         /livez: {}; peak RSS watcher {} KiB bot-bridge {} KiB",
         held.len(),
         attack_started.elapsed(),
-        slowest[0],
-        slowest[1],
+        summary.join(", "),
         peak[0] / 1024,
         peak[1] / 1024,
     );
@@ -248,11 +276,25 @@ async fn slow_clients_on_every_port_never_starve_the_probes() {
         longest <= HEADER_TIMEOUT + SLACK,
         "a slow connection was held {longest:?}"
     );
-    assert!(probes >= 20, "only {probes} probe rounds");
-    for (name, (slow, _)) in ["watcher", "bot-bridge"].iter().zip(slowest) {
+    for (name, t) in ["watcher", "bot-bridge"].iter().zip(&took) {
+        assert!(t.len() >= 20, "only {} probes of {name}", t.len());
+        let failed = t
+            .iter()
+            .filter(|d| **d >= Duration::from_secs(3600))
+            .count();
+        assert_eq!(
+            failed, 0,
+            "{name} /livez failed {failed} times under the flood"
+        );
+        let max = quantile(t, 1.0);
         assert!(
-            slow <= Duration::from_millis(100),
-            "{name} /livez took {slow:?} under the flood"
+            max <= slowest_allowed(),
+            "{name} /livez took {max:?} under the flood"
+        );
+        let p90 = quantile(t, 0.9);
+        assert!(
+            p90 <= Duration::from_millis(100),
+            "{name} /livez p90 {p90:?} under the flood"
         );
     }
     assert!(

@@ -325,6 +325,10 @@ pub async fn serve_with(
             limits,
             shutdown.clone(),
         ));
+        // Let the new connection be looked at before the next accept: in a
+        // burst, a request that is already complete (a probe) is then served,
+        // not crowded out by the connections accepted after it.
+        tokio::task::yield_now().await;
     }
     drop(listener);
     tasks.close();
@@ -349,6 +353,9 @@ async fn serve_connection(
     shutdown: Shutdown,
 ) {
     let activity = slot.activity.clone();
+    // From here on this connection is read within the same poll: if it holds
+    // a complete request, it is in flight before anything else runs.
+    activity.looked_at();
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
@@ -458,7 +465,7 @@ struct ConnState {
     in_flight: usize,
     /// When the connection last became idle (accepted, or a response left).
     idle_since: Instant,
-    /// Whether the server has read from it yet (see [`Table::admit`]).
+    /// Whether the server has looked at it yet (see [`Table::admit`]).
     activity: Arc<Activity>,
     evict: CancellationToken,
 }
@@ -486,11 +493,11 @@ impl Table {
     }
 
     /// A place for a new connection. At the cap, the connection idle the
-    /// longest gives way, preferring one the server has already read from:
-    /// a connection not read yet may hold a complete request (a probe) that
-    /// a busy server has not got to, while one that was read and is still
-    /// idle is a slow or idle client. Only when every connection has a
-    /// request in flight is the new one refused.
+    /// longest gives way, preferring one the server has already looked at:
+    /// a connection not looked at yet may hold a complete request (a probe)
+    /// that a busy server has not got to, while one that was looked at and
+    /// is still idle is a slow, silent or idle client. Only when every
+    /// connection has a request in flight is the new one refused.
     fn admit(self: &Arc<Self>) -> Admission {
         let mut t = self.lock();
         let mut evicted = false;
@@ -499,7 +506,7 @@ impl Table {
                 .open
                 .iter()
                 .filter(|(_, c)| c.in_flight == 0)
-                .min_by_key(|(id, c)| (!c.activity.heard(), c.idle_since, **id))
+                .min_by_key(|(id, c)| (!c.activity.was_looked_at(), c.idle_since, **id))
                 .map(|(id, _)| *id);
             let Some(id) = oldest_idle else {
                 return Admission::Full;
@@ -594,12 +601,12 @@ impl Drop for RequestGuard {
 }
 
 /// When a connection last moved a byte, in milliseconds since it opened,
-/// and whether it has moved any.
+/// and whether its task has started reading it.
 #[derive(Debug)]
 struct Activity {
     opened: Instant,
     last_ms: AtomicU64,
-    heard: AtomicBool,
+    looked_at: AtomicBool,
 }
 
 impl Activity {
@@ -607,18 +614,21 @@ impl Activity {
         Self {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
-            heard: AtomicBool::new(false),
+            looked_at: AtomicBool::new(false),
         }
     }
 
     fn touch(&self) {
         let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_ms.store(ms, Ordering::Relaxed);
-        self.heard.store(true, Ordering::Relaxed);
     }
 
-    fn heard(&self) -> bool {
-        self.heard.load(Ordering::Relaxed)
+    fn looked_at(&self) {
+        self.looked_at.store(true, Ordering::Relaxed);
+    }
+
+    fn was_looked_at(&self) -> bool {
+        self.looked_at.load(Ordering::Relaxed)
     }
 
     fn last(&self) -> Instant {
@@ -906,7 +916,7 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_not_read_yet_is_spared_for_one_that_was() {
+    fn a_connection_not_looked_at_yet_is_spared_for_one_that_was() {
         let t = Arc::new(Table::new(2));
         let Admission::Open(unread) = t.admit() else {
             panic!("room")
@@ -914,12 +924,15 @@ mod tests {
         let Admission::Open(slow) = t.admit() else {
             panic!("room")
         };
-        slow.activity.touch();
+        slow.activity.looked_at();
         let Admission::Evicted(_third) = t.admit() else {
             panic!("one gives way")
         };
         assert!(slow.evict.is_cancelled(), "the slow client gives way");
-        assert!(!unread.evict.is_cancelled(), "the older unread one is spared");
+        assert!(
+            !unread.evict.is_cancelled(),
+            "the older unread one is spared"
+        );
     }
 
     #[test]
