@@ -310,8 +310,9 @@ fn snowflake(key: &str, s: &str) -> Result<String, ConfigError> {
 }
 
 fn required_secret(key: &str, v: Option<Secret<String>>) -> Result<Secret<String>, ConfigError> {
-    v.filter(|s| !s.expose().trim().is_empty())
-        .ok_or_else(|| ConfigError::invalid(key, "required"))
+    // One trailing newline (a Secret made from a file) is dropped; other
+    // stray whitespace is refused: such a token would never match.
+    ops::config::secret(key, v)?.ok_or_else(|| ConfigError::invalid(key, "required"))
 }
 
 /// Parses a hex ed25519 public key as Discord shows it in the developer portal.

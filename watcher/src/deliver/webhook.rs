@@ -19,6 +19,7 @@ use tokio::time::Instant;
 use super::bridge::{BridgeClient, Provisioned};
 use super::dlq::{Dlq, DlqEntry, DlqReason};
 use super::DeliveryObserver;
+use crate::atomic_file::StateFile;
 
 /// How a message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,13 +143,16 @@ impl WebhookSender {
                         Some(p) => p,
                         None => {
                             first_error.get_or_insert_with(SystemTime::now);
-                            return self.dead_letter(
-                                msg,
-                                DlqReason::RetriesExhausted,
-                                "rate limited: no send permit within DELIVERY_MAX_ELAPSED".into(),
-                                attempts,
-                                first_error,
-                            );
+                            return self
+                                .dead_letter(
+                                    msg,
+                                    DlqReason::RetriesExhausted,
+                                    "rate limited: no send permit within DELIVERY_MAX_ELAPSED"
+                                        .into(),
+                                    attempts,
+                                    first_error,
+                                )
+                                .await;
                         }
                     }
                 }
@@ -196,25 +200,29 @@ impl WebhookSender {
                 ExecuteOutcome::Rejected { status, body } => {
                     permit.refused(&RateLimitHeaders::default());
                     first_error.get_or_insert_with(SystemTime::now);
-                    return self.dead_letter(
-                        msg,
-                        DlqReason::Rejected,
-                        format!("{status}: {body}"),
-                        attempts,
-                        first_error,
-                    );
+                    return self
+                        .dead_letter(
+                            msg,
+                            DlqReason::Rejected,
+                            format!("{status}: {body}"),
+                            attempts,
+                            first_error,
+                        )
+                        .await;
                 }
                 ExecuteOutcome::Gone { status } => {
                     permit.refused(&RateLimitHeaders::default());
                     first_error.get_or_insert_with(SystemTime::now);
                     if self.bridge.is_none() {
-                        return self.dead_letter(
-                            msg,
-                            DlqReason::WebhookGone,
-                            format!("webhook answered {status}"),
-                            attempts,
-                            first_error,
-                        );
+                        return self
+                            .dead_letter(
+                                msg,
+                                DlqReason::WebhookGone,
+                                format!("webhook answered {status}"),
+                                attempts,
+                                first_error,
+                            )
+                            .await;
                     }
                     match self.reprovision().await {
                         Ok(()) => continue,
@@ -245,7 +253,9 @@ impl WebhookSender {
                 } else {
                     DlqReason::RetriesExhausted
                 };
-                return self.dead_letter(msg, dlq_reason, detail, attempts, first_error);
+                return self
+                    .dead_letter(msg, dlq_reason, detail, attempts, first_error)
+                    .await;
             }
             self.observer.retry(reason);
             tracing::warn!(reason, error = %detail, attempt = attempts, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
@@ -271,7 +281,14 @@ impl WebhookSender {
         }
     }
 
-    fn dead_letter(
+    /// Writes `msg` to the DLQ and only then reports it dead-lettered. A
+    /// failed write (a full or read-only `STATE_DIR`) is retried with backoff
+    /// until it succeeds: returning would let the checkpoint pass a message
+    /// that is nowhere. Meanwhile delivery waits, readiness fails after
+    /// `SINK_UNHEALTHY_AFTER`, and each failure is counted
+    /// (`watcher_state_write_errors_total{file="dlq"}`); a shutdown that
+    /// comes first leaves the record before the checkpoint, to be read again.
+    async fn dead_letter(
         &mut self,
         msg: &WebhookMessage,
         reason: DlqReason,
@@ -286,11 +303,18 @@ impl WebhookSender {
             attempts,
             first_error.unwrap_or_else(SystemTime::now),
         );
-        let dropped = match self.dlq.append(&entry) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write the dead-letter queue; message lost");
-                0
+        let mut failures = 0u32;
+        let dropped = loop {
+            match self.dlq.append(&entry) {
+                Ok(dropped) => {
+                    self.observer.written(StateFile::Dlq);
+                    break dropped;
+                }
+                Err(e) => {
+                    self.observer.write_failed(StateFile::Dlq, &e);
+                    tokio::time::sleep(self.backoff.delay(failures)).await;
+                    failures = failures.saturating_add(1);
+                }
             }
         };
         self.observer
