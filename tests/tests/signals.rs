@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use e2e::transcript::{prompt, SESSION};
-use e2e::Proc;
+use e2e::{FakeDiscordProc, Proc};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -83,7 +83,16 @@ async fn a_second_sigterm_ends_a_draining_watcher_at_once() {
 
 #[tokio::test]
 async fn a_second_sigterm_ends_a_draining_bot_bridge_at_once() {
-    let (hole, mut accepted) = black_hole().await;
+    // Discord (the fake, its limits on) holds channel creation without
+    // answering: a `POST /v1/runs` provisioning a channel stays in flight, so
+    // the first SIGTERM has a request to drain. bot-bridge's own background
+    // calls at start (channel listings, command registration) are answered, so
+    // the fault is taken by provisioning and nothing else.
+    let fake = FakeDiscordProc::start(&[]).await;
+    fake.inject(serde_json::json!({
+        "kind": "hang", "route": "POST /guilds/{guild_id}/channels", "count": 1
+    }))
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let bridge = Proc::start(
         "bot-bridge",
@@ -93,7 +102,7 @@ async fn a_second_sigterm_ends_a_draining_bot_bridge_at_once() {
             ("API_ADDR", "127.0.0.1:0".to_string()),
             ("API_TOKEN", "api-token".to_string()),
             ("DISCORD_BOT_TOKEN", "bot-token".to_string()),
-            ("DISCORD_API_BASE", format!("http://{hole}/api/v10")),
+            ("DISCORD_API_BASE", fake.api_base.clone()),
             ("GUILD_ID", "1".to_string()),
             (
                 "DATABASE_URL",
@@ -104,7 +113,6 @@ async fn a_second_sigterm_ends_a_draining_bot_bridge_at_once() {
     );
     let started = bridge.wait_log("started", DEADLINE).await;
     let api = started["api_addr"].as_str().unwrap().to_owned();
-    // A run whose provisioning waits on Discord: a request in flight to drain.
     tokio::spawn(async move {
         let _ = reqwest::Client::new()
             .post(format!("http://{api}/v1/runs"))
@@ -113,8 +121,9 @@ async fn a_second_sigterm_ends_a_draining_bot_bridge_at_once() {
             .send()
             .await;
     });
-    tokio::time::timeout(DEADLINE, accepted.recv())
-        .await
-        .expect("bot-bridge is calling the black hole");
+    e2e::eventually("provisioning held by Discord", DEADLINE, || async {
+        (fake.faults_pending().await == 0).then_some(())
+    })
+    .await;
     second_sigterm_ends_it_at_once(bridge).await;
 }
