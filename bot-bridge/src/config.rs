@@ -250,6 +250,8 @@ pub struct Config {
     pub input_url_policy: InputUrlPolicy,
     pub log_format: LogFormat,
     pub log_filter: String,
+    /// Shown without credentials (collectors often take a token in the URL).
+    #[serde(serialize_with = "ops::secret::serialize_opt_url")]
     pub otel_exporter_otlp_endpoint: Option<String>,
     /// The run reconciler and silence detection (see `reconcile`).
     pub reconcile: crate::reconcile::ReconcileConfig,
@@ -319,8 +321,9 @@ fn snowflake(key: &str, s: &str) -> Result<String, ConfigError> {
 }
 
 fn required_secret(key: &str, v: Option<Secret<String>>) -> Result<Secret<String>, ConfigError> {
-    v.filter(|s| !s.expose().trim().is_empty())
-        .ok_or_else(|| ConfigError::invalid(key, "required"))
+    // One trailing newline (a Secret made from a file) is dropped; other
+    // stray whitespace is refused: such a token would never match.
+    ops::config::secret(key, v)?.ok_or_else(|| ConfigError::invalid(key, "required"))
 }
 
 /// Parses a hex ed25519 public key as Discord shows it in the developer portal.
@@ -646,10 +649,21 @@ mod tests {
                 assert!(arg.is_hide_env_values_set(), "{id} must hide its env value");
             }
         }
-        let c = load_args(BASE).unwrap();
-        let shown = format!("{c:?} {}", serde_json::to_string(&c).unwrap());
-        assert!(!shown.contains("bot-secret-token"), "{shown}");
-        assert!(!shown.contains("api-secret-token"), "{shown}");
+        let mut args = BASE.to_vec();
+        args.extend([
+            "--otel-exporter-otlp-endpoint",
+            "https://user:otlp-secret@collector:4318/v1?token=otlp-query-secret",
+        ]);
+        let c = load_args(&args).unwrap();
+        let json = serde_json::to_string(&c).unwrap();
+        let both = format!("{c:?} {json}");
+        assert!(!both.contains("bot-secret-token"), "{both}");
+        assert!(!both.contains("api-secret-token"), "{both}");
+        // The config is logged at start as JSON: no collector credentials there.
+        let shown = json;
+        assert!(!shown.contains("otlp-secret"), "{shown}");
+        assert!(!shown.contains("otlp-query-secret"), "{shown}");
+        assert!(shown.contains("collector"), "{shown}");
     }
 
     #[test]

@@ -175,7 +175,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Some(reconcile_heartbeat),
     ));
     let api_server = tokio::spawn(ops::server::serve(api_listener, api, shutdown.clone()));
-    let ops_server = tokio::spawn(ops::server::serve(
+    let ops_server = tokio::spawn(ops::server::serve_ops(
         ops_listener,
         ops_router,
         shutdown.clone(),

@@ -6,10 +6,17 @@
 //! 2. drain: a backlog with Discord's default limits (5 req / 2 s per webhook,
 //!    30 messages / 60 s per channel); embeds delivered per second against
 //!    the theoretical maximum under both limits, and 429s seen.
-//! 3. idle: RSS and CPU of a watcher following a quiet transcript.
+//! 3. backlog: 20 runs of a 600-event backlog against the per-channel limit
+//!    counted as a sliding window and 20 as fixed windows of a random phase
+//!    (fake-discord binary, no clock tolerance), both windows scaled down
+//!    `BACKLOG_SCALE` times (default 10: 30 messages per 6 s, 5 requests per
+//!    200 ms) so 40 runs take minutes, not 45; 429s and the fraction of the
+//!    limits' rate per run.
+//! 4. idle: RSS and CPU of a watcher following a quiet transcript.
 //!
 //! Writes `target/bench/latency.json` and prints it. Run:
-//! `cargo bench -p e2e --bench latency` (set `DRAIN_MESSAGES` to shorten).
+//! `cargo bench -p e2e --bench latency` (set `DRAIN_MESSAGES` or
+//! `BACKLOG_RUNS` to shorten).
 
 // A bench binary reports; failing fast on a broken set-up is right here.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -106,18 +113,60 @@ async fn latency(events: usize) -> serde_json::Value {
 /// The earliest time (s after the first send) the `n`-th message (1-based) may
 /// go under both limits, both windows sliding: ≤5 per 2 s, ≤30 per 60 s.
 fn theoretical_seconds(n: usize) -> f64 {
-    let mut times: Vec<f64> = Vec::with_capacity(n);
-    for k in 0..n {
-        let mut t = 0.0f64;
-        if k >= 5 {
-            t = t.max(times[k - 5] + 2.0);
+    e2e::Limits::DISCORD.theoretical(n).as_secs_f64()
+}
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// `runs` backlogs of 600 events in each way of counting the channel window.
+async fn backlog(runs: usize, scale: u32) -> serde_json::Value {
+    let limits = e2e::Limits::DISCORD.scaled(scale);
+    let mut report = serde_json::Map::new();
+    report.insert("runs_per_window".into(), json!(runs));
+    report.insert("scale".into(), json!(scale));
+    report.insert(
+        "channel_limit".into(),
+        json!(format!(
+            "{} per {} ms",
+            limits.channel_limit,
+            limits.channel_window.as_millis()
+        )),
+    );
+    report.insert(
+        "webhook_limit".into(),
+        json!(format!(
+            "{} per {} ms",
+            limits.webhook_limit,
+            limits.webhook_window.as_millis()
+        )),
+    );
+    for kind in ["sliding", "fixed"] {
+        let mut all = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let run = e2e::backlog_run(limits, kind, 600).await;
+            eprintln!("backlog {kind}: {}", serde_json::to_string(&run).unwrap());
+            all.push(run);
         }
-        if k >= 30 {
-            t = t.max(times[k - 30] + 60.0);
-        }
-        times.push(t);
+        let fractions: Vec<f64> = all.iter().map(|r| r.fraction_of_max).collect();
+        let min = fractions.iter().copied().fold(f64::INFINITY, f64::min);
+        let mean = fractions.iter().sum::<f64>() / fractions.len().max(1) as f64;
+        report.insert(
+            kind.into(),
+            json!({
+                "runs": all.len(),
+                "rate_limited_total": all.iter().map(|r| r.rate_limited).sum::<u64>(),
+                "fraction_of_max_min": min,
+                "fraction_of_max_mean": mean,
+                "runs_detail": all,
+            }),
+        );
     }
-    times.last().copied().unwrap_or(0.0)
+    serde_json::Value::Object(report)
 }
 
 async fn drain(messages: usize) -> serde_json::Value {
@@ -218,6 +267,11 @@ async fn main() {
         "binaries": e2e::profile(),
         "latency_append_to_accepted": latency(1000).await,
         "drain_default_limits": drain(drain_messages).await,
+        "backlog_600_events": backlog(
+            env_usize("BACKLOG_RUNS", 20),
+            u32::try_from(env_usize("BACKLOG_SCALE", 10)).unwrap_or(10),
+        )
+        .await,
         "idle": idle(10).await,
     });
     let out = e2e::workspace_root().join("target/bench");

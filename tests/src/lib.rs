@@ -700,3 +700,160 @@ pub fn check_monitoring_names(name: &str, metrics: &str, prefixes: &[&str]) {
     }
     assert!(checked > 0, "no {prefixes:?} metric found in deploy/");
 }
+
+impl FakeDiscordProc {
+    /// Faults still queued (a lasting one counts until its time is up and a
+    /// request found it so).
+    pub async fn faults_pending(&self) -> usize {
+        self.admin_get("faults").await["pending"]
+            .as_array()
+            .map_or(0, Vec::len)
+    }
+}
+
+/// Discord's limits as a backlog meets them: the advertised per-webhook bucket
+/// and the unadvertised per-channel window.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub webhook_limit: usize,
+    pub webhook_window: Duration,
+    pub channel_limit: usize,
+    pub channel_window: Duration,
+}
+
+impl Limits {
+    /// Discord's own: 5 per 2 s per webhook, 30 per 60 s per channel.
+    pub const DISCORD: Limits = Limits {
+        webhook_limit: 5,
+        webhook_window: Duration::from_secs(2),
+        channel_limit: 30,
+        channel_window: Duration::from_secs(60),
+    };
+
+    /// Both windows `factor` times shorter (the same shape, faster).
+    pub fn scaled(self, factor: u32) -> Limits {
+        Limits {
+            webhook_window: self.webhook_window / factor,
+            channel_window: self.channel_window / factor,
+            ..self
+        }
+    }
+
+    /// fake-discord flags enforcing these limits strictly (no clock
+    /// tolerance), the channel window counted as `channel_window` (`sliding`
+    /// or `fixed`, whose phase the fake then draws at random).
+    pub fn fake_args(&self, channel_window: &str) -> Vec<String> {
+        vec![
+            "--webhook-limit".into(),
+            self.webhook_limit.to_string(),
+            "--webhook-window-ms".into(),
+            self.webhook_window.as_millis().to_string(),
+            "--channel-messages-per-minute".into(),
+            self.channel_limit.to_string(),
+            "--channel-window-ms".into(),
+            self.channel_window.as_millis().to_string(),
+            "--channel-window".into(),
+            channel_window.into(),
+            "--clock-tolerance-ms".into(),
+            "0".into(),
+        ]
+    }
+
+    /// The earliest time after the first message at which the `n`-th (1-based)
+    /// may arrive, both windows sliding (the strictest reading; fixed windows
+    /// of any phase allow at least as much).
+    pub fn theoretical(&self, n: usize) -> Duration {
+        let mut times: Vec<Duration> = Vec::with_capacity(n);
+        for k in 0..n {
+            let mut t = Duration::ZERO;
+            if k >= self.webhook_limit {
+                t = t.max(times[k - self.webhook_limit] + self.webhook_window);
+            }
+            if k >= self.channel_limit {
+                t = t.max(times[k - self.channel_limit] + self.channel_window);
+            }
+            times.push(t);
+        }
+        times.last().copied().unwrap_or_default()
+    }
+}
+
+/// One backlog drained by a real watcher from a real fake-discord enforcing
+/// `limits`, and how close it came to the limits' rate.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BacklogRun {
+    /// `sliding` or `fixed`.
+    pub channel_window: String,
+    /// The fixed windows' phase the fake drew, in ms.
+    pub phase_ms: Option<u64>,
+    pub events: usize,
+    pub messages: usize,
+    pub embeds: usize,
+    /// First to last arrival at the fake.
+    pub seconds: f64,
+    /// The least that many messages can take under the limits.
+    pub theoretical_seconds: f64,
+    /// `theoretical_seconds / seconds`: 1.0 is the limits' own rate.
+    pub fraction_of_max: f64,
+    /// 429s the fake answered (any scope).
+    pub rate_limited: u64,
+}
+
+/// Drains a backlog of `events` prompts (plus the header) through the watcher
+/// binary into fake-discord enforcing `limits`, the channel window counted as
+/// `channel_window` (`sliding`, or `fixed` with a random phase).
+pub async fn backlog_run(limits: Limits, channel_window: &str, events: usize) -> BacklogRun {
+    let args = limits.fake_args(channel_window);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let fake = FakeDiscordProc::start(&args).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("backlog.jsonl");
+    std::fs::write(&file, transcript::prompts("bl", 0..events)).expect("write backlog");
+    let mut env = watcher_env(&file, &dir.path().join("state"));
+    env.extend([
+        (
+            "DISCORD_WEBHOOK_URL",
+            fake.webhook_url.clone().unwrap_or_default(),
+        ),
+        (
+            "CHANNEL_MESSAGES_PER_MINUTE",
+            limits.channel_limit.to_string(),
+        ),
+        (
+            "CHANNEL_WINDOW",
+            format!("{}ms", limits.channel_window.as_millis()),
+        ),
+    ]);
+    let watcher = Proc::start("watcher", &[], &env);
+    // Each run gets as long as a 60 s window would need, and then some.
+    let slots = events / 10 + 2;
+    let windows = u32::try_from(slots / limits.channel_limit + 2).unwrap_or(u32::MAX);
+    let timeout = limits.channel_window * windows + Duration::from_secs(30);
+    fake.wait_markers("", "bl", 0..events, timeout).await;
+    drop(watcher);
+    let messages = fake.messages().await;
+    let at = |m: &serde_json::Value| m["received_at_mono_ms"].as_u64().unwrap_or(0);
+    let first = messages.first().map_or(0, at);
+    let last = messages.last().map_or(0, at);
+    let seconds = last.saturating_sub(first) as f64 / 1000.0;
+    let theoretical = limits.theoretical(messages.len()).as_secs_f64();
+    let stats = fake.stats().await;
+    BacklogRun {
+        channel_window: channel_window.to_owned(),
+        phase_ms: stats["channel_limit"]["phase_ms"].as_u64(),
+        events,
+        messages: messages.len(),
+        embeds: messages
+            .iter()
+            .map(|m| m["payload"]["embeds"].as_array().map_or(0, Vec::len))
+            .sum(),
+        seconds,
+        theoretical_seconds: theoretical,
+        fraction_of_max: if seconds > 0.0 {
+            theoretical / seconds
+        } else {
+            0.0
+        },
+        rate_limited: stats["rate_limited_total"].as_u64().unwrap_or(0),
+    }
+}

@@ -109,6 +109,12 @@ fn watcher_rejects_bad_values_naming_the_key() {
     assert_config_error(
         "watcher",
         &["check-config"],
+        &[("CHANNEL_WINDOW", "10ms".into())],
+        "CHANNEL_WINDOW",
+    );
+    assert_config_error(
+        "watcher",
+        &["check-config"],
         &[("FILTERS", "{not json".into())],
         "FILTERS",
     );
@@ -262,4 +268,122 @@ fn watcher_counts_an_empty_run_identity_as_unset() {
     assert_eq!(v["task_id"], serde_json::Value::Null, "{stdout}");
     assert_eq!(v["attempt"], serde_json::Value::Null, "{stdout}");
     assert_eq!(v["short_id"], "abc", "{stdout}");
+}
+
+#[test]
+fn watcher_bounds_every_duration_naming_the_key() {
+    for key in [
+        "SHUTDOWN_TIMEOUT",
+        "DELIVERY_MAX_ELAPSED",
+        "SINK_UNHEALTHY_AFTER",
+        "IDLE_COMPLETE_AFTER",
+    ] {
+        assert_config_error(
+            "watcher",
+            &["check-config"],
+            &[(key, "500000000years".into())],
+            key,
+        );
+    }
+}
+
+/// A config file that does not parse is reported by line, never quoted: the
+/// line may hold a token.
+#[test]
+fn a_config_file_syntax_error_never_echoes_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("w.toml");
+    std::fs::write(
+        &file,
+        "poll_interval_ms = 100\nbridge_token = \"hunter2-in-a-file\n",
+    )
+    .unwrap();
+    for (name, args) in [
+        (
+            "watcher",
+            vec!["check-config", "--config", file.to_str().unwrap()],
+        ),
+        ("bot-bridge", vec!["--config", file.to_str().unwrap()]),
+    ] {
+        let (code, out, err) = run_to_end(name, &args, &[]);
+        assert_ne!(code, 0, "{name}: {err}");
+        assert!(err.contains("line 2"), "{name} names the line: {err}");
+        assert!(
+            !err.contains("hunter2") && !out.contains("hunter2"),
+            "{name} echoed the secret: {err}"
+        );
+    }
+}
+
+#[test]
+fn check_config_hides_credentials_in_urls() {
+    let (code, out, err) = run_to_end(
+        "watcher",
+        &["check-config"],
+        &[
+            (
+                "BRIDGE_URL",
+                "http://agent:hunter2@bridge:8080/?token=hunter3".into(),
+            ),
+            ("BRIDGE_TOKEN", "t0k3n".into()),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "https://tenant:hunter4@collector:4318/?api_key=hunter5".into(),
+            ),
+            ("INPUT_ADDR", "127.0.0.1:0".into()),
+            ("AGENT_INPUT_FIFO", "/tmp/in.fifo".into()),
+            ("INPUT_URL", "http://op:hunter6@watcher:8081".into()),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("hunter") && !err.contains("hunter"), "{out}");
+    assert!(
+        out.contains("bridge:8080") && out.contains("collector:4318"),
+        "{out}"
+    );
+    let (code, _, err) = run_to_end(
+        "watcher",
+        &["check-config"],
+        &[("BRIDGE_URL", "ftp://agent:hunter2@bridge/".into())],
+    );
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("BRIDGE_URL") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
+
+/// A token from a Secret made with `--from-file` ends with a newline: it is
+/// dropped, so the token matches; anything else stray is refused at start.
+#[test]
+fn a_trailing_newline_on_a_token_is_dropped_and_other_whitespace_refused() {
+    let (code, out, err) = run_to_end(
+        "watcher",
+        &["check-config"],
+        &[
+            ("BRIDGE_URL", "http://bridge:8080".into()),
+            ("BRIDGE_TOKEN", "t0k3n\n".into()),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("\"kind\": \"bridge\""), "{out}");
+    assert_config_error(
+        "watcher",
+        &["check-config"],
+        &[
+            ("BRIDGE_URL", "http://bridge:8080".into()),
+            ("BRIDGE_TOKEN", "t0k3n\n\n".into()),
+        ],
+        "BRIDGE_TOKEN",
+    );
+    assert_config_error(
+        "bot-bridge",
+        &[],
+        &[
+            ("API_TOKEN", "t0k3n-abcdefghijklmnop \n".to_string()),
+            ("DISCORD_BOT_TOKEN", "b0t-abcdefghijklmnop".to_string()),
+            ("GUILD_ID", "1".to_string()),
+        ],
+        "API_TOKEN",
+    );
 }

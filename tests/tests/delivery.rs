@@ -16,6 +16,13 @@ use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(40);
 
+/// fake-discord enforcing Discord's limits strictly (no clock tolerance): the
+/// fault scenarios run against it as well as against a lenient fake, since a
+/// limiter bug hides where nothing is limited.
+const LIMITS_ON: &[&str] = &["--clock-tolerance-ms", "0"];
+/// fake-discord enforcing no limit (headers still sent).
+const LIMITS_OFF: &[&str] = &["--no-rate-limits"];
+
 fn webhook_env(
     fake: &FakeDiscordProc,
     transcript: &Path,
@@ -207,8 +214,17 @@ async fn a_session_arrives_complete_in_order_header_first_summary_last() {
 }
 
 #[tokio::test]
-async fn server_errors_slow_answers_and_resets_still_deliver_everything() {
-    let fake = FakeDiscordProc::start(&[]).await;
+async fn server_errors_slow_answers_and_resets_still_deliver_everything_limits_on() {
+    server_errors_slow_answers_and_resets_still_deliver_everything(LIMITS_ON).await;
+}
+
+#[tokio::test]
+async fn server_errors_slow_answers_and_resets_still_deliver_everything_limits_off() {
+    server_errors_slow_answers_and_resets_still_deliver_everything(LIMITS_OFF).await;
+}
+
+async fn server_errors_slow_answers_and_resets_still_deliver_everything(fake_args: &[&str]) {
+    let fake = FakeDiscordProc::start(fake_args).await;
     fake.inject(json!({"kind": "status", "status": 503, "count": 3}))
         .await;
     fake.inject(json!({"kind": "reset", "count": 2})).await;
@@ -258,8 +274,17 @@ async fn server_errors_slow_answers_and_resets_still_deliver_everything() {
 }
 
 #[tokio::test]
-async fn webhook_404_dead_letters_and_replay_delivers_after_recovery() {
-    let fake = FakeDiscordProc::start(&[]).await;
+async fn webhook_404_dead_letters_and_replay_delivers_after_recovery_limits_on() {
+    webhook_404_dead_letters_and_replay_delivers_after_recovery(LIMITS_ON).await;
+}
+
+#[tokio::test]
+async fn webhook_404_dead_letters_and_replay_delivers_after_recovery_limits_off() {
+    webhook_404_dead_letters_and_replay_delivers_after_recovery(LIMITS_OFF).await;
+}
+
+async fn webhook_404_dead_letters_and_replay_delivers_after_recovery(fake_args: &[&str]) {
+    let fake = FakeDiscordProc::start(fake_args).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let file = dir.path().join("s.jsonl");
@@ -314,8 +339,20 @@ async fn webhook_404_dead_letters_and_replay_delivers_after_recovery() {
 }
 
 #[tokio::test]
-async fn kill9_during_delivery_restart_delivers_the_rest_duplicating_at_most_one_batch() {
-    let fake = FakeDiscordProc::start(&[]).await;
+async fn kill9_during_delivery_restart_delivers_the_rest_duplicating_at_most_one_batch_limits_on() {
+    kill9_during_delivery_restart_delivers_the_rest_duplicating_at_most_one_batch(LIMITS_ON).await;
+}
+
+#[tokio::test]
+async fn kill9_during_delivery_restart_delivers_the_rest_duplicating_at_most_one_batch_limits_off()
+{
+    kill9_during_delivery_restart_delivers_the_rest_duplicating_at_most_one_batch(LIMITS_OFF).await;
+}
+
+async fn kill9_during_delivery_restart_delivers_the_rest_duplicating_at_most_one_batch(
+    fake_args: &[&str],
+) {
+    let fake = FakeDiscordProc::start(fake_args).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let file = dir.path().join("s.jsonl");
@@ -524,8 +561,19 @@ async fn two_large_tool_outputs_go_in_separate_messages_under_the_upload_limit()
 }
 
 #[tokio::test]
-async fn readiness_fails_while_discord_fails_and_recovers_after_the_next_success() {
-    let fake = FakeDiscordProc::start(&[]).await;
+async fn readiness_fails_while_discord_fails_and_recovers_after_the_next_success_limits_on() {
+    readiness_fails_while_discord_fails_and_recovers_after_the_next_success(LIMITS_ON).await;
+}
+
+#[tokio::test]
+async fn readiness_fails_while_discord_fails_and_recovers_after_the_next_success_limits_off() {
+    readiness_fails_while_discord_fails_and_recovers_after_the_next_success(LIMITS_OFF).await;
+}
+
+async fn readiness_fails_while_discord_fails_and_recovers_after_the_next_success(
+    fake_args: &[&str],
+) {
+    let fake = FakeDiscordProc::start(fake_args).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("s.jsonl");
     std::fs::write(&file, "").unwrap();

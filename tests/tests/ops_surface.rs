@@ -76,6 +76,7 @@ const WATCHER_METRICS: &[&str] = &[
     "watcher_transcript_files_skipped_total{reason=",
     "watcher_subagent_files_open",
     "watcher_subagent_files_parked_total",
+    "watcher_state_write_errors_total{file=",
 ];
 
 #[test]

@@ -306,6 +306,7 @@ async fn replay(cfg: &Config, dlq: Dlq) -> Result<(), AppError> {
     let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
         global_per_second: 50,
         channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+        channel_window: cfg.channel_window,
     });
     // Failures during replay are not re-queued into the DLQ being replayed: a
     // scratch DLQ keeps them apart and the original entry stays in place.
@@ -435,16 +436,6 @@ const PROVISION_REFUSED_RETRY: ops::Backoff = ops::Backoff {
     cap: Duration::from_secs(30),
 };
 
-/// Retry schedule of webhook sends after 5xx, timeouts and resets: full
-/// jitter with a 3 s cap, so a watcher notices Discord's return within
-/// seconds, while retrying no more often on average (one request per 1.5 s)
-/// than it posts when healthy (30 messages per minute); 5xx answers do not
-/// count against Discord's invalid-request limit.
-pub const DELIVERY_RETRY: ops::Backoff = ops::Backoff {
-    base: Duration::from_millis(250),
-    cap: Duration::from_secs(3),
-};
-
 /// How long one webhook request may take.
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -525,12 +516,20 @@ async fn provision_until_ready(
     }
 }
 
-/// Operator input is signed with the secret bot-bridge issued for this run.
-fn set_input_secret(shared: &crate::input::SharedSecret, p: &Provisioned) {
+/// Operator input is signed with the secret bot-bridge issued for this run,
+/// and names bot-bridge's run id.
+fn set_input_secret(
+    shared: &crate::input::SharedSecret,
+    run_id: &crate::input::SharedRunId,
+    p: &Provisioned,
+) {
     if let Some(secret) = &p.input_secret {
         if let Ok(mut g) = shared.write() {
             *g = Some(secret.clone());
         }
+    }
+    if let Ok(mut g) = run_id.write() {
+        *g = Some(p.run_id.clone());
     }
 }
 
@@ -619,7 +618,10 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let transcript_health =
         health.component("transcript", true, Status::Failed, "no transcript yet");
     let sink_health = health.component("sink", true, Status::Ok, "idle");
-    let telemetry = Arc::new(Telemetry::new(watcher_metrics, transcript_health));
+    let state_health = health.component("state", false, Status::Ok, "writable");
+    let telemetry = Arc::new(
+        Telemetry::new(watcher_metrics, transcript_health).with_state_component(state_health),
+    );
     let heartbeat = health.heartbeat("pipeline", Duration::from_secs(30));
 
     let shutdown = Shutdown::on_signals()
@@ -647,7 +649,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         &layer,
     );
     let server_stop = Shutdown::new();
-    let ops_server = tokio::spawn(ops::server::serve(
+    let ops_server = tokio::spawn(ops::server::serve_ops(
         ops_listener,
         ops_router,
         server_stop.clone(),
@@ -657,6 +659,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let input_secret: crate::input::SharedSecret = Arc::new(std::sync::RwLock::new(
         cfg.input.as_ref().and_then(|i| i.secret.clone()),
     ));
+    let input_run_id: crate::input::SharedRunId =
+        Arc::new(std::sync::RwLock::new(cfg.run_id.clone()));
     let mut input_url = None;
     if let Some(input) = &cfg.input {
         let listener = ops::server::bind("INPUT_ADDR", input.addr).await?;
@@ -675,6 +679,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             crate::input::InputConfig {
                 fifo: input.fifo.clone(),
                 secret: input_secret.clone(),
+                run_id: input_run_id.clone(),
+                state_dir: Some(cfg.state_dir.clone()),
                 rate_per_second: 20.0,
                 burst: 40.0,
                 queue: 64,
@@ -776,7 +782,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                 return Ok(());
             };
             telemetry.no_channel(None);
-            set_input_secret(&input_secret, &p);
+            set_input_secret(&input_secret, &input_run_id, &p);
             tracing::info!(run_id = %p.run_id, channel_id = %p.channel_id, webhook = %p.webhook, "run provisioned by bot-bridge");
             bridge_run = Some((bridge.clone(), p.run_id.clone()));
             crate::deliver::bridge::spawn_heartbeat(
@@ -798,20 +804,22 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
                 global_per_second: 50,
                 channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+                channel_window: cfg.channel_window,
             });
             let dlq = Dlq::open(&cfg.state_dir, cfg.dlq_max_bytes)
                 .map_err(|e| AppError::State(e.to_string()))?;
             let observer: Arc<dyn DeliveryObserver> = telemetry.clone();
             let secret = input_secret.clone();
+            let run_id = input_run_id.clone();
             let on_provisioned: crate::deliver::webhook::OnProvisioned =
-                Arc::new(move |p: &Provisioned| set_input_secret(&secret, p));
+                Arc::new(move |p: &Provisioned| set_input_secret(&secret, &run_id, p));
             crate::pipeline::Sink::Webhook(Box::new(WebhookSender::new(
                 client,
                 limiter,
                 target,
                 bridge,
                 Some(on_provisioned),
-                DELIVERY_RETRY,
+                crate::deliver::webhook::RETRY_BACKOFF,
                 cfg.delivery_max_elapsed,
                 dlq,
                 observer,

@@ -87,7 +87,7 @@ pub struct CheckpointStore {
 
 impl CheckpointStore {
     pub fn open(dir: &Path) -> Result<Self, CheckpointError> {
-        fs::create_dir_all(dir).map_err(|source| CheckpointError::CreateDir {
+        crate::atomic_file::create_dir(dir).map_err(|source| CheckpointError::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;

@@ -204,6 +204,10 @@ pub struct Options {
         global = true
     )]
     pub channel_messages_per_minute: u32,
+    /// The window CHANNEL_MESSAGES_PER_MINUTE counts over: Discord's is 60s;
+    /// shorter only against a fake Discord scaled down for tests.
+    #[arg(long, env = "CHANNEL_WINDOW", default_value = "60s", global = true)]
+    pub channel_window: String,
     /// Give up retrying a message after this long and dead-letter it.
     #[arg(
         long,
@@ -287,6 +291,7 @@ pub struct RawConfig {
     pub input_url: Option<String>,
     pub subagent_max_open: usize,
     pub channel_messages_per_minute: u32,
+    pub channel_window: String,
     pub delivery_max_elapsed: String,
     pub sink_unhealthy_after: String,
     pub bridge_heartbeat_interval: String,
@@ -310,6 +315,8 @@ pub enum SinkConfig {
     },
     /// Provision the webhook from bot-bridge.
     Bridge {
+        /// Shown without credentials (`user:pass@`, query values).
+        #[serde(serialize_with = "ops::secret::serialize_url")]
         url: url::Url,
         token: crate::deliver::bridge::BridgeAuth,
     },
@@ -322,6 +329,8 @@ pub struct InputConfig {
     /// `None` until bot-bridge provisions one.
     pub secret: Option<Secret<String>>,
     pub fifo: PathBuf,
+    /// Shown without credentials.
+    #[serde(serialize_with = "ops::secret::serialize_url")]
     pub url: String,
 }
 
@@ -353,6 +362,8 @@ pub struct Config {
     pub subagent_max_open: usize,
     pub channel_messages_per_minute: u32,
     #[serde(with = "ops::config::duration")]
+    pub channel_window: Duration,
+    #[serde(with = "ops::config::duration")]
     pub delivery_max_elapsed: Duration,
     #[serde(with = "ops::config::duration")]
     pub sink_unhealthy_after: Duration,
@@ -366,6 +377,8 @@ pub struct Config {
     pub dlq_max_bytes: usize,
     pub log_format: LogFormat,
     pub log_filter: String,
+    /// Shown without credentials (collectors often take a token in the URL).
+    #[serde(serialize_with = "ops::secret::serialize_opt_url")]
     pub otel_exporter_otlp_endpoint: Option<String>,
     /// Settings that were given but have no effect, each naming its key: shown
     /// by `check-config` and logged at start, so a half-done setup is visible.
@@ -407,13 +420,18 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-fn duration(key: &str, s: &str) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        ConfigError::invalid(
-            key,
-            format!("{s:?} is not a duration ({e}); examples: 250ms, 5s, 10m"),
-        )
-    })
+/// The longest any watcher duration may be. Each key has its own bound
+/// below; all of them keep `Instant + duration` far from overflowing.
+const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
+const MAX_DELIVERY_MAX_ELAPSED: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_SINK_UNHEALTHY_AFTER: Duration = Duration::from_secs(24 * 3600);
+const MAX_IDLE_COMPLETE_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_CHANNEL_WINDOW: Duration = Duration::from_secs(3600);
+/// The longest `BRIDGE_HEARTBEAT_INTERVAL` accepted (a day): larger values only hide a typo.
+const MAX_BRIDGE_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+
+fn duration(key: &str, s: &str, max: Duration) -> Result<Duration, ConfigError> {
+    ops::config::duration_at_most(key, s, max)
 }
 
 fn size(key: &str, s: &str) -> Result<usize, ConfigError> {
@@ -452,7 +470,9 @@ fn bridge_auth(
 impl RawConfig {
     /// Checks every value and derives the runtime configuration. Errors name the
     /// environment variable, the name operators set in Kubernetes manifests.
-    pub fn validate(self) -> Result<Config, ConfigError> {
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
+        self.bridge_token = ops::config::secret("BRIDGE_TOKEN", self.bridge_token)?;
+        self.input_secret = ops::config::secret("INPUT_SECRET", self.input_secret)?;
         let mut warnings = Vec::new();
         let given = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.trim().is_empty());
         if self.discord_webhook_url.is_some() && given(&self.bridge_url) {
@@ -476,7 +496,10 @@ impl RawConfig {
                     .ok_or_else(|| {
                         ConfigError::invalid(
                             "BRIDGE_URL",
-                            format!("{bridge:?} is not an http(s) URL"),
+                            format!(
+                                "{:?} is not an http(s) URL",
+                                ops::secret::redact_url(bridge)
+                            ),
                         )
                     })?;
                 let token = bridge_auth(
@@ -515,6 +538,13 @@ impl RawConfig {
             return Err(ConfigError::invalid(
                 "CHANNEL_MESSAGES_PER_MINUTE",
                 "must be at least 1",
+            ));
+        }
+        let channel_window = duration("CHANNEL_WINDOW", &self.channel_window, MAX_CHANNEL_WINDOW)?;
+        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&channel_window) {
+            return Err(ConfigError::invalid(
+                "CHANNEL_WINDOW",
+                format!("{:?} is not between 1s and 1h", self.channel_window),
             ));
         }
         let queue_max_bytes = size("QUEUE_MAX_BYTES", &self.queue_max_bytes)?;
@@ -578,7 +608,7 @@ impl RawConfig {
         };
         let idle_complete_after = match self.idle_complete_after.as_deref() {
             None | Some("") | Some("off") => None,
-            Some(s) => Some(duration("IDLE_COMPLETE_AFTER", s)?),
+            Some(s) => Some(duration("IDLE_COMPLETE_AFTER", s, MAX_IDLE_COMPLETE_AFTER)?),
         };
         Ok(Config {
             transcript_path: self.transcript_path,
@@ -606,10 +636,23 @@ impl RawConfig {
             input,
             subagent_max_open: self.subagent_max_open,
             channel_messages_per_minute: self.channel_messages_per_minute,
-            delivery_max_elapsed: duration("DELIVERY_MAX_ELAPSED", &self.delivery_max_elapsed)?,
-            sink_unhealthy_after: duration("SINK_UNHEALTHY_AFTER", &self.sink_unhealthy_after)?,
+            channel_window,
+            delivery_max_elapsed: duration(
+                "DELIVERY_MAX_ELAPSED",
+                &self.delivery_max_elapsed,
+                MAX_DELIVERY_MAX_ELAPSED,
+            )?,
+            sink_unhealthy_after: duration(
+                "SINK_UNHEALTHY_AFTER",
+                &self.sink_unhealthy_after,
+                MAX_SINK_UNHEALTHY_AFTER,
+            )?,
             bridge_heartbeat_interval: {
-                let d = duration("BRIDGE_HEARTBEAT_INTERVAL", &self.bridge_heartbeat_interval)?;
+                let d = duration(
+                    "BRIDGE_HEARTBEAT_INTERVAL",
+                    &self.bridge_heartbeat_interval,
+                    MAX_BRIDGE_HEARTBEAT_INTERVAL,
+                )?;
                 if d < Duration::from_secs(1) {
                     return Err(ConfigError::invalid(
                         "BRIDGE_HEARTBEAT_INTERVAL",
@@ -619,7 +662,11 @@ impl RawConfig {
                 d
             },
             idle_complete_after,
-            shutdown_timeout: duration("SHUTDOWN_TIMEOUT", &self.shutdown_timeout)?,
+            shutdown_timeout: duration(
+                "SHUTDOWN_TIMEOUT",
+                &self.shutdown_timeout,
+                MAX_SHUTDOWN_TIMEOUT,
+            )?,
             dlq_max_bytes: size("DLQ_MAX_BYTES", &self.dlq_max_bytes)?,
             log_format: self.log_format,
             log_filter: self.log_filter,

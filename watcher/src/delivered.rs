@@ -14,7 +14,7 @@
 //! the two leaves uuids in the journal whose records lie past the checkpoint.
 //! They were acknowledged, so skipping them on restart is right.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 
@@ -114,11 +114,7 @@ impl DeliveredLog {
             source,
         };
         let lines = Delivered::from_uuids(uuids);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(write)?;
+        let mut f = crate::atomic_file::open_append(&path).map_err(write)?;
         if self.torn {
             f.write_all(b"\n").map_err(write)?;
         }

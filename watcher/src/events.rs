@@ -14,6 +14,7 @@ use ops::metrics::{Metrics, MetricsError};
 use prometheus::{Gauge, Histogram, IntCounter, IntCounterVec, IntGauge};
 use tokio::time::Instant;
 
+use crate::atomic_file::{StateFile, StateObserver};
 use crate::deliver::bridge::{ProvisionObserver, ProvisionOutcome};
 use crate::deliver::DeliveryObserver;
 use crate::ingest::IngestObserver;
@@ -60,6 +61,7 @@ pub struct WatcherMetrics {
     pub sink_up: IntGauge,
     pub oldest_pending_age: Gauge,
     pub provision_attempts: IntCounterVec,
+    pub state_write_errors: IntCounterVec,
 }
 
 /// The closed label sets, pre-registered so every series exists (at 0) from
@@ -93,6 +95,7 @@ const INPUT_OUTCOMES: &[&str] = &[
     "accepted",
     "bad_request",
     "unauthorized",
+    "forbidden",
     "duplicate",
     "too_large",
     "rate_limited",
@@ -126,6 +129,8 @@ impl WatcherMetrics {
         preregister(&metrics.files_skipped, FILE_SKIP_REASONS);
         preregister(&metrics.tokens, TOKEN_TYPES);
         preregister(&metrics.input_requests, INPUT_OUTCOMES);
+        let files: Vec<&str> = StateFile::ALL.iter().map(|f| f.as_str()).collect();
+        preregister(&metrics.state_write_errors, &files);
         let fields: Vec<&str> = discord::truncate::Field::ALL
             .iter()
             .map(|f| f.as_str())
@@ -272,6 +277,11 @@ impl WatcherMetrics {
                 "Calls to bot-bridge POST /v1/runs (provisioning and re-provisioning), by outcome.",
                 &["outcome"],
             )?,
+            state_write_errors: m.counter_vec(
+                "watcher_state_write_errors_total",
+                "Writes to STATE_DIR that failed, by file (checkpoint, delivered, dlq, input_ids).",
+                &["file"],
+            )?,
         })
     }
 }
@@ -386,6 +396,11 @@ pub struct Telemetry {
     /// Last delivery error, shown in `/healthz`.
     pub last_error: Mutex<Option<String>>,
     sink: Mutex<SinkTrack>,
+    /// `/healthz` component "state": degraded while a state file cannot be
+    /// written (not a readiness check: a restart does not fix a full disk).
+    state: Option<Component>,
+    /// The files whose last write failed, with the error.
+    failing_state: Mutex<std::collections::BTreeMap<StateFile, String>>,
 }
 
 impl Telemetry {
@@ -395,6 +410,28 @@ impl Telemetry {
             transcript,
             last_error: Mutex::new(None),
             sink: Mutex::new(SinkTrack::default()),
+            state: None,
+            failing_state: Mutex::new(std::collections::BTreeMap::new()),
+        }
+    }
+
+    /// Reports state write failures in `component` as well.
+    #[must_use]
+    pub fn with_state_component(mut self, component: Component) -> Self {
+        self.state = Some(component);
+        self
+    }
+
+    fn show_state(&self, failing: &std::collections::BTreeMap<StateFile, String>) {
+        let Some(c) = &self.state else { return };
+        if failing.is_empty() {
+            c.ok("writable");
+        } else {
+            let detail: Vec<String> = failing
+                .iter()
+                .map(|(f, e)| format!("cannot write {}: {e}", f.as_str()))
+                .collect();
+            c.degraded(detail.join("; "));
         }
     }
 
@@ -602,6 +639,28 @@ impl ProvisionObserver for Telemetry {
             .provision_attempts
             .with_label_values(&[outcome.as_str()])
             .inc();
+    }
+}
+
+impl StateObserver for Telemetry {
+    fn write_failed(&self, file: StateFile, error: &dyn std::fmt::Display) {
+        self.metrics
+            .state_write_errors
+            .with_label_values(&[file.as_str()])
+            .inc();
+        tracing::error!(file = file.as_str(), error = %error, "cannot write state file");
+        if let Ok(mut failing) = self.failing_state.lock() {
+            failing.insert(file, error.to_string());
+            self.show_state(&failing);
+        }
+    }
+    fn written(&self, file: StateFile) {
+        if let Ok(mut failing) = self.failing_state.lock() {
+            if failing.remove(&file).is_some() {
+                tracing::info!(file = file.as_str(), "state file writable again");
+                self.show_state(&failing);
+            }
+        }
     }
 }
 

@@ -21,6 +21,7 @@ use ops::Shutdown;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::atomic_file::{StateFile, StateObserver};
 use crate::checkpoint::{AckTracker, Checkpoint, CheckpointStore};
 use crate::deliver::batch::{Batch, Batcher, Unit};
 use crate::deliver::webhook::{Sent, WebhookSender};
@@ -489,14 +490,17 @@ impl Pipeline {
         // Journal first: a crash between the two leaves delivered uuids whose
         // records lie past the checkpoint, which a restart then rightly skips.
         let committed = self.tracker.take_committed();
-        if let Err(e) = self.delivered.append(&committed) {
-            tracing::error!(error = %e, "cannot journal delivered records; a restart may repost them if the transcript was rewritten");
+        match self.delivered.append(&committed) {
+            Ok(()) => self.telemetry.written(StateFile::Delivered),
+            // A restart may then repost records of a rewritten transcript.
+            Err(e) => self.telemetry.write_failed(StateFile::Delivered, &e),
         }
         self.tracker.apply(&mut self.checkpoint);
         self.run_state.stats = serde_json::to_value(self.renderer.stats()).ok();
         self.checkpoint.totals = serde_json::to_value(&self.run_state).unwrap_or_default();
-        if let Err(e) = self.store.save(&self.checkpoint) {
-            tracing::error!(error = %e, "cannot write the checkpoint");
+        match self.store.save(&self.checkpoint) {
+            Ok(()) => self.telemetry.written(StateFile::Checkpoint),
+            Err(e) => self.telemetry.write_failed(StateFile::Checkpoint, &e),
         }
         self.dirty = false;
         self.last_save = Instant::now();

@@ -8,12 +8,25 @@
 //! [`Limiter`] paces requests from what it has learnt and only falls back on 429
 //! handling when its knowledge was stale. It uses `tokio::time` only, so its tests
 //! run on a paused clock.
+//!
+//! Every request holds a [`Permit`] from before it is sent until its answer is
+//! recorded. Nothing a request reserves is consumed for good without Discord's
+//! word: an answer without rate-limit headers (a 502 from a proxy, a reset, a
+//! timeout) only ends the reservation, an exhausted bucket always has a reset
+//! time, and every 429 block a deadline, so a run of failures can never leave
+//! the limiter waiting forever; it sends again as soon as Discord answers.
+//!
+//! The per-channel window counts a message from its *answer*: Discord counted
+//! it on arrival, before answering, so a slot reused a window after the answer
+//! is free on Discord's side whether it counts in a sliding window or in fixed
+//! windows of any phase (each is a stretch of one window's length).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use http::HeaderMap;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// Who a 429 applies to (`X-RateLimit-Scope`).
@@ -120,17 +133,40 @@ pub const CHANNEL_WINDOW: Duration = Duration::from_secs(60);
 const GLOBAL_WINDOW: Duration = Duration::from_secs(1);
 /// Wait after a 429 that named no duration.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// An exhausted bucket whose headers named no reset is assumed to reset after
+/// this: an exhausted bucket always has an end, so nothing waits forever.
+const DEFAULT_RESET_AFTER: Duration = Duration::from_secs(1);
+/// The longest wait the limiter takes from a header or a 429 body. Longer
+/// values (a broken proxy, `1e15`) are capped: they must not overflow the
+/// clock, and no Discord limit, Cloudflare's one-hour ban included, is longer.
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// How often a waiter re-checks while only an unanswered request holds it up;
+/// the answer (or the permit's drop) wakes it sooner.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// Above this many tracked routes or channels, idle entries are forgotten.
 const PRUNE_ABOVE: usize = 4096;
+
+/// The margin kept at the edge of the per-channel window: a slot is reused
+/// `window + margin` after the answer to the message that took it (1 s of
+/// Discord's 60 s; proportionally less for a scaled test window). The answer
+/// time already covers network latency for a sliding window and any fixed
+/// window, since Discord counted the message before it answered; the margin
+/// covers a server that stores times at a coarser granularity (whole seconds).
+pub fn channel_margin(window: Duration) -> Duration {
+    (window / 60).min(Duration::from_secs(1))
+}
 
 /// How a [`Limiter`] paces requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimiterConfig {
     /// Requests per second over all routes (Discord: 50 per bot). 0 disables it.
     pub global_per_second: u32,
-    /// Messages per channel per 60 s for [`Limiter::acquire_message`]; `None`
-    /// disables the per-channel window.
+    /// Messages per channel per [`LimiterConfig::channel_window`] for
+    /// [`Limiter::acquire_message`]; `None` disables the per-channel window.
     pub channel_messages_per_minute: Option<u32>,
+    /// The window of the per-channel limit: [`CHANNEL_WINDOW`] on Discord;
+    /// shorter only against a fake whose window is scaled down for tests.
+    pub channel_window: Duration,
 }
 
 impl Default for LimiterConfig {
@@ -138,26 +174,150 @@ impl Default for LimiterConfig {
         Self {
             global_per_second: DEFAULT_GLOBAL_PER_SECOND,
             channel_messages_per_minute: Some(DEFAULT_CHANNEL_MESSAGES_PER_MINUTE),
+            channel_window: CHANNEL_WINDOW,
+        }
+    }
+}
+
+/// When a request may go: now, at a known time, or when an unanswered request
+/// settles (its answer says how much of the bucket is left).
+#[derive(Debug, Default)]
+struct Wait {
+    at: Option<Instant>,
+    settle: bool,
+}
+
+impl Wait {
+    fn until(&mut self, now: Instant, t: Option<Instant>) {
+        if let Some(t) = t.filter(|t| *t > now) {
+            self.at = Some(self.at.map_or(t, |a| a.max(t)));
+        }
+    }
+
+    fn ready(&self) -> bool {
+        self.at.is_none() && !self.settle
+    }
+
+    /// How long to sleep before checking again.
+    fn delay(&self, now: Instant) -> Duration {
+        match self.at {
+            Some(at) => at - now,
+            None => SETTLE_POLL,
         }
     }
 }
 
 /// What the limiter knows about one route's bucket.
+///
+/// A request takes nothing from `remaining` for good: it is counted in
+/// `in_flight` until its answer arrives, and the answer's headers (Discord's
+/// count, which includes it) replace `remaining`. An answer without headers (a
+/// 502 from a proxy, a reset, a timeout) only ends the reservation. So failures
+/// can never drain the bucket, and every wait has an end: an exhausted bucket
+/// always carries a reset time, a block always has a deadline, and a permit
+/// always ends its reservation (when dropped at the latest).
 #[derive(Debug, Default)]
 struct Bucket {
     /// Window size last advertised; restores `remaining` when the window resets.
     limit: Option<u32>,
-    /// Requests left in the window: the server's last word minus what we sent since.
+    /// Requests left in the window as the server last said; `None` while
+    /// unknown (then one request at a time finds out).
     remaining: Option<u32>,
-    /// When the advertised window resets.
+    /// When the advertised window resets; always set while `remaining` is 0.
     reset_at: Option<Instant>,
     /// Set by a 429 on this route: nothing goes out before.
     blocked_until: Option<Instant>,
+    /// Permits handed out whose answer has not been recorded.
+    in_flight: u32,
 }
 
 impl Bucket {
+    fn refresh(&mut self, now: Instant) {
+        if self.reset_at.is_some_and(|t| t <= now) {
+            // A new window: the advertised limit applies again.
+            self.reset_at = None;
+            self.remaining = self.limit;
+        }
+        if self.remaining == Some(0) && self.reset_at.is_none() {
+            // Cannot happen through `record`; never let it wedge if it did.
+            self.remaining = None;
+        }
+    }
+
+    fn wait(&mut self, now: Instant, wait: &mut Wait) {
+        self.refresh(now);
+        wait.until(now, self.blocked_until);
+        match self.remaining {
+            Some(0) => wait.until(now, self.reset_at),
+            Some(left) if self.in_flight >= left => wait.settle = true,
+            None if self.in_flight > 0 => wait.settle = true,
+            _ => {}
+        }
+    }
+
+    fn record(&mut self, now: Instant, h: &RateLimitHeaders) {
+        if h.limit.is_some() {
+            self.limit = h.limit;
+        }
+        if let Some(remaining) = h.remaining {
+            self.remaining = Some(remaining);
+        }
+        if let Some(reset_after) = h.reset_after {
+            self.reset_at = Some(now + reset_after.min(MAX_WAIT));
+        }
+        if self.remaining == Some(0) && self.reset_at.is_none_or(|t| t <= now) {
+            self.reset_at = Some(now + DEFAULT_RESET_AFTER);
+        }
+    }
+
     fn idle(&self, now: Instant) -> bool {
-        self.reset_at.is_none_or(|t| t <= now) && self.blocked_until.is_none_or(|t| t <= now)
+        self.in_flight == 0
+            && self.reset_at.is_none_or(|t| t <= now)
+            && self.blocked_until.is_none_or(|t| t <= now)
+    }
+}
+
+/// The per-channel message window of one channel.
+#[derive(Debug, Default)]
+struct Channel {
+    /// When the answer to each accepted message arrived, oldest first: Discord
+    /// counted the message no later than that.
+    sent: VecDeque<Instant>,
+    /// Messages sent and not answered yet; each holds a slot.
+    in_flight: u32,
+    /// Set by a channel (shared-scope) 429: Discord's own word on when the
+    /// channel takes a message again.
+    blocked_until: Option<Instant>,
+}
+
+impl Channel {
+    fn prune(&mut self, now: Instant, span: Duration) {
+        while self.sent.front().is_some_and(|t| *t + span <= now) {
+            self.sent.pop_front();
+        }
+    }
+
+    fn wait(&mut self, now: Instant, span: Duration, max: u32, wait: &mut Wait) {
+        self.prune(now, span);
+        wait.until(now, self.blocked_until);
+        let max = usize::try_from(max.max(1)).unwrap_or(usize::MAX);
+        let in_flight = usize::try_from(self.in_flight).unwrap_or(usize::MAX);
+        let held = self.sent.len().saturating_add(in_flight);
+        if held < max {
+            return;
+        }
+        // The slot that frees first: sent ones leave in order, unanswered ones
+        // only after their answer.
+        match self.sent.get(held - max) {
+            Some(t) => wait.until(now, Some(*t + span)),
+            None => wait.settle = true,
+        }
+    }
+
+    fn idle(&self, now: Instant, span: Duration) -> bool {
+        self.in_flight == 0
+            && self.sent.back().is_none_or(|t| *t + span <= now)
+            && self.blocked_until.is_none_or(|t| t <= now)
     }
 }
 
@@ -168,16 +328,28 @@ struct State {
     /// Set by a global 429: nothing goes out before.
     global_blocked_until: Option<Instant>,
     buckets: HashMap<String, Bucket>,
-    /// Per-channel message send times within the last minute, oldest first.
-    channels: HashMap<String, VecDeque<Instant>>,
+    channels: HashMap<String, Channel>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    state: Mutex<State>,
+    /// Woken whenever a permit settles, so waiters held up by an unanswered
+    /// request go at once.
+    settled: Notify,
 }
 
 /// Paces requests so that none exceeds a known limit. Cheap to clone (shared
 /// state); use one per client so all its requests are counted together.
+///
+/// Every request holds a [`Permit`] from before it is sent until its answer is
+/// recorded with it ([`Permit::done`], [`Permit::refused`],
+/// [`Permit::rate_limited`], [`Permit::lost`]); a permit dropped unrecorded
+/// (the send was cancelled or timed out) ends its reservation too.
 #[derive(Debug, Clone)]
 pub struct Limiter {
     config: LimiterConfig,
-    state: Arc<Mutex<State>>,
+    shared: Arc<Shared>,
 }
 
 /// Drops entries older than `window` and returns when one more send is allowed,
@@ -199,52 +371,106 @@ fn window_ready(
     sends.get(sends.len() - max).map(|t| *t + window)
 }
 
+fn later(current: Option<Instant>, until: Instant) -> Option<Instant> {
+    Some(current.map_or(until, |t| t.max(until)))
+}
+
 impl Limiter {
     pub fn new(config: LimiterConfig) -> Self {
         Self {
             config,
-            state: Arc::new(Mutex::new(State::default())),
+            shared: Arc::new(Shared::default()),
         }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         // The state stays consistent even if a holder panicked: every update is a
         // plain assignment or push.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// How long a channel slot stays taken after the message's answer.
+    fn channel_span(&self) -> Duration {
+        self.config.channel_window + channel_margin(self.config.channel_window)
+    }
+
+    fn channel_limit<'a>(&self, channel_key: Option<&'a str>) -> Option<(&'a str, u32)> {
+        let key = channel_key?;
+        let max = self.config.channel_messages_per_minute?;
+        Some((key, max))
     }
 
     /// Waits until a request on `route` (e.g. `"webhook:{id}"` or
     /// `"POST /channels/{id}/webhooks"` with the id filled in) stays within the
-    /// route's bucket and the global budget, then counts it as sent.
-    pub async fn acquire(&self, route: &str) {
-        self.wait(route, None).await;
+    /// route's bucket and the global budget, and reserves it.
+    pub async fn acquire(&self, route: &str) -> Permit {
+        loop {
+            // Without a deadline `wait` only returns with a permit.
+            if let Some(permit) = self.wait(route, None, None).await {
+                return permit;
+            }
+        }
     }
 
     /// [`Limiter::acquire`] for a request that posts a message in the channel
     /// `channel_key`: also keeps within the unadvertised per-channel window.
-    pub async fn acquire_message(&self, route: &str, channel_key: &str) {
-        self.wait(route, Some(channel_key)).await;
-    }
-
-    /// Takes a permit if one is available now; otherwise returns how long until
-    /// one may be. Lets a sender coalesce work while it would have to wait.
-    pub fn try_acquire(&self, route: &str, channel_key: Option<&str>) -> Result<(), Duration> {
-        let now = Instant::now();
-        let mut state = self.state();
-        match self.ready_at(&mut state, now, route, channel_key) {
-            None => {
-                self.reserve(&mut state, now, route, channel_key);
-                Ok(())
+    pub async fn acquire_message(&self, route: &str, channel_key: &str) -> Permit {
+        loop {
+            if let Some(permit) = self.wait(route, Some(channel_key), None).await {
+                return permit;
             }
-            Some(at) => Err(at - now),
         }
     }
 
-    async fn wait(&self, route: &str, channel_key: Option<&str>) {
+    /// Like [`Limiter::acquire_message`] (or [`Limiter::acquire`] without a
+    /// channel), giving up at `deadline`: `None` when no permit came by then.
+    pub async fn acquire_until(
+        &self,
+        route: &str,
+        channel_key: Option<&str>,
+        deadline: Instant,
+    ) -> Option<Permit> {
+        self.wait(route, channel_key, Some(deadline)).await
+    }
+
+    /// Takes a permit if one is available now; otherwise returns how long to
+    /// wait before asking again. Lets a sender coalesce work while it waits.
+    pub fn try_acquire(&self, route: &str, channel_key: Option<&str>) -> Result<Permit, Duration> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let wait = self.ready_at(&mut state, now, route, channel_key);
+        if wait.ready() {
+            Ok(self.reserve(&mut state, now, route, channel_key))
+        } else {
+            Err(wait.delay(now))
+        }
+    }
+
+    async fn wait(
+        &self,
+        route: &str,
+        channel_key: Option<&str>,
+        deadline: Option<Instant>,
+    ) -> Option<Permit> {
         loop {
-            match self.try_acquire(route, channel_key) {
-                Ok(()) => return,
-                Err(wait) => tokio::time::sleep(wait).await,
+            let settled = self.shared.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            let delay = match self.try_acquire(route, channel_key) {
+                Ok(permit) => return Some(permit),
+                Err(delay) => delay,
+            };
+            let wake = Instant::now() + delay;
+            if deadline.is_some_and(|d| d <= Instant::now()) {
+                return None;
+            }
+            let wake = deadline.map_or(wake, |d| wake.min(d));
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = &mut settled => {}
             }
         }
     }
@@ -255,67 +481,128 @@ impl Limiter {
         now: Instant,
         route: &str,
         channel_key: Option<&str>,
-    ) -> Option<Instant> {
-        let mut at: Option<Instant> = None;
-        let mut later = |t: Option<Instant>| {
-            if let Some(t) = t.filter(|t| *t > now) {
-                at = Some(at.map_or(t, |a| a.max(t)));
-            }
-        };
-        later(state.global_blocked_until);
+    ) -> Wait {
+        let mut wait = Wait::default();
+        wait.until(now, state.global_blocked_until);
         if self.config.global_per_second > 0 {
-            later(window_ready(
+            let at = window_ready(
                 &mut state.global_sends,
                 now,
                 GLOBAL_WINDOW,
                 self.config.global_per_second,
-            ));
+            );
+            wait.until(now, at);
         }
         if let Some(bucket) = state.buckets.get_mut(route) {
-            later(bucket.blocked_until);
-            if bucket.reset_at.is_some_and(|t| t <= now) {
-                // A new window: the advertised limit applies again.
-                bucket.reset_at = None;
-                bucket.remaining = bucket.limit;
-            }
-            if bucket.remaining == Some(0) {
-                // Without a known reset, wait a short while for one, then
-                // restore the limit: answers without headers (a 5xx outage)
-                // must not leave the bucket exhausted for ever.
-                let reset = *bucket.reset_at.get_or_insert(now + DEFAULT_RETRY_AFTER);
-                later(Some(reset));
+            bucket.wait(now, &mut wait);
+        }
+        if let Some((key, max)) = self.channel_limit(channel_key) {
+            if let Some(channel) = state.channels.get_mut(key) {
+                channel.wait(now, self.channel_span(), max, &mut wait);
             }
         }
-        if let (Some(key), Some(max)) = (channel_key, self.config.channel_messages_per_minute) {
-            if let Some(sends) = state.channels.get_mut(key) {
-                later(window_ready(sends, now, CHANNEL_WINDOW, max.max(1)));
-            }
-        }
-        at
+        wait
     }
 
-    fn reserve(&self, state: &mut State, now: Instant, route: &str, channel_key: Option<&str>) {
+    fn reserve(
+        &self,
+        state: &mut State,
+        now: Instant,
+        route: &str,
+        channel_key: Option<&str>,
+    ) -> Permit {
         if self.config.global_per_second > 0 {
             state.global_sends.push_back(now);
         }
-        if let Some(bucket) = state.buckets.get_mut(route) {
-            bucket.remaining = bucket.remaining.map(|r| r.saturating_sub(1));
+        if !state.buckets.contains_key(route) && state.buckets.len() >= PRUNE_ABOVE {
+            state.buckets.retain(|_, b| !b.idle(now));
         }
-        if let (Some(key), Some(_)) = (channel_key, self.config.channel_messages_per_minute) {
+        let bucket = state.buckets.entry(route.to_owned()).or_default();
+        bucket.in_flight = bucket.in_flight.saturating_add(1);
+        let channel = self.channel_limit(channel_key).map(|(key, _)| {
             if !state.channels.contains_key(key) && state.channels.len() >= PRUNE_ABOVE {
-                state
-                    .channels
-                    .retain(|_, sends| sends.back().is_some_and(|t| *t + CHANNEL_WINDOW > now));
+                let span = self.channel_span();
+                state.channels.retain(|_, c| !c.idle(now, span));
             }
-            state
-                .channels
-                .entry(key.to_owned())
-                .or_default()
-                .push_back(now);
+            let channel = state.channels.entry(key.to_owned()).or_default();
+            channel.in_flight = channel.in_flight.saturating_add(1);
+            key.to_owned()
+        });
+        Permit {
+            limiter: self.clone(),
+            route: route.to_owned(),
+            channel,
+            settled: false,
         }
     }
 
-    /// Records what a response's headers said about `route`'s bucket.
+    /// Ends one reservation: what the answer said about the bucket, whether the
+    /// channel counted a message, and any 429 block.
+    fn settle(&self, permit: &Permit, outcome: Settled<'_>) {
+        let now = Instant::now();
+        {
+            let mut state = self.state();
+            if let Some(bucket) = state.buckets.get_mut(&permit.route) {
+                bucket.in_flight = bucket.in_flight.saturating_sub(1);
+            }
+            let (headers, counted) = match outcome {
+                Settled::Answered { headers, counted } => (Some(headers), counted),
+                Settled::Unknown => (None, true),
+                Settled::RateLimited(h) => {
+                    self.block(&mut state, now, permit, h);
+                    (Some(h), false)
+                }
+            };
+            if let Some(h) = headers.filter(|h| h.remaining.is_some() || h.reset_after.is_some()) {
+                if let Some(bucket) = state.buckets.get_mut(&permit.route) {
+                    bucket.record(now, h);
+                }
+            }
+            if let Some(channel) = permit
+                .channel
+                .as_ref()
+                .and_then(|k| state.channels.get_mut(k))
+            {
+                channel.in_flight = channel.in_flight.saturating_sub(1);
+                if counted {
+                    channel.sent.push_back(now);
+                }
+            }
+        }
+        self.shared.settled.notify_waiters();
+    }
+
+    /// A 429: blocks the route, the channel (a shared-scope 429 on a message:
+    /// the channel's limit) or every route (global) for `retry_after`.
+    fn block(&self, state: &mut State, now: Instant, permit: &Permit, h: &RateLimitHeaders) {
+        let wait = h
+            .retry_after
+            .or(h.reset_after)
+            .unwrap_or(DEFAULT_RETRY_AFTER)
+            .min(MAX_WAIT);
+        let until = now + wait;
+        if h.global || h.scope == Some(Scope::Global) {
+            state.global_blocked_until = later(state.global_blocked_until, until);
+            return;
+        }
+        let channel = permit
+            .channel
+            .as_ref()
+            .filter(|_| h.scope == Some(Scope::Shared))
+            .and_then(|k| state.channels.get_mut(k));
+        match channel {
+            // Re-aligned to Discord's word: the channel takes a message again
+            // after `retry_after`, whatever our own window says.
+            Some(channel) => channel.blocked_until = later(channel.blocked_until, until),
+            None => {
+                let bucket = state.buckets.entry(permit.route.clone()).or_default();
+                bucket.blocked_until = later(bucket.blocked_until, until);
+            }
+        }
+    }
+
+    /// Records what a response's headers said about `route`'s bucket, outside
+    /// any permit (e.g. a response to a request the limiter did not pace).
     pub fn update(&self, route: &str, h: &RateLimitHeaders) {
         if h.remaining.is_none() && h.reset_after.is_none() {
             return;
@@ -325,34 +612,83 @@ impl Limiter {
         if !state.buckets.contains_key(route) && state.buckets.len() >= PRUNE_ABOVE {
             state.buckets.retain(|_, b| !b.idle(now));
         }
-        let bucket = state.buckets.entry(route.to_owned()).or_default();
-        if h.limit.is_some() {
-            bucket.limit = h.limit;
-        }
-        if let Some(remaining) = h.remaining {
-            bucket.remaining = Some(remaining);
-        }
-        if let Some(reset_after) = h.reset_after {
-            bucket.reset_at = Some(now + reset_after);
-        }
+        state
+            .buckets
+            .entry(route.to_owned())
+            .or_default()
+            .record(now, h);
+    }
+}
+
+/// How a permit ended.
+enum Settled<'a> {
+    /// An answer arrived; `counted`: Discord created something (a message
+    /// takes a channel slot).
+    Answered {
+        headers: &'a RateLimitHeaders,
+        counted: bool,
+    },
+    /// A 429 with these headers (`retry_after` filled from the body).
+    RateLimited(&'a RateLimitHeaders),
+    /// Nothing is known (cancelled, timed out): the channel slot is kept, as
+    /// Discord may have taken the message.
+    Unknown,
+}
+
+/// One request's reservation: taken before it is sent, ended with what its
+/// answer said. Dropping it unrecorded ends the reservation as "outcome
+/// unknown" (the bucket is released; a message keeps its channel slot).
+#[derive(Debug)]
+#[must_use = "a permit paces one request; record its answer with it"]
+pub struct Permit {
+    limiter: Limiter,
+    route: String,
+    channel: Option<String>,
+    settled: bool,
+}
+
+impl Permit {
+    fn finish(mut self, outcome: Settled<'_>) {
+        self.settled = true;
+        self.limiter.settle(&self, outcome);
     }
 
-    /// Records a 429: blocks `route` (or every route, for a global limit) for the
-    /// `retry_after` the response named (the caller fills it from the body when
-    /// the header is missing).
-    pub fn on_429(&self, route: &str, h: &RateLimitHeaders) {
-        let wait = h
-            .retry_after
-            .or(h.reset_after)
-            .unwrap_or(DEFAULT_RETRY_AFTER);
-        let until = Instant::now() + wait;
-        let mut state = self.state();
-        if h.global || h.scope == Some(Scope::Global) {
-            state.global_blocked_until =
-                Some(state.global_blocked_until.map_or(until, |t| t.max(until)));
-        } else {
-            let bucket = state.buckets.entry(route.to_owned()).or_default();
-            bucket.blocked_until = Some(bucket.blocked_until.map_or(until, |t| t.max(until)));
+    /// A 2xx: Discord did it (a message takes its channel slot from now).
+    pub fn done(self, headers: &RateLimitHeaders) {
+        self.finish(Settled::Answered {
+            headers,
+            counted: true,
+        });
+    }
+
+    /// An answer that created nothing (a 4xx other than 429, a 5xx): its
+    /// headers, if any, are recorded; the channel slot is freed.
+    pub fn refused(self, headers: &RateLimitHeaders) {
+        self.finish(Settled::Answered {
+            headers,
+            counted: false,
+        });
+    }
+
+    /// A 429 (`headers.retry_after` filled from the body when the header is
+    /// missing): blocks the route, the channel or everything for that long
+    /// (capped at [`MAX_WAIT`]); the request took no slot.
+    pub fn rate_limited(self, headers: &RateLimitHeaders) {
+        self.finish(Settled::RateLimited(headers));
+    }
+
+    /// No answer, and Discord did not take the request (connection refused or
+    /// reset before an answer): frees everything it held.
+    pub fn lost(self) {
+        self.refused(&RateLimitHeaders::default());
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settled = true;
+            self.limiter.settle(self, Settled::Unknown);
         }
     }
 }
@@ -434,6 +770,15 @@ mod tests {
     }
 
     impl FakeBucket {
+        fn new(limit: u32, window: Duration) -> Self {
+            Self {
+                limit,
+                window,
+                started: None,
+                used: 0,
+            }
+        }
+
         fn hit(&mut self, now: Instant) -> RateLimitHeaders {
             let start = match self.started {
                 Some(s) if now < s + self.window => s,
@@ -458,87 +803,161 @@ mod tests {
         }
     }
 
+    fn no_channel_limit() -> LimiterConfig {
+        LimiterConfig {
+            global_per_second: 50,
+            channel_messages_per_minute: None,
+            ..LimiterConfig::default()
+        }
+    }
+
+    fn user_429(retry_after: Duration) -> RateLimitHeaders {
+        RateLimitHeaders {
+            scope: Some(Scope::User),
+            retry_after: Some(retry_after),
+            ..RateLimitHeaders::default()
+        }
+    }
+
+    /// Waits for a permit for at most `within`; `None` means the limiter
+    /// would have kept the request waiting longer (a wedge, if forever).
+    async fn permit_within(
+        limiter: &Limiter,
+        route: &str,
+        channel: Option<&str>,
+        within: Duration,
+    ) -> Option<Permit> {
+        limiter
+            .acquire_until(route, channel, Instant::now() + within)
+            .await
+    }
+
     #[tokio::test(start_paused = true)]
     async fn rate_limit_never_exceeded() {
         let limiter = Limiter::new(LimiterConfig::default());
-        let mut server = FakeBucket {
-            limit: 5,
-            window: Duration::from_secs(2),
-            started: None,
-            used: 0,
-        };
+        let mut server = FakeBucket::new(5, Duration::from_secs(2));
         let start = Instant::now();
-        let mut sent = Vec::new();
+        let mut answered = Vec::new();
         for _ in 0..100 {
-            limiter.acquire_message("webhook:1", "channel:1").await;
-            let now = Instant::now();
-            sent.push(now);
-            limiter.update("webhook:1", &server.hit(now));
+            let permit = limiter.acquire_message("webhook:1", "channel:1").await;
+            permit.done(&server.hit(Instant::now()));
+            answered.push(Instant::now());
         }
-        for pair in sent.windows(31) {
+        for pair in answered.windows(31) {
             assert!(
                 pair[30] - pair[0] >= CHANNEL_WINDOW,
                 "more than 30 messages in 60 s"
             );
         }
-        // Not needlessly slow either: three full minutes and the start of a fourth.
-        let elapsed = sent[99] - start;
+        // Not needlessly slow either: three windows and their margins, and the
+        // start of a fourth.
+        let elapsed = answered[99] - start;
         assert!(elapsed >= Duration::from_secs(180), "{elapsed:?}");
-        assert!(elapsed < Duration::from_secs(200), "{elapsed:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn answers_without_headers_never_exhaust_a_bucket_for_ever() {
-        let limiter = Limiter::new(LimiterConfig {
-            global_per_second: 0,
-            channel_messages_per_minute: None,
-        });
-        let mut server = FakeBucket {
-            limit: 5,
-            window: Duration::from_secs(2),
-            started: None,
-            used: 0,
-        };
-        limiter.acquire("webhook:1").await;
-        limiter.update("webhook:1", &server.hit(Instant::now()));
-        tokio::time::advance(Duration::from_secs(3)).await;
-        // A 5xx outage: every answer lacks rate-limit headers.
-        for _ in 0..20 {
-            tokio::time::timeout(Duration::from_secs(5), limiter.acquire("webhook:1"))
-                .await
-                .expect("the bucket resets even without headers");
-        }
+        assert!(elapsed < Duration::from_secs(195), "{elapsed:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn advertised_bucket_is_respected_without_channel_limit() {
-        let limiter = Limiter::new(LimiterConfig {
-            global_per_second: 50,
-            channel_messages_per_minute: None,
-        });
-        let mut server = FakeBucket {
-            limit: 5,
-            window: Duration::from_secs(2),
-            started: None,
-            used: 0,
-        };
+        let limiter = Limiter::new(no_channel_limit());
+        let mut server = FakeBucket::new(5, Duration::from_secs(2));
         let start = Instant::now();
         for _ in 0..20 {
-            limiter.acquire_message("webhook:1", "channel:1").await;
-            limiter.update("webhook:1", &server.hit(Instant::now()));
+            let permit = limiter.acquire_message("webhook:1", "channel:1").await;
+            permit.done(&server.hit(Instant::now()));
         }
         assert_eq!(Instant::now() - start, Duration::from_secs(6));
     }
 
+    /// issue 15: five 502s without headers used to take the last five requests
+    /// of the bucket for good; with no reset known the limiter then re-checked
+    /// forever and sent nothing again.
+    #[tokio::test(start_paused = true)]
+    async fn failures_without_headers_never_drain_the_bucket() {
+        let limiter = Limiter::new(LimiterConfig::default());
+        let mut server = FakeBucket::new(5, Duration::from_secs(2));
+        let permit = limiter.acquire_message("webhook:1", "c").await;
+        permit.done(&server.hit(Instant::now()));
+        // The window resets; then a run of answers without any header.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        for i in 0..12 {
+            let permit = permit_within(&limiter, "webhook:1", Some("c"), Duration::from_secs(1))
+                .await
+                .unwrap_or_else(|| panic!("failure {i}: no permit"));
+            if i % 2 == 0 {
+                permit.refused(&RateLimitHeaders::default()); // a 502 from a proxy
+            } else {
+                permit.lost(); // a reset
+            }
+        }
+        // Discord is back: the next request goes at once.
+        let start = Instant::now();
+        let permit = limiter.acquire_message("webhook:1", "c").await;
+        assert_eq!(Instant::now(), start);
+        permit.done(&server.hit(Instant::now()));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_permits_end_their_reservation() {
+        let limiter = Limiter::new(no_channel_limit());
+        for _ in 0..10 {
+            // A send cancelled (shutdown) or timed out.
+            let permit = limiter.acquire("r").await;
+            drop(permit);
+        }
+        assert!(permit_within(&limiter, "r", None, Duration::ZERO)
+            .await
+            .is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_bucket_without_a_reset_reopens() {
+        let limiter = Limiter::new(no_channel_limit());
+        let permit = limiter.acquire("r").await;
+        permit.done(&RateLimitHeaders {
+            limit: Some(5),
+            remaining: Some(0),
+            ..RateLimitHeaders::default()
+        });
+        let start = Instant::now();
+        let permit = permit_within(&limiter, "r", None, Duration::from_secs(5)).await;
+        assert!(permit.is_some(), "an exhausted bucket with no reset wedged");
+        assert_eq!(Instant::now() - start, DEFAULT_RESET_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unknown_bucket_sends_one_request_at_a_time() {
+        let limiter = Limiter::new(no_channel_limit());
+        let first = limiter.acquire("r").await;
+        assert!(limiter.try_acquire("r", None).is_err());
+        let start = Instant::now();
+        let waiter = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                let _permit = limiter.acquire("r").await;
+                Instant::now() - start
+            })
+        };
+        tokio::time::advance(Duration::from_millis(30)).await;
+        // The answer says there is room: the waiter goes at once.
+        first.done(&RateLimitHeaders {
+            limit: Some(5),
+            remaining: Some(4),
+            reset_after: Some(Duration::from_secs(2)),
+            ..RateLimitHeaders::default()
+        });
+        assert_eq!(waiter.await.unwrap(), Duration::from_millis(30));
+        let a = limiter.try_acquire("r", None);
+        let b = limiter.try_acquire("r", None);
+        assert!(a.is_ok() && b.is_ok(), "headers allow requests in parallel");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn global_budget_holds_over_all_routes() {
-        let limiter = Limiter::new(LimiterConfig {
-            global_per_second: 50,
-            channel_messages_per_minute: None,
-        });
+        let limiter = Limiter::new(no_channel_limit());
         let mut sent = Vec::new();
         for i in 0..175 {
-            limiter.acquire(&format!("route:{i}")).await;
+            let permit = limiter.acquire(&format!("route:{i}")).await;
+            permit.done(&RateLimitHeaders::default());
             sent.push(Instant::now());
         }
         for pair in sent.windows(51) {
@@ -551,15 +970,12 @@ mod tests {
     async fn global_429_blocks_every_route() {
         let limiter = Limiter::new(LimiterConfig::default());
         let start = Instant::now();
-        limiter.on_429(
-            "a",
-            &RateLimitHeaders {
-                global: true,
-                retry_after: Some(Duration::from_secs(5)),
-                ..RateLimitHeaders::default()
-            },
-        );
-        limiter.acquire("b").await;
+        limiter.acquire("a").await.rate_limited(&RateLimitHeaders {
+            global: true,
+            retry_after: Some(Duration::from_secs(5)),
+            ..RateLimitHeaders::default()
+        });
+        let _b = limiter.acquire("b").await;
         assert_eq!(Instant::now() - start, Duration::from_secs(5));
     }
 
@@ -567,22 +983,72 @@ mod tests {
     async fn route_429_blocks_only_that_route() {
         let limiter = Limiter::new(LimiterConfig::default());
         let start = Instant::now();
-        limiter.on_429(
-            "a",
+        limiter.acquire("a").await.rate_limited(&RateLimitHeaders {
+            scope: Some(Scope::User),
+            reset_after: Some(Duration::from_millis(700)),
+            ..RateLimitHeaders::default()
+        });
+        let _b = limiter.acquire("b").await;
+        assert_eq!(Instant::now(), start);
+        assert_eq!(
+            limiter.try_acquire("a", None).err(),
+            Some(Duration::from_millis(700))
+        );
+        let _a = limiter.acquire("a").await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(700));
+    }
+
+    /// issue 15 (low): a 429 asking for 10^15 s overflowed the clock and
+    /// aborted the watcher.
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_retry_after_is_capped_never_a_panic() {
+        let limiter = Limiter::new(LimiterConfig::default());
+        let huge = Duration::from_secs(10_000_000_000_000_000_000);
+        limiter.acquire("a").await.rate_limited(&user_429(huge));
+        assert_eq!(limiter.try_acquire("a", None).err(), Some(MAX_WAIT));
+        limiter.acquire("g").await.rate_limited(&RateLimitHeaders {
+            global: true,
+            retry_after: Some(Duration::MAX),
+            ..RateLimitHeaders::default()
+        });
+        limiter
+            .acquire_message("w", "c")
+            .await
+            .rate_limited(&RateLimitHeaders {
+                scope: Some(Scope::Shared),
+                retry_after: Some(Duration::MAX),
+                ..RateLimitHeaders::default()
+            });
+        limiter.update(
+            "b",
             &RateLimitHeaders {
-                scope: Some(Scope::User),
-                reset_after: Some(Duration::from_millis(700)),
+                remaining: Some(0),
+                reset_after: Some(Duration::MAX),
                 ..RateLimitHeaders::default()
             },
         );
-        limiter.acquire("b").await;
-        assert_eq!(Instant::now(), start);
-        assert_eq!(
-            limiter.try_acquire("a", None),
-            Err(Duration::from_millis(700))
-        );
-        limiter.acquire("a").await;
-        assert_eq!(Instant::now() - start, Duration::from_millis(700));
+        assert_eq!(limiter.try_acquire("b", None).err(), Some(MAX_WAIT));
+        // Parsed from the wire, such values stay representable.
+        let h = parse_headers(&headers(&[
+            ("retry-after", "1e19"),
+            ("x-ratelimit-reset-after", "1e300"),
+        ]));
+        assert_eq!(h.retry_after, Some(huge));
+        assert_eq!(h.reset_after, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn acquire_until_gives_up_at_the_deadline() {
+        let limiter = Limiter::new(LimiterConfig::default());
+        limiter
+            .acquire("a")
+            .await
+            .rate_limited(&user_429(Duration::from_secs(30)));
+        let start = Instant::now();
+        assert!(permit_within(&limiter, "a", None, Duration::from_secs(10))
+            .await
+            .is_none());
+        assert_eq!(Instant::now() - start, Duration::from_secs(10));
     }
 
     #[tokio::test(start_paused = true)]
@@ -590,14 +1056,18 @@ mod tests {
         let limiter = Limiter::new(LimiterConfig {
             global_per_second: 0,
             channel_messages_per_minute: Some(3),
+            ..LimiterConfig::default()
         });
         let start = Instant::now();
         let tasks: Vec<_> = (0..7)
-            .map(|_| {
+            .map(|i| {
                 let l = limiter.clone();
                 tokio::spawn(async move {
-                    l.acquire_message("w", "c").await;
-                    Instant::now() - start
+                    // One webhook per task: only the channel is shared.
+                    let permit = l.acquire_message(&format!("w{i}"), "c").await;
+                    let at = Instant::now() - start;
+                    permit.done(&RateLimitHeaders::default());
+                    at
                 })
             })
             .collect();
@@ -606,18 +1076,155 @@ mod tests {
             at.push(t.await.unwrap());
         }
         at.sort();
-        let minute = CHANNEL_WINDOW;
+        let slot = CHANNEL_WINDOW + channel_margin(CHANNEL_WINDOW);
         assert_eq!(
             at,
             [
                 Duration::ZERO,
                 Duration::ZERO,
                 Duration::ZERO,
-                minute,
-                minute,
-                minute,
-                minute * 2
+                slot,
+                slot,
+                slot,
+                slot * 2
             ]
         );
+    }
+
+    /// A per-channel limit enforced by a server in one of the ways Discord
+    /// might: a sliding window, or fixed windows of some phase. Panics on
+    /// what would be a 429.
+    struct ChannelServer {
+        max: usize,
+        window: Duration,
+        /// `None`: sliding; `Some(phase)`: fixed windows starting at
+        /// `origin + phase + k * window`.
+        fixed_phase: Option<Duration>,
+        origin: Instant,
+        arrivals: VecDeque<Instant>,
+    }
+
+    impl ChannelServer {
+        fn count(&mut self, at: Instant) {
+            match self.fixed_phase {
+                None => {
+                    while self
+                        .arrivals
+                        .front()
+                        .is_some_and(|t| *t + self.window <= at)
+                    {
+                        self.arrivals.pop_front();
+                    }
+                }
+                Some(phase) => {
+                    let since = (at + self.window - phase) - self.origin;
+                    let k = since.as_nanos() / self.window.as_nanos();
+                    let start =
+                        self.origin + phase + self.window * u32::try_from(k).unwrap() - self.window;
+                    while self.arrivals.front().is_some_and(|t| *t < start) {
+                        self.arrivals.pop_front();
+                    }
+                }
+            }
+            self.arrivals.push_back(at);
+            assert!(
+                self.arrivals.len() <= self.max,
+                "429: {} messages in one window ({:?})",
+                self.arrivals.len(),
+                self.fixed_phase
+            );
+        }
+    }
+
+    /// issue 16: pacing by send times let a message that travelled faster
+    /// than the one a window before it arrive inside Discord's window.
+    /// Counting from the answer keeps to a sliding window and to fixed windows
+    /// of any phase, with varying latency, at ≥ 0.95 of the limit's rate.
+    #[tokio::test(start_paused = true)]
+    async fn channel_pacing_keeps_to_sliding_and_fixed_windows_at_full_rate() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        let window = CHANNEL_WINDOW;
+        for run in 0..8 {
+            let limiter = Limiter::new(LimiterConfig {
+                global_per_second: 0,
+                channel_messages_per_minute: Some(30),
+                ..LimiterConfig::default()
+            });
+            let start = Instant::now();
+            let fixed_phase =
+                (run % 2 == 1).then(|| Duration::from_millis(rng.random_range(0..60_000)));
+            let mut server = ChannelServer {
+                max: 30,
+                window,
+                fixed_phase,
+                origin: start,
+                arrivals: VecDeque::new(),
+            };
+            let messages = 91;
+            let mut first_arrival = None;
+            let mut last_arrival = start;
+            for _ in 0..messages {
+                let permit = limiter.acquire_message("w", "c").await;
+                // Latency up and back varies between 5 and 400 ms.
+                tokio::time::advance(Duration::from_millis(rng.random_range(5..400))).await;
+                server.count(Instant::now());
+                first_arrival.get_or_insert(Instant::now());
+                last_arrival = Instant::now();
+                tokio::time::advance(Duration::from_millis(rng.random_range(5..400))).await;
+                permit.done(&RateLimitHeaders::default());
+            }
+            // Ideal: 30 at once, then 30 a window later, and so on.
+            let ideal = window * u32::try_from((messages - 1) / 30).unwrap();
+            let took = last_arrival - first_arrival.unwrap();
+            let rate = ideal.as_secs_f64() / took.as_secs_f64();
+            assert!(rate >= 0.95, "run {run}: {took:?} for {ideal:?}: {rate:.3}");
+        }
+    }
+
+    /// issue 16: after a channel 429 the sender waits what Discord said, not
+    /// for its own window to free a slot.
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_429_realigns_to_retry_after() {
+        let limiter = Limiter::new(LimiterConfig {
+            global_per_second: 0,
+            channel_messages_per_minute: Some(30),
+            ..LimiterConfig::default()
+        });
+        for _ in 0..29 {
+            let permit = limiter.acquire_message("w", "c").await;
+            permit.done(&RateLimitHeaders::default());
+        }
+        // Discord counted one more than we did (another webhook, a retry).
+        let start = Instant::now();
+        limiter
+            .acquire_message("w", "c")
+            .await
+            .rate_limited(&RateLimitHeaders {
+                scope: Some(Scope::Shared),
+                retry_after: Some(Duration::from_millis(1500)),
+                ..RateLimitHeaders::default()
+            });
+        let permit = limiter.acquire_message("w", "c").await;
+        assert_eq!(Instant::now() - start, Duration::from_millis(1500));
+        permit.done(&RateLimitHeaders::default());
+        // The route itself was not blocked (a shared 429 is the channel's).
+        assert!(limiter.try_acquire("w", None).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_scaled_channel_window_paces_proportionally() {
+        let window = Duration::from_secs(6);
+        let limiter = Limiter::new(LimiterConfig {
+            global_per_second: 0,
+            channel_messages_per_minute: Some(30),
+            channel_window: window,
+        });
+        let start = Instant::now();
+        for _ in 0..31 {
+            let permit = limiter.acquire_message("w", "c").await;
+            permit.done(&RateLimitHeaders::default());
+        }
+        assert_eq!(Instant::now() - start, window + Duration::from_millis(100));
     }
 }

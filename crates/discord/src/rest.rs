@@ -301,6 +301,7 @@ impl RestClient {
             limiter: Limiter::new(LimiterConfig {
                 global_per_second: ratelimit::DEFAULT_GLOBAL_PER_SECOND,
                 channel_messages_per_minute: None,
+                ..LimiterConfig::default()
             }),
             observer,
             backoff: Backoff::default(),
@@ -546,7 +547,12 @@ impl RestClient {
             if self.invalid_requests() >= INVALID_REQUEST_BUDGET {
                 return Err(RestError::InvalidRequestBudget);
             }
-            self.limiter.acquire(&bucket).await;
+            // A bucket blocked longer than a caller should wait fails the call
+            // instead of holding it (and an API request behind it) for that long.
+            let deadline = Instant::now() + MAX_RATE_LIMIT_WAIT;
+            let Some(permit) = self.limiter.acquire_until(&bucket, None, deadline).await else {
+                return Err(RestError::RateLimitedTooLong);
+            };
             let mut request = self
                 .http
                 .request(call.method.clone(), &url)
@@ -565,6 +571,9 @@ impl RestClient {
             let (status, headers, body) = match result {
                 Ok(r) => r,
                 Err(e) => {
+                    // Discord's answer, if any, is unknown: the reservation
+                    // ends with the permit and takes nothing for good.
+                    drop(permit);
                     self.observer.request_done(call.route, 0);
                     failures += 1;
                     if failures > self.max_retries {
@@ -574,10 +583,12 @@ impl RestClient {
                     continue;
                 }
             };
-            self.limiter.update(&bucket, &headers);
             self.observer.request_done(call.route, status);
             match status {
-                200..=299 => return Ok(body.to_vec()),
+                200..=299 => {
+                    permit.done(&headers);
+                    return Ok(body.to_vec());
+                }
                 429 => {
                     let global = headers.global || ratelimit::global_from_body(&body);
                     let scope = if global {
@@ -594,19 +605,19 @@ impl RestClient {
                         .or(headers.retry_after)
                         .or(headers.reset_after)
                         .unwrap_or(Duration::from_secs(1));
+                    permit.rate_limited(&RateLimitHeaders {
+                        retry_after: Some(retry_after),
+                        global,
+                        ..headers
+                    });
                     rate_limited += 1;
                     if retry_after > MAX_RATE_LIMIT_WAIT || rate_limited > MAX_RATE_LIMITED_ATTEMPTS
                     {
                         return Err(RestError::RateLimitedTooLong);
                     }
-                    let blocked = RateLimitHeaders {
-                        retry_after: Some(retry_after),
-                        global,
-                        ..headers
-                    };
-                    self.limiter.on_429(&bucket, &blocked);
                 }
                 500..=599 => {
+                    permit.refused(&headers);
                     failures += 1;
                     if failures > self.max_retries {
                         return Err(http_error(status, &body, secret));
@@ -614,6 +625,7 @@ impl RestClient {
                     tokio::time::sleep(self.backoff.delay(failures - 1)).await;
                 }
                 _ => {
+                    permit.refused(&headers);
                     if matches!(status, 401 | 403) {
                         self.record_invalid();
                     }

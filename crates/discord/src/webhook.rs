@@ -59,6 +59,9 @@ pub enum ExecuteOutcome {
     Network {
         /// The error chain, without the URL (and so without the token).
         error: String,
+        /// The request may have reached Discord (it timed out waiting for the
+        /// answer): the message may exist, and counts against the channel.
+        maybe_sent: bool,
     },
 }
 
@@ -111,12 +114,18 @@ impl WebhookClient {
         let token = url.token().expose();
         let request = match self.request(url, msg) {
             Ok(r) => r,
-            Err(error) => return ExecuteOutcome::Network { error },
+            Err(error) => {
+                return ExecuteOutcome::Network {
+                    error,
+                    maybe_sent: false,
+                }
+            }
         };
         let response = match request.send().await {
             Ok(r) => r,
             Err(e) => {
                 return ExecuteOutcome::Network {
+                    maybe_sent: e.is_timeout(),
                     error: describe_error(e, token),
                 }
             }

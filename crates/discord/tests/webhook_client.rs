@@ -246,7 +246,7 @@ async fn network_errors_never_contain_the_token() {
     drop(listener);
     let url = url(&format!("http://{addr}/api/v10"), 200);
     let outcome = client().execute(&url, &message()).await;
-    let ExecuteOutcome::Network { error } = outcome else {
+    let ExecuteOutcome::Network { error, .. } = outcome else {
         panic!("expected a network error, got {outcome:?}");
     };
     assert!(!error.is_empty());

@@ -3,6 +3,19 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// How the fake counts the unadvertised per-channel message limit. Discord
+/// does not document it, so a client must keep to both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ChannelWindowKind {
+    /// At most the limit in any stretch of one window (less the clock
+    /// tolerance).
+    #[default]
+    Sliding,
+    /// At most the limit in each window `[phase + k·window, phase + (k+1)·window)`
+    /// counted from the fake's start; `phase: None` picks a random one at start.
+    Fixed { phase: Option<Duration> },
+}
+
 /// Settings of one [`crate::FakeDiscord`]. `Default` is Discord as agentmon
 /// meets it: 5 requests / 2 s per webhook, 30 messages / 60 s per channel,
 /// 50 requests / s globally, guild `"1"`, any bot token.
@@ -19,9 +32,13 @@ pub struct FakeConfig {
     /// `X-RateLimit-*` headers.
     pub webhook_limit: u32,
     pub webhook_window: Duration,
-    /// Messages per channel (webhooks together) per 60 s; NOT advertised, a 429
-    /// with `X-RateLimit-Scope: shared` when exceeded.
+    /// Messages per channel (webhooks together) per [`FakeConfig::channel_window`];
+    /// NOT advertised, a 429 with `X-RateLimit-Scope: shared` when exceeded.
     pub channel_messages_per_minute: u32,
+    /// The per-channel window: 60 s as on Discord; shorter to scale a test down.
+    pub channel_window: Duration,
+    /// How the per-channel window counts.
+    pub channel_window_kind: ChannelWindowKind,
     /// Requests per second over everything (webhook executes and REST).
     pub global_per_second: u32,
     /// Requests per REST route and major parameter per [`FakeConfig::rest_window`].
@@ -48,6 +65,8 @@ impl Default for FakeConfig {
             webhook_limit: 5,
             webhook_window: Duration::from_secs(2),
             channel_messages_per_minute: 30,
+            channel_window: Duration::from_secs(60),
+            channel_window_kind: ChannelWindowKind::Sliding,
             global_per_second: 50,
             rest_limit: 10,
             rest_window: Duration::from_secs(1),

@@ -3,9 +3,14 @@
 //! Faults are consumed in the order they were queued; each request takes at most
 //! one, from the first pending fault whose filters match it, and a fault is gone
 //! once its `count` is used up. They apply to webhook executes unless `route`
-//! says otherwise.
+//! says otherwise. A fault with `for_ms` instead hits every matching request
+//! for that long from the first one it hits (an outage of a given length), then
+//! gives way to the next.
+
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 
 /// The route name webhook executes match (besides their template).
 pub const EXECUTE: &str = "execute";
@@ -103,6 +108,13 @@ pub struct Fault {
     /// Only executes of this webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_id: Option<String>,
+    /// Hit every matching request for this many ms from the first hit
+    /// (`count` is then ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_ms: Option<u64>,
+    /// When a `for_ms` fault ends (set at its first hit).
+    #[serde(skip)]
+    pub active_until: Option<Instant>,
 }
 
 impl Fault {
@@ -113,6 +125,17 @@ impl Fault {
             count,
             route: None,
             webhook_id: None,
+            for_ms: None,
+            active_until: None,
+        }
+    }
+
+    /// A fault of `kind` hitting every webhook execute for `duration` from the
+    /// first one it hits.
+    pub fn lasting(kind: FaultKind, duration: Duration) -> Self {
+        Self {
+            for_ms: Some(u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)),
+            ..Self::new(kind, 1)
         }
     }
 
@@ -139,7 +162,7 @@ pub struct FaultQueue {
 
 impl FaultQueue {
     pub fn push(&mut self, fault: Fault) {
-        if fault.count > 0 {
+        if fault.count > 0 || fault.for_ms.is_some() {
             self.pending.push(fault);
         }
     }
@@ -152,15 +175,29 @@ impl FaultQueue {
         &self.pending
     }
 
-    /// Takes one hit of the first fault matching the request.
-    pub fn take(&mut self, route: &str, webhook_id: Option<&str>) -> Option<FaultKind> {
+    /// Takes one hit of the first fault matching the request at `now`.
+    pub fn take(
+        &mut self,
+        route: &str,
+        webhook_id: Option<&str>,
+        now: Instant,
+    ) -> Option<FaultKind> {
+        // A lasting fault whose time is up is gone before anything is matched.
+        self.pending
+            .retain(|f| f.active_until.is_none_or(|until| now < until));
         let i = self
             .pending
             .iter()
             .position(|f| f.matches(route, webhook_id))?;
         let fault = &mut self.pending[i];
-        fault.count -= 1;
         let kind = fault.kind.clone();
+        if let Some(ms) = fault.for_ms {
+            fault
+                .active_until
+                .get_or_insert_with(|| now + Duration::from_millis(ms));
+            return Some(kind);
+        }
+        fault.count -= 1;
         if fault.count == 0 {
             self.pending.remove(i);
         }
@@ -202,10 +239,50 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Fault>(r#"{"kind":"explode"}"#).is_err());
+        let f: Fault =
+            serde_json::from_str(r#"{"kind":"status","status":503,"for_ms":60000}"#).unwrap();
+        assert_eq!(f.for_ms, Some(60_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lasting_fault_hits_everything_for_its_time_then_gives_way() {
+        let mut q = FaultQueue::default();
+        q.push(Fault::new(
+            FaultKind::Status {
+                status: 502,
+                body: None,
+            },
+            1,
+        ));
+        q.push(Fault::lasting(
+            FaultKind::Status {
+                status: 503,
+                body: None,
+            },
+            Duration::from_secs(60),
+        ));
+        q.push(Fault::new(FaultKind::Reset, 1));
+        let status = |k: Option<FaultKind>| match k {
+            Some(FaultKind::Status { status, .. }) => status,
+            Some(FaultKind::Reset) => 1,
+            _ => 0,
+        };
+        assert_eq!(status(q.take(EXECUTE_ROUTE, None, Instant::now())), 502);
+        // Its clock starts at the first hit, not when it was queued.
+        tokio::time::advance(Duration::from_secs(100)).await;
+        for _ in 0..5 {
+            assert_eq!(status(q.take(EXECUTE_ROUTE, None, Instant::now())), 503);
+            tokio::time::advance(Duration::from_secs(11)).await;
+        }
+        assert_eq!(status(q.take(EXECUTE_ROUTE, None, Instant::now())), 503);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(status(q.take(EXECUTE_ROUTE, None, Instant::now())), 1);
+        assert_eq!(q.take(EXECUTE_ROUTE, None, Instant::now()), None);
     }
 
     #[test]
     fn queue_serves_in_order_and_filters() {
+        let now = Instant::now();
         let mut q = FaultQueue::default();
         q.push(Fault::new(FaultKind::Reset, 2));
         q.push(Fault::new(FaultKind::NotFound, 1));
@@ -219,20 +296,32 @@ mod tests {
                 1,
             )
         });
-        assert_eq!(q.take("GET /channels/{channel_id}", None), None);
+        assert_eq!(q.take("GET /channels/{channel_id}", None, now), None);
         assert!(matches!(
-            q.take("POST /guilds/{guild_id}/channels", None),
+            q.take("POST /guilds/{guild_id}/channels", None, now),
             Some(FaultKind::Status { status: 500, .. })
         ));
-        assert_eq!(q.take(EXECUTE_ROUTE, Some("1")), Some(FaultKind::Reset));
-        assert_eq!(q.take(EXECUTE_ROUTE, Some("1")), Some(FaultKind::Reset));
-        assert_eq!(q.take(EXECUTE_ROUTE, Some("1")), Some(FaultKind::NotFound));
-        assert_eq!(q.take(EXECUTE_ROUTE, Some("1")), None);
+        assert_eq!(
+            q.take(EXECUTE_ROUTE, Some("1"), now),
+            Some(FaultKind::Reset)
+        );
+        assert_eq!(
+            q.take(EXECUTE_ROUTE, Some("1"), now),
+            Some(FaultKind::Reset)
+        );
+        assert_eq!(
+            q.take(EXECUTE_ROUTE, Some("1"), now),
+            Some(FaultKind::NotFound)
+        );
+        assert_eq!(q.take(EXECUTE_ROUTE, Some("1"), now), None);
         q.push(Fault {
             webhook_id: Some("7".into()),
             ..Fault::new(FaultKind::Reset, 1)
         });
-        assert_eq!(q.take(EXECUTE_ROUTE, Some("1")), None);
-        assert_eq!(q.take(EXECUTE_ROUTE, Some("7")), Some(FaultKind::Reset));
+        assert_eq!(q.take(EXECUTE_ROUTE, Some("1"), now), None);
+        assert_eq!(
+            q.take(EXECUTE_ROUTE, Some("7"), now),
+            Some(FaultKind::Reset)
+        );
     }
 }

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-pub use config::FakeConfig;
+pub use config::{ChannelWindowKind, FakeConfig};
 pub use faults::{Fault, FaultKind, StormScope};
 pub use state::{ChannelRecord, InteractionEdit, MessageRecord, State, Stats, WebhookRecord};
 
@@ -111,6 +111,15 @@ pub(crate) fn stats_json(s: &State, now: Instant) -> Value {
             json!(s.webhooks.values().filter(|w| !w.deleted).count()),
         );
         o.insert("uptime_ms".into(), json!(s.mono_ms(now)));
+        o.insert(
+            "channel_limit".into(),
+            json!({
+                "kind": if s.channel_phase.is_some() { "fixed" } else { "sliding" },
+                "messages": s.config.channel_messages_per_minute,
+                "window_ms": u64::try_from(s.config.channel_window.as_millis()).unwrap_or(u64::MAX),
+                "phase_ms": s.channel_phase.map(|p| u64::try_from(p.as_millis()).unwrap_or(u64::MAX)),
+            }),
+        );
     }
     v
 }

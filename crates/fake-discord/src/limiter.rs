@@ -144,6 +144,79 @@ impl SlidingWindow {
     }
 }
 
+/// Fixed windows of a given phase: at most `max` events in each
+/// `[origin + phase + k·window, origin + phase + (k+1)·window)`. One way Discord
+/// may count its unadvertised per-channel limit.
+#[derive(Debug, Clone)]
+pub struct PhasedWindow {
+    max: u32,
+    window: Duration,
+    /// `origin + phase`: a window boundary.
+    boundary: Instant,
+    /// The index of the window `used` counts in.
+    current: u64,
+    used: u32,
+}
+
+impl PhasedWindow {
+    /// `phase` is taken modulo `window`.
+    pub fn new(max: u32, window: Duration, origin: Instant, phase: Duration) -> Self {
+        let window = window.max(Duration::from_millis(1));
+        let phase_ns = phase.as_nanos() % window.as_nanos();
+        let phase = Duration::from_nanos(u64::try_from(phase_ns).unwrap_or(0));
+        Self {
+            max: max.max(1),
+            window,
+            boundary: origin + phase,
+            current: 0,
+            used: 0,
+        }
+    }
+
+    /// The index of the window holding `now` (the one before `boundary` is 0)
+    /// and when it ends.
+    fn locate(&self, now: Instant) -> (u64, Instant) {
+        // `now + window - boundary` is never negative: the fake starts at
+        // `origin`, at most one window before `boundary`.
+        let since = (now + self.window).saturating_duration_since(self.boundary);
+        let index = since.as_nanos() / self.window.as_nanos();
+        let index = u64::try_from(index).unwrap_or(u64::MAX);
+        let end = self.boundary + self.window * u32::try_from(index).unwrap_or(u32::MAX);
+        (index, end)
+    }
+
+    fn roll(&mut self, now: Instant) -> Instant {
+        let (index, end) = self.locate(now);
+        if index != self.current {
+            self.current = index;
+            self.used = 0;
+        }
+        end
+    }
+
+    /// `Err(retry_after)` (until the window ends) when one more event now
+    /// would exceed the limit.
+    pub fn peek(&mut self, now: Instant) -> Result<(), Duration> {
+        let end = self.roll(now);
+        if self.used >= self.max {
+            Err(ceil_ms(end - now))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn take(&mut self, now: Instant) {
+        self.roll(now);
+        self.used = self.used.saturating_add(1);
+    }
+
+    /// Events in the current window.
+    pub fn count(&mut self, now: Instant) -> usize {
+        self.roll(now);
+        usize::try_from(self.used).unwrap_or(usize::MAX)
+    }
+}
+
 /// The most events ever seen in any sliding window of one length (the
 /// `max_*` numbers in the stats). Memory is bounded by the events of one window.
 #[derive(Debug, Clone)]
@@ -252,6 +325,29 @@ mod tests {
         // Four in the first 300 ms, then six from 2.2 s to 2.7 s, when the
         // early ones have left the window.
         assert_eq!(m.max(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn phased_window_resets_on_its_boundaries() {
+        let origin = Instant::now();
+        let mut w = PhasedWindow::new(3, Duration::from_secs(60), origin, Duration::from_secs(45));
+        // Windows: [-15 s, 45 s), [45 s, 105 s), …
+        for _ in 0..3 {
+            assert_eq!(w.peek(Instant::now()), Ok(()));
+            w.take(Instant::now());
+        }
+        assert_eq!(w.peek(Instant::now()), Err(Duration::from_secs(45)));
+        tokio::time::advance(Duration::from_secs(45) - MS).await;
+        assert!(w.peek(Instant::now()).is_err());
+        tokio::time::advance(MS).await;
+        for _ in 0..3 {
+            assert_eq!(w.peek(Instant::now()), Ok(()));
+            w.take(Instant::now());
+        }
+        assert_eq!(w.count(Instant::now()), 3);
+        assert_eq!(w.peek(Instant::now()), Err(Duration::from_secs(60)));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        assert_eq!(w.count(Instant::now()), 0);
     }
 
     #[test]

@@ -11,7 +11,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
-use fake_discord::{FakeConfig, FakeDiscord};
+use fake_discord::{ChannelWindowKind, FakeConfig, FakeDiscord};
+
+/// How the per-channel message limit counts (Discord does not say).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ChannelWindowArg {
+    /// At most the limit in any stretch of one window.
+    Sliding,
+    /// At most the limit in each fixed window (see --channel-window-phase-ms).
+    Fixed,
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -44,13 +53,29 @@ struct Cli {
     /// Length of the per-webhook window, in ms.
     #[arg(long, env = "FAKE_DISCORD_WEBHOOK_WINDOW_MS", default_value_t = 2000)]
     webhook_window_ms: u64,
-    /// Messages per channel per 60 s (not advertised; 429 scope shared beyond).
+    /// Messages per channel per window (not advertised; 429 scope shared beyond).
     #[arg(
         long,
         env = "FAKE_DISCORD_CHANNEL_MESSAGES_PER_MINUTE",
         default_value_t = 30
     )]
     channel_messages_per_minute: u32,
+    /// Length of the per-channel window, in ms (Discord: 60000; shorter to
+    /// scale a test down).
+    #[arg(long, env = "FAKE_DISCORD_CHANNEL_WINDOW_MS", default_value_t = 60_000)]
+    channel_window_ms: u64,
+    /// How the per-channel window counts.
+    #[arg(
+        long,
+        env = "FAKE_DISCORD_CHANNEL_WINDOW",
+        value_enum,
+        default_value = "sliding"
+    )]
+    channel_window: ChannelWindowArg,
+    /// With --channel-window fixed: where windows start, in ms after the
+    /// fake's start (modulo the window); random when unset.
+    #[arg(long, env = "FAKE_DISCORD_CHANNEL_WINDOW_PHASE_MS")]
+    channel_window_phase_ms: Option<u64>,
     /// Requests per second over all routes (429 global beyond).
     #[arg(long, env = "FAKE_DISCORD_GLOBAL_PER_SECOND", default_value_t = 50)]
     global_per_second: u32,
@@ -102,6 +127,13 @@ async fn main() -> anyhow::Result<()> {
         webhook_limit: cli.webhook_limit,
         webhook_window: Duration::from_millis(cli.webhook_window_ms),
         channel_messages_per_minute: cli.channel_messages_per_minute,
+        channel_window: Duration::from_millis(cli.channel_window_ms.max(1)),
+        channel_window_kind: match cli.channel_window {
+            ChannelWindowArg::Sliding => ChannelWindowKind::Sliding,
+            ChannelWindowArg::Fixed => ChannelWindowKind::Fixed {
+                phase: cli.channel_window_phase_ms.map(Duration::from_millis),
+            },
+        },
         global_per_second: cli.global_per_second,
         rest_limit: cli.rest_limit,
         rest_window: Duration::from_millis(cli.rest_window_ms),

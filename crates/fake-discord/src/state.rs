@@ -12,10 +12,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
+use crate::config::ChannelWindowKind;
 use crate::config::FakeConfig;
 use crate::error::{Advertised, RateLimited, Scope};
 use crate::faults::FaultQueue;
-use crate::limiter::{FixedWindow, MaxInWindow, SlidingWindow};
+use crate::limiter::{FixedWindow, MaxInWindow, PhasedWindow, SlidingWindow};
 
 /// Discord's epoch (2015-01-01) in unix milliseconds.
 const DISCORD_EPOCH_MS: u64 = 1_420_070_400_000;
@@ -304,6 +305,9 @@ pub struct Stats {
     pub max_global_requests_per_second: u64,
     /// Faults served, by kind.
     pub faults_served: BTreeMap<String, u64>,
+    /// When the last fault was served (ms since start, as
+    /// `received_at_mono_ms`): the end of an injected outage.
+    pub last_fault_at_mono_ms: Option<u64>,
     /// REST requests by route template.
     pub rest_requests: BTreeMap<String, u64>,
     /// REST requests refused with 429, by scope.
@@ -318,12 +322,42 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     *map.entry(key.to_owned()).or_default() += 1;
 }
 
+/// One channel's message window, counted as configured.
+#[derive(Debug)]
+enum ChannelWindow {
+    Sliding(SlidingWindow),
+    Fixed(PhasedWindow),
+}
+
+impl ChannelWindow {
+    fn peek(&mut self, now: Instant) -> Result<(), Duration> {
+        match self {
+            ChannelWindow::Sliding(w) => w.peek(now),
+            ChannelWindow::Fixed(w) => w.peek(now),
+        }
+    }
+
+    fn take(&mut self, now: Instant) {
+        match self {
+            ChannelWindow::Sliding(w) => w.take(now),
+            ChannelWindow::Fixed(w) => w.take(now),
+        }
+    }
+
+    fn count(&mut self, now: Instant) -> usize {
+        match self {
+            ChannelWindow::Sliding(w) => w.count(now),
+            ChannelWindow::Fixed(w) => w.count(now),
+        }
+    }
+}
+
 /// Windows a request is checked against: `(global, bucket)`.
 #[derive(Debug)]
 struct Windows {
     global: SlidingWindow,
     webhooks: HashMap<String, FixedWindow>,
-    channels: HashMap<String, SlidingWindow>,
+    channels: HashMap<String, ChannelWindow>,
     rest: HashMap<String, FixedWindow>,
 }
 
@@ -342,6 +376,9 @@ pub struct State {
     /// `http://host:port` clients reach the fake at (the public URL when set).
     pub base_url: String,
     pub started: Instant,
+    /// The phase of fixed per-channel windows (drawn at start when the config
+    /// leaves it random); `None` for a sliding window.
+    pub channel_phase: Option<Duration>,
     last_snowflake: u64,
     pub channels: BTreeMap<String, ChannelRecord>,
     pub webhooks: BTreeMap<String, WebhookRecord>,
@@ -378,10 +415,21 @@ impl State {
             .public_url
             .clone()
             .unwrap_or_else(|| format!("http://{}", config.addr));
+        let channel_phase = match config.channel_window_kind {
+            ChannelWindowKind::Sliding => None,
+            ChannelWindowKind::Fixed { phase: Some(p) } => Some(p),
+            ChannelWindowKind::Fixed { phase: None } => {
+                let window_ms = u64::try_from(config.channel_window.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .max(1);
+                Some(Duration::from_millis(rand::random_range(0..window_ms)))
+            }
+        };
         Self {
             config,
             base_url,
             started: Instant::now(),
+            channel_phase,
             last_snowflake: 0,
             channels: BTreeMap::new(),
             webhooks: BTreeMap::new(),
@@ -698,16 +746,21 @@ impl State {
     /// Records an accepted message in its channel's window and the stats.
     pub fn count_message(&mut self, channel_id: &str, now: Instant) {
         let max = self.config.channel_messages_per_minute;
-        let effective = Self::effective(&self.config, CHANNEL_WINDOW);
+        let effective = Self::effective(&self.config, self.config.channel_window);
         if self.windows.channels.len() >= PRUNE_ABOVE
             && !self.windows.channels.contains_key(channel_id)
         {
             self.windows.channels.retain(|_, w| w.count(now) > 0);
         }
+        let (window, phase, started) =
+            (self.config.channel_window, self.channel_phase, self.started);
         self.windows
             .channels
             .entry(channel_id.to_owned())
-            .or_insert_with(|| SlidingWindow::new(max, effective))
+            .or_insert_with(|| match phase {
+                None => ChannelWindow::Sliding(SlidingWindow::new(max, effective)),
+                Some(phase) => ChannelWindow::Fixed(PhasedWindow::new(max, window, started, phase)),
+            })
             .take(now);
         let t = self
             .trackers
@@ -863,6 +916,46 @@ mod tests {
         tokio::time::advance(Duration::from_secs(30)).await;
         assert_eq!(s.channel_check("c", Instant::now()), Ok(()));
         assert_eq!(s.stats.max_channel_messages_per_minute["c"], 30);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn channel_limit_as_fixed_windows_of_a_phase_and_scaled() {
+        let mut s = State::new(FakeConfig {
+            channel_messages_per_minute: 3,
+            channel_window: Duration::from_secs(6),
+            channel_window_kind: ChannelWindowKind::Fixed {
+                phase: Some(Duration::from_secs(4)),
+            },
+            ..config()
+        });
+        assert_eq!(s.channel_phase, Some(Duration::from_secs(4)));
+        // Windows [-2 s, 4 s), [4 s, 10 s): three at 3 s, three more at 4 s.
+        tokio::time::advance(Duration::from_secs(3)).await;
+        for _ in 0..3 {
+            assert_eq!(s.channel_check("c", Instant::now()), Ok(()));
+            s.count_message("c", Instant::now());
+        }
+        assert_eq!(
+            s.channel_check("c", Instant::now()),
+            Err(Duration::from_secs(1))
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..3 {
+            assert_eq!(s.channel_check("c", Instant::now()), Ok(()));
+            s.count_message("c", Instant::now());
+        }
+        assert_eq!(
+            s.channel_check("c", Instant::now()),
+            Err(Duration::from_secs(6))
+        );
+        // A random phase lies within the window.
+        let random = State::new(FakeConfig {
+            channel_window_kind: ChannelWindowKind::Fixed { phase: None },
+            ..config()
+        });
+        assert!(random
+            .channel_phase
+            .is_some_and(|p| p < Duration::from_secs(60)));
     }
 
     #[tokio::test(start_paused = true)]

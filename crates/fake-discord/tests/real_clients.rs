@@ -144,12 +144,13 @@ async fn the_limiter_fed_by_the_fakes_headers_never_sees_a_429() {
     let limiter = Limiter::new(LimiterConfig {
         global_per_second: 50,
         channel_messages_per_minute: Some(30),
+        ..LimiterConfig::default()
     });
     let route = format!("webhook:{}", hook.id);
     for i in 0..12 {
-        limiter.acquire_message(&route, &hook.channel_id).await;
+        let permit = limiter.acquire_message(&route, &hook.channel_id).await;
         match client.execute(&url, &message(&format!("{i}"))).await {
-            ExecuteOutcome::Delivered { headers, .. } => limiter.update(&route, &headers),
+            ExecuteOutcome::Delivered { headers, .. } => permit.done(&headers),
             other => panic!("request {i}: {other:?}"),
         }
     }

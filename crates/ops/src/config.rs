@@ -10,10 +10,13 @@
 //! (`poll_interval_ms = 100`).
 
 use std::path::Path;
+use std::time::Duration;
 
 use clap::parser::ValueSource;
 use clap::ArgMatches;
 use serde::de::DeserializeOwned;
+
+use crate::Secret;
 
 /// A configuration problem, phrased for the operator: which key, what is wrong.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,7 @@ pub fn load<T: DeserializeOwned>(
         }
     }
     let mut builder = defaults;
+    let mut file_text = None;
     if let Some(path) = file {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
@@ -116,24 +120,153 @@ pub fn load<T: DeserializeOwned>(
             }
         };
         builder = builder.add_source(config::File::from_str(&text, format));
+        file_text = Some((shown, text, format));
     }
     for (id, value) in explicit {
         builder = builder
             .set_override(&id, value)
             .map_err(|e| ConfigError::invalid(&id, e.to_string()))?;
     }
-    let built = builder
-        .build()
-        .map_err(|e| ConfigError::Other(e.to_string()))?;
-    built.try_deserialize::<T>().map_err(|e| match e {
+    let built = builder.build().map_err(|e| match (e, &file_text) {
+        (config::ConfigError::FileParse { cause, .. }, Some((path, text, format))) => {
+            ConfigError::File {
+                path: path.clone(),
+                problem: parse_problem(text, *format, &*cause),
+            }
+        }
+        (other, _) => redacted(other),
+    })?;
+    built.try_deserialize::<T>().map_err(redacted)
+}
+
+/// Where and why a config file does not parse, without the offending line:
+/// the parsers quote it, and it may hold a token.
+fn parse_problem(
+    text: &str,
+    format: config::FileFormat,
+    cause: &(dyn std::error::Error + 'static),
+) -> String {
+    if let Some(e) = cause.downcast_ref::<toml::de::Error>() {
+        let at = e.span().map_or(String::new(), |span| {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(" at line {line}, column {column}")
+        });
+        let why = e.message().lines().next().unwrap_or("syntax error");
+        return format!("not valid TOML{at}: {why}");
+    }
+    if let Some(e) = cause.downcast_ref::<yaml_rust2::ScanError>() {
+        let m = e.marker();
+        return format!(
+            "not valid YAML at line {}, column {}: {}",
+            m.line(),
+            m.col() + 1,
+            e.info()
+        );
+    }
+    let name = match format {
+        config::FileFormat::Yaml => "YAML",
+        _ => "TOML",
+    };
+    format!("not valid {name}")
+}
+
+/// A `config` error in the operator's terms, never quoting a value: a value
+/// of the wrong type may be a secret in the wrong place.
+fn redacted(e: config::ConfigError) -> ConfigError {
+    match e {
         config::ConfigError::Type {
             key: Some(key),
             unexpected,
             expected,
             ..
-        } => ConfigError::invalid(key, format!("expected {expected}, got {unexpected}")),
+        } => ConfigError::invalid(
+            key,
+            format!("expected {expected}, got {}", value_kind(&unexpected)),
+        ),
+        config::ConfigError::At {
+            error,
+            key: Some(key),
+            ..
+        } => match *error {
+            config::ConfigError::Type {
+                unexpected,
+                expected,
+                ..
+            } => ConfigError::invalid(
+                key,
+                format!("expected {expected}, got {}", value_kind(&unexpected)),
+            ),
+            other => ConfigError::invalid(key, other.to_string()),
+        },
         other => ConfigError::Other(other.to_string()),
-    })
+    }
+}
+
+/// `string "hunter2"` → `a string`: what kind of value, not which.
+fn value_kind(unexpected: &impl std::fmt::Display) -> String {
+    let shown = unexpected.to_string();
+    let kind = shown.split(['`', '"']).next().unwrap_or_default().trim();
+    format!("a {kind}")
+}
+
+/// Parses the humantime duration `text` of config key `key` (`250ms`, `5s`,
+/// `72h`) and bounds it by `max`: an unbounded one passes validation and
+/// later overflows (`Instant + Duration` panics), far from the setting.
+pub fn duration_at_most(key: &str, text: &str, max: Duration) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(text.trim()).map_err(|e| {
+        ConfigError::invalid(
+            key,
+            format!("{text:?} is not a duration ({e}); examples: 250ms, 5s, 10m"),
+        )
+    })?;
+    if d > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{text:?} is longer than the maximum of {}",
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
+/// A token or signing secret from the environment or a config file, checked:
+/// a single trailing newline (what `echo >file`, editors and
+/// `kubectl create secret --from-file` leave) is removed; any other control
+/// character, or whitespace at either end, is refused naming the key (never
+/// the value), because such a token is accepted at start-up and then never
+/// matches. An empty value counts as unset.
+pub fn secret(
+    key: &str,
+    value: Option<Secret<String>>,
+) -> Result<Option<Secret<String>>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let raw = value.into_inner();
+    let trimmed = raw
+        .strip_suffix("\r\n")
+        .or_else(|| raw.strip_suffix('\n'))
+        .unwrap_or(&raw);
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if trimmed.chars().any(char::is_control) {
+        return Err(ConfigError::invalid(
+            key,
+            "contains a line break or another control character (more than one trailing newline?)",
+        ));
+    }
+    if trimmed.starts_with(char::is_whitespace) || trimmed.ends_with(char::is_whitespace) {
+        return Err(ConfigError::invalid(
+            key,
+            "starts or ends with whitespace; tokens never do",
+        ));
+    }
+    Ok(Some(Secret::new(trimmed.to_owned())))
 }
 
 /// Serde helper for durations written as humantime strings (`250ms`, `72h`).
@@ -216,6 +349,80 @@ mod tests {
     fn unknown_file_key_is_named() {
         let err = run(&["x"], Some("pol_ms = 7\n")).unwrap_err().to_string();
         assert!(err.contains("pol_ms"), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_line_but_never_quotes_it() {
+        let err = run(
+            &["x"],
+            Some("name = \"ok\"\npoll_ms = \"hunter2-secret-value\n"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("line 2"), "{err}");
+        assert!(!err.contains("hunter2"), "the line leaked: {err}");
+    }
+
+    #[test]
+    fn a_yaml_syntax_error_never_quotes_the_line() {
+        let cmd = Cli::command();
+        let m = cmd.clone().get_matches_from(["x"]);
+        let mut tmp = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
+        tmp.write_all(b"name: ok\npoll_ms: [hunter2-secret-value\n")
+            .unwrap();
+        let err = load::<Conf>(&cmd, &m, Some(tmp.path()), &["config"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("YAML"), "{err}");
+        assert!(!err.contains("hunter2"), "the line leaked: {err}");
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_is_not_quoted() {
+        let err = run(&["x"], Some("poll_ms = \"hunter2-secret-value\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("poll_ms") && err.contains("string"), "{err}");
+        assert!(!err.contains("hunter2"), "the value leaked: {err}");
+    }
+
+    #[test]
+    fn durations_are_bounded_naming_the_key() {
+        let max = Duration::from_secs(3600);
+        assert_eq!(
+            duration_at_most("K", " 5s ", max).unwrap(),
+            Duration::from_secs(5)
+        );
+        let err = duration_at_most("SHUTDOWN_TIMEOUT", "100000000years", max)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("SHUTDOWN_TIMEOUT") && err.contains("maximum"),
+            "{err}"
+        );
+        let err = duration_at_most("K", "soon", max).unwrap_err().to_string();
+        assert!(err.contains("not a duration"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_loses_one_trailing_newline_and_nothing_else() {
+        let s = |v: &str| secret("API_TOKEN", Some(Secret::new(v.to_owned())));
+        assert_eq!(s("tok\n").unwrap().unwrap().expose(), "tok");
+        assert_eq!(s("tok\r\n").unwrap().unwrap().expose(), "tok");
+        assert_eq!(s("tok").unwrap().unwrap().expose(), "tok");
+        assert!(s("").unwrap().is_none());
+        assert!(s("\n").unwrap().is_none());
+        for bad in [
+            "hunter2\n\n",
+            "hun\nter2",
+            " hunter2",
+            "hunter2 ",
+            "hunter2\t",
+        ] {
+            let err = s(bad).unwrap_err().to_string();
+            assert!(err.contains("API_TOKEN"), "{err}");
+            assert!(!err.contains("hunter"), "the value leaked: {err}");
+        }
     }
 
     #[test]

@@ -72,6 +72,52 @@ impl std::str::FromStr for Secret<String> {
     }
 }
 
+/// `url` with its credentials masked: the user and password, every query
+/// value and the fragment become `****` (query keys stay, they say what is
+/// configured). Something that does not parse as a URL is hidden whole: it
+/// may be a secret pasted into the wrong setting. For URLs that are shown
+/// (`check-config`, the effective config logged at start) but may carry
+/// credentials (`https://user:pass@collector/`, `?token=...`).
+pub fn redact_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        return REDACTED.to_owned();
+    };
+    if !u.username().is_empty() {
+        let _ = u.set_username("****");
+    }
+    if u.password().is_some() {
+        let _ = u.set_password(Some("****"));
+    }
+    if u.query().is_some() {
+        let keys: Vec<String> = u.query_pairs().map(|(k, _)| k.into_owned()).collect();
+        let mut q = u.query_pairs_mut();
+        q.clear();
+        for k in keys {
+            q.append_pair(&k, "****");
+        }
+    }
+    if u.fragment().is_some() {
+        u.set_fragment(Some("****"));
+    }
+    u.to_string()
+}
+
+/// Serde `serialize_with` for a URL that may carry credentials ([`redact_url`]).
+pub fn serialize_url<U: AsRef<str>, S: Serializer>(url: &U, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&redact_url(url.as_ref()))
+}
+
+/// [`serialize_url`] for an optional URL.
+pub fn serialize_opt_url<U: AsRef<str>, S: Serializer>(
+    url: &Option<U>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => serialize_url(u, s),
+        None => s.serialize_none(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,6 +126,29 @@ mod tests {
     struct Conf {
         name: String,
         token: Secret<String>,
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_but_keep_their_shape() {
+        assert_eq!(
+            redact_url("https://alice:hunter2@collector:4318/v1/traces?token=abc&tenant=t1#frag"),
+            "https://****:****@collector:4318/v1/traces?token=****&tenant=****#****"
+        );
+        assert_eq!(
+            redact_url("http://bridge.agentmon:8080/"),
+            "http://bridge.agentmon:8080/"
+        );
+        assert_eq!(redact_url("hunter2 not a url"), REDACTED);
+        #[derive(Serialize)]
+        struct C {
+            #[serde(serialize_with = "serialize_opt_url")]
+            otlp: Option<String>,
+        }
+        let json = serde_json::to_string(&C {
+            otlp: Some("http://u:hunter2@c/".into()),
+        })
+        .unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
     }
 
     #[test]

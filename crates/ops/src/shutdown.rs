@@ -30,9 +30,10 @@ impl Shutdown {
         self.token.cancelled().await;
     }
 
-    /// A shutdown that triggers on the first SIGTERM or SIGINT. A second signal
-    /// is left to the default handler's successor: the process keeps draining,
-    /// bounded by the caller's deadline.
+    /// A shutdown that triggers on the first SIGTERM or SIGINT. A second one
+    /// ends the process at once (exit code 128 + the signal number, as a
+    /// shell reports a death by signal): an operator or a kubelet that asks
+    /// twice does not want to wait for the drain.
     pub fn on_signals() -> std::io::Result<Self> {
         use tokio::signal::unix::{signal, SignalKind};
         let shutdown = Self::new();
@@ -46,6 +47,15 @@ impl Shutdown {
             };
             tracing::info!(signal = name, "shutdown requested");
             trigger.trigger();
+            let (name, code) = tokio::select! {
+                _ = term.recv() => ("SIGTERM", 128 + 15),
+                _ = int.recv() => ("SIGINT", 128 + 2),
+            };
+            tracing::warn!(
+                signal = name,
+                "second signal during shutdown; exiting at once without finishing the drain"
+            );
+            std::process::exit(code);
         });
         Ok(shutdown)
     }

@@ -8,7 +8,7 @@
 //! a broken webhook cannot fill the volume. `watcher dlq replay` re-sends in order
 //! and rewrites each file without what was delivered, so it can be interrupted.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -143,7 +143,7 @@ pub struct Dlq {
 impl Dlq {
     pub fn open(state_dir: &Path, max_total_bytes: usize) -> Result<Self, DlqError> {
         let dir = state_dir.join("dlq");
-        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        crate::atomic_file::create_dir(&dir).map_err(io(&dir))?;
         Ok(Self {
             dir,
             max_total_bytes: max_total_bytes as u64,
@@ -178,11 +178,7 @@ impl Dlq {
             }
             _ => self.new_file_path(),
         };
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&current)
-            .map_err(io(&current))?;
+        let mut f = crate::atomic_file::open_append(&current).map_err(io(&current))?;
         f.write_all(&line).map_err(io(&current))?;
         f.sync_data().map_err(io(&current))?;
         self.enforce_cap(&current)

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 /// Telemetry of the delivery stage. Pipeline code reports through this trait
 /// only; the binary turns the calls into metrics and log lines.
-pub trait DeliveryObserver: Send + Sync {
+pub trait DeliveryObserver: crate::atomic_file::StateObserver + Send + Sync {
     /// A request to Discord is about to go out (its answer, or its failure,
     /// follows as one of the calls below). Tells an unanswered request apart
     /// from waiting for a permit, which is our own pacing.

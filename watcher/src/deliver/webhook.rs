@@ -2,13 +2,15 @@
 //! 429 → wait `retry_after`, not a failure; 5xx, timeouts and resets →
 //! exponential backoff with full jitter until `DELIVERY_MAX_ELAPSED`, then the
 //! DLQ; 400 → DLQ at once with Discord's error; 401/404 → re-provision through
-//! bot-bridge when configured, else the DLQ.
+//! bot-bridge when configured, else the DLQ. `DELIVERY_MAX_ELAPSED` counts from
+//! when the message began waiting for its first send permit, so a message held
+//! up by rate limits is dead-lettered on time too.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use discord::embed::WebhookMessage;
-use discord::ratelimit::{Limiter, RateLimitHeaders};
+use discord::ratelimit::{Limiter, Permit, RateLimitHeaders, MAX_WAIT};
 use discord::webhook::{ExecuteOutcome, WebhookClient};
 use discord::webhook_url::WebhookUrl;
 use ops::Backoff;
@@ -17,6 +19,7 @@ use tokio::time::Instant;
 use super::bridge::{BridgeClient, Provisioned};
 use super::dlq::{Dlq, DlqEntry, DlqReason};
 use super::DeliveryObserver;
+use crate::atomic_file::StateFile;
 
 /// How a message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +27,16 @@ pub enum Sent {
     Delivered,
     DeadLettered(DlqReason),
 }
+
+/// The retry schedule after a 5xx, a timeout or a reset: full jitter from
+/// 250 ms, capped at 3 s, so that delivery resumes within ~3 s of Discord
+/// recovering however long the outage was. A retry every 1.5 s on average stays
+/// far below the webhook's 5 requests per 2 s, and 5xx answers do not count
+/// towards Cloudflare's invalid-request ban.
+pub const RETRY_BACKOFF: Backoff = Backoff {
+    base: Duration::from_millis(250),
+    cap: Duration::from_secs(3),
+};
 
 /// Notified when the webhook changes (re-provisioning), so the input listener
 /// can pick up the new HMAC secret.
@@ -40,6 +53,11 @@ pub struct WebhookSender {
     max_elapsed: Duration,
     dlq: Dlq,
     observer: Arc<dyn DeliveryObserver>,
+    /// A permit taken by [`Self::acquire`] for the next message.
+    permit: Option<Permit>,
+    /// When the next message began waiting for its permit: its
+    /// `DELIVERY_MAX_ELAPSED` runs from there.
+    waiting_since: Option<Instant>,
 }
 
 impl WebhookSender {
@@ -65,6 +83,8 @@ impl WebhookSender {
             max_elapsed,
             dlq,
             observer,
+            permit: None,
+            waiting_since: None,
         }
     }
 
@@ -76,33 +96,73 @@ impl WebhookSender {
         format!("webhook:{}", self.target.id())
     }
 
+    fn channel(&self) -> String {
+        self.target.id().to_owned()
+    }
+
     /// Waits for a send permit (rate limits). The pipeline calls this before
-    /// taking a batch so that what arrives meanwhile joins the message.
-    pub async fn acquire(&self) {
-        let route = self.route();
-        let channel = self.target.id().to_owned();
-        self.limiter.acquire_message(&route, &channel).await;
+    /// taking a batch so that what arrives meanwhile joins the message. Gives
+    /// up at `DELIVERY_MAX_ELAPSED`; [`Self::send`] then dead-letters.
+    pub async fn acquire(&mut self) {
+        if self.permit.is_some() {
+            return;
+        }
+        let since = *self.waiting_since.get_or_insert_with(Instant::now);
+        let (route, channel) = (self.route(), self.channel());
+        self.permit = self
+            .limiter
+            .acquire_until(&route, Some(&channel), since + self.max_elapsed)
+            .await;
     }
 
     /// Sends `msg` until it is delivered or dead-lettered. Never gives up early
     /// on a transient failure and never retries a permanent one. With
-    /// `acquired`, the first attempt uses the permit from [`Self::acquire`].
-    pub async fn send(&mut self, msg: &WebhookMessage, mut acquired: bool) -> Sent {
-        let started = Instant::now();
+    /// `acquired`, the first attempt uses the permit from [`Self::acquire`]
+    /// and the message's time runs from when that wait began.
+    pub async fn send(&mut self, msg: &WebhookMessage, acquired: bool) -> Sent {
+        let since = self.waiting_since.take();
+        let started = since.filter(|_| acquired).unwrap_or_else(Instant::now);
+        let deadline = started + self.max_elapsed;
+        // A permit taken for an earlier batch that never came is used here: left
+        // unused it would hold the bucket and the channel slot it reserved.
+        let mut held = self.permit.take();
         let mut first_error: Option<SystemTime> = None;
         let mut attempts: u32 = 0;
         let mut retries: u32 = 0;
         loop {
             let route = self.route();
-            if !std::mem::take(&mut acquired) {
-                self.acquire().await;
-            }
+            let permit = match held.take() {
+                Some(p) => p,
+                None => {
+                    let channel = self.channel();
+                    match self
+                        .limiter
+                        .acquire_until(&route, Some(&channel), deadline)
+                        .await
+                    {
+                        Some(p) => p,
+                        None => {
+                            first_error.get_or_insert_with(SystemTime::now);
+                            return self
+                                .dead_letter(
+                                    msg,
+                                    DlqReason::RetriesExhausted,
+                                    "rate limited: no send permit within DELIVERY_MAX_ELAPSED"
+                                        .into(),
+                                    attempts,
+                                    first_error,
+                                )
+                                .await;
+                        }
+                    }
+                }
+            };
             attempts += 1;
             self.observer.attempt();
             let outcome = self.client.execute(&self.target, msg).await;
             let (reason, detail) = match outcome {
                 ExecuteOutcome::Delivered { headers, .. } => {
-                    self.limiter.update(&route, &headers);
+                    permit.done(&headers);
                     let bytes = serde_json::to_vec(msg).map_or(0, |v| v.len())
                         + msg.files.iter().map(|f| f.bytes.len()).sum::<usize>();
                     self.observer.sent(msg.embeds.len(), bytes);
@@ -113,46 +173,56 @@ impl WebhookSender {
                     scope,
                     global,
                 } => {
-                    let headers = RateLimitHeaders {
+                    // The limiter caps the wait; a longer one is Discord's (or a
+                    // proxy's) mistake, and DELIVERY_MAX_ELAPSED still applies.
+                    permit.rate_limited(&RateLimitHeaders {
                         retry_after: Some(retry_after),
                         scope,
                         global,
                         ..RateLimitHeaders::default()
-                    };
-                    self.limiter.on_429(&route, &headers);
+                    });
                     let label = if global {
                         "global"
                     } else {
                         scope.map_or("unknown", |s| s.as_str())
                     };
                     self.observer.rate_limited(label);
+                    let capped = retry_after > MAX_WAIT;
                     tracing::warn!(
                         scope = label,
-                        retry_after_ms = retry_after.as_millis() as u64,
+                        retry_after_ms = u64::try_from(retry_after.min(MAX_WAIT).as_millis())
+                            .unwrap_or(u64::MAX),
+                        capped,
                         "webhook rate limited; waiting"
                     );
                     continue;
                 }
                 ExecuteOutcome::Rejected { status, body } => {
+                    permit.refused(&RateLimitHeaders::default());
                     first_error.get_or_insert_with(SystemTime::now);
-                    return self.dead_letter(
-                        msg,
-                        DlqReason::Rejected,
-                        format!("{status}: {body}"),
-                        attempts,
-                        first_error,
-                    );
-                }
-                ExecuteOutcome::Gone { status } => {
-                    first_error.get_or_insert_with(SystemTime::now);
-                    if self.bridge.is_none() {
-                        return self.dead_letter(
+                    return self
+                        .dead_letter(
                             msg,
-                            DlqReason::WebhookGone,
-                            format!("webhook answered {status}"),
+                            DlqReason::Rejected,
+                            format!("{status}: {body}"),
                             attempts,
                             first_error,
-                        );
+                        )
+                        .await;
+                }
+                ExecuteOutcome::Gone { status } => {
+                    permit.refused(&RateLimitHeaders::default());
+                    first_error.get_or_insert_with(SystemTime::now);
+                    if self.bridge.is_none() {
+                        return self
+                            .dead_letter(
+                                msg,
+                                DlqReason::WebhookGone,
+                                format!("webhook answered {status}"),
+                                attempts,
+                                first_error,
+                            )
+                            .await;
                     }
                     match self.reprovision().await {
                         Ok(()) => continue,
@@ -160,21 +230,32 @@ impl WebhookSender {
                     }
                 }
                 ExecuteOutcome::ServerError { status, headers } => {
-                    self.limiter.update(&route, &headers);
+                    permit.refused(&headers);
                     ("server_error", format!("status {status}"))
                 }
-                ExecuteOutcome::Network { error } => ("network", error),
+                ExecuteOutcome::Network { error, maybe_sent } => {
+                    if maybe_sent {
+                        // Discord may have taken the message: it keeps its
+                        // channel slot (the permit's drop does that).
+                        drop(permit);
+                    } else {
+                        permit.lost();
+                    }
+                    ("network", error)
+                }
             };
             first_error.get_or_insert_with(SystemTime::now);
             let delay = self.backoff.delay(retries);
             retries = retries.saturating_add(1);
-            if started.elapsed() + delay > self.max_elapsed {
+            if Instant::now() + delay > deadline {
                 let dlq_reason = if reason == "provision" {
                     DlqReason::WebhookGone
                 } else {
                     DlqReason::RetriesExhausted
                 };
-                return self.dead_letter(msg, dlq_reason, detail, attempts, first_error);
+                return self
+                    .dead_letter(msg, dlq_reason, detail, attempts, first_error)
+                    .await;
             }
             self.observer.retry(reason);
             tracing::warn!(reason, error = %detail, attempt = attempts, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
@@ -200,7 +281,14 @@ impl WebhookSender {
         }
     }
 
-    fn dead_letter(
+    /// Writes `msg` to the DLQ and only then reports it dead-lettered. A
+    /// failed write (a full or read-only `STATE_DIR`) is retried with backoff
+    /// until it succeeds: returning would let the checkpoint pass a message
+    /// that is nowhere. Meanwhile delivery waits, readiness fails after
+    /// `SINK_UNHEALTHY_AFTER`, and each failure is counted
+    /// (`watcher_state_write_errors_total{file="dlq"}`); a shutdown that
+    /// comes first leaves the record before the checkpoint, to be read again.
+    async fn dead_letter(
         &mut self,
         msg: &WebhookMessage,
         reason: DlqReason,
@@ -215,15 +303,109 @@ impl WebhookSender {
             attempts,
             first_error.unwrap_or_else(SystemTime::now),
         );
-        let dropped = match self.dlq.append(&entry) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot write the dead-letter queue; message lost");
-                0
+        let mut failures = 0u32;
+        let dropped = loop {
+            match self.dlq.append(&entry) {
+                Ok(dropped) => {
+                    self.observer.written(StateFile::Dlq);
+                    break dropped;
+                }
+                Err(e) => {
+                    self.observer.write_failed(StateFile::Dlq, &e);
+                    tokio::time::sleep(self.backoff.delay(failures)).await;
+                    failures = failures.saturating_add(1);
+                }
             }
         };
         self.observer
             .dead_lettered(reason.as_str(), &detail, dropped);
         Sent::DeadLettered(reason)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::deliver::NoopObserver;
+    use discord::ratelimit::{LimiterConfig, Scope};
+
+    fn sender(limiter: Limiter, state: &std::path::Path, max_elapsed: Duration) -> WebhookSender {
+        // Nothing listens there: no request may be made while rate limited.
+        let url = WebhookUrl::parse("http://127.0.0.1:9/api/webhooks/1/token").unwrap();
+        WebhookSender::new(
+            WebhookClient::new(Duration::from_secs(1)).unwrap(),
+            limiter,
+            url,
+            None,
+            None,
+            RETRY_BACKOFF,
+            max_elapsed,
+            Dlq::open(state, 1 << 20).unwrap(),
+            Arc::new(NoopObserver),
+        )
+    }
+
+    fn rate_limited_for(limiter: &Limiter, wait: Duration) {
+        let permit = limiter.try_acquire("webhook:1", Some("1")).unwrap();
+        permit.rate_limited(&RateLimitHeaders {
+            scope: Some(Scope::User),
+            retry_after: Some(wait),
+            ..RateLimitHeaders::default()
+        });
+    }
+
+    /// issue 15: a message waiting for a permit was never dead-lettered, however
+    /// long the wait; DELIVERY_MAX_ELAPSED covers that wait too.
+    #[tokio::test(start_paused = true)]
+    async fn a_message_waiting_for_a_permit_past_the_deadline_is_dead_lettered() {
+        let dir = tempfile::tempdir().unwrap();
+        let limiter = Limiter::new(LimiterConfig::default());
+        // Discord (or a broken proxy) asks for an absurd wait: capped, no panic.
+        rate_limited_for(&limiter, Duration::from_secs(10_000_000_000_000_000_000));
+        let mut s = sender(limiter, dir.path(), Duration::from_secs(600));
+        let start = Instant::now();
+        s.acquire().await;
+        let msg = WebhookMessage::default();
+        assert_eq!(
+            s.send(&msg, true).await,
+            Sent::DeadLettered(DlqReason::RetriesExhausted)
+        );
+        assert_eq!(Instant::now() - start, Duration::from_secs(600));
+        let entries = s.dlq.entries().unwrap();
+        assert_eq!(entries.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_short_rate_limit_is_waited_out_within_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let limiter = Limiter::new(LimiterConfig::default());
+        rate_limited_for(&limiter, Duration::from_secs(5));
+        let mut s = sender(limiter, dir.path(), Duration::from_secs(600));
+        let start = Instant::now();
+        s.acquire().await;
+        assert_eq!(Instant::now() - start, Duration::from_secs(5));
+        assert!(s.permit.is_some());
+    }
+
+    /// A permit taken for a batch that never came must not hold the bucket:
+    /// the next send (here the summary, sent without `acquire`) uses it.
+    #[tokio::test(start_paused = true)]
+    async fn a_permit_left_over_is_used_not_leaked() {
+        let dir = tempfile::tempdir().unwrap();
+        // No headers ever: the bucket stays unknown, one request at a time.
+        let limiter = Limiter::new(LimiterConfig::default());
+        let mut s = sender(limiter.clone(), dir.path(), Duration::from_secs(600));
+        s.acquire().await;
+        assert!(s.permit.is_some());
+        assert!(limiter.try_acquire("webhook:1", Some("1")).is_err());
+        // Nothing listens at the URL: the attempt fails at once and is retried
+        // until the deadline; what matters is that it was made at all.
+        let sent = tokio::time::timeout(
+            Duration::from_secs(5),
+            s.send(&WebhookMessage::default(), false),
+        )
+        .await;
+        assert!(sent.is_err(), "still retrying the unreachable webhook");
+        assert!(s.permit.is_none());
     }
 }

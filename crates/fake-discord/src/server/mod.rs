@@ -164,8 +164,10 @@ pub async fn serve_fault(
     // Registered before the fault is taken, so a clear in between releases it.
     let cleared = app.faults_cleared.notified();
     let taken = app.with(|s| {
-        let fault = s.faults.take(route, webhook_id)?;
+        let now = tokio::time::Instant::now();
+        let fault = s.faults.take(route, webhook_id, now)?;
         s.count_fault(fault.label());
+        s.stats.last_fault_at_mono_ms = Some(s.mono_ms(now));
         let adv = match fault {
             FaultKind::RateLimitStorm {
                 scope: StormScope::User | StormScope::Shared,

@@ -1,0 +1,109 @@
+//! A token taken from a Kubernetes Secret made with `--from-file` ends with a
+//! newline. It used to be accepted at start-up and then never match; the
+//! single trailing newline is now dropped (DESIGN.md §3 and §4).
+
+// Scenarios fail fast on anything unexpected; that is the point of a test.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use e2e::Proc;
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+#[tokio::test]
+async fn bot_bridge_api_token_with_a_trailing_newline_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Proc::start(
+        "bot-bridge",
+        &[],
+        &[
+            ("OPS_ADDR", "127.0.0.1:0".to_string()),
+            ("API_ADDR", "127.0.0.1:0".to_string()),
+            ("API_TOKEN", "api-token-from-a-file\n".to_string()),
+            ("DISCORD_BOT_TOKEN", "bot-token\n".to_string()),
+            ("DISCORD_API_BASE", "http://127.0.0.1:9/api/v10".to_string()),
+            ("GUILD_ID", "1".to_string()),
+            (
+                "DATABASE_URL",
+                format!("sqlite://{}", dir.path().join("b.db").display()),
+            ),
+        ],
+    );
+    let started = bridge.wait_log("started", DEADLINE).await;
+    let api = started["api_addr"].as_str().unwrap();
+    let r = reqwest::Client::new()
+        .get(format!("http://{api}/v1/runs?status=active"))
+        .bearer_auth("api-token-from-a-file")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+}
+
+#[tokio::test]
+async fn watcher_input_secret_with_a_trailing_newline_matches() {
+    let dir = tempfile::tempdir().unwrap();
+    let transcript = dir.path().join("t.jsonl");
+    std::fs::write(&transcript, "").unwrap();
+    let fifo = dir.path().join("in.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // A reader, so that an accepted input can be written.
+    let reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags_nonblock()
+        .open(&fifo)
+        .unwrap();
+    let mut env = e2e::watcher_env(&transcript, &dir.path().join("state"));
+    env.extend([
+        ("INPUT_ADDR", "127.0.0.1:0".to_string()),
+        ("INPUT_SECRET", "input-secret\n".to_string()),
+        ("AGENT_INPUT_FIFO", fifo.display().to_string()),
+        ("RUN_ID", "run-1".to_string()),
+    ]);
+    let watcher = Proc::start("watcher", &[], &env);
+    let input = watcher.wait_log("operator input listening", DEADLINE).await["input_addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let body =
+        serde_json::json!({"run_id": "run-1", "user": "op", "text": "hi", "id": "i-1"}).to_string();
+    let ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let r = reqwest::Client::new()
+        .post(format!("http://{input}/v1/input"))
+        .header("x-agentmon-timestamp", &ts)
+        .header(
+            "x-agentmon-signature",
+            sign(b"input-secret", &ts, body.as_bytes()),
+        )
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap_or_default());
+    drop(reader);
+}
+
+fn sign(secret: &[u8], ts: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(ts.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for std::fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+    }
+}
