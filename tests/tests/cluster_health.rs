@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use e2e::transcript;
 use e2e::{append_chunked, count, eventually, get_text, metric_value, started_ops_addr};
-use e2e::{FakeDiscordProc, Proc};
+use e2e::{FakeDiscordProc, Proc, WebhookWatcher};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -154,33 +154,24 @@ fn assert_each_once(text: &str, prefix: &str, range: std::ops::Range<usize>) {
     }
 }
 
-fn webhook_watcher_env(
-    fake: &FakeDiscordProc,
-    file: &Path,
-    state: &Path,
-) -> Vec<(&'static str, String)> {
-    let mut env = e2e::watcher_env(file, state);
-    env.extend([
-        ("DISCORD_WEBHOOK_URL", fake.webhook_url.clone().unwrap()),
+/// The run a webhook watcher here reports as.
+fn health_ids() -> [(&'static str, String); 2] {
+    [
         ("TASK_ID", "task-16".to_string()),
         ("RUN_ID", "run-health".to_string()),
-    ]);
-    env
+    ]
 }
 
 #[tokio::test]
 async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the_sink_metrics_and_loses_nothing(
 ) {
     let fake = FakeDiscordProc::start(&[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("s.jsonl");
-    std::fs::write(&file, "").unwrap();
-    let w = Proc::start(
-        "watcher",
-        &[],
-        &webhook_watcher_env(&fake, &file, &dir.path().join("state")),
-    );
-    let ops = started_ops_addr(&w).await;
+    let WebhookWatcher {
+        dir: _dir,
+        file,
+        proc: _w,
+        ops,
+    } = WebhookWatcher::start(&fake, &health_ids()).await;
     append(&file, "out", 0..4);
     fake.wait_markers("", "out", 0..4, DEADLINE).await;
     let sampler = Sampler::start(&ops);
@@ -327,15 +318,9 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
 
 /// Environment of a bot-bridge on `api_addr`.
 fn bridge_env(fake: &FakeDiscordProc, db: &Path, api_addr: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("OPS_ADDR", "127.0.0.1:0".to_string()),
-        ("API_ADDR", api_addr.to_string()),
-        ("API_TOKEN", API_TOKEN.to_string()),
-        ("DISCORD_BOT_TOKEN", BOT_TOKEN.to_string()),
-        ("DISCORD_API_BASE", fake.api_base.clone()),
-        ("GUILD_ID", "1".to_string()),
-        ("DATABASE_URL", format!("sqlite://{}", db.display())),
-    ]
+    let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &fake.api_base, db);
+    env.push(("API_ADDR", api_addr.to_string()));
+    env
 }
 
 fn bridge_watcher_env(
@@ -362,15 +347,7 @@ fn free_addr() -> String {
 }
 
 async fn run_view(bridge_api: &str, run_id: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("http://{bridge_api}/v1/runs/{run_id}"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    e2e::get_json_authed(&format!("http://{bridge_api}/v1/runs/{run_id}"), API_TOKEN).await
 }
 
 #[tokio::test]
@@ -666,15 +643,12 @@ async fn every_watcher_metric_design_lists_is_exported_from_the_first_scrape() {
 #[tokio::test]
 async fn with_the_fakes_limits_off_a_short_outage_also_shows_and_clears_within_seconds() {
     let fake = FakeDiscordProc::start(&["--no-rate-limits"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("s.jsonl");
-    std::fs::write(&file, "").unwrap();
-    let w = Proc::start(
-        "watcher",
-        &[],
-        &webhook_watcher_env(&fake, &file, &dir.path().join("state")),
-    );
-    let ops = started_ops_addr(&w).await;
+    let WebhookWatcher {
+        dir: _dir,
+        file,
+        proc: _w,
+        ops,
+    } = WebhookWatcher::start(&fake, &health_ids()).await;
     append(&file, "off", 0..2);
     fake.wait_markers("", "off", 0..2, DEADLINE).await;
     let sampler = Sampler::start(&ops);
