@@ -98,6 +98,26 @@ impl Sampler {
         self.samples().into_iter().find(|s| s.at >= from && pred(s))
     }
 
+    /// Clears fake-discord's faults and waits until the watcher shows its sink
+    /// up and is ready again, which must take at most [`CLEARED_WITHIN`]: how
+    /// long it took.
+    async fn clear_and_wait_up(&self, fake: &FakeDiscordProc, after: &str) -> Duration {
+        fake.clear_faults().await;
+        let back = Instant::now();
+        let up = eventually(
+            &format!("watcher_sink_up back to 1 after {after}"),
+            DEADLINE,
+            || async { self.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200) },
+        )
+        .await;
+        let took = up.at - back;
+        assert!(
+            took <= CLEARED_WITHIN,
+            "cleared only {took:?} after {after} stopped"
+        );
+        took
+    }
+
     /// Every sample so far answered `/livez` 200, one a second without gaps.
     fn assert_always_live(&self, since: Instant) {
         let samples: Vec<Sample> = self
@@ -218,22 +238,9 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
     );
 
     // Discord is back: the retries (capped at 3 s) find it within seconds.
-    fake.clear_faults().await;
-    let back = Instant::now();
-    let up = eventually(
-        "watcher_sink_up back to 1 after the 503s",
-        DEADLINE,
-        || async { sampler.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200) },
-    )
-    .await;
-    assert!(
-        up.at - back <= CLEARED_WITHIN,
-        "cleared only {:?} after the 503s stopped",
-        up.at - back
-    );
+    let took = sampler.clear_and_wait_up(&fake, "the 503s").await;
     eprintln!(
-        "503s: cleared {:?} after recovery (oldest pending then {:?} s)",
-        up.at - back,
+        "503s: cleared {took:?} after recovery (oldest pending then {:?} s)",
         late.oldest_pending_age
     );
 
@@ -268,20 +275,8 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
     );
 
     // Discord answers again (the request it held included).
-    fake.clear_faults().await;
-    let back = Instant::now();
-    let up = eventually(
-        "watcher_sink_up back to 1 after the silence",
-        DEADLINE,
-        || async { sampler.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200) },
-    )
-    .await;
-    assert!(
-        up.at - back <= CLEARED_WITHIN,
-        "cleared only {:?} after recovery",
-        up.at - back
-    );
-    eprintln!("silence: cleared {:?} after recovery", up.at - back);
+    let took = sampler.clear_and_wait_up(&fake, "the silence").await;
+    eprintln!("silence: cleared {took:?} after recovery");
     let text = fake.wait_markers("", "out", 0..next, DEADLINE * 3).await;
     eventually("nothing pending any more", DEADLINE * 3, || async {
         let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
@@ -668,13 +663,7 @@ async fn with_the_fakes_limits_off_a_short_outage_also_shows_and_clears_within_s
         .first_after(outage, |s| s.sink_up == Some(0.0) && s.readyz == 503)
         .expect("connection resets never showed");
     assert!(down.at - outage <= VISIBLE_WITHIN, "{:?}", down.at - outage);
-    fake.clear_faults().await;
-    let back = Instant::now();
-    let up = eventually("watcher_sink_up back to 1", DEADLINE, || async {
-        sampler.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200)
-    })
-    .await;
-    assert!(up.at - back <= CLEARED_WITHIN, "{:?}", up.at - back);
+    sampler.clear_and_wait_up(&fake, "the resets").await;
     let text = fake.wait_markers("", "off", 0..next, DEADLINE).await;
     assert_each_once(&text, "off", 0..next);
     sampler.assert_always_live(began);
