@@ -10,8 +10,10 @@
 //! - [`Serving`]: a spawned [`serve`] loop, stopped on request or on drop.
 //! - [`one_or_many`]: the admin APIs' "one fault or a list of them" bodies.
 //! - [`cli`]: the binaries' logging, listening line and signal wait.
+//! - [`testing`]: starting and stopping the binaries in their own tests.
 
 pub mod cli;
+pub mod testing;
 
 use std::net::SocketAddr;
 use std::time::Duration;
