@@ -425,6 +425,98 @@ pub fn watcher_env(transcript: &Path, state: &Path) -> Vec<(&'static str, String
     ]
 }
 
+/// [`watcher_env`] posting to fake-discord's webhook.
+pub fn webhook_watcher_env(
+    fake: &FakeDiscordProc,
+    transcript: &Path,
+    state: &Path,
+) -> Vec<(&'static str, String)> {
+    let mut env = watcher_env(transcript, state);
+    env.push((
+        "DISCORD_WEBHOOK_URL",
+        fake.webhook_url.clone().unwrap_or_default(),
+    ));
+    env
+}
+
+/// A watcher posting to fake-discord's webhook from a transcript that starts
+/// empty, in a temp dir of its own (kept alive with it).
+pub struct WebhookWatcher {
+    pub dir: tempfile::TempDir,
+    /// The transcript, `s.jsonl` in `dir`; the state dir is `dir/state`.
+    pub file: PathBuf,
+    pub proc: Proc,
+    pub ops: String,
+}
+
+impl WebhookWatcher {
+    /// Starts it with [`webhook_watcher_env`] plus `extra`, and waits for its
+    /// "started" line.
+    pub async fn start(fake: &FakeDiscordProc, extra: &[(&'static str, String)]) -> WebhookWatcher {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("s.jsonl");
+        std::fs::write(&file, "").expect("create the transcript");
+        let mut env = webhook_watcher_env(fake, &file, &dir.path().join("state"));
+        env.extend_from_slice(extra);
+        let proc = Proc::start("watcher", &[], &env);
+        let ops = started_ops_addr(&proc).await;
+        WebhookWatcher {
+            dir,
+            file,
+            proc,
+            ops,
+        }
+    }
+}
+
+/// The environment every bot-bridge scenario starts from: ephemeral ports,
+/// the given tokens and Discord API base, guild 1, its store at `db`.
+pub fn bridge_env(
+    api_token: &str,
+    bot_token: &str,
+    api_base: &str,
+    db: &Path,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("OPS_ADDR", "127.0.0.1:0".to_string()),
+        ("API_ADDR", "127.0.0.1:0".to_string()),
+        ("API_TOKEN", api_token.to_string()),
+        ("DISCORD_BOT_TOKEN", bot_token.to_string()),
+        ("DISCORD_API_BASE", api_base.to_string()),
+        ("GUILD_ID", "1".to_string()),
+        ("DATABASE_URL", format!("sqlite://{}", db.display())),
+    ]
+}
+
+/// GET `url` with a bearer token and parse the JSON answer. Panics on a
+/// transport error or a body that is not JSON.
+pub async fn get_json_authed(url: &str, token: &str) -> serde_json::Value {
+    reqwest::Client::new()
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .expect("GET failed")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
+/// GET `url`'s body, `None` on any transport error (for polling a service
+/// that may be restarting).
+pub async fn try_get_text(url: &str) -> Option<String> {
+    reqwest::get(url).await.ok()?.text().await.ok()
+}
+
+/// `VmRSS` of a process in KiB, `None` once it is gone.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// GET `url`: status and body. Panics on a transport error, which in these
 /// tests means the service under test is gone.
 pub async fn get_text(url: &str) -> (u16, String) {

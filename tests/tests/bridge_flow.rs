@@ -854,12 +854,7 @@ fn sign_input(secret: &str, ts: &str, body: &[u8]) -> String {
 }
 
 fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
+    e2e::rss_kib(pid).expect("VmRSS of a live process")
 }
 
 /// 100 `/input` per second for 10 s at one watcher whose agent stops reading:

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use e2e::transcript;
 use e2e::{append_chunked, count, eventually, get_text, metric_value, started_ops_addr};
-use e2e::{FakeDiscordProc, Proc};
+use e2e::{FakeDiscordProc, Proc, WebhookWatcher};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -98,6 +98,26 @@ impl Sampler {
         self.samples().into_iter().find(|s| s.at >= from && pred(s))
     }
 
+    /// Clears fake-discord's faults and waits until the watcher shows its sink
+    /// up and is ready again, which must take at most [`CLEARED_WITHIN`]: how
+    /// long it took.
+    async fn clear_and_wait_up(&self, fake: &FakeDiscordProc, after: &str) -> Duration {
+        fake.clear_faults().await;
+        let back = Instant::now();
+        let up = eventually(
+            &format!("watcher_sink_up back to 1 after {after}"),
+            DEADLINE,
+            || async { self.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200) },
+        )
+        .await;
+        let took = up.at - back;
+        assert!(
+            took <= CLEARED_WITHIN,
+            "cleared only {took:?} after {after} stopped"
+        );
+        took
+    }
+
     /// Every sample so far answered `/livez` 200, one a second without gaps.
     fn assert_always_live(&self, since: Instant) {
         let samples: Vec<Sample> = self
@@ -154,33 +174,24 @@ fn assert_each_once(text: &str, prefix: &str, range: std::ops::Range<usize>) {
     }
 }
 
-fn webhook_watcher_env(
-    fake: &FakeDiscordProc,
-    file: &Path,
-    state: &Path,
-) -> Vec<(&'static str, String)> {
-    let mut env = e2e::watcher_env(file, state);
-    env.extend([
-        ("DISCORD_WEBHOOK_URL", fake.webhook_url.clone().unwrap()),
+/// The run a webhook watcher here reports as.
+fn health_ids() -> [(&'static str, String); 2] {
+    [
         ("TASK_ID", "task-16".to_string()),
         ("RUN_ID", "run-health".to_string()),
-    ]);
-    env
+    ]
 }
 
 #[tokio::test]
 async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the_sink_metrics_and_loses_nothing(
 ) {
     let fake = FakeDiscordProc::start(&[]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("s.jsonl");
-    std::fs::write(&file, "").unwrap();
-    let w = Proc::start(
-        "watcher",
-        &[],
-        &webhook_watcher_env(&fake, &file, &dir.path().join("state")),
-    );
-    let ops = started_ops_addr(&w).await;
+    let WebhookWatcher {
+        dir: _dir,
+        file,
+        proc: _w,
+        ops,
+    } = WebhookWatcher::start(&fake, &health_ids()).await;
     append(&file, "out", 0..4);
     fake.wait_markers("", "out", 0..4, DEADLINE).await;
     let sampler = Sampler::start(&ops);
@@ -227,22 +238,9 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
     );
 
     // Discord is back: the retries (capped at 3 s) find it within seconds.
-    fake.clear_faults().await;
-    let back = Instant::now();
-    let up = eventually(
-        "watcher_sink_up back to 1 after the 503s",
-        DEADLINE,
-        || async { sampler.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200) },
-    )
-    .await;
-    assert!(
-        up.at - back <= CLEARED_WITHIN,
-        "cleared only {:?} after the 503s stopped",
-        up.at - back
-    );
+    let took = sampler.clear_and_wait_up(&fake, "the 503s").await;
     eprintln!(
-        "503s: cleared {:?} after recovery (oldest pending then {:?} s)",
-        up.at - back,
+        "503s: cleared {took:?} after recovery (oldest pending then {:?} s)",
         late.oldest_pending_age
     );
 
@@ -277,20 +275,8 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
     );
 
     // Discord answers again (the request it held included).
-    fake.clear_faults().await;
-    let back = Instant::now();
-    let up = eventually(
-        "watcher_sink_up back to 1 after the silence",
-        DEADLINE,
-        || async { sampler.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200) },
-    )
-    .await;
-    assert!(
-        up.at - back <= CLEARED_WITHIN,
-        "cleared only {:?} after recovery",
-        up.at - back
-    );
-    eprintln!("silence: cleared {:?} after recovery", up.at - back);
+    let took = sampler.clear_and_wait_up(&fake, "the silence").await;
+    eprintln!("silence: cleared {took:?} after recovery");
     let text = fake.wait_markers("", "out", 0..next, DEADLINE * 3).await;
     eventually("nothing pending any more", DEADLINE * 3, || async {
         let metrics = get_text(&format!("http://{ops}/metrics")).await.1;
@@ -327,15 +313,9 @@ async fn a_discord_outage_of_503s_then_silence_never_fails_liveness_shows_in_the
 
 /// Environment of a bot-bridge on `api_addr`.
 fn bridge_env(fake: &FakeDiscordProc, db: &Path, api_addr: &str) -> Vec<(&'static str, String)> {
-    vec![
-        ("OPS_ADDR", "127.0.0.1:0".to_string()),
-        ("API_ADDR", api_addr.to_string()),
-        ("API_TOKEN", API_TOKEN.to_string()),
-        ("DISCORD_BOT_TOKEN", BOT_TOKEN.to_string()),
-        ("DISCORD_API_BASE", fake.api_base.clone()),
-        ("GUILD_ID", "1".to_string()),
-        ("DATABASE_URL", format!("sqlite://{}", db.display())),
-    ]
+    let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &fake.api_base, db);
+    env.push(("API_ADDR", api_addr.to_string()));
+    env
 }
 
 fn bridge_watcher_env(
@@ -362,15 +342,7 @@ fn free_addr() -> String {
 }
 
 async fn run_view(bridge_api: &str, run_id: &str) -> Value {
-    reqwest::Client::new()
-        .get(format!("http://{bridge_api}/v1/runs/{run_id}"))
-        .bearer_auth(API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    e2e::get_json_authed(&format!("http://{bridge_api}/v1/runs/{run_id}"), API_TOKEN).await
 }
 
 #[tokio::test]
@@ -666,15 +638,12 @@ async fn every_watcher_metric_design_lists_is_exported_from_the_first_scrape() {
 #[tokio::test]
 async fn with_the_fakes_limits_off_a_short_outage_also_shows_and_clears_within_seconds() {
     let fake = FakeDiscordProc::start(&["--no-rate-limits"]).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("s.jsonl");
-    std::fs::write(&file, "").unwrap();
-    let w = Proc::start(
-        "watcher",
-        &[],
-        &webhook_watcher_env(&fake, &file, &dir.path().join("state")),
-    );
-    let ops = started_ops_addr(&w).await;
+    let WebhookWatcher {
+        dir: _dir,
+        file,
+        proc: _w,
+        ops,
+    } = WebhookWatcher::start(&fake, &health_ids()).await;
     append(&file, "off", 0..2);
     fake.wait_markers("", "off", 0..2, DEADLINE).await;
     let sampler = Sampler::start(&ops);
@@ -694,13 +663,7 @@ async fn with_the_fakes_limits_off_a_short_outage_also_shows_and_clears_within_s
         .first_after(outage, |s| s.sink_up == Some(0.0) && s.readyz == 503)
         .expect("connection resets never showed");
     assert!(down.at - outage <= VISIBLE_WITHIN, "{:?}", down.at - outage);
-    fake.clear_faults().await;
-    let back = Instant::now();
-    let up = eventually("watcher_sink_up back to 1", DEADLINE, || async {
-        sampler.first_after(back, |s| s.sink_up == Some(1.0) && s.readyz == 200)
-    })
-    .await;
-    assert!(up.at - back <= CLEARED_WITHIN, "{:?}", up.at - back);
+    sampler.clear_and_wait_up(&fake, "the resets").await;
     let text = fake.wait_markers("", "off", 0..next, DEADLINE).await;
     assert_each_once(&text, "off", 0..next);
     sampler.assert_always_live(began);

@@ -10,7 +10,7 @@ use std::time::Duration;
 use e2e::transcript::{self, SESSION};
 use e2e::{
     append_chunked, count, eventually, get_text, metric_value, run_to_end, started_ops_addr,
-    FakeDiscordProc, Proc,
+    try_get_text, FakeDiscordProc, Proc, WebhookWatcher,
 };
 use serde_json::{json, Value};
 
@@ -23,21 +23,22 @@ const LIMITS_ON: &[&str] = &["--clock-tolerance-ms", "0"];
 /// fake-discord enforcing no limit (headers still sent).
 const LIMITS_OFF: &[&str] = &["--no-rate-limits"];
 
+/// The run every watcher here reports as.
+fn run_ids() -> [(&'static str, String); 3] {
+    [
+        ("TASK_ID", "task-42".to_string()),
+        ("ATTEMPT", "1".to_string()),
+        ("RUN_ID", "run-e2e".to_string()),
+    ]
+}
+
 fn webhook_env(
     fake: &FakeDiscordProc,
     transcript: &Path,
     state: &Path,
 ) -> Vec<(&'static str, String)> {
-    let mut env = e2e::watcher_env(transcript, state);
-    env.extend([
-        (
-            "DISCORD_WEBHOOK_URL",
-            fake.webhook_url.clone().unwrap_or_default(),
-        ),
-        ("TASK_ID", "task-42".to_string()),
-        ("ATTEMPT", "1".to_string()),
-        ("RUN_ID", "run-e2e".to_string()),
-    ]);
+    let mut env = e2e::webhook_watcher_env(fake, transcript, state);
+    env.extend(run_ids());
     env
 }
 
@@ -232,15 +233,12 @@ async fn server_errors_slow_answers_and_resets_still_deliver_everything(fake_arg
         .await;
     fake.inject(json!({"kind": "status", "status": 502, "count": 2}))
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("s.jsonl");
-    std::fs::write(&file, "").unwrap();
-    let w = Proc::start(
-        "watcher",
-        &[],
-        &webhook_env(&fake, &file, &dir.path().join("state")),
-    );
-    let ops = started_ops_addr(&w).await;
+    let WebhookWatcher {
+        dir: _dir,
+        file,
+        proc: _w,
+        ops,
+    } = WebhookWatcher::start(&fake, &run_ids()).await;
     for chunk in 0..4 {
         append_chunked(
             &file,
@@ -298,12 +296,7 @@ async fn webhook_404_dead_letters_and_replay_delivers_after_recovery(fake_args: 
     // Every line read and the webhook seen gone: the series exist from the
     // first scrape, so their values are what counts.
     eventually("all read, dead-lettered", DEADLINE, || async {
-        let m = reqwest::get(format!("http://{ops}/metrics"))
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let m = try_get_text(&format!("http://{ops}/metrics")).await?;
         let gone = metric_value(
             &m,
             "watcher_delivery_failures_total{reason=\"webhook_gone\"}",

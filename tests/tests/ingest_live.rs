@@ -455,12 +455,7 @@ async fn a_fifo_at_the_transcript_path_or_under_subagents_never_wedges_the_watch
 
 /// `VmRSS` of a process, in KiB, and how many descriptors it holds.
 fn rss_kib_and_fds(pid: i32) -> (u64, usize) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
+    let rss = e2e::rss_kib(pid).expect("VmRSS of a live process");
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
         .count();

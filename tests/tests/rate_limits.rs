@@ -7,12 +7,11 @@
 // Scenarios fail fast on anything unexpected; that is the point of a test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use e2e::{
-    append_chunked, backlog_run, count, eventually, get_text, metric_value, started_ops_addr,
-    transcript, FakeDiscordProc, Limits, Proc,
+    append_chunked, backlog_run, count, eventually, get_text, metric_value, transcript,
+    FakeDiscordProc, Limits, Proc, WebhookWatcher,
 };
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -20,34 +19,18 @@ use tokio::time::Instant;
 /// Delivery must resume this soon after Discord does.
 const RECOVERY: Duration = Duration::from_secs(5);
 
-fn webhook_env(
-    fake: &FakeDiscordProc,
-    transcript: &Path,
-    state: &Path,
-) -> Vec<(&'static str, String)> {
-    let mut env = e2e::watcher_env(transcript, state);
-    env.push((
-        "DISCORD_WEBHOOK_URL",
-        fake.webhook_url.clone().unwrap_or_default(),
-    ));
-    env
-}
-
 /// Six 502s without rate-limit headers, 503s for 60 s, then connection
 /// resets: once Discord answers again, every record arrives within 5 s, once
 /// each and in order. Before issue 15's fix, with the fake's limits on, the
 /// 502s drained the webhook's bucket for good and nothing was sent again.
 async fn outage_then_recovery(fake_args: &[&str]) {
     let fake = FakeDiscordProc::start(fake_args).await;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("s.jsonl");
-    std::fs::write(&file, "").unwrap();
-    let w = Proc::start(
-        "watcher",
-        &[],
-        &webhook_env(&fake, &file, &dir.path().join("state")),
-    );
-    let ops = started_ops_addr(&w).await;
+    let WebhookWatcher {
+        dir: _dir,
+        file,
+        proc: _w,
+        ops,
+    } = WebhookWatcher::start(&fake, &[]).await;
     // A first delivery, so the watcher knows the webhook's bucket.
     append_chunked(&file, transcript::prompts("out", 0..5).as_bytes(), 512, 1);
     fake.wait_markers("", "out", 0..5, Duration::from_secs(30))

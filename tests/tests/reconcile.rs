@@ -33,18 +33,12 @@ struct Bridge {
 
 impl Bridge {
     async fn start(discord: &FakeDiscordProc, db: &Path, extra: &[(&'static str, String)]) -> Self {
-        let mut env = vec![
-            ("API_ADDR", "127.0.0.1:0".to_string()),
-            ("OPS_ADDR", "127.0.0.1:0".to_string()),
-            ("API_TOKEN", API_TOKEN.to_string()),
-            ("DISCORD_BOT_TOKEN", BOT_TOKEN.to_string()),
-            ("DISCORD_API_BASE", discord.api_base.clone()),
-            ("GUILD_ID", "1".to_string()),
-            ("DATABASE_URL", format!("sqlite://{}", db.display())),
+        let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, db);
+        env.extend([
             ("RETENTION", "1h".to_string()),
             ("RUST_LOG", "info".to_string()),
             ("INPUT_URL_ALLOW", "127.0.0.1/32".to_string()),
-        ];
+        ]);
         env.extend_from_slice(extra);
         let proc = Proc::start("bot-bridge", &[], &env);
         let started = proc.wait_log("started", DEADLINE).await;
@@ -56,15 +50,7 @@ impl Bridge {
     }
 
     async fn run(&self, run_id: &str) -> Value {
-        reqwest::Client::new()
-            .get(format!("http://{}/v1/runs/{run_id}", self.api))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        e2e::get_json_authed(&format!("http://{}/v1/runs/{run_id}", self.api), API_TOKEN).await
     }
 
     async fn metrics(&self) -> String {
@@ -396,18 +382,8 @@ async fn two_hundred_runs_whose_pods_vanish_at_once_are_finalised_at_discords_pa
     eprintln!("{RUNS} runs provisioned in {:?}", setup.elapsed());
     watch_open(&fake, 0).await;
     let active = || async {
-        let v: Value = http
-            .get(format!(
-                "http://{}/v1/runs?status=active&limit=200",
-                bridge.api
-            ))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("http://{}/v1/runs?status=active&limit=200", bridge.api);
+        let v = e2e::get_json_authed(&url, API_TOKEN).await;
         v["runs"].as_array().map_or(0, Vec::len)
     };
     assert_eq!(active().await, RUNS);

@@ -94,23 +94,14 @@ async fn a_second_sigterm_ends_a_draining_bot_bridge_at_once() {
     }))
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Proc::start(
-        "bot-bridge",
-        &[],
-        &[
-            ("OPS_ADDR", "127.0.0.1:0".to_string()),
-            ("API_ADDR", "127.0.0.1:0".to_string()),
-            ("API_TOKEN", "api-token".to_string()),
-            ("DISCORD_BOT_TOKEN", "bot-token".to_string()),
-            ("DISCORD_API_BASE", fake.api_base.clone()),
-            ("GUILD_ID", "1".to_string()),
-            (
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("b.db").display()),
-            ),
-            ("SHUTDOWN_TIMEOUT", "60s".to_string()),
-        ],
+    let mut env = e2e::bridge_env(
+        "api-token",
+        "bot-token",
+        &fake.api_base,
+        &dir.path().join("b.db"),
     );
+    env.push(("SHUTDOWN_TIMEOUT", "60s".to_string()));
+    let bridge = Proc::start("bot-bridge", &[], &env);
     let started = bridge.wait_log("started", DEADLINE).await;
     let api = started["api_addr"].as_str().unwrap().to_owned();
     tokio::spawn(async move {

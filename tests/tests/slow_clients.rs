@@ -27,12 +27,7 @@ const WATCHER_LIMIT_BYTES: u64 = 64 * 1024 * 1024;
 const BRIDGE_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
 
 fn rss_bytes(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+    e2e::rss_kib(pid).map_or(0, |kb| kb * 1024)
 }
 
 /// A slowloris client: opens a connection, sends part of a request head and
@@ -199,18 +194,12 @@ async fn slow_clients_on_every_port_never_starve_the_probes() {
         .to_owned();
     let bridge = start_limited(
         "bot-bridge",
-        &[
-            ("OPS_ADDR", "127.0.0.1:0".to_string()),
-            ("API_ADDR", "127.0.0.1:0".to_string()),
-            ("API_TOKEN", "api-token".to_string()),
-            ("DISCORD_BOT_TOKEN", "bot-token".to_string()),
-            ("DISCORD_API_BASE", "http://127.0.0.1:9/api/v10".to_string()),
-            ("GUILD_ID", "1".to_string()),
-            (
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("b.db").display()),
-            ),
-        ],
+        &e2e::bridge_env(
+            "api-token",
+            "bot-token",
+            "http://127.0.0.1:9/api/v10",
+            &dir.path().join("b.db"),
+        ),
     );
     let started = bridge.wait_log("started", Duration::from_secs(20)).await;
     let bridge_ops = started["ops_addr"].as_str().unwrap().to_owned();

@@ -5,7 +5,6 @@
 // Scenarios fail fast on anything unexpected; that is the point of a test.
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use e2e::{
@@ -15,22 +14,8 @@ use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(40);
 
-fn env(fake: &FakeDiscordProc, transcript: &Path, state: &Path) -> Vec<(&'static str, String)> {
-    let mut env = e2e::watcher_env(transcript, state);
-    env.push((
-        "DISCORD_WEBHOOK_URL",
-        fake.webhook_url.clone().unwrap_or_default(),
-    ));
-    env
-}
-
 async fn scrape(ops: &str) -> Option<(String, Value)> {
-    let m = reqwest::get(format!("http://{ops}/metrics"))
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let m = e2e::try_get_text(&format!("http://{ops}/metrics")).await?;
     let h: Value = reqwest::get(format!("http://{ops}/healthz"))
         .await
         .ok()?
@@ -49,7 +34,7 @@ async fn a_dead_letter_that_cannot_be_written_is_counted_as_an_error_and_kept_tr
     let state = dir.path().join("state");
     let file = dir.path().join("s.jsonl");
     std::fs::write(&file, "").unwrap();
-    let env = env(&fake, &file, &state);
+    let env = e2e::webhook_watcher_env(&fake, &file, &state);
     let w = Proc::start("watcher", &[], &env);
     let ops = started_ops_addr(&w).await;
     // The DLQ directory becomes unusable (root ignores modes: a file in its place).
@@ -120,7 +105,11 @@ async fn a_checkpoint_that_cannot_be_written_is_counted_and_shown() {
     std::fs::create_dir(&blocker).unwrap();
     let file = dir.path().join("s.jsonl");
     std::fs::write(&file, transcript::prompts("cp", 0..3)).unwrap();
-    let w = Proc::start("watcher", &[], &env(&fake, &file, &state));
+    let w = Proc::start(
+        "watcher",
+        &[],
+        &e2e::webhook_watcher_env(&fake, &file, &state),
+    );
     let ops = started_ops_addr(&w).await;
     let h = eventually("the checkpoint failure is visible", DEADLINE, || async {
         let (m, h) = scrape(&ops).await?;

@@ -17,18 +17,12 @@ async fn bot_bridge_api_token_with_a_trailing_newline_matches() {
     let bridge = Proc::start(
         "bot-bridge",
         &[],
-        &[
-            ("OPS_ADDR", "127.0.0.1:0".to_string()),
-            ("API_ADDR", "127.0.0.1:0".to_string()),
-            ("API_TOKEN", "api-token-from-a-file\n".to_string()),
-            ("DISCORD_BOT_TOKEN", "bot-token\n".to_string()),
-            ("DISCORD_API_BASE", "http://127.0.0.1:9/api/v10".to_string()),
-            ("GUILD_ID", "1".to_string()),
-            (
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.path().join("b.db").display()),
-            ),
-        ],
+        &e2e::bridge_env(
+            "api-token-from-a-file\n",
+            "bot-token\n",
+            "http://127.0.0.1:9/api/v10",
+            &dir.path().join("b.db"),
+        ),
     );
     let started = bridge.wait_log("started", DEADLINE).await;
     let api = started["api_addr"].as_str().unwrap();

@@ -503,7 +503,7 @@ async fn provision_until_ready(
         let backoff = if e.is_transient() {
             PROVISION_RETRY
         } else {
-            tracing::error!(error = %e, "bot-bridge refused to provision the run; check BRIDGE_TOKEN and the run identity");
+            tracing::error!(error = %e, "bot-bridge refused to provision the run; check BRIDGE_TOKEN (or BRIDGE_TOKEN_FILE) and the run identity");
             PROVISION_REFUSED_RETRY
         };
         let delay = backoff.delay(attempt);

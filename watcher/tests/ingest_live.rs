@@ -275,6 +275,17 @@ impl Live {
         (tmp, projects)
     }
 
+    /// Starts on a session `-w/s.jsonl` holding one main-agent line ("m1")
+    /// and takes it: where the subagent scenarios begin.
+    async fn start_after_main_line(opts: Opts) -> Self {
+        let (tmp, projects) = Self::new_dirs();
+        let disk = Disk::default();
+        disk.append_lines(&projects.join("-w/s.jsonl"), &[user_line("m1", "main")]);
+        let mut live = Self::start(tmp, projects, disk, opts);
+        live.take(1).await;
+        live
+    }
+
     fn project(&self) -> PathBuf {
         self.projects.join("-w")
     }
@@ -687,19 +698,11 @@ async fn an_oversize_line_is_skipped_and_counted() {
 
 #[tokio::test]
 async fn subagent_files_in_both_layouts_are_followed_as_subagents() {
-    let (tmp, projects) = Live::new_dirs();
-    let project = projects.join("-w");
-    let session = project.join("s.jsonl");
-    let disk = Disk::default();
-    disk.append_lines(&session, &[user_line("m1", "main")]);
-    let mut live = Live::start(tmp, projects, disk, Opts::default());
-    live.take(1).await;
+    let mut live = Live::start_after_main_line(Opts::default()).await;
+    let project = live.project();
 
-    let agent_line = |uuid: &str, agent: &str| {
-        format!(
-            "{{\"type\":\"user\",\"uuid\":\"{uuid}\",\"sessionId\":\"s\",\"isSidechain\":true,\"agentId\":\"{agent}\",\"message\":{{\"role\":\"user\",\"content\":\"task for {agent}\"}},\"timestamp\":\"2026-01-01T00:00:01.000Z\",\"cwd\":\"/w\"}}\n"
-        )
-    };
+    let agent_line =
+        |uuid: &str, agent: &str| agent_line(uuid, agent, &format!("task for {agent}"));
     // Old layout beside the session; new layout under <session>/subagents.
     let flat = project.join("agent-f1.jsonl");
     let nested = project.join("s/subagents/agent-n1.jsonl");
@@ -992,13 +995,9 @@ fn mkfifo(path: &Path) {
 
 #[tokio::test]
 async fn workflow_subagents_at_any_depth_are_followed_and_named_after_their_run() {
-    let (tmp, projects) = Live::new_dirs();
-    let project = projects.join("-w");
+    let mut live = Live::start_after_main_line(Opts::default()).await;
+    let project = live.project();
     let session = project.join("s.jsonl");
-    let disk = Disk::default();
-    disk.append_lines(&session, &[user_line("m1", "main")]);
-    let mut live = Live::start(tmp, projects, disk, Opts::default());
-    live.take(1).await;
 
     let run = project.join("s/subagents/workflows/wf_57c6a296-6f2");
     let a1 = run.join("agent-a1.jsonl");
@@ -1090,13 +1089,9 @@ async fn a_fifo_at_the_transcript_path_never_wedges_ingest_or_its_shutdown() {
 
 #[tokio::test]
 async fn fifos_under_subagents_are_skipped_and_the_rest_still_flows() {
-    let (tmp, projects) = Live::new_dirs();
-    let project = projects.join("-w");
+    let mut live = Live::start_after_main_line(Opts::default()).await;
+    let project = live.project();
     let session = project.join("s.jsonl");
-    let disk = Disk::default();
-    disk.append_lines(&session, &[user_line("m1", "main")]);
-    let mut live = Live::start(tmp, projects, disk, Opts::default());
-    live.take(1).await;
     let sub = project.join("s/subagents");
     // The meta file of a real agent file, and an agent file itself.
     mkfifo(&sub.join("agent-x.meta.json"));
@@ -1121,19 +1116,14 @@ async fn fifos_under_subagents_are_skipped_and_the_rest_still_flows() {
 async fn thousands_of_subagent_files_stay_within_the_cap_and_lose_nothing() {
     const FILES: usize = 300;
     const CAP: usize = 8;
-    let (tmp, projects) = Live::new_dirs();
-    let project = projects.join("-w");
-    let session = project.join("s.jsonl");
-    let disk = Disk::default();
-    disk.append_lines(&session, &[user_line("m1", "main")]);
     let opts = Opts {
         subagent_max_open: CAP,
         read_chunk: 4096,
         queue_events: 4096,
         ..Opts::default()
     };
-    let mut live = Live::start(tmp, projects, disk, opts);
-    live.take(1).await;
+    let mut live = Live::start_after_main_line(opts).await;
+    let project = live.project();
     let sub = project.join("s/subagents");
     let path = |i: usize| sub.join(format!("agent-{i:04}.jsonl"));
     for i in 0..FILES {

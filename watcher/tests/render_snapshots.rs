@@ -440,13 +440,7 @@ fn a_summary_counts_teammate_messages_apart_from_prompts() {
         text: "done".into(),
     }));
     assert_eq!((r.stats().prompts, r.stats().teammate_messages), (1, 1));
-    let summary = r.summary("2025-06-01T12:05:00.000Z");
-    let activity = summary
-        .fields
-        .iter()
-        .find(|f| f.name == "Activity")
-        .map(|f| f.value.clone())
-        .unwrap();
+    let activity = summary_field(&r, "Activity").unwrap();
     assert!(
         activity.starts_with("1 prompt · 1 teammate message ·"),
         "{activity}"
@@ -473,13 +467,17 @@ fn a_summary_without_any_usage_costs_nothing_not_unknown() {
         text: "hi".into(),
         images: 0,
     }));
-    let summary = r.summary("2025-06-01T12:05:00.000Z");
-    let cost = summary
-        .fields
-        .iter()
-        .find(|f| f.name == "Cost")
-        .map(|f| f.value.clone());
+    let cost = summary_field(&r, "Cost");
     assert_eq!(cost.as_deref(), Some("$0.00 (no usage recorded)"));
+}
+
+/// The value of the summary's field `name`, the run ended at 12:05.
+fn summary_field(r: &Renderer, name: &str) -> Option<String> {
+    r.summary("2025-06-01T12:05:00.000Z")
+        .fields
+        .into_iter()
+        .find(|f| f.name == name)
+        .map(|f| f.value)
 }
 
 /// A small session, then the header and summary it produces.
@@ -635,12 +633,7 @@ fn summary_with_an_unpriced_model() {
             ..Usage::default()
         },
     }));
-    let summary = r.summary("2025-06-01T12:05:00.000Z");
-    let cost = summary
-        .fields
-        .iter()
-        .find(|f| f.name == "Cost")
-        .map(|f| f.value.clone());
+    let cost = summary_field(&r, "Cost");
     assert_eq!(
         cost.as_deref(),
         Some("unknown (no price for: claude-opus-4-9-20270101)")

@@ -517,6 +517,11 @@ mod tests {
             .unwrap()
     }
 
+    /// Posts a signed interaction and returns Discord's JSON answer.
+    async fn reply(base: &str, body: &Value, ts: i64) -> Value {
+        post_interaction(base, body, ts).await.json().await.unwrap()
+    }
+
     fn input(channel_id: &str, text: &str) -> Value {
         json!({
             "id": "interaction-1",
@@ -660,12 +665,7 @@ mod tests {
         stored.input_url = Some(format!("{url}/internal/admin/delete?confirm=yes&x="));
         state.store().update_run(stored).await.unwrap();
         let base = fixture::serve(state).await;
-        let v: Value =
-            post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
-                .await
-                .json()
-                .await
-                .unwrap();
+        let v = reply(&base, &input(&run.channel_id, "x"), crate::runs::now_unix()).await;
         let content = v["data"]["content"].as_str().unwrap();
         assert!(content.contains("INPUT_URL_ALLOW"), "{content}");
         assert!(rx.try_recv().is_err(), "the refused address was called");
@@ -679,12 +679,7 @@ mod tests {
         let (url, mut rx) = watcher(202, None).await;
         let run = run_with_input(&state, &url).await;
         let base = fixture::serve(state).await;
-        let v: Value =
-            post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
-                .await
-                .json()
-                .await
-                .unwrap();
+        let v = reply(&base, &input(&run.channel_id, "x"), crate::runs::now_unix()).await;
         let content = v["data"]["content"].as_str().unwrap();
         assert!(content.contains("OPERATOR_ROLE_IDS"), "{content}");
         assert!(rx.try_recv().is_err());
@@ -697,12 +692,7 @@ mod tests {
             let (url, _rx) = watcher(status, None).await;
             let run = run_with_input(&state, &url).await;
             let base = fixture::serve(state).await;
-            let v: Value =
-                post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
-                    .await
-                    .json()
-                    .await
-                    .unwrap();
+            let v = reply(&base, &input(&run.channel_id, "x"), crate::runs::now_unix()).await;
             assert_eq!(v["data"]["content"], text);
         }
         // Nobody listens: connection refused.
@@ -710,25 +700,13 @@ mod tests {
         let run = run_with_input(&state, "http://127.0.0.1:9").await;
         let base = fixture::serve(state.clone()).await;
         let now = crate::runs::now_unix();
-        let v: Value = post_interaction(&base, &input(&run.channel_id, "x"), now)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = reply(&base, &input(&run.channel_id, "x"), now).await;
         assert_eq!(v["data"]["content"], "agent unavailable");
-        let v: Value = post_interaction(&base, &input("999999", "x"), now)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = reply(&base, &input("999999", "x"), now).await;
         assert_eq!(v["data"]["content"], "not a run channel");
         assert_eq!(v["data"]["flags"], 64);
         state.complete(&run.run_id, None, &owner()).await.unwrap();
-        let v: Value = post_interaction(&base, &input(&run.channel_id, "x"), now)
-            .await
-            .json()
-            .await
-            .unwrap();
+        let v = reply(&base, &input(&run.channel_id, "x"), now).await;
         assert_eq!(v["data"]["content"], "run finished");
         let mut status = input(&run.channel_id, "");
         status["data"] = json!({"name": "status"});
@@ -754,12 +732,7 @@ mod tests {
         let (url, mut rx) = watcher(202, Some(gate)).await;
         let run = run_with_input(&state, &url).await;
         let base = fixture::serve(state).await;
-        let v: Value =
-            post_interaction(&base, &input(&run.channel_id, "x"), crate::runs::now_unix())
-                .await
-                .json()
-                .await
-                .unwrap();
+        let v = reply(&base, &input(&run.channel_id, "x"), crate::runs::now_unix()).await;
         assert_eq!(v, json!({"type": 5, "data": {"flags": 64}}));
         rx.recv().await.unwrap();
         assert!(discord.with(|s| s.edits.is_empty()));

@@ -12,8 +12,7 @@ use crate::validate::{codes, Rejection};
 
 /// Put in a response's extensions to close the connection instead of answering
 /// (see [`crate::faults::FaultKind::Reset`]).
-#[derive(Debug, Clone, Copy)]
-pub struct ResetConnection;
+pub use fake_support::ResetConnection;
 
 /// Who a 429 applies to (`X-RateLimit-Scope`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -31,10 +31,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fake_support::Serving;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use config::{ChannelWindowKind, FakeConfig};
@@ -130,36 +129,29 @@ pub(crate) fn stats_json(s: &State, now: Instant) -> Value {
 pub struct FakeDiscord {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl FakeDiscord {
     /// Binds `config.addr` and serves until stopped.
     pub async fn start(config: FakeConfig) -> Result<Self, FakeError> {
-        let listener = tokio::net::TcpListener::bind(config.addr)
-            .await
-            .map_err(|source| FakeError::Bind {
-                addr: config.addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| FakeError::Bind {
-            addr: config.addr,
-            source,
-        })?;
+        let (listener, addr) =
+            fake_support::bind(config.addr)
+                .await
+                .map_err(|source| FakeError::Bind {
+                    addr: config.addr,
+                    source,
+                })?;
         let mut state = State::new(config);
         if state.config.public_url.is_none() {
             state.base_url = format!("http://{addr}");
         }
         let shared = Arc::new(Shared::new(state));
-        let (shutdown, rx) = watch::channel(false);
-        let router = server::router(shared.clone());
-        let task = tokio::spawn(server::serve(listener, router, rx));
+        let serving = Serving::spawn(listener, server::router(shared.clone()));
         Ok(Self {
             shared,
             addr,
-            shutdown,
-            task: Some(task),
+            serving,
         })
     }
 
@@ -317,15 +309,6 @@ impl FakeDiscord {
     /// Stops accepting, lets open connections finish (bounded), and returns
     /// when the server task has ended.
     pub async fn stop(mut self) {
-        let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for FakeDiscord {
-    fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        self.serving.stop().await;
     }
 }

@@ -5,13 +5,13 @@
 //! (`webhook_url` only with `--create-webhook`); logs go to stderr. Exits 0 on
 //! SIGTERM or SIGINT after draining connections.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use fake_discord::{ChannelWindowKind, FakeConfig, FakeDiscord};
+use fake_support::cli::{init_logging, print_listening_line, wait_for_signal, LogFormat};
 
 /// How the per-channel message limit counts (Discord does not say).
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -20,12 +20,6 @@ enum ChannelWindowArg {
     Sliding,
     /// At most the limit in each fixed window (see --channel-window-phase-ms).
     Fixed,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Plain,
 }
 
 /// A strict fake of the Discord API agentmon uses (webhooks and bot REST),
@@ -100,22 +94,6 @@ struct Cli {
     log_format: LogFormat,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        LogFormat::Plain => builder.init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -152,25 +130,12 @@ async fn main() -> anyhow::Result<()> {
         line["webhook_id"] = hook.id.clone().into();
         line["channel_id"] = hook.channel_id.clone().into();
     }
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}").context("writing the listening line")?;
-        out.flush().context("flushing stdout")?;
-    }
+    print_listening_line(&line).context("writing the listening line")?;
     tracing::info!(addr = %fake.addr(), api_base = %fake.api_base(), "started");
-    wait_for_signal().await?;
+    wait_for_signal()
+        .await
+        .context("installing the SIGTERM and SIGINT handlers")?;
     tracing::info!("shutting down");
     fake.stop().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
     Ok(())
 }

@@ -4,39 +4,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::process::Stdio;
-use std::time::Duration;
-
+use fake_support::testing;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 #[tokio::test]
 async fn prints_the_listening_line_serves_and_exits_0_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-discord"))
-        .args([
+    let (child, v) = testing::start(
+        env!("CARGO_BIN_EXE_fake-discord"),
+        [
             "--addr",
             "127.0.0.1:0",
             "--create-webhook",
             "--log-format",
             "json",
-        ])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("listening line in time")
-        .unwrap()
-        .expect("a line");
-    assert!(line.contains("listening"));
-    let v: Value = serde_json::from_str(&line).unwrap();
+        ],
+    )
+    .await;
     let addr = v["listening"].as_str().unwrap();
     assert!(addr.starts_with("127.0.0.1:"));
     assert_eq!(v["api_base"], json!(format!("http://{addr}/api/v10")));
@@ -73,40 +56,24 @@ async fn prints_the_listening_line_serves_and_exits_0_on_sigterm() {
         .unwrap();
     assert!(r.status().is_success());
 
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    testing::sigterm_exits_0(child).await;
 }
 
 #[tokio::test]
 async fn help_lists_the_flags() {
-    let out = Command::new(env!("CARGO_BIN_EXE_fake-discord"))
-        .arg("--help")
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--addr",
-        "--create-webhook",
-        "--no-rate-limits",
-        "--webhook-limit",
-        "--webhook-window-ms",
-        "--channel-messages-per-minute",
-        "--global-per-second",
-        "--guild-id",
-        "--bot-token",
-    ] {
-        assert!(help.contains(flag), "{flag} missing from --help");
-    }
+    testing::assert_help_lists(
+        env!("CARGO_BIN_EXE_fake-discord"),
+        &[
+            "--addr",
+            "--create-webhook",
+            "--no-rate-limits",
+            "--webhook-limit",
+            "--webhook-window-ms",
+            "--channel-messages-per-minute",
+            "--global-per-second",
+            "--guild-id",
+            "--bot-token",
+        ],
+    )
+    .await;
 }

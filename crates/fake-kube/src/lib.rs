@@ -43,11 +43,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fake_support::Serving;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::json;
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 pub use config::{FakeKubeConfig, DEFAULT_API_AUDIENCE};
@@ -82,8 +81,7 @@ pub enum FakeError {
 pub struct FakeKube {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    shutdown: watch::Sender<bool>,
-    task: Option<JoinHandle<()>>,
+    serving: Serving,
 }
 
 impl FakeKube {
@@ -94,23 +92,19 @@ impl FakeKube {
 
     /// Binds `config.addr` and serves until stopped.
     pub async fn start_with(config: FakeKubeConfig) -> Result<Self, FakeError> {
-        let bind_err = |source| FakeError::Bind {
-            addr: config.addr,
-            source,
-        };
-        let listener = tokio::net::TcpListener::bind(config.addr)
-            .await
-            .map_err(bind_err)?;
-        let addr = listener.local_addr().map_err(bind_err)?;
+        let (listener, addr) =
+            fake_support::bind(config.addr)
+                .await
+                .map_err(|source| FakeError::Bind {
+                    addr: config.addr,
+                    source,
+                })?;
         let shared = Arc::new(Shared::new(State::new(config)));
-        let (shutdown, rx) = watch::channel(false);
-        let router = server::router(shared.clone());
-        let task = tokio::spawn(server::serve(listener, router, rx));
+        let serving = Serving::spawn(listener, server::router(shared.clone()));
         Ok(Self {
             shared,
             addr,
-            shutdown,
-            task: Some(task),
+            serving,
         })
     }
 
@@ -365,17 +359,14 @@ impl FakeKube {
     /// (bounded), and returns when the server task has ended.
     pub async fn stop(mut self) {
         self.with_state(|s| s.drop_watches(DropMode::Close));
-        let _ = self.shutdown.send(true);
-        if let Some(task) = self.task.take() {
-            let _ = task.await;
-        }
+        self.serving.stop().await;
     }
 }
 
 impl Drop for FakeKube {
     fn drop(&mut self) {
+        // Then `serving` drops, which stops the server.
         self.shared.with(|s| s.drop_watches(DropMode::Close));
-        let _ = self.shutdown.send(true);
     }
 }
 

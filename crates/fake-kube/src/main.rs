@@ -5,20 +5,14 @@
 //! (`kubeconfig` only with `--kubeconfig`); logs go to stderr. Exits 0 on
 //! SIGTERM or SIGINT after ending watches and draining connections.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use fake_kube::{FakeKube, FakeKubeConfig, DEFAULT_API_AUDIENCE};
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Plain,
-}
+use fake_support::cli::{init_logging, print_listening_line, wait_for_signal, LogFormat};
 
 /// A fake Kubernetes API for tests: pods list/watch (resourceVersions,
 /// bookmarks, 410 Gone), TokenReviews from a table of test tokens, Events and
@@ -57,22 +51,6 @@ struct Cli {
     log_format: LogFormat,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
-        LogFormat::Plain => builder.init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -103,25 +81,12 @@ async fn main() -> anyhow::Result<()> {
         let written = fake.kubeconfig(path)?;
         line["kubeconfig"] = written.display().to_string().into();
     }
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "{line}").context("writing the listening line")?;
-        out.flush().context("flushing stdout")?;
-    }
+    print_listening_line(&line).context("writing the listening line")?;
     tracing::info!(addr = %fake.addr(), "started");
-    wait_for_signal().await?;
+    wait_for_signal()
+        .await
+        .context("installing the SIGTERM and SIGINT handlers")?;
     tracing::info!("shutting down");
     fake.stop().await;
-    Ok(())
-}
-
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
     Ok(())
 }

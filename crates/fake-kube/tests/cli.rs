@@ -5,60 +5,41 @@
 
 mod common;
 
-use std::process::Stdio;
-use std::time::Duration;
-
 use common::config_from;
+use fake_support::testing;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, Client};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
 
 #[tokio::test]
 async fn help_explains_the_flags() {
-    let out = Command::new(env!("CARGO_BIN_EXE_fake-kube"))
-        .arg("--help")
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let help = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--addr",
-        "--kubeconfig",
-        "--client-token",
-        "--history-limit",
-        "--bookmark-interval-ms",
-        "--api-audiences",
-    ] {
-        assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
-    }
+    testing::assert_help_lists(
+        env!("CARGO_BIN_EXE_fake-kube"),
+        &[
+            "--addr",
+            "--kubeconfig",
+            "--client-token",
+            "--history-limit",
+            "--bookmark-interval-ms",
+            "--api-audiences",
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn binary_serves_the_kubeconfig_it_writes_and_obeys_the_admin_api() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kubeconfig");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fake-kube"))
-        .args(["--addr", "127.0.0.1:0", "--kubeconfig"])
-        .arg(&path)
-        .args(["--client-token", "s3cret", "--log-format", "plain"])
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(20), lines.next_line())
-        .await
-        .expect("listening line in time")
-        .unwrap()
-        .expect("a line");
-    let v: Value = serde_json::from_str(&line).unwrap();
+    let mut args = vec![
+        "--addr".into(),
+        "127.0.0.1:0".into(),
+        "--kubeconfig".into(),
+        path.clone().into_os_string(),
+    ];
+    args.extend(["--client-token", "s3cret", "--log-format", "plain"].map(Into::into));
+    let (child, v) = testing::start(env!("CARGO_BIN_EXE_fake-kube"), args).await;
     let url = v["url"].as_str().unwrap().to_owned();
     assert_eq!(v["kubeconfig"], json!(path.display().to_string()));
     let admin = |p: &str| format!("{url}/_admin/{p}");
@@ -145,16 +126,5 @@ async fn binary_serves_the_kubeconfig_it_writes_and_obeys_the_admin_api() {
         assert!(r.status().is_success(), "{p}: {}", r.status());
     }
 
-    let pid = child.id().unwrap().to_string();
-    let killed = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .await
-        .unwrap();
-    assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
-        .await
-        .expect("exits after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    testing::sigterm_exits_0(child).await;
 }

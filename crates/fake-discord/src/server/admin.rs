@@ -57,23 +57,10 @@ async fn stats(AxumState(app): AxumState<App>) -> Response {
     Json(app.with(|s| crate::stats_json(s, Instant::now()))).into_response()
 }
 
-/// One fault or a list of them.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Faults {
-    One(Fault),
-    Many(Vec<Fault>),
-}
-
 async fn add_faults(AxumState(app): AxumState<App>, body: axum::body::Bytes) -> Response {
-    let faults = match serde_json::from_slice::<Faults>(&body) {
-        Ok(Faults::One(f)) => vec![f],
-        Ok(Faults::Many(f)) => f,
-        Err(e) => {
-            // Say why: serde's message for untagged enums is vague, so try one.
-            let detail = serde_json::from_slice::<Fault>(&body)
-                .err()
-                .map_or_else(|| e.to_string(), |e| e.to_string());
+    let faults = match fake_support::one_or_many::<Fault>(&body) {
+        Ok(faults) => faults,
+        Err(detail) => {
             return (
                 StatusCode::BAD_REQUEST,
                 Json(json!({"message": format!("bad fault: {detail}"), "code": 0})),

@@ -1,11 +1,7 @@
-//! The HTTP side: routes, the connection loop, and fault handling shared by the
-//! webhook and REST handlers.
-//!
-//! Connections are served by hyper directly (HTTP/1.1) rather than
-//! `axum::serve`, so that a `reset` fault can close a connection without
-//! writing anything: the router marks the response with [`ResetConnection`] and
-//! the per-connection service turns it into an error, on which hyper drops the
-//! connection.
+//! The HTTP side: routes and fault handling shared by the webhook and REST
+//! handlers. The connection loop is [`fake_support::serve`]: the router marks
+//! a response with [`ResetConnection`] to close the connection without
+//! answering.
 
 mod admin;
 mod rest;
@@ -19,13 +15,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
-use tower::ServiceExt;
+use tokio::sync::Notify;
 
 use crate::error::{Advertised, ApiError, RateLimited, ResetConnection, Scope};
 use crate::faults::{FaultKind, StormScope};
@@ -33,8 +24,6 @@ use crate::state::State;
 
 /// Largest request body read (Discord: 25 MiB uploads plus the JSON).
 pub const MAX_BODY: usize = 26 * 1024 * 1024;
-/// How long open connections get to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(5);
 
 /// What every handler shares.
 #[derive(Debug)]
@@ -64,11 +53,6 @@ impl Shared {
 
 pub type App = Arc<Shared>;
 
-/// The error a connection service returns to make hyper drop the connection.
-#[derive(Debug, thiserror::Error)]
-#[error("connection reset by fault injection")]
-struct ConnectionReset;
-
 /// All routes: the API under `/api/v10`, `/api/v9` and `/api`, plus `/_admin`.
 pub fn router(app: App) -> Router {
     let api = webhook::routes().merge(rest::routes());
@@ -81,62 +65,6 @@ pub fn router(app: App) -> Router {
         .fallback(|| async { ApiError::not_found() })
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
-}
-
-/// Accepts connections until `shutdown` flips, then drains them for at most
-/// [`DRAIN`].
-pub async fn serve(listener: TcpListener, router: Router, mut shutdown: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
-    let builder = hyper::server::conn::http1::Builder::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of fds or similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let router = router.clone();
-                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                    let router = router.clone();
-                    async move {
-                        let response = match router.oneshot(req).await {
-                            Ok(r) => r,
-                            Err(never) => match never {},
-                        };
-                        if response.extensions().get::<ResetConnection>().is_some() {
-                            return Err(ConnectionReset);
-                        }
-                        Ok::<_, ConnectionReset>(response)
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break;
-                }
-            }
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain deadline");
-    }
 }
 
 /// What a served fault means for the handler.

@@ -226,28 +226,14 @@ async fn remove_token(AxumState(app): AxumState<App>, body: Bytes) -> Response {
     }
 }
 
-/// One fault or a list of them.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Faults {
-    One(Fault),
-    Many(Vec<Fault>),
-}
-
 async fn faults(AxumState(app): AxumState<App>) -> Response {
     Json(app.with(|s| json!({"pending": s.faults.pending()}))).into_response()
 }
 
 async fn add_faults(AxumState(app): AxumState<App>, body: Bytes) -> Response {
-    let list = match serde_json::from_slice::<Faults>(&body) {
-        Ok(Faults::One(f)) => vec![f],
-        Ok(Faults::Many(f)) => f,
-        Err(e) => {
-            let detail = serde_json::from_slice::<Fault>(&body)
-                .err()
-                .map_or_else(|| e.to_string(), |e| e.to_string());
-            return bad(format!("bad fault: {detail}"));
-        }
+    let list = match fake_support::one_or_many::<Fault>(&body) {
+        Ok(list) => list,
+        Err(detail) => return bad(format!("bad fault: {detail}")),
     };
     Json(app.with(|s| {
         for f in list {

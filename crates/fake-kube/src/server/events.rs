@@ -29,12 +29,23 @@ const MAX_NOTE_BYTES: usize = 1024;
 
 pub fn routes() -> Router<App> {
     Router::new()
-        .route(CORE, get(list_core).post(create_core))
-        .route(&format!("{CORE}/{{name}}"), get(get_core).patch(patch_core))
-        .route(EVENTS_V1, get(list_v1).post(create_v1))
+        .merge(api_routes(CORE, EventApi::CoreV1))
+        .merge(api_routes(EVENTS_V1, EventApi::EventsV1))
+}
+
+/// The same four operations under either API's path.
+fn api_routes(base: &str, api: EventApi) -> Router<App> {
+    Router::new()
         .route(
-            &format!("{EVENTS_V1}/{{name}}"),
-            get(get_v1).patch(patch_v1),
+            base,
+            get(move |app, ns, q| list_handler(app, ns, q, api))
+                .post(move |app, ns, body| create_handler(app, ns, body, api)),
+        )
+        .route(
+            &format!("{base}/{{name}}"),
+            get(move |app, path| get_handler(app, path, api)).patch(
+                move |app, path, headers, body| patch_handler(app, path, headers, body, api),
+            ),
         )
 }
 
@@ -137,40 +148,31 @@ fn store(
     Ok(json_response(StatusCode::CREATED, &object))
 }
 
-async fn create_core(
+async fn create_handler(
     AxumState(app): AxumState<App>,
     Path(ns): Path<String>,
     body: Bytes,
+    api: EventApi,
 ) -> Response {
     if let Some(r) = serve_fault(&app, Route::Events).await {
         return r;
     }
-    let r = app.with(|s| {
-        let mut e: CoreEvent = decode(&body)?;
-        let name = s.admit_new(&mut e.metadata, &ns, "", "Event")?;
-        validate_core(&e, &ns, &name)?;
-        let object = serde_json::to_value(&e).unwrap_or(Value::Null);
-        store(s, EventApi::CoreV1, &ns, name, object)
-    });
-    app.recorded.notify_waiters();
-    done(r)
-}
-
-async fn create_v1(
-    AxumState(app): AxumState<App>,
-    Path(ns): Path<String>,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = serve_fault(&app, Route::Events).await {
-        return r;
-    }
-    let r = app.with(|s| {
-        let mut e: EventsV1 = decode(&body)?;
-        let name = e.metadata.name.clone().unwrap_or_default();
-        validate_v1(&e, &name)?;
-        let name = s.admit_new(&mut e.metadata, &ns, "events.k8s.io", "Event")?;
-        let object = serde_json::to_value(&e).unwrap_or(Value::Null);
-        store(s, EventApi::EventsV1, &ns, name, object)
+    let r = app.with(|s| match api {
+        EventApi::CoreV1 => {
+            let mut e: CoreEvent = decode(&body)?;
+            let name = s.admit_new(&mut e.metadata, &ns, "", "Event")?;
+            validate_core(&e, &ns, &name)?;
+            let object = serde_json::to_value(&e).unwrap_or(Value::Null);
+            store(s, api, &ns, name, object)
+        }
+        EventApi::EventsV1 => {
+            let mut e: EventsV1 = decode(&body)?;
+            let name = e.metadata.name.clone().unwrap_or_default();
+            validate_v1(&e, &name)?;
+            let name = s.admit_new(&mut e.metadata, &ns, "events.k8s.io", "Event")?;
+            let object = serde_json::to_value(&e).unwrap_or(Value::Null);
+            store(s, api, &ns, name, object)
+        }
     });
     app.recorded.notify_waiters();
     done(r)
@@ -237,30 +239,17 @@ fn patch(
     })
 }
 
-async fn patch_core(
+async fn patch_handler(
     AxumState(app): AxumState<App>,
     Path((ns, name)): Path<(String, String)>,
     headers: HeaderMap,
     body: Bytes,
+    api: EventApi,
 ) -> Response {
     if let Some(r) = serve_fault(&app, Route::Events).await {
         return r;
     }
-    let r = patch(&app, EventApi::CoreV1, &ns, &name, &headers, &body);
-    app.recorded.notify_waiters();
-    done(r)
-}
-
-async fn patch_v1(
-    AxumState(app): AxumState<App>,
-    Path((ns, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    if let Some(r) = serve_fault(&app, Route::Events).await {
-        return r;
-    }
-    let r = patch(&app, EventApi::EventsV1, &ns, &name, &headers, &body);
+    let r = patch(&app, api, &ns, &name, &headers, &body);
     app.recorded.notify_waiters();
     done(r)
 }
@@ -273,24 +262,15 @@ fn get_one(app: &App, api: EventApi, ns: &str, name: &str) -> Result<Response, A
     })
 }
 
-async fn get_core(
+async fn get_handler(
     AxumState(app): AxumState<App>,
     Path((ns, name)): Path<(String, String)>,
+    api: EventApi,
 ) -> Response {
     if let Some(r) = serve_fault(&app, Route::Events).await {
         return r;
     }
-    done(get_one(&app, EventApi::CoreV1, &ns, &name))
-}
-
-async fn get_v1(
-    AxumState(app): AxumState<App>,
-    Path((ns, name)): Path<(String, String)>,
-) -> Response {
-    if let Some(r) = serve_fault(&app, Route::Events).await {
-        return r;
-    }
-    done(get_one(&app, EventApi::EventsV1, &ns, &name))
+    done(get_one(&app, api, &ns, &name))
 }
 
 fn list(
@@ -328,24 +308,14 @@ fn list(
     }))
 }
 
-async fn list_core(
+async fn list_handler(
     AxumState(app): AxumState<App>,
     Path(ns): Path<String>,
     Query(q): Query<HashMap<String, String>>,
+    api: EventApi,
 ) -> Response {
     if let Some(r) = serve_fault(&app, Route::Events).await {
         return r;
     }
-    done(list(&app, EventApi::CoreV1, &ns, &q))
-}
-
-async fn list_v1(
-    AxumState(app): AxumState<App>,
-    Path(ns): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
-) -> Response {
-    if let Some(r) = serve_fault(&app, Route::Events).await {
-        return r;
-    }
-    done(list(&app, EventApi::EventsV1, &ns, &q))
+    done(list(&app, api, &ns, &q))
 }

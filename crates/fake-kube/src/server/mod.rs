@@ -1,11 +1,6 @@
-//! The HTTP side: routes, client authentication, fault serving and the
-//! connection loop.
-//!
-//! Connections are served by hyper directly (HTTP/1.1) rather than
-//! `axum::serve`, so that a `reset` fault can close a connection without
-//! writing anything: the handler marks the response with [`ResetConnection`]
-//! and the connection service turns it into an error, on which hyper drops
-//! the connection.
+//! The HTTP side: routes, client authentication and fault serving. The
+//! connection loop is [`fake_support::serve`]: a handler marks a response
+//! with [`ResetConnection`] to close the connection without answering.
 
 mod admin;
 mod events;
@@ -23,21 +18,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio::sync::{watch as tokio_watch, Notify};
-use tower::ServiceExt;
 
 use crate::faults::{FaultKind, Route};
 use crate::state::State;
 use crate::status::ApiError;
 
-/// How long open connections get to finish at shutdown.
-const DRAIN: Duration = Duration::from_secs(5);
 /// Longest a `hang` fault holds a request.
 const MAX_HANG: Duration = Duration::from_secs(600);
 
@@ -82,12 +70,7 @@ impl Shared {
 pub type App = Arc<Shared>;
 
 /// Put in a response's extensions to close the connection instead.
-#[derive(Debug, Clone, Copy)]
-pub struct ResetConnection;
-
-#[derive(Debug, thiserror::Error)]
-#[error("connection reset by fault injection")]
-struct ConnectionReset;
+pub use fake_support::ResetConnection;
 
 /// All routes: the Kubernetes API (bearer token required), `/version`,
 /// `/healthz` and `/_admin`.
@@ -181,66 +164,6 @@ pub async fn serve_fault(app: &App, route: Route) -> Option<Response> {
                 }
             }
         }
-    }
-}
-
-/// Accepts connections until `shutdown` flips, then drains them for at
-/// most [`DRAIN`].
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    mut shutdown: tokio_watch::Receiver<bool>,
-) {
-    let graceful = GracefulShutdown::new();
-    let builder = hyper::server::conn::http1::Builder::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let stream = match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(e) => {
-                        // Out of fds or similar: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let router = router.clone();
-                let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                    let router = router.clone();
-                    async move {
-                        let response = match router.oneshot(req).await {
-                            Ok(r) => r,
-                            Err(never) => match never {},
-                        };
-                        if response.extensions().get::<ResetConnection>().is_some() {
-                            return Err(ConnectionReset);
-                        }
-                        Ok::<_, ConnectionReset>(response)
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() || *shutdown.borrow() {
-                    break;
-                }
-            }
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after the drain deadline");
     }
 }
 
