@@ -294,6 +294,13 @@ impl AppState {
         }
     }
 
+    /// The stored run `run_id`, or [`RunsError::NotFound`].
+    pub(crate) async fn stored_run(&self, run_id: &str) -> Result<RunRecord, RunsError> {
+        self.stored(self.store().get_run(run_id.to_owned()))
+            .await?
+            .ok_or(RunsError::NotFound)
+    }
+
     pub(crate) async fn stored<T>(
         &self,
         fut: crate::store::StoreFuture<'_, T>,
@@ -667,10 +674,7 @@ impl AppState {
         caller: &Caller,
     ) -> Result<RunRecord, RunsError> {
         let _guard = self.inner.provision.lock().await;
-        let run = self
-            .stored(self.store().get_run(run_id.to_owned()))
-            .await?
-            .ok_or(RunsError::NotFound)?;
+        let run = self.stored_run(run_id).await?;
         self.authorize(&run, caller).await?;
         if run.status != RunStatus::Active {
             return Ok(run);

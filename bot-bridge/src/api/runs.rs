@@ -94,15 +94,7 @@ pub async fn get(
     run_id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<RunView>, ApiError> {
     let Path(run_id) = run_id.map_err(bad_params)?;
-    let run = state
-        .store()
-        .get_run(run_id)
-        .await
-        .map_err(|e| {
-            state.report(crate::events::ErrorKind::Store, None, &e);
-            RunsError::Store(e)
-        })?
-        .ok_or(RunsError::NotFound)?;
+    let run = state.stored_run(&run_id).await?;
     // Behind API_TOKEN any run may be inspected; a pod reads its own only.
     let caller = Caller::of(&bearer, &headers);
     if caller.pod().is_some() {

@@ -579,10 +579,7 @@ impl AppState {
 
     /// `POST /v1/runs/{id}/heartbeat`: the run's watcher is alive.
     pub async fn heartbeat(&self, run_id: &str, caller: &Caller) -> Result<(), RunsError> {
-        let run = self
-            .stored(self.store().get_run(run_id.to_owned()))
-            .await?
-            .ok_or(RunsError::NotFound)?;
+        let run = self.stored_run(run_id).await?;
         self.authorize(&run, caller).await?;
         if run.status != RunStatus::Active {
             return Err(RunsError::RunFinished);
@@ -597,10 +594,7 @@ impl AppState {
     /// archive scheduled). `Ok(false)` when the run was no longer active.
     pub async fn finalize(&self, run_id: &str, ending: &Ending) -> Result<bool, RunsError> {
         let _guard = self.inner.provision.lock().await;
-        let run = self
-            .stored(self.store().get_run(run_id.to_owned()))
-            .await?
-            .ok_or(RunsError::NotFound)?;
+        let run = self.stored_run(run_id).await?;
         if run.status != RunStatus::Active {
             return Ok(false);
         }
