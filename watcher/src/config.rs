@@ -541,7 +541,7 @@ impl RawConfig {
             ));
         }
         let channel_window = duration("CHANNEL_WINDOW", &self.channel_window, MAX_CHANNEL_WINDOW)?;
-        if !(Duration::from_secs(1)..=Duration::from_secs(3600)).contains(&channel_window) {
+        if !(Duration::from_secs(1)..=MAX_CHANNEL_WINDOW).contains(&channel_window) {
             return Err(ConfigError::invalid(
                 "CHANNEL_WINDOW",
                 format!("{:?} is not between 1s and 1h", self.channel_window),
