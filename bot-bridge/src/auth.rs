@@ -518,6 +518,7 @@ mod tests {
             attempt: AttemptValue::Number(1),
             short_id: short.into(),
             input_url: None,
+            heartbeats: false,
         };
         let a = caller("agent-a", "uid-a");
         let (run_a, created) = state.provision(new_run("a"), &a).await.unwrap();

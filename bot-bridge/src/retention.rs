@@ -289,6 +289,7 @@ mod tests {
             attempt: AttemptValue::Text("1".into()),
             short_id: short.into(),
             input_url: None,
+            heartbeats: false,
         }
     }
 

@@ -70,6 +70,11 @@ pub struct NewRun {
     pub short_id: String,
     #[serde(default)]
     pub input_url: Option<String>,
+    /// The watcher will heartbeat this run: provisioning counts as its first
+    /// beat, so a watcher killed before its first heartbeat is still
+    /// finalised as silent (a watcher that never heartbeats leaves it unset).
+    #[serde(default)]
+    pub heartbeats: bool,
 }
 
 /// `attempt` as JSON number or string.
@@ -850,6 +855,7 @@ mod tests {
             attempt: AttemptValue::Number(1),
             short_id: short.into(),
             input_url: Some("http://10.0.0.1:8081".into()),
+            heartbeats: false,
         }
     }
 

@@ -53,6 +53,25 @@ impl Bridge {
         e2e::get_json_authed(&format!("http://{}/v1/runs/{run_id}", self.api), API_TOKEN).await
     }
 
+    /// Creates a run over the API as a watcher would, with `heartbeats`
+    /// set as given (absent for `None`); returns its id.
+    async fn create_run(&self, short_id: &str, heartbeats: Option<bool>) -> String {
+        let mut body = json!({"task_id": "api", "attempt": 1, "short_id": short_id});
+        if let Some(h) = heartbeats {
+            body["heartbeats"] = json!(h);
+        }
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/v1/runs", self.api))
+            .bearer_auth(API_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let v: Value = res.json().await.unwrap();
+        v["run_id"].as_str().unwrap().to_owned()
+    }
+
     async fn metrics(&self) -> String {
         reqwest::get(format!("http://{}/metrics", self.ops))
             .await
@@ -323,6 +342,11 @@ async fn a_watcher_killed_outside_kubernetes_is_finalised_after_the_silence_time
     let (mut killed, killed_run) = start_watcher(dir.path(), &bridge, "killed", None, &beat).await;
     let killed_at = Instant::now();
     killed.kill9();
+    // Killed before its first heartbeat: provisioning with `heartbeats`
+    // counts as one. Without the flag (an older watcher) the run is left to
+    // `complete`.
+    let never_beat = bridge.create_run("never-beat", Some(true)).await;
+    let older = bridge.create_run("older", None).await;
 
     let (run, at) = finalised(&bridge, &killed_run).await;
     let took = at - killed_at;
@@ -335,12 +359,15 @@ async fn a_watcher_killed_outside_kubernetes_is_finalised_after_the_silence_time
     let embeds = closing_embeds(&discord, channel).await;
     assert_eq!(embeds.len(), 1, "{embeds:?}");
     assert!(embeds[0].contains("watcher silent"), "{}", embeds[0]);
+    let (run, _) = finalised(&bridge, &never_beat).await;
+    assert_eq!(run["summary"]["reason"], "silent", "{run}");
     // The heartbeating watcher, as old, is still running its run.
     assert_eq!(bridge.run(&alive_run).await["status"], "active");
+    assert_eq!(bridge.run(&older).await["status"], "active");
     let metrics = bridge.metrics().await;
     assert_eq!(
         e2e::metric_value(&metrics, r#"bridge_runs_finalized_total{reason="silent"}"#),
-        Some(1.0),
+        Some(2.0),
         "{metrics}"
     );
 }

@@ -388,6 +388,7 @@ fn run_request(cfg: &Config) -> RunRequest {
             .unwrap_or_else(|| cfg.run_id.clone().unwrap_or_else(|| "0".to_owned())),
         input_url: cfg.input.as_ref().map(|i| i.url.clone()),
         pod: crate::deliver::bridge::PodIdentity::from_env(),
+        heartbeats: true,
         run_token_file: Some(cfg.state_dir.join("run-token")),
     }
 }

@@ -546,6 +546,7 @@ mod tests {
                     attempt: AttemptValue::Number(1),
                     short_id: "a".into(),
                     input_url: Some(input_url.into()),
+                    heartbeats: false,
                 },
                 &owner(),
             )

@@ -46,7 +46,11 @@ pub async fn create(
     let req: NewRun = serde_json::from_value(raw)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?;
     let caller = Caller::of(&bearer, &headers);
+    let heartbeats = req.heartbeats;
     let (provisioned, created) = state.provision(req, &caller).await?;
+    if heartbeats {
+        state.provisioned_alive(&provisioned.run_id).await?;
+    }
     match caller.pod() {
         // A reviewed pod was bound (verified) at creation; its claim in the
         // body adds nothing.

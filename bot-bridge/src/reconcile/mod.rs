@@ -589,6 +589,13 @@ impl AppState {
         Ok(())
     }
 
+    /// Provisioning by a watcher that heartbeats counts as its first beat.
+    pub async fn provisioned_alive(&self, run_id: &str) -> Result<(), RunsError> {
+        self.stored(self.store().heartbeat(run_id.to_owned(), now_unix()))
+            .await?;
+        Ok(())
+    }
+
     /// Ends an active run whose watcher did not: posts the closing embed
     /// through its webhook, then takes `complete`'s path (webhook revoked,
     /// archive scheduled). `Ok(false)` when the run was no longer active.

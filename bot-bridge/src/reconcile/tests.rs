@@ -215,6 +215,7 @@ async fn finalising_posts_the_reason_revokes_the_webhook_and_happens_once() {
                 attempt: AttemptValue::Number(1),
                 short_id: "a".into(),
                 input_url: None,
+                heartbeats: false,
             },
             &owner(),
         )
@@ -286,6 +287,7 @@ async fn a_claimed_pod_never_replaces_a_verified_one() {
                 attempt: AttemptValue::Number(1),
                 short_id: "b".into(),
                 input_url: None,
+                heartbeats: false,
             },
             &owner(),
         )

@@ -142,6 +142,10 @@ pub struct RunRequest {
     /// pod dies without `complete` ([`PodIdentity::from_env`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodIdentity>,
+    /// This watcher heartbeats its run (`BRIDGE_HEARTBEAT_INTERVAL`), so
+    /// bot-bridge counts provisioning as the first beat: a watcher killed
+    /// before its first heartbeat is still finalised as silent.
+    pub heartbeats: bool,
     /// Where the run token is kept (`STATE_DIR/run-token`, 0600), so a
     /// restarted watcher can still re-provision and complete its run.
     #[serde(skip)]
@@ -488,6 +492,7 @@ mod tests {
             attempt: "1".into(),
             short_id: "s".into(),
             input_url: None,
+            heartbeats: true,
             pod: None,
             run_token_file: None,
         };
