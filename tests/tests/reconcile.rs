@@ -350,8 +350,11 @@ async fn a_watcher_killed_outside_kubernetes_is_finalised_after_the_silence_time
 
     let (run, at) = finalised(&bridge, &killed_run).await;
     let took = at - killed_at;
+    // Heartbeats are stored in whole seconds and the last one (provisioning)
+    // came shortly before the kill: up to 2 s may be counted that did not
+    // pass after it.
     assert!(
-        took >= silence - Duration::from_secs(1) && took <= silence + WITHIN,
+        took >= silence - Duration::from_secs(2) && took <= silence + WITHIN,
         "finalised {took:?} after the kill"
     );
     assert_eq!(run["summary"]["reason"], "silent", "{run}");
