@@ -104,6 +104,7 @@ pub const HTTP_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/runs/{run_id}"),
     ("POST", "/v1/runs/{run_id}/complete"),
     ("POST", "/interactions"),
+    ("POST", "/v1/runs/{run_id}/handoff"),
     ("GET", "/livez"),
     ("GET", "/readyz"),
     ("GET", "/healthz"),
@@ -182,6 +183,8 @@ pub(crate) struct Inner {
     pub pod_events: std::sync::OnceLock<crate::reconcile::PodEvents>,
     /// Pod-token checks, when `TOKEN_REVIEW_AUDIENCE` is set.
     pub token_reviewer: std::sync::OnceLock<crate::auth::TokenReviewer>,
+    /// Wakes the hand-off drainer when a hand-off was stored.
+    pub handoff_wake: tokio::sync::Notify,
 }
 
 /// Everything a handler or worker needs. Cheap to clone.
@@ -218,6 +221,7 @@ impl AppState {
                 health,
                 pod_events: std::sync::OnceLock::new(),
                 token_reviewer: std::sync::OnceLock::new(),
+                handoff_wake: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -455,6 +459,33 @@ mod tests {
         }
         fn active_liveness(&self) -> StoreFuture<'_, Vec<crate::store::RunLiveness>> {
             self.inner.active_liveness()
+        }
+        fn put_handoff(
+            &self,
+            run_id: String,
+            messages: Vec<crate::store::HandoffMessage>,
+            complete: Option<Option<serde_json::Value>>,
+            now: i64,
+        ) -> StoreFuture<'_, crate::store::HandoffStored> {
+            self.inner.put_handoff(run_id, messages, complete, now)
+        }
+        fn handoff_runs(&self) -> StoreFuture<'_, Vec<crate::store::HandoffRun>> {
+            self.inner.handoff_runs()
+        }
+        fn next_handoff(
+            &self,
+            run_id: String,
+        ) -> StoreFuture<'_, Option<crate::store::HandoffMessage>> {
+            self.inner.next_handoff(run_id)
+        }
+        fn mark_handoff(
+            &self,
+            run_id: String,
+            seq: u64,
+            outcome: crate::store::HandoffOutcome,
+            now: i64,
+        ) -> StoreFuture<'_, ()> {
+            self.inner.mark_handoff(run_id, seq, outcome, now)
         }
         fn ping(&self) -> StoreFuture<'_, ()> {
             let locked = self.locked.load(Ordering::SeqCst);

@@ -14,8 +14,9 @@ use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    CategoryKind, CategoryRecord, IdentitySource, Inserted, ListCursor, PodIdentity, RunKey,
-    RunLiveness, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoredWebhook,
+    CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
+    IdentitySource, Inserted, ListCursor, PodIdentity, RunKey, RunLiveness, RunRecord, RunStatus,
+    RunStore, StoreError, StoreFuture, StoredWebhook,
 };
 
 /// Schema migrations, applied in order; never edit one that shipped.
@@ -64,6 +65,26 @@ CREATE TABLE run_liveness (
     pod_uid         TEXT,
     identity_source TEXT CHECK (identity_source IN ('claimed','verified')),
     heartbeat_at    INTEGER
+);
+",
+    // Hand-offs (issue 18): messages a watcher could not deliver before its
+    // pod ended, delivered by bot-bridge. A delivered row keeps its key (a
+    // later duplicate is ignored) but not its payload.
+    r"
+CREATE TABLE handoff_messages (
+    run_id     TEXT NOT NULL REFERENCES runs (run_id),
+    seq        BIGINT NOT NULL,
+    payload    TEXT,
+    state      TEXT NOT NULL CHECK (state IN ('pending','delivered','rejected')),
+    stored_at  BIGINT NOT NULL,
+    done_at    BIGINT,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX handoff_by_state ON handoff_messages (state, run_id, seq);
+CREATE TABLE handoff_completions (
+    run_id     TEXT PRIMARY KEY REFERENCES runs (run_id),
+    summary    TEXT,
+    stored_at  BIGINT NOT NULL
 );
 ",
 ];
@@ -617,6 +638,210 @@ impl RunStore for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(db)
         })
     }
+
+    fn put_handoff(
+        &self,
+        run_id: String,
+        messages: Vec<HandoffMessage>,
+        complete: Option<Option<serde_json::Value>>,
+        now: i64,
+    ) -> StoreFuture<'_, HandoffStored> {
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let status: Option<String> = tx
+                .query_row("SELECT status FROM runs WHERE run_id = ?1", [&run_id], |r| {
+                    r.get(0)
+                })
+                .optional()
+                .map_err(db)?;
+            let Some(status) = status else {
+                return Ok(HandoffStored::UnknownRun);
+            };
+            let total = u64::try_from(messages.len()).unwrap_or(u64::MAX);
+            if status != RunStatus::Active.as_str() {
+                let mut known = 0u64;
+                for m in &messages {
+                    let found: Option<i64> = tx
+                        .query_row(
+                            "SELECT seq FROM handoff_messages WHERE run_id = ?1 AND seq = ?2",
+                            params![run_id, seq_sql(m.seq)?],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(db)?;
+                    known += u64::from(found.is_some());
+                }
+                if known < total {
+                    return Ok(HandoffStored::Finished { new: total - known });
+                }
+                let pending = pending_of(&tx, &run_id)?;
+                return Ok(HandoffStored::Stored {
+                    accepted: 0,
+                    duplicates: total,
+                    pending,
+                });
+            }
+            let mut accepted = 0u64;
+            {
+                let mut insert = tx
+                    .prepare(
+                        "INSERT INTO handoff_messages (run_id, seq, payload, state, stored_at) \
+                         VALUES (?1, ?2, ?3, 'pending', ?4) ON CONFLICT (run_id, seq) DO NOTHING",
+                    )
+                    .map_err(db)?;
+                for m in &messages {
+                    let changed = insert
+                        .execute(params![run_id, seq_sql(m.seq)?, m.payload.to_string(), now])
+                        .map_err(db)?;
+                    accepted += u64::try_from(changed).unwrap_or(0);
+                }
+            }
+            if let Some(summary) = complete {
+                tx.execute(
+                    "INSERT INTO handoff_completions (run_id, summary, stored_at) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT (run_id) DO NOTHING",
+                    params![run_id, summary.map(|s| s.to_string()), now],
+                )
+                .map_err(db)?;
+            }
+            let pending = pending_of(&tx, &run_id)?;
+            tx.commit().map_err(db)?;
+            Ok(HandoffStored::Stored {
+                accepted,
+                duplicates: total - accepted,
+                pending,
+            })
+        })
+    }
+
+    fn handoff_runs(&self) -> StoreFuture<'_, Vec<HandoffRun>> {
+        self.run(move |conn| {
+            let mut runs: std::collections::BTreeMap<String, HandoffRun> =
+                std::collections::BTreeMap::new();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT run_id, COUNT(*), MIN(stored_at) FROM handoff_messages \
+                     WHERE state = 'pending' GROUP BY run_id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
+                })
+                .map_err(db)?;
+            for row in rows {
+                let (run_id, pending, oldest) = row.map_err(db)?;
+                runs.insert(
+                    run_id.clone(),
+                    HandoffRun {
+                        run_id,
+                        pending: u64::try_from(pending).unwrap_or(0),
+                        oldest_pending_at: oldest,
+                        complete: None,
+                    },
+                );
+            }
+            let mut stmt = conn
+                .prepare(
+                    "SELECT c.run_id, c.summary, r.status FROM handoff_completions c \
+                     JOIN runs r ON r.run_id = c.run_id \
+                     WHERE r.status = 'active' OR c.run_id IN \
+                     (SELECT run_id FROM handoff_messages WHERE state = 'pending')",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .map_err(db)?;
+            for row in rows {
+                let (run_id, summary) = row.map_err(db)?;
+                let summary = summary
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("hand-off summary: {e}")))?;
+                runs.entry(run_id.clone())
+                    .or_insert_with(|| HandoffRun {
+                        run_id,
+                        pending: 0,
+                        oldest_pending_at: None,
+                        complete: None,
+                    })
+                    .complete = Some(summary);
+            }
+            let mut out: Vec<HandoffRun> = runs.into_values().collect();
+            out.sort_by(|a, b| {
+                (a.oldest_pending_at.unwrap_or(i64::MAX), &a.run_id)
+                    .cmp(&(b.oldest_pending_at.unwrap_or(i64::MAX), &b.run_id))
+            });
+            Ok(out)
+        })
+    }
+
+    fn next_handoff(&self, run_id: String) -> StoreFuture<'_, Option<HandoffMessage>> {
+        self.run(move |conn| {
+            let row: Option<(i64, Option<String>)> = conn
+                .query_row(
+                    "SELECT seq, payload FROM handoff_messages \
+                     WHERE run_id = ?1 AND state = 'pending' ORDER BY seq LIMIT 1",
+                    [run_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some((seq, payload)) = row else {
+                return Ok(None);
+            };
+            let seq = u64::try_from(seq)
+                .map_err(|_| StoreError::Corrupt(format!("negative hand-off seq {seq}")))?;
+            let payload = payload
+                .ok_or_else(|| StoreError::Corrupt(format!("pending hand-off {seq} has no payload")))?;
+            let payload = serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("hand-off {seq} payload: {e}")))?;
+            Ok(Some(HandoffMessage { seq, payload }))
+        })
+    }
+
+    fn mark_handoff(
+        &self,
+        run_id: String,
+        seq: u64,
+        outcome: HandoffOutcome,
+        now: i64,
+    ) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            let sql = match outcome {
+                HandoffOutcome::Delivered => {
+                    "UPDATE handoff_messages SET state = 'delivered', done_at = ?3, payload = NULL \
+                     WHERE run_id = ?1 AND seq = ?2 AND state = 'pending'"
+                }
+                HandoffOutcome::Rejected => {
+                    "UPDATE handoff_messages SET state = 'rejected', done_at = ?3 \
+                     WHERE run_id = ?1 AND seq = ?2 AND state = 'pending'"
+                }
+            };
+            conn.execute(sql, params![run_id, seq_sql(seq)?, now])
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+}
+
+/// A hand-off `seq` as SQL's signed 64-bit integer (the API refuses larger).
+fn seq_sql(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::Database(format!("hand-off seq {seq} too large")))
+}
+
+/// Undelivered hand-off messages of `run_id`.
+fn pending_of(conn: &Connection, run_id: &str) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM handoff_messages WHERE run_id = ?1 AND state = 'pending'",
+            [run_id],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 #[cfg(test)]
