@@ -536,3 +536,196 @@ impl Worker {
         .emit(self.state.metrics());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::access::Caller;
+    use crate::app::fixture;
+    use crate::events::HandoffMessageOutcome as Counted;
+    use crate::runs::{AttemptValue, NewRun};
+
+    fn owner() -> Caller {
+        Caller::RunToken(ops::Secret::new("owner-token-".repeat(4)))
+    }
+
+    fn request(seqs: &[u64], complete: bool) -> HandoffRequest {
+        HandoffRequest {
+            messages: seqs
+                .iter()
+                .map(|&seq| WireMessage {
+                    seq,
+                    payload: json!({"content": format!("m{seq}")}),
+                })
+                .collect(),
+            complete: complete.then(|| WireComplete {
+                summary: Some(json!({"events": seqs.len()})),
+            }),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_first_bad_message() {
+        let bad = |req: HandoffRequest| match validate(req) {
+            Err(Invalid::Bad(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        };
+        let m = bad(request(&[1, 3, 3], false));
+        assert!(m.starts_with("messages[2] (seq 3)"), "{m}");
+        let m = bad(request(&[5, 4], false));
+        assert!(m.contains("previous message's seq 5"), "{m}");
+        let m = bad(request(&[u64::MAX], false));
+        assert!(m.contains("largest allowed"), "{m}");
+        for (payload, names) in [
+            (json!("text"), "JSON object"),
+            (json!({"embeds": "x"}), "payload.embeds"),
+            (json!({"embeds": vec![json!({}); 11]}), "11 embeds"),
+            (json!({"embeds": [1]}), "objects"),
+            (json!({"content": 5}), "payload.content"),
+            (json!({"content": ""}), "content or embeds"),
+            (json!({}), "content or embeds"),
+        ] {
+            let mut req = request(&[1, 2], false);
+            req.messages[1].payload = payload;
+            let m = bad(req);
+            assert!(m.starts_with("messages[1] (seq 2)") && m.contains(names), "{m}");
+        }
+        let many: Vec<u64> = (1..=1001).collect();
+        assert_eq!(
+            validate(request(&many, false)).unwrap_err(),
+            Invalid::TooMany(1001)
+        );
+        let ok = validate(request(&[1, 2, 10], true)).unwrap();
+        assert_eq!(ok.messages.len(), 3);
+        assert_eq!(ok.complete, Some(Some(json!({"events": 3}))));
+        // Only `complete`, no message, is a valid hand-off.
+        assert!(validate(request(&[], true)).unwrap().messages.is_empty());
+    }
+
+    fn new_run(short: &str) -> NewRun {
+        NewRun {
+            task_id: "t".into(),
+            attempt: AttemptValue::Text("1".into()),
+            short_id: short.into(),
+            input_url: None,
+            heartbeats: false,
+        }
+    }
+
+    async fn handed_off(state: &AppState, short: &str, seqs: &[u64]) -> String {
+        let (run, _) = state.provision(new_run(short), &owner()).await.unwrap();
+        let handoff = validate(request(seqs, true)).unwrap();
+        let a = state
+            .accept_handoff(&run.run_id, handoff, &owner())
+            .await
+            .unwrap();
+        assert_eq!(a.accepted, seqs.len() as u64);
+        run.run_id
+    }
+
+    fn fast() -> DrainConfig {
+        DrainConfig {
+            scan_every: Duration::from_millis(20),
+            backoff: Backoff::new(Duration::from_millis(10), Duration::from_millis(50)),
+            ..DrainConfig::default()
+        }
+    }
+
+    async fn status(state: &AppState, run_id: &str) -> RunStatus {
+        state.stored_run(run_id).await.unwrap().status
+    }
+
+    #[tokio::test]
+    async fn a_handoff_is_posted_in_order_then_the_run_completes() {
+        let (state, discord) = fixture::state(fixture::settings());
+        let run_id = handed_off(&state, "a", &[10, 20, 30]).await;
+        let shutdown = Shutdown::new();
+        let drainer = tokio::spawn(run(state.clone(), fast(), shutdown.clone(), None));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while status(&state, &run_id).await == RunStatus::Active {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the run was not completed after its hand-off");
+        let posted: Vec<Value> = discord.with(|s| s.posts.clone());
+        let contents: Vec<&str> = posted.iter().filter_map(|p| p["content"].as_str()).collect();
+        assert_eq!(contents, ["m10", "m20", "m30"]);
+        // `complete`'s path: webhook revoked, summary stored.
+        let run = state.stored_run(&run_id).await.unwrap();
+        assert!(run.webhook_id.is_none());
+        assert_eq!(run.summary, Some(json!({"events": 3})));
+        assert!(discord.with(|s| s.webhooks.is_empty()));
+        assert_eq!(state.metrics().handoff.count(Counted::Delivered), 3);
+        shutdown.trigger();
+        drainer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_reconciler_and_complete_leave_a_draining_run_to_the_drainer() {
+        let (state, discord) = fixture::state(fixture::settings());
+        let run_id = handed_off(&state, "a", &[1, 2]).await;
+        let ending = crate::reconcile::Ending {
+            reason: FinalizeReason::Deleted,
+            detail: "pod deleted".into(),
+        };
+        // The pod is gone after handing off: that is no reason to end the run.
+        assert!(!state.finalize(&run_id, &ending).await.unwrap());
+        // An explicit complete joins the hand-off instead of revoking the
+        // webhook under its pending messages.
+        let run = state.complete(&run_id, None, &owner()).await.unwrap();
+        assert_eq!(run.status, RunStatus::Active);
+        assert!(discord.with(|s| s.posts.is_empty()));
+        let shutdown = Shutdown::new();
+        let drainer = tokio::spawn(run_drain(state.clone(), shutdown.clone()));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while status(&state, &run_id).await == RunStatus::Active {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("not completed");
+        assert_eq!(discord.with(|s| s.posts.len()), 2);
+        // The hand-off's own summary won: it came first.
+        assert_eq!(
+            state.stored_run(&run_id).await.unwrap().summary,
+            Some(json!({"events": 2}))
+        );
+        shutdown.trigger();
+        drainer.await.unwrap();
+    }
+
+    async fn run_drain(state: AppState, shutdown: Shutdown) {
+        run(state, fast(), shutdown, None).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_gone_webhook_keeps_messages_pending_without_spinning() {
+        let (state, discord) = fixture::state(fixture::settings());
+        let run_id = handed_off(&state, "a", &[1, 2, 3]).await;
+        // Someone deleted the webhook in Discord.
+        discord.with(|s| s.webhooks.clear());
+        let cfg = DrainConfig {
+            stalled_retry: Duration::from_secs(600),
+            ..fast()
+        };
+        let shutdown = Shutdown::new();
+        let drainer = tokio::spawn(run(state.clone(), cfg, shutdown.clone(), None));
+        tokio::time::sleep(Duration::from_secs(900)).await;
+        let tries = discord.with(|s| {
+            s.calls
+                .iter()
+                .filter(|c| c.starts_with("execute_webhook"))
+                .count()
+        });
+        // One try, one more after `stalled_retry`: no spinning on a 404.
+        assert_eq!(tries, 2, "{:?}", discord.with(|s| s.calls.clone()));
+        let left = state.store().handoff_runs().await.unwrap();
+        assert_eq!(left[0].pending, 3);
+        assert_eq!(status(&state, &run_id).await, RunStatus::Active);
+        shutdown.trigger();
+        drainer.await.unwrap();
+    }
+}

@@ -970,4 +970,167 @@ mod tests {
             "{shown}"
         );
     }
+
+    fn msgs(seqs: &[u64]) -> Vec<HandoffMessage> {
+        seqs.iter()
+            .map(|&seq| HandoffMessage {
+                seq,
+                payload: serde_json::json!({"content": format!("m{seq}")}),
+            })
+            .collect()
+    }
+
+    fn stored(accepted: u64, duplicates: u64, pending: u64) -> HandoffStored {
+        HandoffStored::Stored {
+            accepted,
+            duplicates,
+            pending,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handoff_is_idempotent_by_run_and_seq() {
+        let s = SqliteStore::memory().unwrap();
+        let r = run("t", "a");
+        s.insert_run(r.clone()).await.unwrap();
+        let id = || r.run_id.clone();
+        assert_eq!(
+            s.put_handoff(id(), msgs(&[1, 2, 3]), None, 100).await.unwrap(),
+            stored(3, 0, 3)
+        );
+        // A retry overlapping the first: only 4 and 5 are new, and the stored
+        // payload of 2 is not replaced by the retry's.
+        let mut retry = msgs(&[2, 3, 4, 5]);
+        retry[0].payload = serde_json::json!({"content": "changed"});
+        assert_eq!(
+            s.put_handoff(id(), retry, Some(None), 101).await.unwrap(),
+            stored(2, 2, 5)
+        );
+        s.mark_handoff(id(), 1, HandoffOutcome::Delivered, 102)
+            .await
+            .unwrap();
+        let next = s.next_handoff(id()).await.unwrap().unwrap();
+        assert_eq!(next.seq, 2);
+        assert_eq!(next.payload["content"], "m2");
+        // A delivered seq stays known: handed off again, it is a duplicate.
+        assert_eq!(
+            s.put_handoff(id(), msgs(&[1]), None, 103).await.unwrap(),
+            stored(0, 1, 4)
+        );
+        assert_eq!(
+            s.put_handoff("nope".into(), msgs(&[1]), None, 103)
+                .await
+                .unwrap(),
+            HandoffStored::UnknownRun
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_messages_come_in_seq_order_skipping_dead_letters() {
+        let s = SqliteStore::memory().unwrap();
+        let r = run("t", "a");
+        s.insert_run(r.clone()).await.unwrap();
+        let id = || r.run_id.clone();
+        s.put_handoff(id(), msgs(&[10, 30]), None, 100).await.unwrap();
+        // A later request fills a gap: delivery still follows seq.
+        s.put_handoff(id(), msgs(&[20]), None, 101).await.unwrap();
+        let mut order = Vec::new();
+        while let Some(m) = s.next_handoff(id()).await.unwrap() {
+            order.push(m.seq);
+            let outcome = if m.seq == 20 {
+                HandoffOutcome::Rejected
+            } else {
+                HandoffOutcome::Delivered
+            };
+            s.mark_handoff(id(), m.seq, outcome, 102).await.unwrap();
+        }
+        assert_eq!(order, [10, 20, 30]);
+        let conn = lock(&s.conn);
+        let kept: Vec<(i64, String, Option<String>)> = conn
+            .prepare("SELECT seq, state, payload FROM handoff_messages ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // The dead letter keeps its payload for a person; delivered ones not.
+        assert_eq!(kept[0], (10, "delivered".into(), None));
+        assert_eq!(kept[1].1, "rejected");
+        assert!(kept[1].2.as_deref().unwrap().contains("m20"));
+        assert_eq!(kept[2], (30, "delivered".into(), None));
+    }
+
+    #[tokio::test]
+    async fn handoff_runs_lists_pending_and_unfinished_completions() {
+        let s = SqliteStore::memory().unwrap();
+        let (a, b, c) = (run("t", "a"), run("t", "b"), run("t", "c"));
+        for r in [&a, &b, &c] {
+            s.insert_run(r.clone()).await.unwrap();
+        }
+        s.put_handoff(a.run_id.clone(), msgs(&[1, 2]), None, 200)
+            .await
+            .unwrap();
+        let summary = serde_json::json!({"events": 3});
+        s.put_handoff(b.run_id.clone(), msgs(&[7]), Some(Some(summary.clone())), 100)
+            .await
+            .unwrap();
+        // A second `complete` does not replace the first.
+        s.put_handoff(b.run_id.clone(), vec![], Some(None), 150)
+            .await
+            .unwrap();
+        let runs = s.handoff_runs().await.unwrap();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[0].run_id, b.run_id, "oldest pending first");
+        assert_eq!(runs[0].complete, Some(Some(summary)));
+        assert_eq!((runs[1].pending, runs[1].oldest_pending_at), (2, Some(200)));
+        assert_eq!(runs[1].complete, None);
+
+        // Delivered but not completed yet: still listed (the drainer completes it).
+        s.mark_handoff(b.run_id.clone(), 7, HandoffOutcome::Delivered, 300)
+            .await
+            .unwrap();
+        let runs = s.handoff_runs().await.unwrap();
+        let entry = runs.iter().find(|r| r.run_id == b.run_id).unwrap();
+        assert_eq!((entry.pending, entry.oldest_pending_at), (0, None));
+        let mut done = b.clone();
+        done.status = RunStatus::Completed;
+        s.update_run(done).await.unwrap();
+        let runs = s.handoff_runs().await.unwrap();
+        assert!(runs.iter().all(|r| r.run_id != b.run_id), "{runs:?}");
+
+        // A completed run takes no new message; a retry of known ones is fine.
+        assert_eq!(
+            s.put_handoff(b.run_id.clone(), msgs(&[7, 8, 9]), None, 400)
+                .await
+                .unwrap(),
+            HandoffStored::Finished { new: 2 }
+        );
+        assert_eq!(
+            s.put_handoff(b.run_id.clone(), msgs(&[7]), None, 400)
+                .await
+                .unwrap(),
+            stored(0, 1, 0)
+        );
+        assert!(s.next_handoff(b.run_id.clone()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_handoff_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let r = run("t", "a");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert_run(r.clone()).await.unwrap();
+            s.put_handoff(r.run_id.clone(), msgs(&[1, 2]), Some(None), 100)
+                .await
+                .unwrap();
+            s.mark_handoff(r.run_id.clone(), 1, HandoffOutcome::Delivered, 101)
+                .await
+                .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.next_handoff(r.run_id.clone()).await.unwrap().unwrap().seq, 2);
+        assert_eq!(s.handoff_runs().await.unwrap()[0].complete, Some(None));
+    }
 }
