@@ -35,7 +35,16 @@ struct Run {
 impl Bridge {
     /// bot-bridge paces at the scaled channel limit whether or not the fake
     /// enforces it (`limits` only says what the fake does).
-    async fn start(discord: &FakeDiscordProc, db: &Path, _limits: Option<Limits>) -> Self {
+    async fn start(discord: &FakeDiscordProc, db: &Path, limits: Option<Limits>) -> Self {
+        Self::start_with(discord, db, limits, &[]).await
+    }
+
+    async fn start_with(
+        discord: &FakeDiscordProc,
+        db: &Path,
+        _limits: Option<Limits>,
+        extra: &[(&'static str, String)],
+    ) -> Self {
         let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, db);
         env.extend([
             ("RETENTION", "1h".to_string()),
@@ -49,6 +58,7 @@ impl Bridge {
                 format!("{}ms", l.channel_window.as_millis()),
             ),
         ]);
+        env.extend_from_slice(extra);
         let proc = Proc::start("bot-bridge", &[], &env);
         let started = proc.wait_log("started", DEADLINE).await;
         Bridge {
@@ -59,10 +69,15 @@ impl Bridge {
     }
 
     async fn create_run(&self, short_id: &str) -> Run {
+        self.create_run_with(json!({"task_id": "handoff", "attempt": 1, "short_id": short_id}))
+            .await
+    }
+
+    async fn create_run_with(&self, body: Value) -> Run {
         let res = reqwest::Client::new()
             .post(format!("http://{}/v1/runs", self.api))
             .bearer_auth(API_TOKEN)
-            .json(&json!({"task_id": "handoff", "attempt": 1, "short_id": short_id}))
+            .json(&body)
             .send()
             .await
             .unwrap();
@@ -453,6 +468,51 @@ async fn bad_handoffs_are_refused_naming_the_field() {
     assert_eq!(
         bridge
             .metric("bridge_handoff_messages_total{outcome=\"accepted\"}")
+            .await,
+        0.0
+    );
+}
+
+/// The watcher heartbeated, handed off and exited: its silence is the normal
+/// end of a pod, not a reason to finalise the run under its hand-off. The
+/// run completes with the hand-off's summary once everything arrived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_watcher_after_its_handoff_is_not_finalised_by_the_reconciler() {
+    let fake = fake_with(Some(scaled())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start_with(
+        &fake,
+        &dir.path().join("bridge.db"),
+        Some(scaled()),
+        &[("RUN_SILENCE_TIMEOUT", "2s".to_string())],
+    )
+    .await;
+    let run = bridge
+        .create_run_with(json!({
+            "task_id": "handoff", "attempt": 1, "short_id": "silent", "heartbeats": true,
+        }))
+        .await;
+    // 45 messages need two channel windows (10 s each): far past the silence.
+    let body = json!({"messages": messages(1, 45), "complete": {"summary": {"events": 45}}});
+    let (status, v) = bridge.handoff(&run, &body).await;
+    assert_eq!(status, 202, "{v}");
+    bridge
+        .wait_completed(&run, DEADLINE + scaled().channel_window * 3)
+        .await;
+    assert_in_order(
+        &arrived(&fake, &run.channel_id).await,
+        &(1..=45).collect::<Vec<_>>(),
+        0,
+    );
+    let v = e2e::get_json_authed(
+        &format!("http://{}/v1/runs/{}", bridge.api, run.id),
+        API_TOKEN,
+    )
+    .await;
+    assert_eq!(v["summary"], json!({"events": 45}), "{v}");
+    assert_eq!(
+        bridge
+            .metric("bridge_runs_finalized_total{reason=\"silent\"}")
             .await,
         0.0
     );
