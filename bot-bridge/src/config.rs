@@ -649,6 +649,13 @@ mod tests {
                 "RETENTION_INTERVAL",
             ),
             (&["--retention-interval", "0s"], "RETENTION_INTERVAL"),
+            (&["--channel-window", "500ms"], "CHANNEL_WINDOW"),
+            (&["--channel-window", "2h"], "CHANNEL_WINDOW"),
+            (&["--channel-window", "soon"], "CHANNEL_WINDOW"),
+            (
+                &["--channel-messages-per-minute", "0"],
+                "CHANNEL_MESSAGES_PER_MINUTE",
+            ),
             (&["--shutdown-timeout", "100000000h"], "SHUTDOWN_TIMEOUT"),
             (&["--operator-role-ids", "12,abc"], "OPERATOR_ROLE_IDS"),
             (&["--operator-user-ids", "@alice"], "OPERATOR_USER_IDS"),

@@ -507,7 +507,8 @@ pub struct HandoffBacklog {
 
 impl HandoffBacklog {
     pub fn emit(&self, m: &HandoffMetrics) {
-        m.pending.set(i64::try_from(self.pending).unwrap_or(i64::MAX));
+        m.pending
+            .set(i64::try_from(self.pending).unwrap_or(i64::MAX));
         m.oldest_age.set(self.oldest_age_seconds);
     }
 }

@@ -75,7 +75,9 @@ pub struct WireComplete {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Invalid {
     /// 413: more than [`MAX_MESSAGES`].
-    #[error("{0} messages in one hand-off; at most {MAX_MESSAGES}, send the rest in another request")]
+    #[error(
+        "{0} messages in one hand-off; at most {MAX_MESSAGES}, send the rest in another request"
+    )]
     TooMany(usize),
     /// 400, naming the field and the seq.
     #[error("{0}")]
@@ -102,7 +104,10 @@ pub fn validate(req: HandoffRequest) -> Result<Handoff, Invalid> {
         let seq = m.seq;
         let at = |what: String| Invalid::Bad(format!("messages[{i}] (seq {seq}): {what}"));
         if i64::try_from(seq).is_err() {
-            return Err(at(format!("seq is above the largest allowed, {}", i64::MAX)));
+            return Err(at(format!(
+                "seq is above the largest allowed, {}",
+                i64::MAX
+            )));
         }
         if let Some(p) = previous.filter(|p| seq <= *p) {
             return Err(at(format!(
@@ -485,12 +490,11 @@ impl Worker {
             }
         };
         state
-            .stored(state.store().mark_handoff(
-                run_id.to_owned(),
-                message.seq,
-                mark,
-                now_unix(),
-            ))
+            .stored(
+                state
+                    .store()
+                    .mark_handoff(run_id.to_owned(), message.seq, mark, now_unix()),
+            )
             .await?;
         HandoffCounted {
             run_id,
@@ -590,7 +594,10 @@ mod tests {
             let mut req = request(&[1, 2], false);
             req.messages[1].payload = payload;
             let m = bad(req);
-            assert!(m.starts_with("messages[1] (seq 2)") && m.contains(names), "{m}");
+            assert!(
+                m.starts_with("messages[1] (seq 2)") && m.contains(names),
+                "{m}"
+            );
         }
         let many: Vec<u64> = (1..=1001).collect();
         assert_eq!(
@@ -651,7 +658,10 @@ mod tests {
         .await
         .expect("the run was not completed after its hand-off");
         let posted: Vec<Value> = discord.with(|s| s.posts.clone());
-        let contents: Vec<&str> = posted.iter().filter_map(|p| p["content"].as_str()).collect();
+        let contents: Vec<&str> = posted
+            .iter()
+            .filter_map(|p| p["content"].as_str())
+            .collect();
         assert_eq!(contents, ["m10", "m20", "m30"]);
         // `complete`'s path: webhook revoked, summary stored.
         let run = state.stored_run(&run_id).await.unwrap();

@@ -104,9 +104,11 @@ impl Bridge {
     }
 
     async fn status(&self, run: &Run) -> String {
-        let v =
-            e2e::get_json_authed(&format!("http://{}/v1/runs/{}", self.api, run.id), API_TOKEN)
-                .await;
+        let v = e2e::get_json_authed(
+            &format!("http://{}/v1/runs/{}", self.api, run.id),
+            API_TOKEN,
+        )
+        .await;
         v["status"].as_str().unwrap_or_default().to_owned()
     }
 
@@ -155,9 +157,11 @@ async fn arrived(fake: &FakeDiscordProc, channel_id: &str) -> Vec<u64> {
 }
 
 async fn wait_arrived(fake: &FakeDiscordProc, channel_id: &str, n: usize, timeout: Duration) {
-    eventually(&format!("{n} hand-off messages arrived"), timeout, || async {
-        (arrived(fake, channel_id).await.len() >= n).then_some(())
-    })
+    eventually(
+        &format!("{n} hand-off messages arrived"),
+        timeout,
+        || async { (arrived(fake, channel_id).await.len() >= n).then_some(()) },
+    )
     .await;
 }
 
@@ -206,7 +210,11 @@ async fn handoff_delivered_in_order_then_completed(limits: Option<Limits>) {
     // The watcher's retry (its answer was lost) adds nothing.
     let (status, v) = bridge.handoff(&run, &body).await;
     assert_eq!(status, 202, "{v}");
-    assert_eq!((v["accepted"].as_u64(), v["duplicates"].as_u64()), (Some(0), Some(60)), "{v}");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["duplicates"].as_u64()),
+        (Some(0), Some(60)),
+        "{v}"
+    );
 
     let windows = scaled().channel_window * 3;
     bridge.wait_completed(&run, DEADLINE + windows).await;
@@ -243,7 +251,10 @@ async fn handoff_delivered_in_order_then_completed(limits: Option<Limits>) {
         .as_object()
         .unwrap()
     {
-        assert!(max.as_u64().unwrap() <= 1, "webhook {hook}: {max} in flight");
+        assert!(
+            max.as_u64().unwrap() <= 1,
+            "webhook {hook}: {max} in flight"
+        );
     }
     // Completed: the webhook is revoked; a retry is answered 200, a new
     // message refused.
@@ -257,7 +268,10 @@ async fn handoff_delivered_in_order_then_completed(limits: Option<Limits>) {
 
     for (series, want) in [
         ("bridge_handoff_messages_total{outcome=\"accepted\"}", 60.0),
-        ("bridge_handoff_messages_total{outcome=\"duplicate\"}", 120.0),
+        (
+            "bridge_handoff_messages_total{outcome=\"duplicate\"}",
+            120.0,
+        ),
         ("bridge_handoff_messages_total{outcome=\"delivered\"}", 60.0),
         ("bridge_handoff_messages_total{outcome=\"rejected\"}", 0.0),
     ] {
@@ -359,7 +373,9 @@ async fn one_request_in_flight_per_webhook(limits: Option<Limits>) {
         0,
     );
     let stats = fake.stats().await;
-    let most = stats["max_concurrent_executes_by_webhook"].as_object().unwrap();
+    let most = stats["max_concurrent_executes_by_webhook"]
+        .as_object()
+        .unwrap();
     assert!(most.len() >= 2, "{stats}");
     for (hook, max) in most {
         assert_eq!(max.as_u64(), Some(1), "webhook {hook}: {max} in flight");
@@ -434,7 +450,11 @@ async fn bad_handoffs_are_refused_naming_the_field() {
     twice[2]["seq"] = json!(2);
     let cases = [
         (json!({"messages": twice}), 400, "seq 2"),
-        (json!({"messages": [{"seq": 1, "payload": "text"}]}), 400, "payload"),
+        (
+            json!({"messages": [{"seq": 1, "payload": "text"}]}),
+            400,
+            "payload",
+        ),
         (
             json!({"messages": [{"seq": 1, "payload": {"embeds": vec![json!({"description": "x"}); 11]}}]}),
             400,

@@ -22,13 +22,15 @@ pub async fn accept(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let Path(run_id) = run_id
-        .map_err(|e| ApiError::bad_request(format!("invalid request parameters: {e}")))?;
+    let Path(run_id) =
+        run_id.map_err(|e| ApiError::bad_request(format!("invalid request parameters: {e}")))?;
     let req: HandoffRequest = super::runs::json_body(body)?;
     let handoff = validate(req).map_err(|e| match e {
-        Invalid::TooMany(_) => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.to_string())
-        }
+        Invalid::TooMany(_) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            e.to_string(),
+        ),
         Invalid::Bad(m) => ApiError::bad_request(m),
     })?;
     let caller = Caller::of(&bearer, &headers);

@@ -649,9 +649,11 @@ impl RunStore for SqliteStore {
         self.run(move |conn| {
             let tx = conn.transaction().map_err(db)?;
             let status: Option<String> = tx
-                .query_row("SELECT status FROM runs WHERE run_id = ?1", [&run_id], |r| {
-                    r.get(0)
-                })
+                .query_row(
+                    "SELECT status FROM runs WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )
                 .optional()
                 .map_err(db)?;
             let Some(status) = status else {
@@ -794,8 +796,9 @@ impl RunStore for SqliteStore {
             };
             let seq = u64::try_from(seq)
                 .map_err(|_| StoreError::Corrupt(format!("negative hand-off seq {seq}")))?;
-            let payload = payload
-                .ok_or_else(|| StoreError::Corrupt(format!("pending hand-off {seq} has no payload")))?;
+            let payload = payload.ok_or_else(|| {
+                StoreError::Corrupt(format!("pending hand-off {seq} has no payload"))
+            })?;
             let payload = serde_json::from_str(&payload)
                 .map_err(|e| StoreError::Corrupt(format!("hand-off {seq} payload: {e}")))?;
             Ok(Some(HandoffMessage { seq, payload }))
@@ -995,7 +998,9 @@ mod tests {
         s.insert_run(r.clone()).await.unwrap();
         let id = || r.run_id.clone();
         assert_eq!(
-            s.put_handoff(id(), msgs(&[1, 2, 3]), None, 100).await.unwrap(),
+            s.put_handoff(id(), msgs(&[1, 2, 3]), None, 100)
+                .await
+                .unwrap(),
             stored(3, 0, 3)
         );
         // A retry overlapping the first: only 4 and 5 are new, and the stored
@@ -1031,7 +1036,9 @@ mod tests {
         let r = run("t", "a");
         s.insert_run(r.clone()).await.unwrap();
         let id = || r.run_id.clone();
-        s.put_handoff(id(), msgs(&[10, 30]), None, 100).await.unwrap();
+        s.put_handoff(id(), msgs(&[10, 30]), None, 100)
+            .await
+            .unwrap();
         // A later request fills a gap: delivery still follows seq.
         s.put_handoff(id(), msgs(&[20]), None, 101).await.unwrap();
         let mut order = Vec::new();
@@ -1071,9 +1078,14 @@ mod tests {
             .await
             .unwrap();
         let summary = serde_json::json!({"events": 3});
-        s.put_handoff(b.run_id.clone(), msgs(&[7]), Some(Some(summary.clone())), 100)
-            .await
-            .unwrap();
+        s.put_handoff(
+            b.run_id.clone(),
+            msgs(&[7]),
+            Some(Some(summary.clone())),
+            100,
+        )
+        .await
+        .unwrap();
         // A second `complete` does not replace the first.
         s.put_handoff(b.run_id.clone(), vec![], Some(None), 150)
             .await
@@ -1130,7 +1142,10 @@ mod tests {
                 .unwrap();
         }
         let s = SqliteStore::open(&path).unwrap();
-        assert_eq!(s.next_handoff(r.run_id.clone()).await.unwrap().unwrap().seq, 2);
+        assert_eq!(
+            s.next_handoff(r.run_id.clone()).await.unwrap().unwrap().seq,
+            2
+        );
         assert_eq!(s.handoff_runs().await.unwrap()[0].complete, Some(None));
     }
 }
