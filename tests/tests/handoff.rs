@@ -30,6 +30,8 @@ struct Run {
     id: String,
     token: String,
     channel_id: String,
+    /// `.../webhooks/{id}/{token}`: the token must never be logged.
+    webhook_url: String,
 }
 
 impl Bridge {
@@ -87,6 +89,7 @@ impl Bridge {
             id: v["run_id"].as_str().unwrap().to_owned(),
             token: v["run_token"].as_str().unwrap().to_owned(),
             channel_id: v["channel_id"].as_str().unwrap().to_owned(),
+            webhook_url: v["webhook_url"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -425,7 +428,11 @@ async fn rejected_message_is_dead_lettered(limits: Option<Limits>) {
     );
     let log = bridge.proc.output();
     assert!(log.contains("dead-lettered"), "{log}");
-    assert!(!log.contains(BOT_TOKEN) && !log.contains(&run.token));
+    let webhook_token = run.webhook_url.rsplit('/').next().unwrap();
+    assert!(webhook_token.len() > 10, "{}", run.webhook_url);
+    for secret in [BOT_TOKEN, run.token.as_str(), webhook_token] {
+        assert!(!log.contains(secret), "a secret in the log:\n{log}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,6 +489,7 @@ async fn bad_handoffs_are_refused_naming_the_field() {
         id: "00000000-0000-0000-0000-000000000000".into(),
         token: run.token.clone(),
         channel_id: String::new(),
+        webhook_url: String::new(),
     };
     let (status, _) = bridge.handoff(&missing, &json!({"messages": []})).await;
     assert_eq!(status, 404);
@@ -535,5 +543,49 @@ async fn a_silent_watcher_after_its_handoff_is_not_finalised_by_the_reconciler()
             .metric("bridge_runs_finalized_total{reason=\"silent\"}")
             .await,
         0.0
+    );
+}
+
+/// The run's webhook was deleted in Discord before the drain: the messages
+/// stay pending (counted in the gauges), the stall is logged once, and
+/// bot-bridge does not hammer Discord with 404s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_webhook_keeps_the_handoff_pending_without_spinning() {
+    let fake = fake_with(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start(&fake, &dir.path().join("bridge.db"), None).await;
+    let run = bridge.create_run("gone").await;
+    let mut parts = run.webhook_url.rsplit('/');
+    let (_, webhook_id) = (parts.next(), parts.next().unwrap().to_owned());
+    fake.inject(json!({"kind": "delete_webhook", "id": webhook_id}))
+        .await;
+    let body = json!({"messages": messages(1, 5), "complete": {}});
+    let (status, v) = bridge.handoff(&run, &body).await;
+    assert_eq!(status, 202, "{v}");
+    bridge
+        .proc
+        .wait_log(
+            "hand-off stalled: the run's webhook is gone; its messages stay pending",
+            DEADLINE,
+        )
+        .await;
+    // Several drainer scans later (every 2 s), the backlog is still there
+    // and has aged; the run was tried once.
+    eventually("the backlog aged 5 s", DEADLINE, || async {
+        (bridge
+            .metric("bridge_handoff_oldest_pending_age_seconds")
+            .await
+            >= 5.0)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(bridge.metric("bridge_handoff_pending_messages").await, 5.0);
+    assert_eq!(bridge.status(&run).await, "active");
+    let stats = fake.stats().await;
+    assert_eq!(stats["not_found"], 1, "{stats}");
+    assert_eq!(
+        e2e::count(&bridge.proc.output(), "hand-off stalled"),
+        1,
+        "logged once"
     );
 }
