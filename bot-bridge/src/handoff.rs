@@ -286,8 +286,10 @@ pub async fn run(
     });
     let mut workers: HashMap<String, tokio::task::JoinHandle<WorkerEnd>> = HashMap::new();
     let mut stalled: HashMap<String, tokio::time::Instant> = HashMap::new();
-    // Runs whose stall was logged; logged again only after it cleared.
-    let mut logged: HashSet<String> = HashSet::new();
+    // Runs that had a worker since their hand-off last drained cleanly: only
+    // the first of their workers logs a stall, so a run whose webhook is
+    // gone is logged once, not every `stalled_retry`.
+    let mut tried: HashSet<String> = HashSet::new();
     loop {
         if let Some(h) = &heartbeat {
             h.beat();
@@ -304,7 +306,7 @@ pub async fn run(
                         stalled.insert(run_id, tokio::time::Instant::now() + cfg.stalled_retry);
                     }
                     Ok(_) => {
-                        logged.remove(&run_id);
+                        tried.remove(&run_id);
                     }
                     Err(e) => tracing::error!(run_id, error = %e, "hand-off worker failed"),
                 }
@@ -329,14 +331,14 @@ pub async fn run(
                     if workers.contains_key(&r.run_id) || stalled.contains_key(&r.run_id) {
                         continue;
                     }
-                    let first_stall = logged.insert(r.run_id.clone());
+                    let first_try = tried.insert(r.run_id.clone());
                     let worker = Worker {
                         state: state.clone(),
                         limiter: limiter.clone(),
                         cfg,
                         shutdown: shutdown.clone(),
                         run_id: r.run_id.clone(),
-                        log_stall: first_stall,
+                        log_stall: first_try,
                     };
                     workers.insert(r.run_id, tokio::spawn(worker.drain()));
                 }

@@ -589,3 +589,56 @@ async fn a_deleted_webhook_keeps_the_handoff_pending_without_spinning() {
         "logged once"
     );
 }
+
+/// Thread mode: a hand-off lands in the run's thread (not the parent
+/// channel), in order, and the run's own webhook is revoked at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thread_mode_handoff_lands_in_the_runs_thread() {
+    let fake = fake_with(Some(scaled())).await;
+    let parent = fake
+        .admin_post("channels", json!({"name": "agent-runs", "type": 0}))
+        .await;
+    let parent_id = parent["id"].as_str().unwrap().to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    let bridge = Bridge::start_with(
+        &fake,
+        &dir.path().join("bridge.db"),
+        Some(scaled()),
+        &[
+            ("RUN_CONTAINER", "thread".to_string()),
+            ("THREAD_PARENT_CHANNEL_ID", parent_id.clone()),
+        ],
+    )
+    .await;
+    let run = bridge.create_run("thread").await;
+    assert_ne!(run.channel_id, parent_id);
+    let body = json!({"messages": messages(1, 12), "complete": {}});
+    let (status, v) = bridge.handoff(&run, &body).await;
+    assert_eq!(status, 202, "{v}");
+    bridge.wait_completed(&run, DEADLINE).await;
+    let in_thread: Vec<u64> = fake
+        .messages()
+        .await
+        .iter()
+        .filter(|m| m["thread_id"] == run.channel_id.as_str())
+        .filter_map(|m| {
+            m["payload"]["embeds"][0]["description"]
+                .as_str()?
+                .strip_prefix("ho-")?
+                .parse()
+                .ok()
+        })
+        .collect();
+    assert_in_order(&in_thread, &(1..=12).collect::<Vec<_>>(), 0);
+    assert_eq!(
+        fake.messages().await.len(),
+        12,
+        "nothing in the parent itself"
+    );
+    let stats = fake.stats().await;
+    // The run's own webhook (not the fake's start-up one) is revoked.
+    assert_eq!(
+        stats["rest_requests"]["DELETE /webhooks/{webhook_id}"], 1,
+        "{stats}"
+    );
+}
