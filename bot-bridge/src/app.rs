@@ -560,4 +560,80 @@ mod tests {
             .unwrap()
             .unwrap();
     }
+
+    /// The hand-off drainer reads the store all the time; a read succeeds
+    /// while another process holds the write lock, so it must not mark the
+    /// store healthy (it did, and readiness came back under a locked store).
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_handoff_does_not_make_a_locked_store_ready() {
+        let health = ops::Health::new("0");
+        let parts = HealthParts::register(&health);
+        let store = Arc::new(Switchable {
+            inner: SqliteStore::memory().unwrap(),
+            locked: AtomicBool::new(false),
+        });
+        let (base, discord) = fixture::state(fixture::settings());
+        let state = AppState::new(
+            base.settings().clone(),
+            store.clone(),
+            base.discord().clone(),
+            BridgeMetrics::unregistered().unwrap(),
+            Relay::new(Duration::from_secs(1)).unwrap(),
+            Some(parts.clone()),
+        );
+        let owner = crate::access::Caller::RunToken(Secret::new("owner-token-".repeat(4)));
+        let new_run = crate::runs::NewRun {
+            task_id: "t".into(),
+            attempt: crate::runs::AttemptValue::Text("1".into()),
+            short_id: "a".into(),
+            input_url: None,
+            heartbeats: false,
+        };
+        let (run, _) = state.provision(new_run, &owner).await.unwrap();
+        let body: crate::handoff::HandoffRequest = serde_json::from_value(serde_json::json!({
+            "messages": [{"seq": 1, "payload": {"content": "x"}}],
+        }))
+        .unwrap();
+        let handoff = crate::handoff::validate(body).unwrap();
+        state
+            .accept_handoff(&run.run_id, handoff, &owner)
+            .await
+            .unwrap();
+        // The webhook is gone: the message stays pending, the drainer keeps scanning.
+        discord.with(|s| s.webhooks.clear());
+        let shutdown = Shutdown::new();
+        let watch = tokio::spawn(watch_store(
+            state.clone(),
+            STORE_CHECK_EVERY,
+            STORE_CHECK_WITHIN,
+            shutdown.clone(),
+            None,
+        ));
+        let drainer = tokio::spawn(crate::handoff::run(
+            state.clone(),
+            crate::handoff::DrainConfig {
+                scan_every: Duration::from_millis(100),
+                ..crate::handoff::DrainConfig::default()
+            },
+            shutdown.clone(),
+            None,
+        ));
+        store.locked.store(true, Ordering::SeqCst);
+        for _ in 0..50 {
+            if parts.store.status() == Some(ops::Status::Failed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(parts.store.status(), Some(ops::Status::Failed));
+        // Ten seconds of drainer scans (reads that all succeed) later, the
+        // locked store still keeps bot-bridge not ready.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!health.ready().0, "ready under a locked store");
+        }
+        shutdown.trigger();
+        watch.await.unwrap();
+        drainer.await.unwrap();
+    }
 }

@@ -314,7 +314,8 @@ pub async fn run(
         }
         match state.store().handoff_runs().await {
             Ok(runs) => {
-                state.store_ok();
+                // No `store_ok` here: a read succeeds while another process
+                // holds the write lock; readiness follows `watch_store`.
                 let now = now_unix();
                 HandoffBacklog {
                     pending: runs.iter().map(|r| r.pending).sum(),
@@ -367,6 +368,19 @@ struct Worker {
     log_stall: bool,
 }
 
+/// A store read of the drainer: failures are reported like every store
+/// failure, but a success does not mark the store healthy (unlike
+/// `AppState::stored`): reads succeed while another process holds the write
+/// lock, and the drainer reads all the time while it works, which would
+/// flip readiness back while `watch_store` sees the store locked.
+async fn read<T>(
+    state: &AppState,
+    fut: crate::store::StoreFuture<'_, T>,
+) -> Result<T, crate::store::StoreError> {
+    fut.await
+        .inspect_err(|e| state.report(ErrorKind::Store, None, e))
+}
+
 /// How one message's delivery ended (retries happen before).
 enum Sent {
     Delivered,
@@ -412,13 +426,13 @@ impl Worker {
     async fn step(&self) -> Result<Option<WorkerEnd>, RunsError> {
         let state = &self.state;
         let run_id = self.run_id.as_str();
-        let next = state
-            .stored(state.store().next_handoff(run_id.to_owned()))
-            .await?;
+        let next = read(state, state.store().next_handoff(run_id.to_owned())).await?;
         let Some(message) = next else {
             return self.complete().await;
         };
-        let run = state.stored_run(run_id).await?;
+        let run = read(state, state.store().get_run(run_id.to_owned()))
+            .await?
+            .ok_or(RunsError::NotFound)?;
         let (Some(webhook_id), Some(token)) = (&run.webhook_id, &run.webhook_token) else {
             self.stall(&DiscordError::NotFound);
             return Ok(Some(WorkerEnd::Stalled));
@@ -514,7 +528,7 @@ impl Worker {
     async fn complete(&self) -> Result<Option<WorkerEnd>, RunsError> {
         let state = &self.state;
         let _guard = state.inner.provision.lock().await;
-        let runs = state.stored(state.store().handoff_runs()).await?;
+        let runs = read(state, state.store().handoff_runs()).await?;
         let Some(entry) = runs.into_iter().find(|r| r.run_id == self.run_id) else {
             return Ok(Some(WorkerEnd::Drained));
         };
@@ -524,7 +538,9 @@ impl Worker {
         let Some(summary) = entry.complete else {
             return Ok(Some(WorkerEnd::Drained));
         };
-        let run = state.stored_run(&self.run_id).await?;
+        let run = read(state, state.store().get_run(self.run_id.clone()))
+            .await?
+            .ok_or(RunsError::NotFound)?;
         if run.status == RunStatus::Active {
             state
                 .finish(run, summary, FinalizeReason::Completed)
