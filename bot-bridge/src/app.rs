@@ -104,6 +104,7 @@ pub const HTTP_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/runs/{run_id}"),
     ("POST", "/v1/runs/{run_id}/complete"),
     ("POST", "/interactions"),
+    ("POST", "/v1/runs/{run_id}/handoff"),
     ("GET", "/livez"),
     ("GET", "/readyz"),
     ("GET", "/healthz"),
@@ -182,6 +183,8 @@ pub(crate) struct Inner {
     pub pod_events: std::sync::OnceLock<crate::reconcile::PodEvents>,
     /// Pod-token checks, when `TOKEN_REVIEW_AUDIENCE` is set.
     pub token_reviewer: std::sync::OnceLock<crate::auth::TokenReviewer>,
+    /// Wakes the hand-off drainer when a hand-off was stored.
+    pub handoff_wake: tokio::sync::Notify,
 }
 
 /// Everything a handler or worker needs. Cheap to clone.
@@ -218,6 +221,7 @@ impl AppState {
                 health,
                 pod_events: std::sync::OnceLock::new(),
                 token_reviewer: std::sync::OnceLock::new(),
+                handoff_wake: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -456,6 +460,33 @@ mod tests {
         fn active_liveness(&self) -> StoreFuture<'_, Vec<crate::store::RunLiveness>> {
             self.inner.active_liveness()
         }
+        fn put_handoff(
+            &self,
+            run_id: String,
+            messages: Vec<crate::store::HandoffMessage>,
+            complete: Option<Option<serde_json::Value>>,
+            now: i64,
+        ) -> StoreFuture<'_, crate::store::HandoffStored> {
+            self.inner.put_handoff(run_id, messages, complete, now)
+        }
+        fn handoff_runs(&self) -> StoreFuture<'_, Vec<crate::store::HandoffRun>> {
+            self.inner.handoff_runs()
+        }
+        fn next_handoff(
+            &self,
+            run_id: String,
+        ) -> StoreFuture<'_, Option<crate::store::HandoffMessage>> {
+            self.inner.next_handoff(run_id)
+        }
+        fn mark_handoff(
+            &self,
+            run_id: String,
+            seq: u64,
+            outcome: crate::store::HandoffOutcome,
+            now: i64,
+        ) -> StoreFuture<'_, ()> {
+            self.inner.mark_handoff(run_id, seq, outcome, now)
+        }
         fn ping(&self) -> StoreFuture<'_, ()> {
             let locked = self.locked.load(Ordering::SeqCst);
             Box::pin(async move {
@@ -528,5 +559,81 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// The hand-off drainer reads the store all the time; a read succeeds
+    /// while another process holds the write lock, so it must not mark the
+    /// store healthy (it did, and readiness came back under a locked store).
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_handoff_does_not_make_a_locked_store_ready() {
+        let health = ops::Health::new("0");
+        let parts = HealthParts::register(&health);
+        let store = Arc::new(Switchable {
+            inner: SqliteStore::memory().unwrap(),
+            locked: AtomicBool::new(false),
+        });
+        let (base, discord) = fixture::state(fixture::settings());
+        let state = AppState::new(
+            base.settings().clone(),
+            store.clone(),
+            base.discord().clone(),
+            BridgeMetrics::unregistered().unwrap(),
+            Relay::new(Duration::from_secs(1)).unwrap(),
+            Some(parts.clone()),
+        );
+        let owner = crate::access::Caller::RunToken(Secret::new("owner-token-".repeat(4)));
+        let new_run = crate::runs::NewRun {
+            task_id: "t".into(),
+            attempt: crate::runs::AttemptValue::Text("1".into()),
+            short_id: "a".into(),
+            input_url: None,
+            heartbeats: false,
+        };
+        let (run, _) = state.provision(new_run, &owner).await.unwrap();
+        let body: crate::handoff::HandoffRequest = serde_json::from_value(serde_json::json!({
+            "messages": [{"seq": 1, "payload": {"content": "x"}}],
+        }))
+        .unwrap();
+        let handoff = crate::handoff::validate(body).unwrap();
+        state
+            .accept_handoff(&run.run_id, handoff, &owner)
+            .await
+            .unwrap();
+        // The webhook is gone: the message stays pending, the drainer keeps scanning.
+        discord.with(|s| s.webhooks.clear());
+        let shutdown = Shutdown::new();
+        let watch = tokio::spawn(watch_store(
+            state.clone(),
+            STORE_CHECK_EVERY,
+            STORE_CHECK_WITHIN,
+            shutdown.clone(),
+            None,
+        ));
+        let drainer = tokio::spawn(crate::handoff::run(
+            state.clone(),
+            crate::handoff::DrainConfig {
+                scan_every: Duration::from_millis(100),
+                ..crate::handoff::DrainConfig::default()
+            },
+            shutdown.clone(),
+            None,
+        ));
+        store.locked.store(true, Ordering::SeqCst);
+        for _ in 0..50 {
+            if parts.store.status() == Some(ops::Status::Failed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(parts.store.status(), Some(ops::Status::Failed));
+        // Ten seconds of drainer scans (reads that all succeed) later, the
+        // locked store still keeps bot-bridge not ready.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!health.ready().0, "ready under a locked store");
+        }
+        shutdown.trigger();
+        watch.await.unwrap();
+        drainer.await.unwrap();
     }
 }

@@ -117,6 +117,14 @@ pub struct Options {
     /// Time allowed between SIGTERM and exit.
     #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "5s")]
     pub shutdown_timeout: String,
+    /// Discord's per-channel webhook limit (messages per minute): the pace at
+    /// which handed-off messages are delivered to a run's channel.
+    #[arg(long, env = "CHANNEL_MESSAGES_PER_MINUTE", default_value_t = 30)]
+    pub channel_messages_per_minute: u32,
+    /// The window CHANNEL_MESSAGES_PER_MINUTE counts over: Discord's is 60s;
+    /// shorter only against a fake Discord scaled down for tests.
+    #[arg(long, env = "CHANNEL_WINDOW", default_value = "60s")]
+    pub channel_window: String,
     /// Discord role ids (comma-separated) whose members may send /input.
     /// With neither this nor OPERATOR_USER_IDS set, every /input is refused.
     #[arg(long, env = "OPERATOR_ROLE_IDS")]
@@ -193,6 +201,8 @@ pub struct RawConfig {
     pub run_container: RunContainer,
     pub thread_parent_channel_id: Option<String>,
     pub shutdown_timeout: String,
+    pub channel_messages_per_minute: u32,
+    pub channel_window: String,
     pub operator_role_ids: Option<String>,
     pub operator_user_ids: Option<String>,
     pub input_url_allow: String,
@@ -243,6 +253,10 @@ pub struct Config {
     pub thread_parent_channel_id: Option<String>,
     #[serde(with = "ops::config::duration")]
     pub shutdown_timeout: Duration,
+    /// Pace of hand-off deliveries per channel (see `handoff`).
+    pub channel_messages_per_minute: u32,
+    #[serde(with = "ops::config::duration")]
+    pub channel_window: Duration,
     /// Who may send /input (empty: nobody).
     pub operators: Operators,
     /// Where operator input may be relayed.
@@ -274,6 +288,11 @@ pub const MAX_RETENTION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const MAX_RETENTION_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Longest accepted `SHUTDOWN_TIMEOUT` (the chart's grace period is far shorter).
 pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Longest accepted `CHANNEL_WINDOW`.
+pub const MAX_CHANNEL_WINDOW: Duration = Duration::from_secs(3600);
+/// Largest accepted `CHANNEL_MESSAGES_PER_MINUTE` (Discord allows 30).
+pub const MAX_CHANNEL_MESSAGES_PER_MINUTE: u32 = 10_000;
 
 /// A duration within `(0, max]` (or `[0, max]` when `zero_ok`).
 fn bounded(key: &str, s: &str, max: Duration, zero_ok: bool) -> Result<Duration, ConfigError> {
@@ -430,6 +449,27 @@ impl RawConfig {
             MAX_RETENTION_INTERVAL,
             false,
         )?;
+        if !(1..=MAX_CHANNEL_MESSAGES_PER_MINUTE).contains(&self.channel_messages_per_minute) {
+            return Err(ConfigError::invalid(
+                "CHANNEL_MESSAGES_PER_MINUTE",
+                format!(
+                    "{} is not between 1 and {MAX_CHANNEL_MESSAGES_PER_MINUTE}",
+                    self.channel_messages_per_minute
+                ),
+            ));
+        }
+        let channel_window = bounded(
+            "CHANNEL_WINDOW",
+            &self.channel_window,
+            MAX_CHANNEL_WINDOW,
+            false,
+        )?;
+        if channel_window < Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                "CHANNEL_WINDOW",
+                format!("{:?} is shorter than 1s", self.channel_window),
+            ));
+        }
         let operators = Operators {
             role_ids: snowflakes("OPERATOR_ROLE_IDS", self.operator_role_ids.as_deref())?,
             user_ids: snowflakes("OPERATOR_USER_IDS", self.operator_user_ids.as_deref())?,
@@ -478,6 +518,8 @@ impl RawConfig {
                 MAX_SHUTDOWN_TIMEOUT,
                 true,
             )?,
+            channel_messages_per_minute: self.channel_messages_per_minute,
+            channel_window,
             operators,
             input_url_policy,
             log_format: self.log_format,
@@ -607,6 +649,13 @@ mod tests {
                 "RETENTION_INTERVAL",
             ),
             (&["--retention-interval", "0s"], "RETENTION_INTERVAL"),
+            (&["--channel-window", "500ms"], "CHANNEL_WINDOW"),
+            (&["--channel-window", "2h"], "CHANNEL_WINDOW"),
+            (&["--channel-window", "soon"], "CHANNEL_WINDOW"),
+            (
+                &["--channel-messages-per-minute", "0"],
+                "CHANNEL_MESSAGES_PER_MINUTE",
+            ),
             (&["--shutdown-timeout", "100000000h"], "SHUTDOWN_TIMEOUT"),
             (&["--operator-role-ids", "12,abc"], "OPERATOR_ROLE_IDS"),
             (&["--operator-user-ids", "@alice"], "OPERATOR_USER_IDS"),

@@ -132,6 +132,8 @@ pub struct BridgeMetrics {
     pub(crate) lifecycle: crate::reconcile::telemetry::LifecycleMetrics,
     /// `bridge_auth_total{method,outcome}` (`auth`).
     pub auth: crate::auth::AuthMetrics,
+    /// Hand-off messages and backlog (`handoff`).
+    pub(crate) handoff: HandoffMetrics,
 }
 
 /// Every `route` label value of `bridge_discord_requests_total`: the REST
@@ -182,6 +184,7 @@ impl BridgeMetrics {
             )?,
             lifecycle: crate::reconcile::telemetry::LifecycleMetrics::new(metrics)?,
             auth: crate::auth::AuthMetrics::new(metrics)?,
+            handoff: HandoffMetrics::new(metrics)?,
         };
         // Closed sets start at 0 so alerts on rate() see the series from the start.
         for kind in ErrorKind::ALL {
@@ -387,6 +390,150 @@ impl InteractionHandled<'_> {
         if self.outcome == Outcome::Forwarded {
             m.forwarded.inc();
         }
+    }
+}
+
+/// `bridge_handoff_messages_total{outcome}`: a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffMessageOutcome {
+    /// Stored by a hand-off request (new `seq`).
+    Accepted,
+    /// A `seq` stored before; ignored.
+    Duplicate,
+    /// Discord answered 2xx.
+    Delivered,
+    /// Discord answered 400: dead-lettered in the store.
+    Rejected,
+}
+
+impl HandoffMessageOutcome {
+    pub const ALL: [Self; 4] = [
+        Self::Accepted,
+        Self::Duplicate,
+        Self::Delivered,
+        Self::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Duplicate => "duplicate",
+            Self::Delivered => "delivered",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// The hand-off metrics of DESIGN.md §5.
+#[derive(Clone, Debug)]
+pub struct HandoffMetrics {
+    messages: IntCounterVec,
+    pending: IntGauge,
+    oldest_age: IntGauge,
+}
+
+impl HandoffMetrics {
+    pub fn new(metrics: &Metrics) -> Result<Self, MetricsError> {
+        let m = Self {
+            messages: metrics.counter_vec(
+                "bridge_handoff_messages_total",
+                "Handed-off messages by outcome (accepted, duplicate, delivered, rejected).",
+                &["outcome"],
+            )?,
+            pending: metrics.gauge(
+                "bridge_handoff_pending_messages",
+                "Handed-off messages not delivered yet, all runs.",
+            )?,
+            oldest_age: metrics.gauge(
+                "bridge_handoff_oldest_pending_age_seconds",
+                "Age of the oldest undelivered handed-off message (0 when none).",
+            )?,
+        };
+        for outcome in HandoffMessageOutcome::ALL {
+            m.messages.with_label_values(&[outcome.as_str()]);
+        }
+        Ok(m)
+    }
+
+    /// `bridge_handoff_messages_total{outcome}` now (tests).
+    #[cfg(test)]
+    pub(crate) fn count(&self, outcome: HandoffMessageOutcome) -> u64 {
+        self.messages.with_label_values(&[outcome.as_str()]).get()
+    }
+}
+
+/// Hand-off messages of one run reached `outcome` (`n` of them at once for a
+/// request's accepted and duplicate messages; nothing happens for `n == 0`).
+#[derive(Debug)]
+pub struct HandoffCounted<'a> {
+    pub run_id: &'a str,
+    pub outcome: HandoffMessageOutcome,
+    pub n: u64,
+}
+
+impl HandoffCounted<'_> {
+    pub fn emit(&self, m: &HandoffMetrics) {
+        if self.n == 0 {
+            return;
+        }
+        match self.outcome {
+            // One line per request, not per message: a hand-off holds up to 1000.
+            HandoffMessageOutcome::Accepted | HandoffMessageOutcome::Duplicate => tracing::info!(
+                run_id = self.run_id,
+                outcome = self.outcome.as_str(),
+                messages = self.n,
+                "hand-off stored"
+            ),
+            HandoffMessageOutcome::Delivered => tracing::debug!(
+                run_id = self.run_id,
+                outcome = self.outcome.as_str(),
+                "hand-off message delivered"
+            ),
+            // Logged with its cause where Discord refused it.
+            HandoffMessageOutcome::Rejected => {}
+        }
+        m.messages
+            .with_label_values(&[self.outcome.as_str()])
+            .inc_by(self.n);
+    }
+}
+
+/// The undelivered hand-off backlog after a scan of the store.
+#[derive(Debug)]
+pub struct HandoffBacklog {
+    pub pending: u64,
+    pub oldest_age_seconds: i64,
+}
+
+impl HandoffBacklog {
+    pub fn emit(&self, m: &HandoffMetrics) {
+        m.pending
+            .set(i64::try_from(self.pending).unwrap_or(i64::MAX));
+        m.oldest_age.set(self.oldest_age_seconds);
+    }
+}
+
+/// A run's hand-off cannot go on: its webhook is gone (401/403/404) or was
+/// revoked. Its messages stay pending; counted in `bridge_errors_total{kind="discord"}`
+/// each time, logged once per stall (`log`).
+pub struct HandoffStalled<'a> {
+    pub run_id: &'a str,
+    pub error: &'a dyn std::fmt::Display,
+    pub log: bool,
+}
+
+impl HandoffStalled<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        if self.log {
+            tracing::warn!(
+                run_id = self.run_id,
+                error = %self.error,
+                "hand-off stalled: the run's webhook is gone; its messages stay pending"
+            );
+        }
+        m.errors
+            .with_label_values(&[ErrorKind::Discord.as_str()])
+            .inc();
     }
 }
 

@@ -106,7 +106,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let layer = |service| HttpLayer {
         service,
         metrics: http_metrics.clone(),
-        body_limit: bot_bridge::api::BODY_LIMIT,
+        // The hand-off route's 16 MiB is the hard cap; every other route
+        // keeps the API's 256 KiB through the router's own limit.
+        body_limit: bot_bridge::handoff::BODY_LIMIT,
         timeout: Duration::from_secs(30),
     };
     let api = ops::http::instrument(bot_bridge::api_router(state.clone()), &layer("bot-bridge"));
@@ -174,6 +176,16 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
         Some(reconcile_heartbeat),
     ));
+    let handoff = tokio::spawn(bot_bridge::handoff::run(
+        state.clone(),
+        bot_bridge::handoff::DrainConfig {
+            channel_messages_per_minute: cfg.channel_messages_per_minute,
+            channel_window: cfg.channel_window,
+            ..bot_bridge::handoff::DrainConfig::default()
+        },
+        shutdown.clone(),
+        Some(health.heartbeat("handoff", Duration::from_secs(300))),
+    ));
     let api_server = tokio::spawn(ops::server::serve(api_listener, api, shutdown.clone()));
     let ops_server = tokio::spawn(ops::server::serve_ops(
         ops_listener,
@@ -188,6 +200,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = store_watch.await;
         let _ = retention.await;
         let _ = reconciler.await;
+        let _ = handoff.await;
         let _ = api_server.await;
         let _ = ops_server.await;
     };

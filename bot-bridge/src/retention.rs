@@ -79,6 +79,25 @@ pub async fn tick(state: &AppState, now: i64) -> TickReport {
             return report;
         }
     };
+    // A run completes only after its hand-off drained, so this is a guard:
+    // a channel with handed-off messages still pending is never archived
+    // or deleted under them.
+    let draining = match state.store().handoff_runs().await {
+        Ok(h) => h
+            .into_iter()
+            .filter(|r| r.pending > 0)
+            .map(|r| r.run_id)
+            .collect::<std::collections::HashSet<_>>(),
+        Err(e) => {
+            state.report(ErrorKind::Store, None, &e);
+            report.failed += 1;
+            return report;
+        }
+    };
+    let due: Vec<_> = due
+        .into_iter()
+        .filter(|r| !draining.contains(&r.run_id))
+        .collect();
     let guild = state.settings().guild_id.clone();
     let channel_mode = state.settings().run_container == RunContainer::Channel;
     let mut listing: Option<Vec<Channel>> = None;

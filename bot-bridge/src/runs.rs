@@ -684,6 +684,20 @@ impl AppState {
         if run.status != RunStatus::Active {
             return Ok(run);
         }
+        if self.handing_off(run_id).await? {
+            // Completing now would revoke the webhook under the pending
+            // messages: the summary joins the hand-off (unless it carried its
+            // own) and the drainer completes the run once they are delivered.
+            self.stored(self.store().put_handoff(
+                run_id.to_owned(),
+                Vec::new(),
+                Some(summary),
+                now_unix(),
+            ))
+            .await?;
+            self.inner.handoff_wake.notify_one();
+            return Ok(run);
+        }
         self.finish(run, summary, FinalizeReason::Completed).await
     }
 

@@ -209,6 +209,70 @@ pub struct RunLiveness {
     pub last_heartbeat: Option<i64>,
 }
 
+/// One message of a hand-off (`POST /v1/runs/{id}/handoff`): the watcher's
+/// sequence number and the webhook body it would have posted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandoffMessage {
+    /// The watcher's message sequence: the order in the channel, unique per
+    /// run. At most `i64::MAX` (validated by the API), so SQL stores it as a
+    /// signed 64-bit integer.
+    pub seq: u64,
+    pub payload: Value,
+}
+
+/// What [`RunStore::put_handoff`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffStored {
+    /// Written (or nothing new to write): counts after the transaction.
+    Stored {
+        /// Messages stored now.
+        accepted: u64,
+        /// Messages whose `(run_id, seq)` was stored before, ignored.
+        duplicates: u64,
+        /// Undelivered messages of this run now.
+        pending: u64,
+    },
+    /// The run is no longer active and the hand-off carries `new` messages
+    /// not stored before; nothing was written.
+    Finished { new: u64 },
+    /// No run has this id; nothing was written.
+    UnknownRun,
+}
+
+/// How a handed-off message ended ([`RunStore::mark_handoff`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandoffOutcome {
+    /// Discord answered 2xx. The payload is dropped; the row stays as the
+    /// record that `seq` was handled (a later duplicate is ignored).
+    Delivered,
+    /// Discord answered 400: dead-lettered, payload kept for a person.
+    Rejected,
+}
+
+impl HandoffOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::Rejected => "rejected",
+        }
+    }
+}
+
+/// A run whose hand-off is not finished ([`RunStore::handoff_runs`]): it has
+/// pending messages, or its hand-off asked for `complete` and the run is
+/// still active.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HandoffRun {
+    pub run_id: String,
+    /// Undelivered messages.
+    pub pending: u64,
+    /// When the oldest pending message was stored (unix seconds).
+    pub oldest_pending_at: Option<i64>,
+    /// `Some(summary)` when a hand-off carried `complete` (the summary may be
+    /// `None`: `"complete": {}`).
+    pub complete: Option<Option<Value>>,
+}
+
 /// Persistent state of bot-bridge. See the module docs for the replica model.
 pub trait RunStore: Send + Sync + 'static {
     /// Inserts `run` unless a run with the same key exists.
@@ -254,4 +318,33 @@ pub trait RunStore: Send + Sync + 'static {
     fn run_pod(&self, run_id: String) -> StoreFuture<'_, Option<PodIdentity>>;
     /// Every active run with its pod and last sign of life.
     fn active_liveness(&self) -> StoreFuture<'_, Vec<RunLiveness>>;
+
+    /// Stores a hand-off in one transaction: each message whose
+    /// `(run_id, seq)` is new is inserted pending (`stored_at` = `now`),
+    /// others are counted as duplicates and left alone (not compared); a
+    /// `complete` is recorded unless one was before (the first one wins).
+    /// On a run that is not active, nothing is written and
+    /// [`HandoffStored::Finished`] says how many messages were new (none: a
+    /// retry of a stored hand-off, answered with its counts).
+    fn put_handoff(
+        &self,
+        run_id: String,
+        messages: Vec<HandoffMessage>,
+        complete: Option<Option<Value>>,
+        now: i64,
+    ) -> StoreFuture<'_, HandoffStored>;
+    /// Every run whose hand-off is not finished (see [`HandoffRun`]), oldest
+    /// pending first: the drainer's work list and the backlog gauges.
+    fn handoff_runs(&self) -> StoreFuture<'_, Vec<HandoffRun>>;
+    /// The pending message of `run_id` with the lowest `seq`: the next one
+    /// to deliver. Dead-lettered and delivered messages are skipped.
+    fn next_handoff(&self, run_id: String) -> StoreFuture<'_, Option<HandoffMessage>>;
+    /// Records how the pending message `(run_id, seq)` ended, at `now`.
+    fn mark_handoff(
+        &self,
+        run_id: String,
+        seq: u64,
+        outcome: HandoffOutcome,
+        now: i64,
+    ) -> StoreFuture<'_, ()>;
 }

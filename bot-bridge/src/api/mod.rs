@@ -1,6 +1,7 @@
 //! The HTTP API of bot-bridge: the runs API (bearer auth) and Discord's
 //! interactions endpoint (ed25519 signatures instead of the bearer token).
 
+pub mod handoff;
 pub mod interactions;
 pub mod runs;
 
@@ -236,6 +237,10 @@ pub fn api_router(state: AppState) -> Router {
         .route("/v1/runs/{run_id}", get(runs::get))
         .route("/v1/runs/{run_id}/complete", post(runs::complete))
         .route("/v1/runs/{run_id}/heartbeat", post(runs::heartbeat))
+        .route(
+            "/v1/runs/{run_id}/handoff",
+            post(handoff::accept).layer(DefaultBodyLimit::max(crate::handoff::BODY_LIMIT)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_bearer,

@@ -605,6 +605,11 @@ impl AppState {
         if run.status != RunStatus::Active {
             return Ok(false);
         }
+        // A pod that is gone after handing off is the normal case: the
+        // drainer delivers the hand-off and completes the run itself.
+        if self.handing_off(run_id).await? {
+            return Ok(false);
+        }
         if let (Some(id), Some(token)) = (&run.webhook_id, &run.webhook_token) {
             let thread = match self.settings().run_container {
                 RunContainer::Thread => run.channel_id.clone(),
@@ -639,6 +644,13 @@ impl AppState {
         }
         .emit();
         Ok(true)
+    }
+
+    /// Whether `run_id` has an unfinished hand-off (pending messages, or a
+    /// `complete` the drainer has not taken yet).
+    pub(crate) async fn handing_off(&self, run_id: &str) -> Result<bool, RunsError> {
+        let runs = self.stored(self.store().handoff_runs()).await?;
+        Ok(runs.iter().any(|r| r.run_id == run_id))
     }
 
     /// Sets `bridge_guild_channels` from a listing of the guild.
@@ -799,7 +811,18 @@ pub async fn run(
                         continue;
                     }
                 };
-                let due = due(&runs, &mut tracker, &cfg, watching, started_unix, now_unix(), Instant::now());
+                let mut due = due(&runs, &mut tracker, &cfg, watching, started_unix, now_unix(), Instant::now());
+                if !due.is_empty() {
+                    // Runs whose hand-off drains are left to the drainer (and
+                    // not retried here every tick).
+                    match state.store().handoff_runs().await {
+                        Ok(h) => due.retain(|(id, _)| !h.iter().any(|r| &r.run_id == id)),
+                        Err(e) => {
+                            state.report(crate::events::ErrorKind::Store, None, &e);
+                            continue;
+                        }
+                    }
+                }
                 if due.is_empty() {
                     continue;
                 }

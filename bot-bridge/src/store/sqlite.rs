@@ -14,8 +14,9 @@ use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    CategoryKind, CategoryRecord, IdentitySource, Inserted, ListCursor, PodIdentity, RunKey,
-    RunLiveness, RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoredWebhook,
+    CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
+    IdentitySource, Inserted, ListCursor, PodIdentity, RunKey, RunLiveness, RunRecord, RunStatus,
+    RunStore, StoreError, StoreFuture, StoredWebhook,
 };
 
 /// Schema migrations, applied in order; never edit one that shipped.
@@ -64,6 +65,26 @@ CREATE TABLE run_liveness (
     pod_uid         TEXT,
     identity_source TEXT CHECK (identity_source IN ('claimed','verified')),
     heartbeat_at    INTEGER
+);
+",
+    // Hand-offs (issue 18): messages a watcher could not deliver before its
+    // pod ended, delivered by bot-bridge. A delivered row keeps its key (a
+    // later duplicate is ignored) but not its payload.
+    r"
+CREATE TABLE handoff_messages (
+    run_id     TEXT NOT NULL REFERENCES runs (run_id),
+    seq        BIGINT NOT NULL,
+    payload    TEXT,
+    state      TEXT NOT NULL CHECK (state IN ('pending','delivered','rejected')),
+    stored_at  BIGINT NOT NULL,
+    done_at    BIGINT,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX handoff_by_state ON handoff_messages (state, run_id, seq);
+CREATE TABLE handoff_completions (
+    run_id     TEXT PRIMARY KEY REFERENCES runs (run_id),
+    summary    TEXT,
+    stored_at  BIGINT NOT NULL
 );
 ",
 ];
@@ -617,6 +638,213 @@ impl RunStore for SqliteStore {
             rows.collect::<Result<Vec<_>, _>>().map_err(db)
         })
     }
+
+    fn put_handoff(
+        &self,
+        run_id: String,
+        messages: Vec<HandoffMessage>,
+        complete: Option<Option<serde_json::Value>>,
+        now: i64,
+    ) -> StoreFuture<'_, HandoffStored> {
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let status: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM runs WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some(status) = status else {
+                return Ok(HandoffStored::UnknownRun);
+            };
+            let total = u64::try_from(messages.len()).unwrap_or(u64::MAX);
+            if status != RunStatus::Active.as_str() {
+                let mut known = 0u64;
+                for m in &messages {
+                    let found: Option<i64> = tx
+                        .query_row(
+                            "SELECT seq FROM handoff_messages WHERE run_id = ?1 AND seq = ?2",
+                            params![run_id, seq_sql(m.seq)?],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(db)?;
+                    known += u64::from(found.is_some());
+                }
+                if known < total {
+                    return Ok(HandoffStored::Finished { new: total - known });
+                }
+                let pending = pending_of(&tx, &run_id)?;
+                return Ok(HandoffStored::Stored {
+                    accepted: 0,
+                    duplicates: total,
+                    pending,
+                });
+            }
+            let mut accepted = 0u64;
+            {
+                let mut insert = tx
+                    .prepare(
+                        "INSERT INTO handoff_messages (run_id, seq, payload, state, stored_at) \
+                         VALUES (?1, ?2, ?3, 'pending', ?4) ON CONFLICT (run_id, seq) DO NOTHING",
+                    )
+                    .map_err(db)?;
+                for m in &messages {
+                    let changed = insert
+                        .execute(params![run_id, seq_sql(m.seq)?, m.payload.to_string(), now])
+                        .map_err(db)?;
+                    accepted += u64::try_from(changed).unwrap_or(0);
+                }
+            }
+            if let Some(summary) = complete {
+                tx.execute(
+                    "INSERT INTO handoff_completions (run_id, summary, stored_at) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT (run_id) DO NOTHING",
+                    params![run_id, summary.map(|s| s.to_string()), now],
+                )
+                .map_err(db)?;
+            }
+            let pending = pending_of(&tx, &run_id)?;
+            tx.commit().map_err(db)?;
+            Ok(HandoffStored::Stored {
+                accepted,
+                duplicates: total - accepted,
+                pending,
+            })
+        })
+    }
+
+    fn handoff_runs(&self) -> StoreFuture<'_, Vec<HandoffRun>> {
+        self.run(move |conn| {
+            let mut runs: std::collections::BTreeMap<String, HandoffRun> =
+                std::collections::BTreeMap::new();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT run_id, COUNT(*), MIN(stored_at) FROM handoff_messages \
+                     WHERE state = 'pending' GROUP BY run_id",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get(2)?))
+                })
+                .map_err(db)?;
+            for row in rows {
+                let (run_id, pending, oldest) = row.map_err(db)?;
+                runs.insert(
+                    run_id.clone(),
+                    HandoffRun {
+                        run_id,
+                        pending: u64::try_from(pending).unwrap_or(0),
+                        oldest_pending_at: oldest,
+                        complete: None,
+                    },
+                );
+            }
+            let mut stmt = conn
+                .prepare(
+                    "SELECT c.run_id, c.summary, r.status FROM handoff_completions c \
+                     JOIN runs r ON r.run_id = c.run_id \
+                     WHERE r.status = 'active' OR c.run_id IN \
+                     (SELECT run_id FROM handoff_messages WHERE state = 'pending')",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                })
+                .map_err(db)?;
+            for row in rows {
+                let (run_id, summary) = row.map_err(db)?;
+                let summary = summary
+                    .map(|s| serde_json::from_str(&s))
+                    .transpose()
+                    .map_err(|e| StoreError::Corrupt(format!("hand-off summary: {e}")))?;
+                runs.entry(run_id.clone())
+                    .or_insert_with(|| HandoffRun {
+                        run_id,
+                        pending: 0,
+                        oldest_pending_at: None,
+                        complete: None,
+                    })
+                    .complete = Some(summary);
+            }
+            let mut out: Vec<HandoffRun> = runs.into_values().collect();
+            out.sort_by(|a, b| {
+                (a.oldest_pending_at.unwrap_or(i64::MAX), &a.run_id)
+                    .cmp(&(b.oldest_pending_at.unwrap_or(i64::MAX), &b.run_id))
+            });
+            Ok(out)
+        })
+    }
+
+    fn next_handoff(&self, run_id: String) -> StoreFuture<'_, Option<HandoffMessage>> {
+        self.run(move |conn| {
+            let row: Option<(i64, Option<String>)> = conn
+                .query_row(
+                    "SELECT seq, payload FROM handoff_messages \
+                     WHERE run_id = ?1 AND state = 'pending' ORDER BY seq LIMIT 1",
+                    [run_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some((seq, payload)) = row else {
+                return Ok(None);
+            };
+            let seq = u64::try_from(seq)
+                .map_err(|_| StoreError::Corrupt(format!("negative hand-off seq {seq}")))?;
+            let payload = payload.ok_or_else(|| {
+                StoreError::Corrupt(format!("pending hand-off {seq} has no payload"))
+            })?;
+            let payload = serde_json::from_str(&payload)
+                .map_err(|e| StoreError::Corrupt(format!("hand-off {seq} payload: {e}")))?;
+            Ok(Some(HandoffMessage { seq, payload }))
+        })
+    }
+
+    fn mark_handoff(
+        &self,
+        run_id: String,
+        seq: u64,
+        outcome: HandoffOutcome,
+        now: i64,
+    ) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            let sql = match outcome {
+                HandoffOutcome::Delivered => {
+                    "UPDATE handoff_messages SET state = 'delivered', done_at = ?3, payload = NULL \
+                     WHERE run_id = ?1 AND seq = ?2 AND state = 'pending'"
+                }
+                HandoffOutcome::Rejected => {
+                    "UPDATE handoff_messages SET state = 'rejected', done_at = ?3 \
+                     WHERE run_id = ?1 AND seq = ?2 AND state = 'pending'"
+                }
+            };
+            conn.execute(sql, params![run_id, seq_sql(seq)?, now])
+                .map_err(db)?;
+            Ok(())
+        })
+    }
+}
+
+/// A hand-off `seq` as SQL's signed 64-bit integer (the API refuses larger).
+fn seq_sql(seq: u64) -> Result<i64, StoreError> {
+    i64::try_from(seq).map_err(|_| StoreError::Database(format!("hand-off seq {seq} too large")))
+}
+
+/// Undelivered hand-off messages of `run_id`.
+fn pending_of(conn: &Connection, run_id: &str) -> Result<u64, StoreError> {
+    let n: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM handoff_messages WHERE run_id = ?1 AND state = 'pending'",
+            [run_id],
+            |r| r.get(0),
+        )
+        .map_err(db)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -744,5 +972,180 @@ mod tests {
             !shown.contains("s3cr3t") && !shown.contains("tok-very-secret"),
             "{shown}"
         );
+    }
+
+    fn msgs(seqs: &[u64]) -> Vec<HandoffMessage> {
+        seqs.iter()
+            .map(|&seq| HandoffMessage {
+                seq,
+                payload: serde_json::json!({"content": format!("m{seq}")}),
+            })
+            .collect()
+    }
+
+    fn stored(accepted: u64, duplicates: u64, pending: u64) -> HandoffStored {
+        HandoffStored::Stored {
+            accepted,
+            duplicates,
+            pending,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handoff_is_idempotent_by_run_and_seq() {
+        let s = SqliteStore::memory().unwrap();
+        let r = run("t", "a");
+        s.insert_run(r.clone()).await.unwrap();
+        let id = || r.run_id.clone();
+        assert_eq!(
+            s.put_handoff(id(), msgs(&[1, 2, 3]), None, 100)
+                .await
+                .unwrap(),
+            stored(3, 0, 3)
+        );
+        // A retry overlapping the first: only 4 and 5 are new, and the stored
+        // payload of 2 is not replaced by the retry's.
+        let mut retry = msgs(&[2, 3, 4, 5]);
+        retry[0].payload = serde_json::json!({"content": "changed"});
+        assert_eq!(
+            s.put_handoff(id(), retry, Some(None), 101).await.unwrap(),
+            stored(2, 2, 5)
+        );
+        s.mark_handoff(id(), 1, HandoffOutcome::Delivered, 102)
+            .await
+            .unwrap();
+        let next = s.next_handoff(id()).await.unwrap().unwrap();
+        assert_eq!(next.seq, 2);
+        assert_eq!(next.payload["content"], "m2");
+        // A delivered seq stays known: handed off again, it is a duplicate.
+        assert_eq!(
+            s.put_handoff(id(), msgs(&[1]), None, 103).await.unwrap(),
+            stored(0, 1, 4)
+        );
+        assert_eq!(
+            s.put_handoff("nope".into(), msgs(&[1]), None, 103)
+                .await
+                .unwrap(),
+            HandoffStored::UnknownRun
+        );
+    }
+
+    #[tokio::test]
+    async fn pending_messages_come_in_seq_order_skipping_dead_letters() {
+        let s = SqliteStore::memory().unwrap();
+        let r = run("t", "a");
+        s.insert_run(r.clone()).await.unwrap();
+        let id = || r.run_id.clone();
+        s.put_handoff(id(), msgs(&[10, 30]), None, 100)
+            .await
+            .unwrap();
+        // A later request fills a gap: delivery still follows seq.
+        s.put_handoff(id(), msgs(&[20]), None, 101).await.unwrap();
+        let mut order = Vec::new();
+        while let Some(m) = s.next_handoff(id()).await.unwrap() {
+            order.push(m.seq);
+            let outcome = if m.seq == 20 {
+                HandoffOutcome::Rejected
+            } else {
+                HandoffOutcome::Delivered
+            };
+            s.mark_handoff(id(), m.seq, outcome, 102).await.unwrap();
+        }
+        assert_eq!(order, [10, 20, 30]);
+        let conn = lock(&s.conn);
+        let kept: Vec<(i64, String, Option<String>)> = conn
+            .prepare("SELECT seq, state, payload FROM handoff_messages ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        // The dead letter keeps its payload for a person; delivered ones not.
+        assert_eq!(kept[0], (10, "delivered".into(), None));
+        assert_eq!(kept[1].1, "rejected");
+        assert!(kept[1].2.as_deref().unwrap().contains("m20"));
+        assert_eq!(kept[2], (30, "delivered".into(), None));
+    }
+
+    #[tokio::test]
+    async fn handoff_runs_lists_pending_and_unfinished_completions() {
+        let s = SqliteStore::memory().unwrap();
+        let (a, b, c) = (run("t", "a"), run("t", "b"), run("t", "c"));
+        for r in [&a, &b, &c] {
+            s.insert_run(r.clone()).await.unwrap();
+        }
+        s.put_handoff(a.run_id.clone(), msgs(&[1, 2]), None, 200)
+            .await
+            .unwrap();
+        let summary = serde_json::json!({"events": 3});
+        s.put_handoff(
+            b.run_id.clone(),
+            msgs(&[7]),
+            Some(Some(summary.clone())),
+            100,
+        )
+        .await
+        .unwrap();
+        // A second `complete` does not replace the first.
+        s.put_handoff(b.run_id.clone(), vec![], Some(None), 150)
+            .await
+            .unwrap();
+        let runs = s.handoff_runs().await.unwrap();
+        assert_eq!(runs.len(), 2, "{runs:?}");
+        assert_eq!(runs[0].run_id, b.run_id, "oldest pending first");
+        assert_eq!(runs[0].complete, Some(Some(summary)));
+        assert_eq!((runs[1].pending, runs[1].oldest_pending_at), (2, Some(200)));
+        assert_eq!(runs[1].complete, None);
+
+        // Delivered but not completed yet: still listed (the drainer completes it).
+        s.mark_handoff(b.run_id.clone(), 7, HandoffOutcome::Delivered, 300)
+            .await
+            .unwrap();
+        let runs = s.handoff_runs().await.unwrap();
+        let entry = runs.iter().find(|r| r.run_id == b.run_id).unwrap();
+        assert_eq!((entry.pending, entry.oldest_pending_at), (0, None));
+        let mut done = b.clone();
+        done.status = RunStatus::Completed;
+        s.update_run(done).await.unwrap();
+        let runs = s.handoff_runs().await.unwrap();
+        assert!(runs.iter().all(|r| r.run_id != b.run_id), "{runs:?}");
+
+        // A completed run takes no new message; a retry of known ones is fine.
+        assert_eq!(
+            s.put_handoff(b.run_id.clone(), msgs(&[7, 8, 9]), None, 400)
+                .await
+                .unwrap(),
+            HandoffStored::Finished { new: 2 }
+        );
+        assert_eq!(
+            s.put_handoff(b.run_id.clone(), msgs(&[7]), None, 400)
+                .await
+                .unwrap(),
+            stored(0, 1, 0)
+        );
+        assert!(s.next_handoff(b.run_id.clone()).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_handoff_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let r = run("t", "a");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.insert_run(r.clone()).await.unwrap();
+            s.put_handoff(r.run_id.clone(), msgs(&[1, 2]), Some(None), 100)
+                .await
+                .unwrap();
+            s.mark_handoff(r.run_id.clone(), 1, HandoffOutcome::Delivered, 101)
+                .await
+                .unwrap();
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            s.next_handoff(r.run_id.clone()).await.unwrap().unwrap().seq,
+            2
+        );
+        assert_eq!(s.handoff_runs().await.unwrap()[0].complete, Some(None));
     }
 }

@@ -316,6 +316,13 @@ pub struct Stats {
     /// REST requests refused with 400, by route template.
     pub rest_rejected_400: BTreeMap<String, u64>,
     pub interaction_edits: u64,
+    /// Most executes of one webhook being handled at once (request received,
+    /// answer not sent), faults' delays included: 1 for a client that never
+    /// has two requests in flight on one webhook.
+    pub max_concurrent_executes_by_webhook: BTreeMap<String, u64>,
+    /// Executes of each webhook being handled now.
+    #[serde(skip)]
+    pub executes_in_flight: BTreeMap<String, u64>,
 }
 
 fn bump(map: &mut BTreeMap<String, u64>, key: &str) {

@@ -514,3 +514,34 @@ async fn admin_api_lists_and_resets() {
     assert_eq!(channels.len(), 1);
     fake.stop().await;
 }
+
+/// `max_concurrent_executes_by_webhook`: 1 for a client sending one request
+/// at a time, 2 when two executes of one webhook overlap (held by a `slow`
+/// fault), per webhook.
+#[tokio::test]
+async fn concurrent_executes_per_webhook_are_recorded() {
+    let fake = FakeDiscord::start(FakeConfig::default()).await.unwrap();
+    let one = fake.create_webhook("runs").unwrap();
+    let two = fake.create_webhook("runs").unwrap();
+    for _ in 0..3 {
+        assert!(post(&one.url, &msg("one at a time"))
+            .await
+            .status()
+            .is_success());
+    }
+    let r = client()
+        .post(fake.admin_url("faults"))
+        .json(&json!({"kind": "slow", "delay_ms": 300, "count": 2, "webhook_id": two.id}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
+    let (ma, mb) = (msg("a"), msg("b"));
+    let (a, b) = tokio::join!(post(&two.url, &ma), post(&two.url, &mb));
+    assert!(a.status().is_success() && b.status().is_success());
+    let stats = fake.stats_json();
+    let most = &stats["max_concurrent_executes_by_webhook"];
+    assert_eq!(most[&one.id], 1, "{stats}");
+    assert_eq!(most[&two.id], 2, "{stats}");
+    assert!(stats.get("executes_in_flight").is_none(), "{stats}");
+}

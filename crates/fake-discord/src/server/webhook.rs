@@ -170,7 +170,50 @@ async fn execute(
     Query(query): Query<HashMap<String, String>>,
     req: Request,
 ) -> Response {
-    unify(execute_inner(app, id, token, query, req).await)
+    let _in_flight = InFlight::enter(&app, &id);
+    unify(execute_inner(app.clone(), id, token, query, req).await)
+}
+
+/// Counts an execute of one webhook as in flight until dropped (its answer
+/// is built, or the client went away), for
+/// `Stats::max_concurrent_executes_by_webhook`.
+struct InFlight {
+    app: App,
+    webhook_id: String,
+}
+
+impl InFlight {
+    fn enter(app: &App, webhook_id: &str) -> Self {
+        app.with(|s| {
+            let now = s
+                .stats
+                .executes_in_flight
+                .entry(webhook_id.to_owned())
+                .or_default();
+            *now += 1;
+            let now = *now;
+            let max = s
+                .stats
+                .max_concurrent_executes_by_webhook
+                .entry(webhook_id.to_owned())
+                .or_default();
+            *max = (*max).max(now);
+        });
+        Self {
+            app: app.clone(),
+            webhook_id: webhook_id.to_owned(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.app.with(|s| {
+            if let Some(n) = s.stats.executes_in_flight.get_mut(&self.webhook_id) {
+                *n = n.saturating_sub(1);
+            }
+        });
+    }
 }
 
 async fn execute_inner(
