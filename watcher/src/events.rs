@@ -631,6 +631,28 @@ impl DeliveryObserver for Telemetry {
         self.metrics.truncations.with_label_values(&[field]).inc();
     }
     fn reprovisioned(&self) {}
+    fn queue(&self, depth: usize, bytes: usize) {
+        self.metrics
+            .queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.metrics
+            .queue_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+    fn usage(&self, usage: &crate::transcript::Usage) {
+        Telemetry::usage(self, usage);
+    }
+    fn cost(&self, usd: f64) {
+        Telemetry::cost(self, usd);
+    }
+    fn latency_estimate(&self) -> Duration {
+        let sink = self.sink();
+        let in_flight = sink
+            .attempt_started
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        sink.recent_latency().max(in_flight)
+    }
 }
 
 impl ProvisionObserver for Telemetry {

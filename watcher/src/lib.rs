@@ -8,11 +8,9 @@
 //! `app` wires it all for `main`.
 
 pub mod app;
-pub mod atomic_file;
-pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod deliver;
-pub mod delivered;
 pub mod discover;
 pub mod events;
 pub mod ingest;
@@ -20,5 +18,9 @@ pub mod input;
 pub mod pipeline;
 pub mod queue;
 pub mod render;
+pub mod state;
 pub mod tail;
 pub mod transcript;
+
+// The run state's parts keep their old paths.
+pub use state::{atomic_file, checkpoint, delivered};

@@ -13,27 +13,29 @@
 //! end), the summary, and bot-bridge's `complete`; each later stage keeps its
 //! share whatever the earlier ones were doing.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use ops::health::Heartbeat;
 use ops::Shutdown;
-use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::atomic_file::{StateFile, StateObserver};
-use crate::checkpoint::{AckTracker, Checkpoint, CheckpointStore};
 use crate::deliver::batch::{Batch, Batcher, Unit};
-use crate::deliver::webhook::{Sent, WebhookSender};
-use crate::deliver::DeliveryObserver;
-use crate::delivered::DeliveredLog;
-use crate::events::Telemetry;
+use crate::deliver::{DeliveryObserver, Sent, Sink};
 use crate::queue::{QueueRx, Record};
-use crate::render::{console, Renderer};
+use crate::render::{Renderer, Stats};
+use crate::state::RunStore;
 use crate::transcript::EventKind;
 
 /// How often the checkpoint may be written (DESIGN.md: at most every 250 ms).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How often an idle loop still turns, to beat its heartbeat (liveness allows
+/// 30 s of silence). Everything else it waits for wakes it: a record, the
+/// checkpoint's next write, the idle-completion deadline, shutdown.
+pub const IDLE_BEAT: Duration = Duration::from_secs(10);
 
 /// Beyond `DELIVERY_MAX_ELAPSED`, what one send may still take before the loop
 /// counts as wedged: the last request's timeout, a re-provisioning call and the
@@ -92,7 +94,7 @@ impl Drain {
     }
 
     /// Where the stages end for a drain ending at `deadline`, when a request
-    /// to Discord takes up to `latency` (see [`Pipeline::latency_estimate`]):
+    /// to Discord takes up to `latency` (see [`DeliveryObserver::latency_estimate`]):
     /// `complete` keeps [`COMPLETE_SHARE`] (at most a fifth of the budget);
     /// the summary keeps two such requests (at least [`MIN_SUMMARY_SHARE`], at
     /// most four fifths of the rest); the backlog gets what is left before.
@@ -128,52 +130,62 @@ enum Stage {
     Summary,
 }
 
-/// What the pipeline persists beside the file offsets, in `Checkpoint::totals`,
-/// so that a restart neither re-posts the header nor posts a second summary.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct RunState {
-    pub header_posted: bool,
-    #[serde(default)]
-    pub stats: Option<serde_json::Value>,
+/// Which clock the header and the summary show.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wall {
+    /// The live run: when the watcher started, when the summary is posted.
+    Now,
+    /// A preview of a finished transcript (`watcher render`): the session's
+    /// own first and last timestamps.
+    Transcript,
 }
 
-/// Where rendered output goes.
-pub enum Sink {
-    /// Human-readable lines on stdout.
-    Console { color: bool },
-    /// The run's webhook.
-    Webhook(Box<WebhookSender>),
+/// Called once after the summary was delivered, with the final totals
+/// (bot-bridge `complete`).
+pub type OnComplete = Box<dyn FnOnce(Stats) -> BoxFuture<'static, ()> + Send>;
+
+/// How the sink loop behaves; everything else it is given is a part.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Embeds per message (`BATCH_SIZE`).
+    pub batch_size: usize,
+    /// The longest one send may take before the loop counts as wedged:
+    /// `DELIVERY_MAX_ELAPSED` plus [`SEND_SLACK`].
+    pub send_bound: Duration,
+    /// `IDLE_COMPLETE_AFTER`: post the summary after this long without records.
+    pub idle_complete_after: Option<Duration>,
+    pub wall: Wall,
 }
 
-/// Shared between the pipeline and the sink watchdog (metrics).
-#[derive(Debug, Default)]
-pub struct SinkState {
-    /// When the oldest unit the pipeline holds (batched, in flight, retried or
+impl PipelineConfig {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            batch_size: cfg.batch_size,
+            send_bound: cfg.delivery_max_elapsed + SEND_SLACK,
+            idle_complete_after: cfg.idle_complete_after,
+            wall: Wall::Now,
+        }
+    }
+}
+
+/// The sink loop. Its state is private: the run state lives in
+/// [`RunStore`], what it holds unacknowledged is published on a watch channel
+/// ([`Pipeline::pending`]), and telemetry goes through the observer.
+pub struct Pipeline<S> {
+    cfg: PipelineConfig,
+    renderer: Renderer,
+    batcher: Batcher,
+    /// Checkpoint, acknowledgements and the delivered journal.
+    state: RunStore,
+    sink: S,
+    observer: Arc<dyn DeliveryObserver>,
+    heartbeat: Heartbeat,
+    /// When the oldest unit the loop holds (batched, in flight, retried or
     /// waiting for a permit) was read; `None` when it holds none. Records
     /// still in the queue are the queue's to tell.
-    pub oldest_unacked: Option<Instant>,
-}
-
-pub struct Pipeline {
-    pub renderer: Renderer,
-    pub batcher: Batcher,
-    pub tracker: AckTracker,
-    pub store: CheckpointStore,
-    /// Committed record uuids, journaled with each checkpoint write.
-    pub delivered: DeliveredLog,
-    pub checkpoint: Checkpoint,
-    pub run_state: RunState,
-    pub sink: Sink,
-    pub telemetry: Arc<Telemetry>,
-    pub sink_state: Arc<Mutex<SinkState>>,
-    pub heartbeat: Heartbeat,
-    /// The longest one send may take (see [`SEND_SLACK`]).
-    pub send_bound: Duration,
-    pub idle_complete_after: Option<Duration>,
-    /// Called once after the summary was delivered (bot-bridge `complete`).
-    pub on_complete: Option<
-        Box<dyn FnOnce(serde_json::Value) -> futures::future::BoxFuture<'static, ()> + Send>,
-    >,
+    pending: watch::Sender<Option<Instant>>,
+    on_complete: Option<OnComplete>,
+    /// Acknowledgements not yet written to the checkpoint.
     dirty: bool,
     last_save: Instant,
     last_record: Instant,
@@ -184,44 +196,28 @@ fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
 
-impl Pipeline {
-    #[allow(clippy::too_many_arguments)]
+impl<S: Sink> Pipeline<S> {
+    /// A loop over `state` (whose totals the renderer continues from) into `sink`.
     pub fn new(
-        renderer: Renderer,
-        batcher: Batcher,
-        store: CheckpointStore,
-        delivered: DeliveredLog,
-        checkpoint: Checkpoint,
-        sink: Sink,
-        telemetry: Arc<Telemetry>,
-        sink_state: Arc<Mutex<SinkState>>,
+        cfg: PipelineConfig,
+        mut renderer: Renderer,
+        state: RunStore,
+        sink: S,
+        observer: Arc<dyn DeliveryObserver>,
         heartbeat: Heartbeat,
-        idle_complete_after: Option<Duration>,
     ) -> Self {
-        let run_state: RunState =
-            serde_json::from_value(checkpoint.totals.clone()).unwrap_or_default();
-        let mut renderer = renderer;
-        if let Some(stats) = run_state
-            .stats
-            .clone()
-            .and_then(|s| serde_json::from_value(s).ok())
-        {
+        if let Some(stats) = state.run().stats.clone() {
             renderer.restore_stats(stats);
         }
         Self {
+            batcher: Batcher::new(cfg.batch_size, None),
+            cfg,
             renderer,
-            batcher,
-            tracker: AckTracker::default(),
-            store,
-            delivered,
-            checkpoint,
-            run_state,
+            state,
             sink,
-            telemetry,
-            sink_state,
+            observer,
             heartbeat,
-            send_bound: Duration::from_secs(600) + SEND_SLACK,
-            idle_complete_after,
+            pending: watch::Sender::new(None),
             on_complete: None,
             dirty: false,
             last_save: Instant::now(),
@@ -230,24 +226,43 @@ impl Pipeline {
         }
     }
 
+    /// Calls `complete` once the summary was delivered.
+    #[must_use]
+    pub fn on_complete(mut self, complete: OnComplete) -> Self {
+        self.on_complete = Some(complete);
+        self
+    }
+
+    /// When the oldest unit the loop holds was read, as it changes (the sink
+    /// watchdog's `watcher_oldest_pending_age_seconds`).
+    pub fn pending(&self) -> watch::Receiver<Option<Instant>> {
+        self.pending.subscribe()
+    }
+
     /// Runs until the queue closes (ingest stopped), then posts the summary.
-    /// `drain` starts the shutdown and bounds it from that moment.
-    pub async fn run(mut self, mut rx: QueueRx, drain: Drain) {
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// `drain` starts the shutdown and bounds it from that moment. Idle, it
+    /// sleeps until something happens (see [`IDLE_BEAT`]).
+    pub async fn run(mut self, mut rx: QueueRx, drain: Drain) -> RunStore {
         loop {
             self.heartbeat.beat();
             let draining = drain.deadline().is_some();
             if self.batcher.is_empty() {
+                let save_due = self.dirty.then(|| self.last_save + CHECKPOINT_INTERVAL);
+                let idle_due = self.idle_complete_due();
                 tokio::select! {
                     rec = rx.recv() => match rec {
                         Some(r) => self.absorb(r),
                         None => break,
                     },
-                    _ = tick.tick() => {
-                        self.on_tick(&rx, &drain).await;
+                    () = sleep_until(save_due) => {
+                        self.maybe_save();
                         continue;
                     }
+                    () = sleep_until(idle_due) => {
+                        self.idle_complete(&drain).await;
+                        continue;
+                    }
+                    () = tokio::time::sleep(IDLE_BEAT) => continue,
                     _ = drain.started(), if !draining => continue,
                 }
             }
@@ -256,41 +271,46 @@ impl Pipeline {
                 self.maybe_save();
                 continue;
             }
-            if let Some(d) = drain.deadline() {
+            if self.backlog_spent(&drain) {
                 // The backlog may not eat the summary's and `complete`'s shares,
                 // nor start a send it cannot finish.
-                let latency = Self::latency_estimate(&self.telemetry);
-                if Instant::now() + latency >= drain.plan(d, latency).backlog_end {
-                    tracing::warn!(
-                        "shutdown budget for the backlog spent; leaving the rest in the transcript"
-                    );
-                    break;
-                }
+                tracing::warn!(
+                    "shutdown budget for the backlog spent; leaving the rest in the transcript"
+                );
+                break;
             }
             self.deliver_one(&mut rx, &drain).await;
             self.maybe_save();
         }
         self.finish(&drain).await;
+        self.state
     }
 
-    /// How long a request to Discord takes now: the slowest of the last few,
-    /// or the one in flight if it has already taken longer.
-    fn latency_estimate(telemetry: &Telemetry) -> Duration {
-        let sink = telemetry.sink();
-        let in_flight = sink
-            .attempt_started
-            .map(|t| t.elapsed())
-            .unwrap_or_default();
-        sink.recent_latency().max(in_flight)
+    /// When an idle transcript counts as a finished session
+    /// (`IDLE_COMPLETE_AFTER`), if that is still to come.
+    fn idle_complete_due(&self) -> Option<Instant> {
+        let idle = self.cfg.idle_complete_after?;
+        (self.state.run().header_posted && !self.state.summary_posted())
+            .then(|| self.last_record + idle)
+    }
+
+    async fn idle_complete(&mut self, drain: &Drain) {
+        if let Some(idle) = self.cfg.idle_complete_after {
+            tracing::info!(
+                idle_secs = idle.as_secs(),
+                "transcript idle; treating the session as complete"
+            );
+        }
+        self.post_summary(drain).await;
     }
 
     /// When a drain cuts a `stage` that is under way: never before shutdown
     /// starts, then at the stage's end in the drain's plan, re-planned while
     /// the request in flight shows how slow Discord is now.
-    async fn cut(drain: &Drain, telemetry: &Telemetry, stage: Stage) {
+    async fn cut(drain: &Drain, observer: &dyn DeliveryObserver, stage: Stage) {
         let deadline = drain.started().await;
         loop {
-            let plan = drain.plan(deadline, Self::latency_estimate(telemetry));
+            let plan = drain.plan(deadline, observer.latency_estimate());
             let end = match stage {
                 Stage::Backlog => plan.backlog_end,
                 Stage::Summary => plan.summary_end,
@@ -303,16 +323,18 @@ impl Pipeline {
         }
     }
 
-    /// Tells the watchdog the oldest unit the pipeline holds: the batcher's,
-    /// or `in_flight`'s when older.
+    /// Publishes the oldest unit the loop holds: the batcher's, or
+    /// `in_flight`'s when older. Subscribers wake only on a change.
     fn publish_pending(&self, in_flight: Option<Instant>) {
         let oldest = match (in_flight, self.batcher.oldest()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        if let Ok(mut s) = self.sink_state.lock() {
-            s.oldest_unacked = oldest;
-        }
+        self.pending.send_if_modified(|held| {
+            let changed = *held != oldest;
+            *held = oldest;
+            changed
+        });
     }
 
     fn pull_available(&mut self, rx: &mut QueueRx) {
@@ -322,8 +344,7 @@ impl Pipeline {
                 None => break,
             }
         }
-        self.telemetry.metrics.queue_depth.set(rx.depth() as i64);
-        self.telemetry.metrics.queue_bytes.set(rx.bytes() as i64);
+        self.observer.queue(rx.depth(), rx.bytes());
         self.publish_pending(None);
     }
 
@@ -332,46 +353,39 @@ impl Pipeline {
         let mut units = Vec::new();
         for ev in &record.events {
             if let EventKind::Usage { usage, .. } = &ev.kind {
-                self.telemetry.usage(usage);
+                self.observer.usage(usage);
             }
             let rendered = self.renderer.render(ev);
+            self.sink.event(ev);
             for f in &rendered.truncated {
-                self.telemetry.truncated(f.as_str());
+                self.observer.truncated(f.as_str());
             }
-            match &self.sink {
-                Sink::Console { color } => {
-                    if let Some(line) = console::line(ev, *color) {
-                        println!("{line}");
-                    }
-                }
-                Sink::Webhook(_) => {
-                    if !rendered.embeds.is_empty() || !rendered.files.is_empty() {
-                        units.push(Unit {
-                            embeds: rendered.embeds,
-                            files: rendered.files,
-                            pos: Some(record.pos.clone()),
-                            read_at: record.read_at,
-                        });
-                    }
-                }
+            if !rendered.embeds.is_empty() || !rendered.files.is_empty() {
+                units.push(Unit {
+                    embeds: rendered.embeds,
+                    files: rendered.files,
+                    pos: Some(record.pos.clone()),
+                    read_at: record.read_at,
+                });
             }
         }
-        self.telemetry.cost(self.renderer.stats().priced_cost_usd);
-        if !units.is_empty() && !self.run_state.header_posted {
-            let header = self.renderer.header(&self.started_wall);
+        self.observer.cost(self.renderer.stats().priced_cost_usd);
+        if !units.is_empty() && !self.state.run().header_posted {
+            // After the first record rendered, so that it names the model.
+            let started = self.wall_start();
             self.batcher.push(Unit {
-                embeds: vec![header],
+                embeds: vec![self.renderer.header(&started)],
                 files: vec![],
                 pos: None,
                 read_at: Instant::now(),
             });
-            self.run_state.header_posted = true;
+            self.state.run_mut().header_posted = true;
         }
         let uuid = record.events.iter().find_map(|e| e.uuid.as_deref());
-        self.tracker
+        self.state
             .track(&record.pos, &record.identity, units.len(), uuid);
         if units.is_empty() {
-            self.telemetry.acked(record.read_at.elapsed());
+            self.observer.acked(record.read_at.elapsed());
             self.dirty = true;
         }
         for u in units {
@@ -379,17 +393,38 @@ impl Pipeline {
         }
     }
 
+    fn wall_start(&self) -> String {
+        match self.cfg.wall {
+            Wall::Now => self.started_wall.clone(),
+            Wall::Transcript => self
+                .renderer
+                .stats()
+                .first_timestamp
+                .clone()
+                .unwrap_or_else(now_rfc3339),
+        }
+    }
+
+    fn wall_end(&self) -> String {
+        match self.cfg.wall {
+            Wall::Now => now_rfc3339(),
+            Wall::Transcript => self
+                .renderer
+                .stats()
+                .last_timestamp
+                .clone()
+                .unwrap_or_else(now_rfc3339),
+        }
+    }
+
     async fn deliver_one(&mut self, rx: &mut QueueRx, drain: &Drain) {
-        let Sink::Webhook(sender) = &mut self.sink else {
-            return;
-        };
         // Waiting for a permit (rate limits, the channel window) is part of
         // the send's bound, and a drain cuts it like the send.
         let acquired = {
-            let _waiting = self.heartbeat.waiting(self.send_bound);
+            let _waiting = self.heartbeat.waiting(self.cfg.send_bound);
             tokio::select! {
-                () = sender.acquire() => true,
-                () = Self::cut(drain, &self.telemetry, Stage::Backlog) => false,
+                () = self.sink.acquire() => true,
+                () = Self::cut(drain, &*self.observer, Stage::Backlog) => false,
             }
         };
         if !acquired {
@@ -412,43 +447,32 @@ impl Pipeline {
         stage: Stage,
         acquired: bool,
     ) -> bool {
-        let Sink::Webhook(sender) = &mut self.sink else {
-            return false;
-        };
         for f in discord::truncate::fit_message(&mut batch.message) {
-            self.telemetry.truncated(f.as_str());
+            self.observer.truncated(f.as_str());
         }
-        let in_flight = batch.units.iter().map(|u| u.read_at).min();
-        let oldest = match (in_flight, self.batcher.oldest()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        if let Ok(mut s) = self.sink_state.lock() {
-            s.oldest_unacked = oldest;
-        }
+        self.publish_pending(batch.units.iter().map(|u| u.read_at).min());
         let outcome = {
-            let _waiting = self.heartbeat.waiting(self.send_bound);
+            let _waiting = self.heartbeat.waiting(self.cfg.send_bound);
             tokio::select! {
-                o = sender.send(&batch.message, acquired) => Some(o),
-                () = Self::cut(drain, &self.telemetry, stage) => None,
+                o = self.sink.send(&batch.message, acquired) => Some(o),
+                () = Self::cut(drain, &*self.observer, stage) => None,
             }
         };
+        self.publish_pending(None);
         let Some(outcome) = outcome else {
             tracing::warn!(
                 stage = ?stage,
                 "shutdown cut a send to keep the budget's later stages; its records stay in the transcript"
             );
-            self.publish_pending(None);
             return false;
         };
         if outcome != Sent::Delivered {
             tracing::debug!(?outcome, "message not delivered");
         }
-        self.publish_pending(None);
         for unit in &batch.units {
             if let Some(pos) = &unit.pos {
-                self.tracker.ack(pos);
-                self.telemetry.acked(unit.read_at.elapsed());
+                self.state.ack(pos);
+                self.observer.acked(unit.read_at.elapsed());
             }
         }
         // Persist before the next send: a crash then re-sends at most the
@@ -458,24 +482,6 @@ impl Pipeline {
         true
     }
 
-    async fn on_tick(&mut self, rx: &QueueRx, drain: &Drain) {
-        self.telemetry.metrics.queue_depth.set(rx.depth() as i64);
-        self.telemetry.metrics.queue_bytes.set(rx.bytes() as i64);
-        self.maybe_save();
-        if let Some(idle) = self.idle_complete_after {
-            if self.run_state.header_posted
-                && !self.checkpoint.summary_posted
-                && self.last_record.elapsed() >= idle
-            {
-                tracing::info!(
-                    idle_secs = idle.as_secs(),
-                    "transcript idle; treating the session as complete"
-                );
-                self.post_summary(drain).await;
-            }
-        }
-    }
-
     fn maybe_save(&mut self) {
         self.publish_pending(None);
         if self.dirty && self.last_save.elapsed() >= CHECKPOINT_INTERVAL {
@@ -483,82 +489,61 @@ impl Pipeline {
         }
     }
 
-    /// Writes the checkpoint: each file's committed (contiguously acknowledged)
-    /// offset, never beyond; plus the run state.
-    pub fn save(&mut self) {
+    /// Writes the run state: each file's committed (contiguously
+    /// acknowledged) offset, never beyond, and the totals.
+    fn save(&mut self) {
         let _waiting = self.heartbeat.waiting(DISK_BOUND);
-        // Journal first: a crash between the two leaves delivered uuids whose
-        // records lie past the checkpoint, which a restart then rightly skips.
-        let committed = self.tracker.take_committed();
-        match self.delivered.append(&committed) {
-            Ok(()) => self.telemetry.written(StateFile::Delivered),
-            // A restart may then repost records of a rewritten transcript.
-            Err(e) => self.telemetry.write_failed(StateFile::Delivered, &e),
-        }
-        self.tracker.apply(&mut self.checkpoint);
-        self.run_state.stats = serde_json::to_value(self.renderer.stats()).ok();
-        self.checkpoint.totals = serde_json::to_value(&self.run_state).unwrap_or_default();
-        match self.store.save(&self.checkpoint) {
-            Ok(()) => self.telemetry.written(StateFile::Checkpoint),
-            Err(e) => self.telemetry.write_failed(StateFile::Checkpoint, &e),
-        }
+        self.state
+            .save(self.renderer.stats(), self.observer.as_ref());
         self.dirty = false;
         self.last_save = Instant::now();
     }
 
     async fn post_summary(&mut self, drain: &Drain) {
-        if self.checkpoint.summary_posted {
+        if self.state.summary_posted() {
             return;
         }
-        let ended = now_rfc3339();
+        let ended = self.wall_end();
         let mut posted = true;
-        match &self.sink {
-            Sink::Console { color } => {
-                println!("{}", console::summary_line(self.renderer.stats(), *color));
-            }
-            Sink::Webhook(_) => {
-                // Whatever is still batched goes first, then the summary last;
-                // in a drain, only while the backlog's share lasts.
-                while !self.batcher.is_empty() && !self.backlog_spent(drain) {
-                    let Some(batch) = self.batcher.next_batch() else {
-                        break;
-                    };
-                    if !self.send_batch(batch, drain, Stage::Backlog, false).await {
-                        break;
-                    }
-                }
-                let mut left = 0usize;
-                while let Some(batch) = self.batcher.next_batch() {
-                    left += batch.units.len();
-                }
-                if left > 0 {
-                    tracing::warn!(
-                        units = left,
-                        "shutdown: the summary goes before the rest of the backlog, which stays in the transcript"
-                    );
-                }
-                let summary = self.renderer.summary(&ended);
-                self.batcher.push(Unit {
-                    embeds: vec![summary],
-                    files: vec![],
-                    pos: None,
-                    read_at: Instant::now(),
-                });
-                while let Some(batch) = self.batcher.next_batch() {
-                    if !self.send_batch(batch, drain, Stage::Summary, false).await {
-                        posted = false;
-                        break;
-                    }
-                }
+        // Whatever is still batched goes first, then the summary last; in a
+        // drain, only while the backlog's share lasts.
+        while !self.batcher.is_empty() && !self.backlog_spent(drain) {
+            let Some(batch) = self.batcher.next_batch() else {
+                break;
+            };
+            if !self.send_batch(batch, drain, Stage::Backlog, false).await {
+                break;
             }
         }
+        let mut left = 0usize;
+        while let Some(batch) = self.batcher.next_batch() {
+            left += batch.units.len();
+        }
+        if left > 0 {
+            tracing::warn!(
+                units = left,
+                "shutdown: the summary goes before the rest of the backlog, which stays in the transcript"
+            );
+        }
+        self.batcher.push(Unit {
+            embeds: vec![self.renderer.summary(&ended)],
+            files: vec![],
+            pos: None,
+            read_at: Instant::now(),
+        });
+        while let Some(batch) = self.batcher.next_batch() {
+            if !self.send_batch(batch, drain, Stage::Summary, false).await {
+                posted = false;
+                break;
+            }
+        }
+        self.sink.ended(self.renderer.stats());
         // A summary cut by the drain is not posted: a restart with this state
         // (the same run) posts it then.
-        self.checkpoint.summary_posted = posted;
+        self.state.set_summary_posted(posted);
         self.save();
-        if let Some(cb) = self.on_complete.take() {
-            let stats = serde_json::to_value(self.renderer.stats()).unwrap_or_default();
-            let complete = cb(stats);
+        if let Some(complete) = self.on_complete.take() {
+            let complete = complete(self.renderer.stats().clone());
             match drain.deadline() {
                 Some(d) => {
                     if tokio::time::timeout_at(d, complete).await.is_err() {
@@ -579,20 +564,30 @@ impl Pipeline {
     /// Whether a drain's backlog stage is over (or could not finish a send).
     fn backlog_spent(&self, drain: &Drain) -> bool {
         drain.deadline().is_some_and(|d| {
-            let latency = Self::latency_estimate(&self.telemetry);
+            let latency = self.observer.latency_estimate();
             Instant::now() + latency >= drain.plan(d, latency).backlog_end
         })
     }
 
     async fn finish(&mut self, drain: &Drain) {
         self.publish_pending(None);
-        if !self.run_state.header_posted && matches!(self.sink, Sink::Webhook(_)) {
-            // Nothing was ever posted: no header, no summary either.
+        if !self.state.run().header_posted {
+            // Nothing was ever posted: no header, no summary either (a
+            // console still shows its summary line).
+            self.sink.ended(self.renderer.stats());
             self.save();
             return;
         }
         self.post_summary(drain).await;
         self.save();
+    }
+}
+
+/// Sleeps until `at`; forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

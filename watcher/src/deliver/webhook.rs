@@ -21,12 +21,7 @@ use super::dlq::{Dlq, DlqEntry, DlqReason};
 use super::DeliveryObserver;
 use crate::atomic_file::StateFile;
 
-/// How a message ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    Delivered,
-    DeadLettered(DlqReason),
-}
+pub use super::sink::Sent;
 
 /// The retry schedule after a 5xx, a timeout or a reset: full jitter from
 /// 250 ms, capped at 3 s, so that delivery resumes within ~3 s of Discord
@@ -38,9 +33,38 @@ pub const RETRY_BACKOFF: Backoff = Backoff {
     cap: Duration::from_secs(3),
 };
 
-/// Notified when the webhook changes (re-provisioning), so the input listener
-/// can pick up the new HMAC secret.
-pub type OnProvisioned = Arc<dyn Fn(&Provisioned) + Send + Sync>;
+/// How long one webhook request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Discord's global limit per bot/IP, which the limiter keeps below.
+const GLOBAL_PER_SECOND: u32 = 50;
+
+/// What a sender is built from: the channel's pace (`CHANNEL_MESSAGES_PER_MINUTE`,
+/// `CHANNEL_WINDOW`) and how long a message may try (`DELIVERY_MAX_ELAPSED`).
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    pub channel_messages_per_minute: u32,
+    pub channel_window: Duration,
+    pub max_elapsed: Duration,
+    pub backoff: Backoff,
+}
+
+impl SenderConfig {
+    /// The live watcher's sender, from its configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            channel_messages_per_minute: cfg.channel_messages_per_minute,
+            channel_window: cfg.channel_window,
+            max_elapsed: cfg.delivery_max_elapsed,
+            backoff: RETRY_BACKOFF,
+        }
+    }
+}
+
+/// The webhook could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the webhook client: {0}")]
+pub struct BuildError(#[from] discord::webhook::ClientError);
 
 /// The one sender of a run's webhook.
 pub struct WebhookSender {
@@ -48,7 +72,9 @@ pub struct WebhookSender {
     limiter: Limiter,
     target: WebhookUrl,
     bridge: Option<BridgeClient>,
-    on_provisioned: Option<OnProvisioned>,
+    /// Publishes each re-provisioning (a new webhook, a new input secret):
+    /// the input listener follows it without delivery knowing about input.
+    provisioned: tokio::sync::watch::Sender<Option<Provisioned>>,
     backoff: Backoff,
     max_elapsed: Duration,
     dlq: Dlq,
@@ -61,13 +87,39 @@ pub struct WebhookSender {
 }
 
 impl WebhookSender {
-    #[allow(clippy::too_many_arguments)]
+    /// The sender of `target` (re-provisioned through `bridge` when Discord
+    /// says it is gone), dead-lettering into `dlq`. The one place a webhook
+    /// sender is built, for the live watcher and `dlq replay` alike.
     pub fn new(
+        cfg: &SenderConfig,
+        target: WebhookUrl,
+        bridge: Option<BridgeClient>,
+        dlq: Dlq,
+        observer: Arc<dyn DeliveryObserver>,
+    ) -> Result<Self, BuildError> {
+        let limiter = Limiter::new(discord::ratelimit::LimiterConfig {
+            global_per_second: GLOBAL_PER_SECOND,
+            channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+            channel_window: cfg.channel_window,
+        });
+        Ok(Self::with_parts(
+            WebhookClient::new(REQUEST_TIMEOUT)?,
+            limiter,
+            target,
+            bridge,
+            cfg.backoff,
+            cfg.max_elapsed,
+            dlq,
+            observer,
+        ))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn with_parts(
         client: WebhookClient,
         limiter: Limiter,
         target: WebhookUrl,
         bridge: Option<BridgeClient>,
-        on_provisioned: Option<OnProvisioned>,
         backoff: Backoff,
         max_elapsed: Duration,
         dlq: Dlq,
@@ -78,7 +130,7 @@ impl WebhookSender {
             limiter,
             target,
             bridge,
-            on_provisioned,
+            provisioned: tokio::sync::watch::Sender::new(None),
             backoff,
             max_elapsed,
             dlq,
@@ -86,6 +138,11 @@ impl WebhookSender {
             permit: None,
             waiting_since: None,
         }
+    }
+
+    /// Each re-provisioning, as it happens (the input listener's secret).
+    pub fn provisioned(&self) -> tokio::sync::watch::Receiver<Option<Provisioned>> {
+        self.provisioned.subscribe()
     }
 
     pub fn target(&self) -> &WebhookUrl {
@@ -271,9 +328,7 @@ impl WebhookSender {
             Ok(p) => {
                 tracing::info!(webhook = %p.webhook, run_id = %p.run_id, channel_id = %p.channel_id, "webhook re-provisioned");
                 self.target = p.webhook.clone();
-                if let Some(cb) = &self.on_provisioned {
-                    cb(&p);
-                }
+                self.provisioned.send_replace(Some(p));
                 self.observer.reprovisioned();
                 Ok(())
             }
@@ -323,6 +378,16 @@ impl WebhookSender {
     }
 }
 
+impl super::Sink for WebhookSender {
+    async fn acquire(&mut self) {
+        WebhookSender::acquire(self).await;
+    }
+
+    async fn send(&mut self, msg: &WebhookMessage, acquired: bool) -> Sent {
+        WebhookSender::send(self, msg, acquired).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,11 +397,10 @@ mod tests {
     fn sender(limiter: Limiter, state: &std::path::Path, max_elapsed: Duration) -> WebhookSender {
         // Nothing listens there: no request may be made while rate limited.
         let url = WebhookUrl::parse("http://127.0.0.1:9/api/webhooks/1/token").unwrap();
-        WebhookSender::new(
+        WebhookSender::with_parts(
             WebhookClient::new(Duration::from_secs(1)).unwrap(),
             limiter,
             url,
-            None,
             None,
             RETRY_BACKOFF,
             max_elapsed,
