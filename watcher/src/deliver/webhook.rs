@@ -66,9 +66,30 @@ impl SenderConfig {
 #[error("cannot build the webhook client: {0}")]
 pub struct BuildError(#[from] discord::webhook::ClientError);
 
+/// Where a sender's requests go: Discord over HTTP ([`WebhookClient`]), or a
+/// scripted Discord in tests, which then run on a paused clock.
+pub trait Transport: Send + Sync {
+    /// One request: what Discord answered, or why there was no answer.
+    fn execute(
+        &self,
+        url: &WebhookUrl,
+        msg: &WebhookMessage,
+    ) -> impl std::future::Future<Output = ExecuteOutcome> + Send;
+}
+
+impl Transport for WebhookClient {
+    fn execute(
+        &self,
+        url: &WebhookUrl,
+        msg: &WebhookMessage,
+    ) -> impl std::future::Future<Output = ExecuteOutcome> + Send {
+        WebhookClient::execute(self, url, msg)
+    }
+}
+
 /// The one sender of a run's webhook.
-pub struct WebhookSender {
-    client: WebhookClient,
+pub struct WebhookSender<T = WebhookClient> {
+    client: T,
     limiter: Limiter,
     target: WebhookUrl,
     bridge: Option<BridgeClient>,
@@ -113,10 +134,13 @@ impl WebhookSender {
             observer,
         ))
     }
+}
 
+impl<T: Transport> WebhookSender<T> {
+    /// A sender over `client` (a scripted Discord in tests).
     #[allow(clippy::too_many_arguments)]
-    fn with_parts(
-        client: WebhookClient,
+    pub fn with_parts(
+        client: T,
         limiter: Limiter,
         target: WebhookUrl,
         bridge: Option<BridgeClient>,
@@ -216,7 +240,7 @@ impl WebhookSender {
             };
             attempts += 1;
             self.observer.attempt();
-            let outcome = self.client.execute(&self.target, msg).await;
+            let outcome = Transport::execute(&self.client, &self.target, msg).await;
             let (reason, detail) = match outcome {
                 ExecuteOutcome::Delivered { headers, .. } => {
                     permit.done(&headers);
@@ -378,7 +402,7 @@ impl WebhookSender {
     }
 }
 
-impl super::Sink for WebhookSender {
+impl<T: Transport> super::Sink for WebhookSender<T> {
     async fn acquire(&mut self) {
         WebhookSender::acquire(self).await;
     }

@@ -592,6 +592,9 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 #[cfg(test)]
+mod sink_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
