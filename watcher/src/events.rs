@@ -631,6 +631,9 @@ impl DeliveryObserver for Telemetry {
         self.metrics.truncations.with_label_values(&[field]).inc();
     }
     fn reprovisioned(&self) {}
+    fn dlq_replayed(&self) {
+        self.metrics.dlq_replayed.inc();
+    }
     fn queue(&self, depth: usize, bytes: usize) {
         self.metrics
             .queue_depth

@@ -234,6 +234,33 @@ impl Dlq {
         Ok(out)
     }
 
+    /// Rewrites `path` without its `index`th entry (counting non-empty lines),
+    /// atomically; removes the file when nothing is left.
+    pub fn remove_at(&self, path: &Path, index: usize) -> Result<(), DlqError> {
+        let f = File::open(path).map_err(io(path))?;
+        let rest: Vec<String> = BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, l)| l)
+            .collect();
+        Self::keep(path, &rest)
+    }
+
+    fn keep(path: &Path, rest: &[String]) -> Result<(), DlqError> {
+        if rest.is_empty() {
+            return fs::remove_file(path).map_err(io(path));
+        }
+        let mut bytes = Vec::with_capacity(rest.iter().map(|l| l.len() + 1).sum());
+        for l in rest {
+            bytes.extend_from_slice(l.as_bytes());
+            bytes.push(b'\n');
+        }
+        crate::atomic_file::replace(path, &bytes).map_err(io(path))
+    }
+
     /// Rewrites `path` keeping only its lines after the first `delivered` ones,
     /// atomically; removes the file when nothing is left.
     pub fn remove_head(&self, path: &Path, delivered: usize) -> Result<(), DlqError> {
@@ -244,15 +271,7 @@ impl Dlq {
             .filter(|l| !l.trim().is_empty())
             .skip(delivered)
             .collect();
-        if rest.is_empty() {
-            return fs::remove_file(path).map_err(io(path));
-        }
-        let mut bytes = Vec::with_capacity(rest.iter().map(|l| l.len() + 1).sum());
-        for l in &rest {
-            bytes.extend_from_slice(l.as_bytes());
-            bytes.push(b'\n');
-        }
-        crate::atomic_file::replace(path, &bytes).map_err(io(path))
+        Self::keep(path, &rest)
     }
 }
 

@@ -39,6 +39,8 @@ pub trait DeliveryObserver: crate::atomic_file::StateObserver + Send + Sync {
     fn truncated(&self, field: &'static str);
     /// The webhook was re-provisioned after Discord said it is gone.
     fn reprovisioned(&self);
+    /// A dead-lettered message was delivered after all (its cause passed).
+    fn dlq_replayed(&self) {}
     /// The records waiting in the queue between ingest and the sink loop.
     fn queue(&self, _depth: usize, _bytes: usize) {}
     /// One API response's token usage, as the sink loop rendered it.

@@ -34,6 +34,17 @@ pub trait Sink: Send {
     /// [`Sink::acquire`] is used for the first attempt.
     fn send(&mut self, msg: &WebhookMessage, acquired: bool) -> impl Future<Output = Sent> + Send;
 
+    /// When the sink has dead letters to try again ([`Sink::redeliver`]).
+    fn redeliver_due(&self) -> Option<tokio::time::Instant> {
+        None
+    }
+
+    /// Tries one dead letter again (the loop calls this when idle, once
+    /// [`Sink::redeliver_due`] has come).
+    fn redeliver(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+
     /// Sees each event as it is rendered (a console shows it as a line).
     fn event(&mut self, _ev: &Event) {}
 

@@ -66,6 +66,53 @@ impl SenderConfig {
 #[error("cannot build the webhook client: {0}")]
 pub struct BuildError(#[from] discord::webhook::ClientError);
 
+/// Why a message could not be delivered (what its DLQ entry says).
+#[derive(Debug)]
+struct Failed {
+    reason: DlqReason,
+    detail: String,
+    attempts: u32,
+    first_error: Option<SystemTime>,
+}
+
+/// Retry schedule of dead letters while their cause may still be there: a
+/// probe with the oldest entry, then one a minute at most. Any delivery of a
+/// live message shows the cause passed and ends the wait.
+pub const REDELIVER_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(2),
+    cap: Duration::from_secs(60),
+};
+
+/// How long one redelivery may take: a probe, not a send that holds up the
+/// live messages behind it for `DELIVERY_MAX_ELAPSED`.
+pub const REDELIVER_BOUND: Duration = Duration::from_secs(10);
+
+/// When dead letters are tried again (issue 18: the DLQ drains itself).
+#[derive(Debug, Default)]
+struct Redeliver {
+    /// When the next entry may be tried; `None` when none is worth trying.
+    next: Option<Instant>,
+    /// Redeliveries failed in a row (their backoff).
+    failures: u32,
+}
+
+impl Redeliver {
+    /// A live message was delivered: the entries may go now.
+    fn cause_passed(&mut self) {
+        if self.next.is_some() {
+            self.next = Some(Instant::now());
+            self.failures = 0;
+        }
+    }
+
+    /// Something was dead-lettered, or a redelivery failed: try later.
+    fn failed(&mut self) {
+        let delay = REDELIVER_BACKOFF.delay(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        self.next = Some(Instant::now() + delay);
+    }
+}
+
 /// Where a sender's requests go: Discord over HTTP ([`WebhookClient`]), or a
 /// scripted Discord in tests, which then run on a paused clock.
 pub trait Transport: Send + Sync {
@@ -100,6 +147,8 @@ pub struct WebhookSender<T = WebhookClient> {
     max_elapsed: Duration,
     dlq: Dlq,
     observer: Arc<dyn DeliveryObserver>,
+    /// When dead letters are tried again.
+    redeliver: Redeliver,
     /// A permit taken by [`Self::acquire`] for the next message.
     permit: Option<Permit>,
     /// When the next message began waiting for its permit: its
@@ -159,6 +208,11 @@ impl<T: Transport> WebhookSender<T> {
             max_elapsed,
             dlq,
             observer,
+            // A restart tries what an earlier run left in the DLQ.
+            redeliver: Redeliver {
+                next: Some(Instant::now()),
+                failures: 0,
+            },
             permit: None,
             waiting_since: None,
         }
@@ -206,7 +260,34 @@ impl<T: Transport> WebhookSender<T> {
         let deadline = started + self.max_elapsed;
         // A permit taken for an earlier batch that never came is used here: left
         // unused it would hold the bucket and the channel slot it reserved.
-        let mut held = self.permit.take();
+        let held = self.permit.take();
+        match self.attempt(msg, deadline, held).await {
+            Ok(()) => {
+                // Discord takes messages again: what was dead-lettered for a
+                // passing cause may go now.
+                self.redeliver.cause_passed();
+                Sent::Delivered
+            }
+            Err(failed) => {
+                let reason = failed.reason;
+                self.dead_letter(msg, failed).await;
+                if reason != DlqReason::Rejected {
+                    self.redeliver.failed();
+                }
+                Sent::DeadLettered(reason)
+            }
+        }
+    }
+
+    /// Tries `msg` until it is delivered or `deadline` passes; why it failed
+    /// otherwise. Never gives up early on a transient failure and never
+    /// retries a permanent one.
+    async fn attempt(
+        &mut self,
+        msg: &WebhookMessage,
+        deadline: Instant,
+        mut held: Option<Permit>,
+    ) -> Result<(), Failed> {
         let mut first_error: Option<SystemTime> = None;
         let mut attempts: u32 = 0;
         let mut retries: u32 = 0;
@@ -224,16 +305,13 @@ impl<T: Transport> WebhookSender<T> {
                         Some(p) => p,
                         None => {
                             first_error.get_or_insert_with(SystemTime::now);
-                            return self
-                                .dead_letter(
-                                    msg,
-                                    DlqReason::RetriesExhausted,
-                                    "rate limited: no send permit within DELIVERY_MAX_ELAPSED"
-                                        .into(),
-                                    attempts,
-                                    first_error,
-                                )
-                                .await;
+                            return Err(Failed {
+                                reason: DlqReason::RetriesExhausted,
+                                detail: "rate limited: no send permit within DELIVERY_MAX_ELAPSED"
+                                    .into(),
+                                attempts,
+                                first_error,
+                            });
                         }
                     }
                 }
@@ -247,7 +325,7 @@ impl<T: Transport> WebhookSender<T> {
                     let bytes = serde_json::to_vec(msg).map_or(0, |v| v.len())
                         + msg.files.iter().map(|f| f.bytes.len()).sum::<usize>();
                     self.observer.sent(msg.embeds.len(), bytes);
-                    return Sent::Delivered;
+                    return Ok(());
                 }
                 ExecuteOutcome::RateLimited {
                     retry_after,
@@ -281,29 +359,23 @@ impl<T: Transport> WebhookSender<T> {
                 ExecuteOutcome::Rejected { status, body } => {
                     permit.refused(&RateLimitHeaders::default());
                     first_error.get_or_insert_with(SystemTime::now);
-                    return self
-                        .dead_letter(
-                            msg,
-                            DlqReason::Rejected,
-                            format!("{status}: {body}"),
-                            attempts,
-                            first_error,
-                        )
-                        .await;
+                    return Err(Failed {
+                        reason: DlqReason::Rejected,
+                        detail: format!("{status}: {body}"),
+                        attempts,
+                        first_error,
+                    });
                 }
                 ExecuteOutcome::Gone { status } => {
                     permit.refused(&RateLimitHeaders::default());
                     first_error.get_or_insert_with(SystemTime::now);
                     if self.bridge.is_none() {
-                        return self
-                            .dead_letter(
-                                msg,
-                                DlqReason::WebhookGone,
-                                format!("webhook answered {status}"),
-                                attempts,
-                                first_error,
-                            )
-                            .await;
+                        return Err(Failed {
+                            reason: DlqReason::WebhookGone,
+                            detail: format!("webhook answered {status}"),
+                            attempts,
+                            first_error,
+                        });
                     }
                     match self.reprovision().await {
                         Ok(()) => continue,
@@ -334,14 +406,105 @@ impl<T: Transport> WebhookSender<T> {
                 } else {
                     DlqReason::RetriesExhausted
                 };
-                return self
-                    .dead_letter(msg, dlq_reason, detail, attempts, first_error)
-                    .await;
+                return Err(Failed {
+                    reason: dlq_reason,
+                    detail,
+                    attempts,
+                    first_error,
+                });
             }
             self.observer.retry(reason);
             tracing::warn!(reason, error = %detail, attempt = attempts, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// When [`Self::redeliver_one`] has something to try; `None` while the
+    /// DLQ holds nothing worth retrying.
+    pub fn redeliver_due(&self) -> Option<Instant> {
+        self.redeliver.next
+    }
+
+    /// Tries the oldest dead letter whose cause may have passed (a 5xx or
+    /// network outage; a gone webhook when bot-bridge can re-provision it),
+    /// at the channel's pace: delivered, it leaves the DLQ
+    /// (`watcher_dlq_replayed_total`); failed, it stays in place and the next
+    /// try waits ([`REDELIVER_BACKOFF`]); rejected now (400), it stays for a
+    /// person (`watcher dlq replay`) with the new reason. Entries keep their
+    /// order relative to each other.
+    pub async fn redeliver_one(&mut self) {
+        let next = match self.next_redeliverable() {
+            Ok(Some(next)) => next,
+            Ok(None) => {
+                self.redeliver = Redeliver::default();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the DLQ to retry it");
+                self.redeliver.failed();
+                return;
+            }
+        };
+        let (path, index, entry) = next;
+        let msg = entry.message();
+        let deadline = Instant::now() + REDELIVER_BOUND;
+        let held = self.permit.take();
+        match self.attempt(&msg, deadline, held).await {
+            Ok(()) => {
+                if let Err(e) = self.dlq.remove_at(&path, index) {
+                    // Left in place it would be sent again: say so loudly.
+                    self.observer.write_failed(StateFile::Dlq, &e);
+                    self.redeliver.failed();
+                    return;
+                }
+                self.observer.written(StateFile::Dlq);
+                self.observer.dlq_replayed();
+                tracing::info!(
+                    reason = entry.reason.as_str(),
+                    "dead-lettered message delivered"
+                );
+                self.redeliver.failures = 0;
+                self.redeliver.next = Some(Instant::now());
+            }
+            Err(failed) if failed.reason == DlqReason::Rejected => {
+                // Discord's final word now: kept for a person, not retried.
+                self.dead_letter(&msg, failed).await;
+                if let Err(e) = self.dlq.remove_at(&path, index) {
+                    self.observer.write_failed(StateFile::Dlq, &e);
+                }
+                self.redeliver.next = Some(Instant::now());
+            }
+            Err(failed) => {
+                tracing::debug!(reason = failed.reason.as_str(), error = %failed.detail, "dead letter still undeliverable; will retry");
+                self.redeliver.failed();
+            }
+        }
+    }
+
+    /// The oldest entry worth retrying: its file, its index there, the entry.
+    fn next_redeliverable(
+        &self,
+    ) -> Result<Option<(std::path::PathBuf, usize, DlqEntry)>, super::dlq::DlqError> {
+        let mut index = 0usize;
+        let mut file: Option<std::path::PathBuf> = None;
+        for (path, entry) in self.dlq.entries()? {
+            if file.as_ref() != Some(&path) {
+                file = Some(path.clone());
+                index = 0;
+            }
+            let here = index;
+            index += 1;
+            let Ok(entry) = entry else { continue };
+            let worth = match entry.reason {
+                DlqReason::Rejected => false,
+                DlqReason::RetriesExhausted => true,
+                DlqReason::WebhookGone => self.bridge.is_some(),
+            };
+            if worth {
+                return Ok(Some((path, here, entry)));
+            }
+        }
+        Ok(None)
     }
 
     async fn reprovision(&mut self) -> Result<(), String> {
@@ -367,14 +530,13 @@ impl<T: Transport> WebhookSender<T> {
     /// `SINK_UNHEALTHY_AFTER`, and each failure is counted
     /// (`watcher_state_write_errors_total{file="dlq"}`); a shutdown that
     /// comes first leaves the record before the checkpoint, to be read again.
-    async fn dead_letter(
-        &mut self,
-        msg: &WebhookMessage,
-        reason: DlqReason,
-        detail: String,
-        attempts: u32,
-        first_error: Option<SystemTime>,
-    ) -> Sent {
+    async fn dead_letter(&mut self, msg: &WebhookMessage, failed: Failed) {
+        let Failed {
+            reason,
+            detail,
+            attempts,
+            first_error,
+        } = failed;
         let entry = DlqEntry::new(
             msg,
             reason,
@@ -398,13 +560,20 @@ impl<T: Transport> WebhookSender<T> {
         };
         self.observer
             .dead_lettered(reason.as_str(), &detail, dropped);
-        Sent::DeadLettered(reason)
     }
 }
 
 impl<T: Transport> super::Sink for WebhookSender<T> {
     async fn acquire(&mut self) {
         WebhookSender::acquire(self).await;
+    }
+
+    fn redeliver_due(&self) -> Option<Instant> {
+        WebhookSender::redeliver_due(self)
+    }
+
+    async fn redeliver(&mut self) {
+        self.redeliver_one().await;
     }
 
     async fn send(&mut self, msg: &WebhookMessage, acquired: bool) -> Sent {

@@ -34,7 +34,8 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How often an idle loop still turns, to beat its heartbeat (liveness allows
 /// 30 s of silence). Everything else it waits for wakes it: a record, the
-/// checkpoint's next write, the idle-completion deadline, shutdown.
+/// checkpoint's next write, the idle-completion deadline, the next retry of
+/// a dead letter, shutdown.
 pub const IDLE_BEAT: Duration = Duration::from_secs(10);
 
 /// Beyond `DELIVERY_MAX_ELAPSED`, what one send may still take before the loop
@@ -249,6 +250,9 @@ impl<S: Sink> Pipeline<S> {
             if self.batcher.is_empty() {
                 let save_due = self.dirty.then(|| self.last_save + CHECKPOINT_INTERVAL);
                 let idle_due = self.idle_complete_due();
+                // Dead letters are retried only between live messages, and
+                // not in a drain (the budget is the live backlog's).
+                let redeliver_due = self.sink.redeliver_due().filter(|_| !draining);
                 tokio::select! {
                     rec = rx.recv() => match rec {
                         Some(r) => self.absorb(r),
@@ -260,6 +264,11 @@ impl<S: Sink> Pipeline<S> {
                     }
                     () = sleep_until(idle_due) => {
                         self.idle_complete(&drain).await;
+                        continue;
+                    }
+                    () = sleep_until(redeliver_due) => {
+                        let _waiting = self.heartbeat.waiting(self.cfg.send_bound);
+                        self.sink.redeliver().await;
                         continue;
                     }
                     () = tokio::time::sleep(IDLE_BEAT) => continue,

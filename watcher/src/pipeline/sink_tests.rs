@@ -46,6 +46,8 @@ struct Script {
     /// Of those, the ones Discord stored.
     stored: Vec<String>,
     latency: Duration,
+    /// Until then every request fails with a 503 (an outage).
+    down_until: Option<Instant>,
 }
 
 /// A Discord that answers from a script (then `Ok`), after `latency`.
@@ -59,6 +61,10 @@ impl Scripted {
             latency,
             ..Script::default()
         })))
+    }
+
+    fn down_until(&self, until: Instant) {
+        self.0.lock().unwrap().down_until = Some(until);
     }
 
     fn stored(&self) -> Vec<String> {
@@ -76,7 +82,11 @@ impl Transport for Scripted {
         let (answer, latency) = {
             let mut s = self.0.lock().unwrap();
             s.received.push(body.clone());
-            let answer = s.answers.pop_front().unwrap_or(Answer::Ok);
+            let answer = if s.down_until.is_some_and(|t| Instant::now() < t) {
+                Answer::ServerError
+            } else {
+                s.answers.pop_front().unwrap_or(Answer::Ok)
+            };
             if matches!(answer, Answer::Ok | Answer::TakeAndHang) {
                 s.stored.push(body);
             }
@@ -113,6 +123,7 @@ struct Counts {
     rate_limited: AtomicU64,
     dead_lettered: AtomicU64,
     sent: AtomicU64,
+    replayed: AtomicU64,
     /// What a request takes, for the drain's plan.
     latency: Duration,
 }
@@ -140,6 +151,9 @@ impl DeliveryObserver for Counts {
     fn acked(&self, _: Duration) {}
     fn truncated(&self, _: &'static str) {}
     fn reprovisioned(&self) {}
+    fn dlq_replayed(&self) {
+        self.replayed.fetch_add(1, Ordering::SeqCst);
+    }
     fn latency_estimate(&self) -> Duration {
         self.latency
     }
@@ -425,4 +439,41 @@ async fn the_summary_goes_out_within_the_shutdown_budget() {
             "line {i}: {counts:?} offset {offset}"
         );
     }
+}
+
+/// issue 18: an outage longer than `DELIVERY_MAX_ELAPSED` dead-letters what
+/// was being sent; once Discord is back, the loop retries the entries by
+/// itself, oldest first, and the DLQ ends empty. Nobody runs a command.
+#[tokio::test(start_paused = true)]
+async fn the_dlq_drains_itself_once_the_outage_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let observer = Arc::new(Counts::default());
+    let discord = Scripted::new(&[], Duration::from_millis(20));
+    // Down long enough for two messages to exhaust their 60 s each.
+    discord.down_until(Instant::now() + MAX_ELAPSED * 2 + Duration::from_secs(30));
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..3).await;
+    let run = tokio::spawn(
+        pipeline(dir.path(), &discord, &observer, 1)
+            .run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5))),
+    );
+    let dlq = Dlq::open(dir.path(), 1 << 20).unwrap();
+    until("two dead letters, then all redelivered", || {
+        observer.dead_lettered.load(Ordering::SeqCst) >= 2
+            && dlq.entries().unwrap().is_empty()
+            && deliveries(&discord.stored(), 3) == [1, 1, 1]
+    })
+    .await;
+    assert_eq!(observer.dead_lettered.load(Ordering::SeqCst), 2);
+    assert_eq!(observer.replayed.load(Ordering::SeqCst), 2);
+    let stored = discord.stored();
+    let header = stored
+        .iter()
+        .position(|m| m.contains("Run started"))
+        .unwrap();
+    let first = stored.iter().position(|m| m.contains("marker-00")).unwrap();
+    assert!(header < first, "dead letters keep their order: {stored:?}");
+    drop(tx);
+    run.await.unwrap();
+    assert!(discord.stored().last().unwrap().contains("Run complete"));
 }
