@@ -502,7 +502,16 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 
     let renderer = Renderer::new(render_config(&cfg)?);
     let run_store = RunStore::on_disk(store, delivered_log, checkpoint.unwrap_or_default());
-    let queue_probe = rx.probe();
+    // The watchdog runs from here, provisioning included: records wait in
+    // the queue for a channel, and their age shows.
+    let pending = tokio::sync::watch::Sender::new(None);
+    spawn_sink_watchdog(
+        pending.subscribe(),
+        rx.probe(),
+        sink_health.clone(),
+        telemetry.clone(),
+        cfg.sink_unhealthy_after,
+    );
     let mut bridge_run: Option<(BridgeClient, String)> = None;
     let remote = match &cfg.sink {
         SinkConfig::Console => None,
@@ -551,14 +560,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         None => {
             let sink = ConsoleSink::new(std::io::IsTerminal::is_terminal(&std::io::stdout()));
             let pipeline =
-                Pipeline::new(pipeline_cfg, renderer, run_store, sink, observer, heartbeat);
-            spawn_sink_watchdog(
-                pipeline.pending(),
-                queue_probe,
-                sink_health.clone(),
-                telemetry.clone(),
-                cfg.sink_unhealthy_after,
-            );
+                Pipeline::new(pipeline_cfg, renderer, run_store, sink, observer, heartbeat)
+                    .publish_pending_on(pending);
             tokio::spawn(async move {
                 pipeline.run(rx, drain_for_sink).await;
             })
@@ -586,7 +589,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                 sender,
                 observer,
                 heartbeat,
-            );
+            )
+            .publish_pending_on(pending);
             if let Some((bridge, run_id)) = bridge_run {
                 pipeline = pipeline.on_complete(Box::new(move |stats| {
                     Box::pin(async move {
@@ -600,13 +604,6 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                     })
                 }));
             }
-            spawn_sink_watchdog(
-                pipeline.pending(),
-                queue_probe,
-                sink_health.clone(),
-                telemetry.clone(),
-                cfg.sink_unhealthy_after,
-            );
             tokio::spawn(async move {
                 pipeline.run(rx, drain_for_sink).await;
             })

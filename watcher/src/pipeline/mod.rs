@@ -240,6 +240,14 @@ impl<S: Sink> Pipeline<S> {
         self.pending.subscribe()
     }
 
+    /// Publishes what the loop holds on `pending`, a channel its watchers
+    /// subscribed to before the loop existed (while the run was provisioned).
+    #[must_use]
+    pub fn publish_pending_on(mut self, pending: watch::Sender<Option<Instant>>) -> Self {
+        self.pending = pending;
+        self
+    }
+
     /// Runs until the queue closes (ingest stopped), then posts the summary.
     /// `drain` starts the shutdown and bounds it from that moment. Idle, it
     /// sleeps until something happens (see [`IDLE_BEAT`]).
