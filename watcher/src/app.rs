@@ -592,6 +592,21 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             )
             .publish_pending_on(pending);
             if let Some((bridge, run_id)) = bridge_run {
+                let (handoff_bridge, handoff_run) = (bridge.clone(), run_id.clone());
+                pipeline = pipeline.hand_off_to(Box::new(move |kept, stats| {
+                    let (bridge, run_id) = (handoff_bridge.clone(), handoff_run.clone());
+                    Box::pin(async move {
+                        let messages: Vec<_> =
+                            kept.into_iter().map(|k| (k.seq, k.payload)).collect();
+                        let summary = serde_json::to_value(stats).unwrap_or_default();
+                        let answer = bridge
+                            .handoff(&run_id, &messages, &summary)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        tracing::info!(run_id = %run_id, accepted = answer.accepted, duplicates = answer.duplicates, pending = answer.pending, "bot-bridge took the hand-off");
+                        Ok(())
+                    })
+                }));
                 pipeline = pipeline.on_complete(Box::new(move |stats| {
                     Box::pin(async move {
                         let summary = serde_json::to_value(stats).unwrap_or_default();

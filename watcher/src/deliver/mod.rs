@@ -39,6 +39,9 @@ pub trait DeliveryObserver: crate::atomic_file::StateObserver + Send + Sync {
     fn truncated(&self, field: &'static str);
     /// The webhook was re-provisioned after Discord said it is gone.
     fn reprovisioned(&self);
+    /// At shutdown, `messages` were handed to bot-bridge (`accepted`), could
+    /// not be (`failed`), or were kept in `STATE_DIR/backlog.jsonl` (`kept`).
+    fn handoff(&self, _outcome: &'static str, _messages: usize) {}
     /// A dead-lettered message was delivered after all (its cause passed).
     fn dlq_replayed(&self) {}
     /// The records waiting in the queue between ingest and the sink loop.

@@ -26,6 +26,8 @@ use crate::deliver::batch::{Batch, Batcher, Unit};
 use crate::deliver::{DeliveryObserver, Sent, Sink};
 use crate::queue::{QueueRx, Record};
 use crate::render::{Renderer, Stats};
+use crate::state::atomic_file::StateFile;
+use crate::state::backlog::Kept;
 use crate::state::RunStore;
 use crate::transcript::EventKind;
 
@@ -145,6 +147,12 @@ pub enum Wall {
 /// (bot-bridge `complete`).
 pub type OnComplete = Box<dyn FnOnce(Stats) -> BoxFuture<'static, ()> + Send>;
 
+/// Takes the messages a shutdown could not deliver (in order, keyed by
+/// `seq`, the summary last) and the final totals for `complete`: bot-bridge's
+/// `POST /v1/runs/{id}/handoff`. `Ok` once they are stored durably there.
+pub type HandOff =
+    Box<dyn FnMut(Vec<Kept>, Stats) -> BoxFuture<'static, Result<(), String>> + Send>;
+
 /// How the sink loop behaves; everything else it is given is a part.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
@@ -186,6 +194,8 @@ pub struct Pipeline<S> {
     /// still in the queue are the queue's to tell.
     pending: watch::Sender<Option<Instant>>,
     on_complete: Option<OnComplete>,
+    /// Where the rest goes at shutdown when the budget cannot deliver it.
+    handoff: Option<HandOff>,
     /// Acknowledgements not yet written to the checkpoint.
     dirty: bool,
     last_save: Instant,
@@ -220,6 +230,7 @@ impl<S: Sink> Pipeline<S> {
             heartbeat,
             pending: watch::Sender::new(None),
             on_complete: None,
+            handoff: None,
             dirty: false,
             last_save: Instant::now(),
             last_record: Instant::now(),
@@ -231,6 +242,13 @@ impl<S: Sink> Pipeline<S> {
     #[must_use]
     pub fn on_complete(mut self, complete: OnComplete) -> Self {
         self.on_complete = Some(complete);
+        self
+    }
+
+    /// Hands what a shutdown cannot deliver to `handoff` (bot-bridge).
+    #[must_use]
+    pub fn hand_off_to(mut self, handoff: HandOff) -> Self {
+        self.handoff = Some(handoff);
         self
     }
 
@@ -252,6 +270,7 @@ impl<S: Sink> Pipeline<S> {
     /// `drain` starts the shutdown and bounds it from that moment. Idle, it
     /// sleeps until something happens (see [`IDLE_BEAT`]).
     pub async fn run(mut self, mut rx: QueueRx, drain: Drain) -> RunStore {
+        self.deliver_backlog(&drain).await;
         loop {
             self.heartbeat.beat();
             let draining = drain.deadline().is_some();
@@ -299,7 +318,7 @@ impl<S: Sink> Pipeline<S> {
             self.deliver_one(&mut rx, &drain).await;
             self.maybe_save();
         }
-        self.finish(&drain).await;
+        self.finish(&drain, &mut rx).await;
         self.state
     }
 
@@ -318,7 +337,7 @@ impl<S: Sink> Pipeline<S> {
                 "transcript idle; treating the session as complete"
             );
         }
-        self.post_summary(drain).await;
+        self.post_summary(drain, None).await;
     }
 
     /// When a drain cuts a `stage` that is under way: never before shutdown
@@ -516,7 +535,7 @@ impl<S: Sink> Pipeline<S> {
         self.last_save = Instant::now();
     }
 
-    async fn post_summary(&mut self, drain: &Drain) {
+    async fn post_summary(&mut self, drain: &Drain, rx: Option<&mut QueueRx>) {
         if self.state.summary_posted() {
             return;
         }
@@ -530,6 +549,15 @@ impl<S: Sink> Pipeline<S> {
             };
             if !self.send_batch(batch, drain, Stage::Backlog, false).await {
                 break;
+            }
+        }
+        if let Some(rx) = rx {
+            if drain.deadline().is_some() && (!self.batcher.is_empty() || rx.depth() > 0) {
+                // The drain's backlog stage is over: stop sending (nothing is
+                // in flight now) and hand over the rest.
+                if self.hand_over(drain, rx, &ended).await {
+                    return;
+                }
             }
         }
         let mut left = 0usize;
@@ -586,7 +614,7 @@ impl<S: Sink> Pipeline<S> {
         })
     }
 
-    async fn finish(&mut self, drain: &Drain) {
+    async fn finish(&mut self, drain: &Drain, rx: &mut QueueRx) {
         self.publish_pending(None);
         if !self.state.run().header_posted {
             // Nothing was ever posted: no header, no summary either (a
@@ -595,8 +623,172 @@ impl<S: Sink> Pipeline<S> {
             self.save();
             return;
         }
-        self.post_summary(drain).await;
+        self.post_summary(drain, Some(rx)).await;
         self.save();
+    }
+
+    /// At shutdown, once the backlog's share of the budget is spent: the
+    /// rest (what is batched and what waits in the queue, rendered, in
+    /// order) goes to bot-bridge with the summary as the last message and
+    /// `complete` (true: bot-bridge delivers it and completes the run). When
+    /// bot-bridge is unreachable or there is none (a static webhook), the
+    /// rest is kept in `STATE_DIR/backlog.jsonl` for the next start and the
+    /// summary is posted as before (false). Either way the checkpoint
+    /// passes what was handed over or kept; nothing is left behind it
+    /// unless it could not be written anywhere.
+    async fn hand_over(&mut self, drain: &Drain, rx: &mut QueueRx, ended: &str) -> bool {
+        while let Some(r) = rx.try_recv() {
+            self.absorb(r);
+        }
+        let mut rest = Vec::new();
+        while let Some(mut batch) = self.batcher.next_batch() {
+            for f in discord::truncate::fit_message(&mut batch.message) {
+                self.observer.truncated(f.as_str());
+            }
+            rest.push(batch);
+        }
+        if rest.is_empty() {
+            return false;
+        }
+        let summary = Unit {
+            embeds: vec![self.renderer.summary(ended)],
+            files: vec![],
+            pos: None,
+            read_at: Instant::now(),
+        };
+        let mut with_summary = Batcher::new(1, None);
+        with_summary.push(summary);
+        let summary = with_summary.next_batch();
+        let seqs = self.state.take_seqs(rest.len() + 1);
+        // The sequence numbers are saved before they are used.
+        self.save();
+        let kept: Vec<Kept> = rest
+            .iter()
+            .zip(seqs.clone())
+            .map(|(b, seq)| Kept {
+                seq,
+                payload: b.message.clone(),
+            })
+            .collect();
+        let messages = kept.len();
+        if let (Some(handoff), Some(summary), Some(deadline)) =
+            (self.handoff.as_mut(), summary.as_ref(), drain.deadline())
+        {
+            let mut all = kept.clone();
+            all.push(Kept {
+                seq: seqs.end - 1,
+                payload: summary.message.clone(),
+            });
+            // Half of what is left for the summary: the other half posts it
+            // live if bot-bridge does not take it.
+            let plan = drain.plan(deadline, self.observer.latency_estimate());
+            let now = Instant::now();
+            let bound = now + plan.summary_end.saturating_duration_since(now) / 2;
+            let stats = self.renderer.stats().clone();
+            match tokio::time::timeout_at(bound, handoff(all, stats)).await {
+                Ok(Ok(())) => {
+                    self.observer.handoff("accepted", messages + 1);
+                    tracing::info!(
+                        messages = messages + 1,
+                        "shutdown: handed the rest and the summary to bot-bridge, which delivers them and completes the run"
+                    );
+                    self.acknowledge(&rest);
+                    self.state.set_summary_posted(true);
+                    self.on_complete = None;
+                    self.save();
+                    return true;
+                }
+                Ok(Err(e)) => {
+                    self.observer.handoff("failed", messages + 1);
+                    tracing::warn!(error = %e, "shutdown: bot-bridge did not take the hand-off");
+                }
+                Err(_) => {
+                    self.observer.handoff("failed", messages + 1);
+                    tracing::warn!("shutdown: bot-bridge did not answer the hand-off in time");
+                }
+            }
+        }
+        let Some(backlog) = self.state.backlog().cloned() else {
+            // Nowhere to keep it (`watcher render`): it stays in the transcript.
+            self.requeue(rest);
+            return false;
+        };
+        match backlog.append(&kept) {
+            Ok(()) => {
+                self.observer.written(StateFile::Backlog);
+                self.observer.handoff("kept", messages);
+                tracing::warn!(
+                    messages,
+                    file = %backlog.path().display(),
+                    "shutdown: the rest of the backlog is kept in STATE_DIR; a watcher started on the same STATE_DIR delivers it first"
+                );
+                self.acknowledge(&rest);
+                self.save();
+            }
+            Err(e) => {
+                self.observer.write_failed(StateFile::Backlog, &e);
+                self.requeue(rest);
+            }
+        }
+        false
+    }
+
+    /// Acknowledges every unit of `batches` (handed over or kept).
+    fn acknowledge(&mut self, batches: &[Batch]) {
+        for unit in batches.iter().flat_map(|b| &b.units) {
+            if let Some(pos) = &unit.pos {
+                self.state.ack(pos);
+            }
+        }
+    }
+
+    /// Puts `batches` back, unacknowledged: their records stay behind the
+    /// checkpoint, in the transcript.
+    fn requeue(&mut self, batches: Vec<Batch>) {
+        for unit in batches.into_iter().flat_map(|b| b.units) {
+            self.batcher.push(unit);
+        }
+    }
+
+    /// Delivers what an earlier run kept in `backlog.jsonl`, before anything
+    /// new, removing each message once it is acknowledged.
+    async fn deliver_backlog(&mut self, drain: &Drain) {
+        let Some(backlog) = self.state.backlog().cloned() else {
+            return;
+        };
+        let mut kept = match backlog.load() {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the kept backlog; it stays for the next start");
+                return;
+            }
+        };
+        if kept.is_empty() {
+            return;
+        }
+        tracing::info!(
+            messages = kept.len(),
+            "delivering the backlog an earlier run kept"
+        );
+        while !kept.is_empty() && drain.deadline().is_none() {
+            self.heartbeat.beat();
+            let msg = kept[0].payload.clone();
+            let outcome = {
+                let _waiting = self.heartbeat.waiting(self.cfg.send_bound);
+                tokio::select! {
+                    o = self.sink.send(&msg, false) => Some(o),
+                    () = Self::cut(drain, &*self.observer, Stage::Backlog) => None,
+                }
+            };
+            if outcome.is_none() {
+                break;
+            }
+            kept.remove(0);
+            match backlog.store(&kept) {
+                Ok(()) => self.observer.written(StateFile::Backlog),
+                Err(e) => self.observer.write_failed(StateFile::Backlog, &e),
+            }
+        }
     }
 }
 

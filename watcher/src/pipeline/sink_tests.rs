@@ -23,6 +23,7 @@ use crate::deliver::DeliveryObserver;
 use crate::delivered::DeliveredLog;
 use crate::queue::{QueueTx, Record};
 use crate::render::{CostTable, Filters, RenderConfig, Renderer, RunInfo};
+use crate::state::backlog::Kept;
 use crate::state::RunStore;
 use crate::tail::FileIdentity;
 use crate::transcript::{Event, EventKind, LinePos, Source};
@@ -48,6 +49,18 @@ struct Script {
     latency: Duration,
     /// Until then every request fails with a 503 (an outage).
     down_until: Option<Instant>,
+    /// Requests in flight now, and the most there ever were.
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Counts a request in flight until it is answered or dropped (a drain cut).
+struct InFlight(Arc<Mutex<Script>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
 }
 
 /// A Discord that answers from a script (then `Ok`), after `latency`.
@@ -71,6 +84,10 @@ impl Scripted {
         self.0.lock().unwrap().stored.clone()
     }
 
+    fn max_in_flight(&self) -> usize {
+        self.0.lock().unwrap().max_in_flight
+    }
+
     fn received(&self) -> usize {
         self.0.lock().unwrap().received.len()
     }
@@ -81,6 +98,8 @@ impl Transport for Scripted {
         let body = serde_json::to_string(msg).unwrap();
         let (answer, latency) = {
             let mut s = self.0.lock().unwrap();
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
             s.received.push(body.clone());
             let answer = if s.down_until.is_some_and(|t| Instant::now() < t) {
                 Answer::ServerError
@@ -92,6 +111,7 @@ impl Transport for Scripted {
             }
             (answer, s.latency)
         };
+        let _in_flight = InFlight(self.0.clone());
         tokio::time::sleep(latency).await;
         match answer {
             Answer::Ok => ExecuteOutcome::Delivered {
@@ -396,8 +416,8 @@ async fn a_rejected_message_is_dead_lettered_and_acknowledged() {
 }
 
 /// Shutdown with a backlog and a slow Discord: the backlog is cut so that the
-/// summary still goes out, all within the budget; what was not sent stays
-/// behind the checkpoint for the next run.
+/// summary still goes out, all within the budget; what was not sent is kept
+/// for the next run.
 #[tokio::test(start_paused = true)]
 async fn the_summary_goes_out_within_the_shutdown_budget() {
     const LINES: u64 = 40;
@@ -428,16 +448,22 @@ async fn the_summary_goes_out_within_the_shutdown_budget() {
     );
     let cp = checkpoint(dir.path());
     assert!(cp.summary_posted);
-    let offset = cp.files["/t/s.jsonl"].offset;
-    assert!(offset < LINES * LINE, "the backlog was cut, not all sent");
     let counts = deliveries(&stored, LINES);
-    for i in 0..LINES {
-        let behind = (i + 1) * LINE <= offset;
-        assert_eq!(
-            counts[i as usize] == 1,
-            behind,
-            "line {i}: {counts:?} offset {offset}"
-        );
+    assert!(
+        counts.contains(&0),
+        "the backlog was cut, not all sent live"
+    );
+    // What was not sent live is kept for the next start, in order.
+    let kept = crate::state::backlog::Backlog::new(dir.path())
+        .load()
+        .unwrap();
+    let kept: Vec<String> = kept
+        .iter()
+        .map(|k| serde_json::to_string(&k.payload).unwrap())
+        .collect();
+    let kept_counts = deliveries(&kept, LINES);
+    for i in 0..LINES as usize {
+        assert!(counts[i] + kept_counts[i] >= 1, "line {i} lost");
     }
 }
 
@@ -476,4 +502,133 @@ async fn the_dlq_drains_itself_once_the_outage_is_over() {
     drop(tx);
     run.await.unwrap();
     assert!(discord.stored().last().unwrap().contains("Run complete"));
+}
+
+/// A shutdown with more backlog than the budget can deliver: what a busy
+/// last minute leaves.
+struct BusyEnd {
+    dir: tempfile::TempDir,
+    discord: Scripted,
+    observer: Arc<Counts>,
+    took: Duration,
+}
+
+const BUSY_LINES: u64 = 40;
+const BUSY_BUDGET: Duration = Duration::from_secs(5);
+
+async fn busy_end(handed: Option<Arc<Mutex<Vec<Kept>>>>) -> BusyEnd {
+    let dir = tempfile::tempdir().unwrap();
+    let latency = Duration::from_millis(400);
+    let observer = Arc::new(Counts {
+        latency,
+        ..Counts::default()
+    });
+    let discord = Scripted::new(&[], latency);
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..BUSY_LINES).await;
+    let shutdown = Shutdown::new();
+    let drain = Drain::new(shutdown.clone(), BUSY_BUDGET);
+    let mut p = pipeline(dir.path(), &discord, &observer, 1);
+    if let Some(handed) = handed {
+        p = p.hand_off_to(Box::new(move |kept, _stats| {
+            let handed = handed.clone();
+            Box::pin(async move {
+                handed.lock().unwrap().extend(kept);
+                Ok(())
+            })
+        }));
+    }
+    let run = tokio::spawn(p.run(rx, drain));
+    until("the first messages", || discord.received() >= 3).await;
+    let signal = Instant::now();
+    shutdown.trigger();
+    drop(tx);
+    run.await.unwrap();
+    BusyEnd {
+        took: Instant::now() - signal,
+        dir,
+        discord,
+        observer,
+    }
+}
+
+/// issue 18: at shutdown the watcher stops sending when the backlog's share
+/// is spent (never two requests on the webhook) and hands the rest to
+/// bot-bridge, summary last, in seq order; the checkpoint passes all of it.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_hands_the_rest_to_bot_bridge_with_the_summary_last() {
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let end = busy_end(Some(handed.clone())).await;
+    assert!(end.took <= BUSY_BUDGET, "{:?}", end.took);
+    assert_eq!(end.discord.max_in_flight(), 1, "one request at a time");
+    let handed = handed.lock().unwrap().clone();
+    assert!(!handed.is_empty());
+    assert!(handed.windows(2).all(|w| w[0].seq < w[1].seq));
+    let last = serde_json::to_string(&handed.last().unwrap().payload).unwrap();
+    assert!(last.contains("Run complete"), "summary last: {last}");
+    let live = end.discord.stored();
+    assert!(
+        live.iter().all(|m| !m.contains("Run complete")),
+        "no second summary"
+    );
+    let mut all = live;
+    all.extend(
+        handed
+            .iter()
+            .map(|k| serde_json::to_string(&k.payload).unwrap()),
+    );
+    let counts = deliveries(&all, BUSY_LINES);
+    assert!(counts.iter().all(|&c| c >= 1), "nothing lost: {counts:?}");
+    assert!(
+        counts.iter().map(|c| c - 1).sum::<usize>() <= 1,
+        "{counts:?}"
+    );
+    let cp = checkpoint(end.dir.path());
+    assert_eq!(cp.files["/t/s.jsonl"].offset, BUSY_LINES * LINE);
+    assert!(cp.summary_posted);
+    assert!(
+        cp.totals.next_seq > handed.last().unwrap().seq,
+        "seq persisted"
+    );
+}
+
+/// Without bot-bridge (a static webhook, or bot-bridge unreachable) the rest
+/// is kept in `STATE_DIR/backlog.jsonl` and the summary posted as before; a
+/// watcher started on the same state delivers the backlog first.
+#[tokio::test(start_paused = true)]
+async fn without_bot_bridge_the_rest_is_kept_and_a_restart_delivers_it_first() {
+    let end = busy_end(None).await;
+    assert!(end.took <= BUSY_BUDGET, "{:?}", end.took);
+    assert_eq!(end.discord.max_in_flight(), 1);
+    let kept = crate::state::backlog::Backlog::new(end.dir.path())
+        .load()
+        .unwrap();
+    assert!(!kept.is_empty());
+    let cp = checkpoint(end.dir.path());
+    assert_eq!(cp.files["/t/s.jsonl"].offset, BUSY_LINES * LINE);
+    assert!(end
+        .discord
+        .stored()
+        .last()
+        .unwrap()
+        .contains("Run complete"));
+
+    let restarted = Scripted::new(&[], Duration::from_millis(20));
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    drop(tx);
+    pipeline(end.dir.path(), &restarted, &end.observer, 1)
+        .run(rx, Drain::new(Shutdown::new(), BUSY_BUDGET))
+        .await;
+    let mut all = end.discord.stored();
+    all.extend(restarted.stored());
+    let counts = deliveries(&all, BUSY_LINES);
+    assert!(counts.iter().all(|&c| c >= 1), "nothing lost: {counts:?}");
+    assert!(
+        counts.iter().map(|c| c - 1).sum::<usize>() <= 1,
+        "{counts:?}"
+    );
+    assert!(crate::state::backlog::Backlog::new(end.dir.path())
+        .load()
+        .unwrap()
+        .is_empty());
 }

@@ -100,6 +100,11 @@ impl CheckpointStore {
         self.dir.join(FILE_NAME)
     }
 
+    /// The state directory it lives in.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone()
+    }
+
     /// The stored checkpoint; `None` on a first start.
     pub fn load(&self) -> Result<Option<Checkpoint>, CheckpointError> {
         let path = self.path();
@@ -338,6 +343,7 @@ mod tests {
             totals: crate::state::RunState {
                 header_posted: true,
                 stats: None,
+                next_seq: 0,
             },
             ..Checkpoint::default()
         })

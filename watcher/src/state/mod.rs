@@ -6,6 +6,7 @@
 //! loop's own part of the checkpoint.
 
 pub mod atomic_file;
+pub mod backlog;
 pub mod checkpoint;
 pub mod delivered;
 
@@ -28,6 +29,11 @@ pub struct RunState {
     /// last save; `None` before the first save.
     #[serde(default)]
     pub stats: Option<Stats>,
+    /// The next message sequence number (`seq` of a hand-off or of
+    /// `backlog.jsonl`): persisted before it is used, so a restarted
+    /// watcher never reuses one and bot-bridge can drop duplicates by it.
+    #[serde(default)]
+    pub next_seq: u64,
 }
 
 impl RunState {
@@ -64,6 +70,8 @@ pub struct RunStore {
     /// Where it is persisted; `None` for a run that keeps nothing
     /// (`watcher render`).
     disk: Option<(CheckpointStore, DeliveredLog)>,
+    /// Messages kept for the next start (`backlog.jsonl`).
+    backlog: Option<backlog::Backlog>,
     checkpoint: Checkpoint,
     tracker: AckTracker,
 }
@@ -76,6 +84,7 @@ impl RunStore {
         checkpoint: Checkpoint,
     ) -> Self {
         Self {
+            backlog: Some(backlog::Backlog::new(&store.dir())),
             disk: Some((store, delivered)),
             checkpoint,
             tracker: AckTracker::default(),
@@ -86,6 +95,7 @@ impl RunStore {
     pub fn in_memory() -> Self {
         Self {
             disk: None,
+            backlog: None,
             checkpoint: Checkpoint::default(),
             tracker: AckTracker::default(),
         }
@@ -112,6 +122,18 @@ impl RunStore {
     /// The checkpoint as the last save left it (tests, diagnostics).
     pub fn checkpoint(&self) -> &Checkpoint {
         &self.checkpoint
+    }
+
+    /// Takes the next `n` message sequence numbers (saved with the next save).
+    pub fn take_seqs(&mut self, n: usize) -> std::ops::Range<u64> {
+        let first = self.checkpoint.totals.next_seq;
+        self.checkpoint.totals.next_seq = first.saturating_add(n as u64);
+        first..self.checkpoint.totals.next_seq
+    }
+
+    /// The backlog an earlier run kept; `None` when this run keeps none.
+    pub fn backlog(&self) -> Option<&backlog::Backlog> {
+        self.backlog.as_ref()
     }
 
     /// Registers a line that rendered to `units` messages-to-be (see
