@@ -2,10 +2,12 @@
 //!
 //! Modules follow the data flow: `discover` finds the transcript, `tail` follows it,
 //! `transcript` decodes lines into events, `ingest` runs those three into the
-//! bounded `queue`; `pipeline` renders (`render`), batches and delivers
-//! (`deliver`) and advances the `checkpoint` over what was acknowledged.
-//! `input` relays operator input to the agent; `events` is the telemetry;
-//! `app` wires it all for `main`.
+//! bounded `queue`; `pipeline`, the sink loop, renders (`render`), batches and
+//! delivers (`deliver`, behind its `Sink` trait) and advances the run state
+//! (`state`: checkpoint, delivered journal, kept backlog) over what was
+//! acknowledged. `input` relays operator input to the agent; `events` is the
+//! telemetry; `app` wires `watcher run` for `main`, `cli` holds the other
+//! subcommands.
 
 pub mod app;
 pub mod cli;

@@ -1,6 +1,10 @@
-//! The sink loop: records from the queue are rendered, batched and delivered,
-//! acknowledgements advance the checkpoint, and the session ends with exactly
-//! one summary.
+//! The sink loop: records from the queue are rendered, batched and delivered
+//! to a [`Sink`] (the run's webhook, a console, `watcher render`'s printer),
+//! acknowledgements advance the run state ([`RunStore`]), and the session ends
+//! with exactly one summary. The loop holds no shared state: what it holds
+//! unacknowledged is published on a watch channel, telemetry goes through the
+//! [`DeliveryObserver`]. Idle, it sleeps until a record, a checkpoint write,
+//! an idle completion, a dead letter's retry or shutdown is due.
 //!
 //! Liveness: the loop beats its heartbeat on every turn, and every long wait in
 //! it declares its bound (a send, with its permit waits, attempts, retries and
@@ -11,7 +15,9 @@
 //! Shutdown: one deadline, fixed when shutdown starts ([`Drain`]), is split in
 //! three stages: the backlog (the send in flight included, cut at the stage's
 //! end), the summary, and bot-bridge's `complete`; each later stage keeps its
-//! share whatever the earlier ones were doing.
+//! share whatever the earlier ones were doing. What the backlog's share could
+//! not deliver is handed to bot-bridge with the summary, or kept in
+//! `STATE_DIR/backlog.jsonl` for the next start (issue 18).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
