@@ -234,6 +234,30 @@ impl Dlq {
         Ok(out)
     }
 
+    /// The oldest readable entry `worth` accepts: its file, its index there
+    /// (counting non-empty lines) and the entry. Reads no further than it.
+    pub fn first(
+        &self,
+        worth: impl Fn(&DlqEntry) -> bool,
+    ) -> Result<Option<(PathBuf, usize, DlqEntry)>, DlqError> {
+        for path in self.files()? {
+            let f = File::open(&path).map_err(io(&path))?;
+            let lines = BufReader::new(f).lines();
+            for (index, line) in lines
+                .map_while(Result::ok)
+                .filter(|l| !l.trim().is_empty())
+                .enumerate()
+            {
+                if let Ok(entry) = serde_json::from_str::<DlqEntry>(&line) {
+                    if worth(&entry) {
+                        return Ok(Some((path, index, entry)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Rewrites `path` without its `index`th entry (counting non-empty lines),
     /// atomically; removes the file when nothing is left.
     pub fn remove_at(&self, path: &Path, index: usize) -> Result<(), DlqError> {
@@ -294,6 +318,44 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// The background retry takes the oldest entry worth it, skipping the
+    /// ones that wait for a person, and removes exactly that one.
+    #[test]
+    fn the_first_retryable_entry_is_found_and_removed_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dlq = Dlq::open(dir.path(), 1 << 20).unwrap();
+        for (i, reason) in [
+            DlqReason::Rejected,
+            DlqReason::RetriesExhausted,
+            DlqReason::RetriesExhausted,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let e = DlqEntry::new(
+                &msg(&format!("m{i}")),
+                reason,
+                "x".into(),
+                1,
+                SystemTime::now(),
+            );
+            dlq.append(&e).unwrap();
+        }
+        let worth = |e: &DlqEntry| e.reason != DlqReason::Rejected;
+        let (path, index, entry) = dlq.first(worth).unwrap().unwrap();
+        assert_eq!((index, entry.payload.content.as_deref()), (1, Some("m1")));
+        dlq.remove_at(&path, index).unwrap();
+        let left: Vec<_> = dlq
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.unwrap().payload.content.unwrap())
+            .collect();
+        assert_eq!(left, ["m0", "m2"]);
+        let (_, index, entry) = dlq.first(worth).unwrap().unwrap();
+        assert_eq!((index, entry.payload.content.as_deref()), (1, Some("m2")));
     }
 
     #[test]

@@ -485,26 +485,12 @@ impl<T: Transport> WebhookSender<T> {
     fn next_redeliverable(
         &self,
     ) -> Result<Option<(std::path::PathBuf, usize, DlqEntry)>, super::dlq::DlqError> {
-        let mut index = 0usize;
-        let mut file: Option<std::path::PathBuf> = None;
-        for (path, entry) in self.dlq.entries()? {
-            if file.as_ref() != Some(&path) {
-                file = Some(path.clone());
-                index = 0;
-            }
-            let here = index;
-            index += 1;
-            let Ok(entry) = entry else { continue };
-            let worth = match entry.reason {
-                DlqReason::Rejected => false,
-                DlqReason::RetriesExhausted => true,
-                DlqReason::WebhookGone => self.bridge.is_some(),
-            };
-            if worth {
-                return Ok(Some((path, here, entry)));
-            }
-        }
-        Ok(None)
+        let reprovisions = self.bridge.is_some();
+        self.dlq.first(|entry| match entry.reason {
+            DlqReason::Rejected => false,
+            DlqReason::RetriesExhausted => true,
+            DlqReason::WebhookGone => reprovisions,
+        })
     }
 
     async fn reprovision(&mut self) -> Result<(), String> {
