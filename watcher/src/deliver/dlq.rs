@@ -113,6 +113,17 @@ impl DlqEntry {
     }
 
     /// The message to re-send, with its files restored.
+    /// Whether retrying may help once the cause passed: not for a 400
+    /// (kept for a person); for a gone webhook only where bot-bridge can
+    /// re-provision it (`reprovisions`).
+    pub fn retryable(&self, reprovisions: bool) -> bool {
+        match self.reason {
+            DlqReason::Rejected => false,
+            DlqReason::RetriesExhausted => true,
+            DlqReason::WebhookGone => reprovisions,
+        }
+    }
+
     pub fn message(&self) -> WebhookMessage {
         let mut msg = self.payload.clone();
         msg.files = self
@@ -256,6 +267,26 @@ impl Dlq {
             }
         }
         Ok(None)
+    }
+
+    /// Up to `max` entries worth retrying ([`DlqEntry::retryable`]), oldest
+    /// first, with their files.
+    pub fn retryable(&self, max: usize, reprovisions: bool) -> Result<Vec<DlqEntry>, DlqError> {
+        let mut found = Vec::new();
+        for path in self.files()? {
+            let f = File::open(&path).map_err(io(&path))?;
+            for line in BufReader::new(f).lines().map_while(Result::ok) {
+                if found.len() >= max {
+                    return Ok(found);
+                }
+                if let Ok(entry) = serde_json::from_str::<DlqEntry>(&line) {
+                    if entry.retryable(reprovisions) {
+                        found.push(entry);
+                    }
+                }
+            }
+        }
+        Ok(found)
     }
 
     /// Rewrites `path` without its `index`th entry (counting non-empty lines),

@@ -45,6 +45,16 @@ pub trait Sink: Send {
         async {}
     }
 
+    /// Up to `max` dead letters worth retrying, oldest first, for a
+    /// shutdown's hand-off to bot-bridge.
+    fn retryable_dead_letters(&self, _max: usize) -> Vec<WebhookMessage> {
+        Vec::new()
+    }
+
+    /// The first `n` of [`Sink::retryable_dead_letters`] were handed over:
+    /// they leave the DLQ.
+    fn forget_dead_letters(&mut self, _n: usize) {}
+
     /// Sees each event as it is rendered (a console shows it as a line).
     fn event(&mut self, _ev: &Event) {}
 

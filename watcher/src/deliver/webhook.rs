@@ -486,11 +486,7 @@ impl<T: Transport> WebhookSender<T> {
         &self,
     ) -> Result<Option<(std::path::PathBuf, usize, DlqEntry)>, super::dlq::DlqError> {
         let reprovisions = self.bridge.is_some();
-        self.dlq.first(|entry| match entry.reason {
-            DlqReason::Rejected => false,
-            DlqReason::RetriesExhausted => true,
-            DlqReason::WebhookGone => reprovisions,
-        })
+        self.dlq.first(|entry| entry.retryable(reprovisions))
     }
 
     async fn reprovision(&mut self) -> Result<(), String> {
@@ -560,6 +556,36 @@ impl<T: Transport> super::Sink for WebhookSender<T> {
 
     async fn redeliver(&mut self) {
         self.redeliver_one().await;
+    }
+
+    fn retryable_dead_letters(&self, max: usize) -> Vec<WebhookMessage> {
+        let reprovisions = self.bridge.is_some();
+        match self.dlq.retryable(max, reprovisions) {
+            Ok(found) => found.iter().map(DlqEntry::message).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the DLQ for the hand-off");
+                Vec::new()
+            }
+        }
+    }
+
+    fn forget_dead_letters(&mut self, n: usize) {
+        let reprovisions = self.bridge.is_some();
+        for _ in 0..n {
+            let removed =
+                self.dlq
+                    .first(|e| e.retryable(reprovisions))
+                    .and_then(|found| match found {
+                        Some((path, index, _)) => self.dlq.remove_at(&path, index),
+                        None => Ok(()),
+                    });
+            if let Err(e) = removed {
+                // Left in place it is delivered twice (by bot-bridge and by a
+                // later start): a duplicate, not a loss.
+                self.observer.write_failed(StateFile::Dlq, &e);
+                return;
+            }
+        }
     }
 
     async fn send(&mut self, msg: &WebhookMessage, acquired: bool) -> Sent {

@@ -40,6 +40,10 @@ use crate::transcript::EventKind;
 /// How often the checkpoint may be written (DESIGN.md: at most every 250 ms).
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// At most this many dead letters go with a shutdown's hand-off (the rest
+/// stay in the DLQ for the next start).
+pub const HANDOFF_DEAD_LETTERS: usize = 500;
+
 /// How often an idle loop still turns, to beat its heartbeat (liveness allows
 /// 30 s of silence). Everything else it waits for wakes it: a record, the
 /// checkpoint's next write, the idle-completion deadline, the next retry of
@@ -287,6 +291,8 @@ impl<S: Sink> Pipeline<S> {
                 // not in a drain (the budget is the live backlog's).
                 let redeliver_due = self.sink.redeliver_due().filter(|_| !draining);
                 tokio::select! {
+                    // Live records first: dead letters wait for a quiet moment.
+                    biased;
                     rec = rx.recv() => match rec {
                         Some(r) => self.absorb(r),
                         None => break,
@@ -665,6 +671,14 @@ impl<S: Sink> Pipeline<S> {
         let mut with_summary = Batcher::new(1, None);
         with_summary.push(summary);
         let summary = with_summary.next_batch();
+        // Dead letters worth retrying go first, in their order: they are
+        // older than anything still batched.
+        let dead = if self.handoff.is_some() {
+            self.sink.retryable_dead_letters(HANDOFF_DEAD_LETTERS)
+        } else {
+            Vec::new()
+        };
+        let dead_seqs = self.state.take_seqs(dead.len());
         let seqs = self.state.take_seqs(rest.len() + 1);
         // The sequence numbers are saved before they are used.
         self.save();
@@ -680,11 +694,20 @@ impl<S: Sink> Pipeline<S> {
         if let (Some(handoff), Some(summary), Some(deadline)) =
             (self.handoff.as_mut(), summary.as_ref(), drain.deadline())
         {
-            let mut all = kept.clone();
+            let mut all: Vec<Kept> = dead
+                .iter()
+                .zip(dead_seqs)
+                .map(|(payload, seq)| Kept {
+                    seq,
+                    payload: payload.clone(),
+                })
+                .collect();
+            all.extend(kept.iter().cloned());
             all.push(Kept {
                 seq: seqs.end - 1,
                 payload: summary.message.clone(),
             });
+            let messages = all.len();
             // Half of what is left for the summary: the other half posts it
             // live if bot-bridge does not take it.
             let plan = drain.plan(deadline, self.observer.latency_estimate());
@@ -693,11 +716,13 @@ impl<S: Sink> Pipeline<S> {
             let stats = self.renderer.stats().clone();
             match tokio::time::timeout_at(bound, handoff(all, stats)).await {
                 Ok(Ok(())) => {
-                    self.observer.handoff("accepted", messages + 1);
+                    self.observer.handoff("accepted", messages);
                     tracing::info!(
-                        messages = messages + 1,
+                        messages,
+                        dead_letters = dead.len(),
                         "shutdown: handed the rest and the summary to bot-bridge, which delivers them and completes the run"
                     );
+                    self.sink.forget_dead_letters(dead.len());
                     self.acknowledge(&rest);
                     self.state.set_summary_posted(true);
                     self.on_complete = None;
@@ -705,11 +730,11 @@ impl<S: Sink> Pipeline<S> {
                     return true;
                 }
                 Ok(Err(e)) => {
-                    self.observer.handoff("failed", messages + 1);
+                    self.observer.handoff("failed", messages);
                     tracing::warn!(error = %e, "shutdown: bot-bridge did not take the hand-off");
                 }
                 Err(_) => {
-                    self.observer.handoff("failed", messages + 1);
+                    self.observer.handoff("failed", messages);
                     tracing::warn!("shutdown: bot-bridge did not answer the hand-off in time");
                 }
             }

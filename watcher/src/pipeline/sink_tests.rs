@@ -518,6 +518,28 @@ const BUSY_BUDGET: Duration = Duration::from_secs(5);
 
 async fn busy_end(handed: Option<Arc<Mutex<Vec<Kept>>>>) -> BusyEnd {
     let dir = tempfile::tempdir().unwrap();
+    // An earlier outage left a dead letter worth retrying, and a 400.
+    let mut dlq = Dlq::open(dir.path(), 1 << 20).unwrap();
+    for (text, reason) in [
+        (
+            "dead-retry",
+            crate::deliver::dlq::DlqReason::RetriesExhausted,
+        ),
+        ("dead-400", crate::deliver::dlq::DlqReason::Rejected),
+    ] {
+        let msg = WebhookMessage {
+            content: Some(text.into()),
+            ..WebhookMessage::default()
+        };
+        let entry = crate::deliver::dlq::DlqEntry::new(
+            &msg,
+            reason,
+            "x".into(),
+            1,
+            std::time::SystemTime::now(),
+        );
+        dlq.append(&entry).unwrap();
+    }
     let latency = Duration::from_millis(400);
     let observer = Arc::new(Counts {
         latency,
@@ -563,6 +585,18 @@ async fn a_shutdown_hands_the_rest_to_bot_bridge_with_the_summary_last() {
     assert_eq!(end.discord.max_in_flight(), 1, "one request at a time");
     let handed = handed.lock().unwrap().clone();
     assert!(!handed.is_empty());
+    // The dead letter worth retrying went first; the 400 stays for a person.
+    let first = serde_json::to_string(&handed[0].payload).unwrap();
+    assert!(first.contains("dead-retry"), "{first}");
+    let left = Dlq::open(end.dir.path(), 1 << 20)
+        .unwrap()
+        .entries()
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].1.as_ref().unwrap().payload.content.as_deref(),
+        Some("dead-400")
+    );
     assert!(handed.windows(2).all(|w| w[0].seq < w[1].seq));
     let last = serde_json::to_string(&handed.last().unwrap().payload).unwrap();
     assert!(last.contains("Run complete"), "summary last: {last}");
