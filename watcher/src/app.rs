@@ -1,30 +1,28 @@
-//! Wiring: config → telemetry → ops server → ingest → render → deliver →
-//! checkpoint, and the subcommands. `main.rs` only parses and calls in here.
+//! Wiring for `watcher run`: config → telemetry → ops server → ingest →
+//! the sink loop (render → deliver → run state). The other subcommands are in
+//! [`crate::cli`]; `main.rs` only parses and calls in here.
 
-use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-use discord::embed::WebhookMessage;
 use ops::health::{Health, Status};
 use ops::telemetry::{LogTarget, TelemetryConfig};
 use ops::{Metrics, Shutdown};
 use tokio::time::Instant;
 
 use crate::checkpoint::CheckpointStore;
-use crate::config::{Config, DlqCommand, RenderFormat, SinkConfig, StartAt};
-use crate::deliver::batch::{Batcher, Unit};
+use crate::config::{Config, SinkConfig, StartAt};
 use crate::deliver::bridge::{BridgeClient, ProvisionOutcome, Provisioned, RunRequest};
 use crate::deliver::dlq::Dlq;
-use crate::deliver::webhook::{Sent, WebhookSender};
-use crate::deliver::{DeliveryObserver, NoopObserver};
+use crate::deliver::webhook::{SenderConfig, WebhookSender};
+use crate::deliver::{ConsoleSink, DeliveryObserver};
 use crate::delivered::{Delivered, DeliveredLog};
 use crate::events::{SinkVerdict, Telemetry, WatcherMetrics};
 use crate::ingest::{IngestConfig, IngestObserver};
-use crate::render::{console, CostTable, Filters, RenderConfig, Renderer, RunInfo};
+use crate::pipeline::{Pipeline, PipelineConfig};
+use crate::render::{CostTable, Filters, RenderConfig, Renderer, RunInfo};
+use crate::state::RunStore;
 use crate::tail::TailConfig;
-use crate::transcript::decode::{Decoder, DecoderConfig};
-use crate::transcript::{LinePos, Source};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -57,7 +55,7 @@ impl AppError {
     }
 }
 
-fn init_telemetry(
+pub(crate) fn init_telemetry(
     cfg: &Config,
     target: LogTarget,
 ) -> Result<ops::telemetry::TelemetryGuard, AppError> {
@@ -70,7 +68,7 @@ fn init_telemetry(
     })?)
 }
 
-fn render_config(cfg: &Config) -> Result<RenderConfig, AppError> {
+pub(crate) fn render_config(cfg: &Config) -> Result<RenderConfig, AppError> {
     let filters = match &cfg.filters {
         Some(f) => {
             Filters::from_json(f).map_err(|e| AppError::Config(format!("invalid FILTERS: {e}")))?
@@ -96,288 +94,7 @@ fn render_config(cfg: &Config) -> Result<RenderConfig, AppError> {
     })
 }
 
-fn now_rfc3339() -> String {
-    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
-}
-
-/// `watcher check-config`: prints the effective configuration, secrets redacted.
-pub fn check_config(cfg: &Config) -> Result<(), AppError> {
-    let text = serde_json::to_string_pretty(cfg).map_err(|e| AppError::Other(e.to_string()))?;
-    println!("{text}");
-    Ok(())
-}
-
-/// `watcher render FILE`: what would be posted, without posting it. Like the
-/// live watcher, the session's subagent files (`<session>/subagents/`, any
-/// depth, and flat `agent-*.jsonl` of the session) are rendered too, after
-/// the session file, so counts and cost match a live run.
-pub async fn render_file(cfg: &Config, file: &Path, format: RenderFormat) -> Result<(), AppError> {
-    use std::io::BufRead;
-    let mut files = vec![(file.to_path_buf(), Source::Main)];
-    if let Some(dir) = file.parent() {
-        let dir = if dir.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            dir
-        };
-        for f in crate::discover::SubagentScanner::default().scan(dir, file) {
-            let source = Source::Subagent {
-                description: crate::discover::meta_description(&f.path),
-                agent_id: Some(f.agent_id),
-                workflow: f.workflow,
-            };
-            files.push((f.path, source));
-        }
-    }
-    let mut renderer = Renderer::new(render_config(cfg)?);
-    let mut decoder = Decoder::new(DecoderConfig {
-        dedupe_capacity: 1_000_000,
-    });
-    let color = matches!(format, RenderFormat::Text)
-        && std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let mut batcher = Batcher::new(cfg.batch_size, None);
-    let mut line = Vec::new();
-    let mut first_ts: Option<String> = None;
-    let mut last_ts: Option<String> = None;
-    let mut out = std::io::stdout().lock();
-    use std::io::Write;
-    let started = now_rfc3339();
-    if matches!(format, RenderFormat::Json) {
-        batcher.push(unit(vec![renderer.header(&started)], vec![], None));
-    }
-    for (file, source) in &files {
-        let f = match crate::tail::open_regular(file) {
-            Ok(crate::tail::Opened::File(f, _)) => f,
-            Ok(crate::tail::Opened::NotRegular) => {
-                eprintln!("watcher: {}: not a regular file; skipped", file.display());
-                continue;
-            }
-            Err(e) => return Err(AppError::Io(format!("cannot open {}: {e}", file.display()))),
-        };
-        let file_name: Arc<str> = Arc::from(file.display().to_string());
-        let mut offset = 0u64;
-        let mut reader = std::io::BufReader::new(f);
-        loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(|e| AppError::Io(format!("cannot read {}: {e}", file.display())))?;
-            if n == 0 {
-                break;
-            }
-            let pos = LinePos {
-                file: file_name.clone(),
-                start: offset,
-                end: offset + n as u64,
-            };
-            offset += n as u64;
-            let raw = line.strip_suffix(b"\n").unwrap_or(&line);
-            let events = match decoder.decode_line(raw, &pos, source) {
-                Ok(evs) => {
-                    if let Some(s) = decoder.last_skip() {
-                        eprintln!(
-                            "watcher: {}:{}: dropped a record of the wrong shape ({})",
-                            file.display(),
-                            pos.start,
-                            s.reason()
-                        );
-                    }
-                    evs
-                }
-                Err(e) => {
-                    eprintln!(
-                        "watcher: {}:{}: skipped line ({})",
-                        file.display(),
-                        pos.start,
-                        e.reason()
-                    );
-                    continue;
-                }
-            };
-            for ev in &events {
-                if let Some(ts) = &ev.timestamp {
-                    first_ts.get_or_insert_with(|| ts.clone());
-                    last_ts = Some(ts.clone());
-                }
-                match format {
-                    RenderFormat::Text => {
-                        renderer.render(ev);
-                        if let Some(l) = console::line(ev, color) {
-                            let _ = writeln!(out, "{l}");
-                        }
-                    }
-                    RenderFormat::Json => {
-                        let r = renderer.render(ev);
-                        if !r.embeds.is_empty() || !r.files.is_empty() {
-                            batcher.push(unit(r.embeds, r.files, None));
-                        }
-                    }
-                }
-            }
-        }
-    }
-    let ended = last_ts.unwrap_or_else(now_rfc3339);
-    match format {
-        RenderFormat::Text => {
-            let _ = writeln!(out, "{}", console::summary_line(renderer.stats(), color));
-        }
-        RenderFormat::Json => {
-            batcher.push(unit(vec![renderer.summary(&ended)], vec![], None));
-            while let Some(mut b) = batcher.next_batch() {
-                discord::truncate::fit_message(&mut b.message);
-                let json = serde_json::to_string(&b.message)
-                    .map_err(|e| AppError::Other(e.to_string()))?;
-                let _ = writeln!(out, "{json}");
-            }
-        }
-    }
-    Ok(())
-}
-
-fn unit(
-    embeds: Vec<discord::embed::Embed>,
-    files: Vec<discord::embed::Attachment>,
-    pos: Option<LinePos>,
-) -> Unit {
-    Unit {
-        embeds,
-        files,
-        pos,
-        read_at: Instant::now(),
-    }
-}
-
-/// `watcher dlq list|replay`.
-pub async fn dlq(cfg: &Config, cmd: DlqCommand) -> Result<(), AppError> {
-    let dlq =
-        Dlq::open(&cfg.state_dir, cfg.dlq_max_bytes).map_err(|e| AppError::State(e.to_string()))?;
-    let entries = dlq.entries().map_err(|e| AppError::State(e.to_string()))?;
-    match cmd {
-        DlqCommand::List => {
-            for (path, entry) in &entries {
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                match entry {
-                    Ok(e) => println!(
-                        "{name}\t{}\t{} embeds\tattempts={}\tlast_error_at={}\t{}",
-                        e.reason.as_str(),
-                        e.payload.embeds.len(),
-                        e.attempts,
-                        e.last_error_at,
-                        e.error.chars().take(160).collect::<String>()
-                    ),
-                    Err(err) => println!("{name}\tunreadable\t{err}"),
-                }
-            }
-            eprintln!(
-                "{} dead-lettered message(s) in {}",
-                entries.len(),
-                dlq.dir().display()
-            );
-            Ok(())
-        }
-        DlqCommand::Replay => replay(cfg, dlq).await,
-    }
-}
-
-async fn replay(cfg: &Config, dlq: Dlq) -> Result<(), AppError> {
-    let _guard = init_telemetry(cfg, LogTarget::Stderr)?;
-    let target = match &cfg.sink {
-        SinkConfig::Webhook { url } => url.clone(),
-        SinkConfig::Bridge { url, token } => {
-            let bridge = BridgeClient::new(url.clone(), token.clone(), run_request(cfg))
-                .map_err(|e| AppError::Other(e.to_string()))?;
-            bridge
-                .provision()
-                .await
-                .map_err(|e| AppError::Other(e.to_string()))?
-                .webhook
-        }
-        SinkConfig::Console => {
-            return Err(AppError::Config(
-                "dlq replay needs DISCORD_WEBHOOK_URL or BRIDGE_URL to send to".into(),
-            ))
-        }
-    };
-    let client = discord::webhook::WebhookClient::new(Duration::from_secs(15))
-        .map_err(|e| AppError::Other(e.to_string()))?;
-    let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
-        global_per_second: 50,
-        channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
-        channel_window: cfg.channel_window,
-    });
-    // Failures during replay are not re-queued into the DLQ being replayed: a
-    // scratch DLQ keeps them apart and the original entry stays in place.
-    let scratch = tempfile_dir(&cfg.state_dir)?;
-    let scratch_dlq =
-        Dlq::open(&scratch, cfg.dlq_max_bytes).map_err(|e| AppError::State(e.to_string()))?;
-    let mut sender = WebhookSender::new(
-        client,
-        limiter,
-        target,
-        None,
-        None,
-        ops::Backoff::default(),
-        Duration::from_secs(60),
-        scratch_dlq,
-        Arc::new(NoopObserver),
-    );
-    let mut replayed = 0usize;
-    let mut failed = false;
-    'files: for path in dlq.files().map_err(|e| AppError::State(e.to_string()))? {
-        let entries: Vec<_> = dlq
-            .entries()
-            .map_err(|e| AppError::State(e.to_string()))?
-            .into_iter()
-            .filter(|(p, _)| *p == path)
-            .collect();
-        for (_, entry) in entries {
-            let Ok(entry) = entry else {
-                eprintln!(
-                    "watcher: {}: unreadable entry left in place",
-                    path.display()
-                );
-                failed = true;
-                break 'files;
-            };
-            let msg: WebhookMessage = entry.message();
-            match sender.send(&msg, false).await {
-                Sent::Delivered => {
-                    dlq.remove_head(&path, 1)
-                        .map_err(|e| AppError::State(e.to_string()))?;
-                    replayed += 1;
-                }
-                Sent::DeadLettered(reason) => {
-                    eprintln!(
-                        "watcher: replay stopped: message failed again ({})",
-                        reason.as_str()
-                    );
-                    failed = true;
-                    break 'files;
-                }
-            }
-        }
-    }
-    let _ = std::fs::remove_dir_all(&scratch);
-    eprintln!("replayed {replayed} message(s)");
-    if failed {
-        Err(AppError::Other(format!(
-            "replay incomplete after {replayed} message(s); the rest stays in the DLQ"
-        )))
-    } else {
-        Ok(())
-    }
-}
-
-fn tempfile_dir(state_dir: &Path) -> Result<std::path::PathBuf, AppError> {
-    let p = state_dir.join(format!(".replay-{}", std::process::id()));
-    std::fs::create_dir_all(&p).map_err(|e| AppError::State(format!("{}: {e}", p.display())))?;
-    Ok(p)
-}
-
-fn run_request(cfg: &Config) -> RunRequest {
+pub(crate) fn run_request(cfg: &Config) -> RunRequest {
     let fallback = || cfg.run_id.clone().unwrap_or_else(|| "run".to_owned());
     RunRequest {
         task_id: cfg.task_id.clone().unwrap_or_else(fallback),
@@ -436,9 +153,6 @@ const PROVISION_REFUSED_RETRY: ops::Backoff = ops::Backoff {
     base: Duration::from_secs(1),
     cap: Duration::from_secs(30),
 };
-
-/// How long one webhook request may take.
-const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Provisions the run's webhook from bot-bridge, retrying with backoff while it
 /// is unavailable (transcript events wait in the bounded queue and the file).
@@ -534,35 +248,55 @@ fn set_input_secret(
     }
 }
 
+/// Keeps operator input signed with the secret of the run's current webhook:
+/// each re-provisioning the sender publishes replaces the secret and run id
+/// the input listener checks.
+fn follow_provisioning(
+    mut provisioned: tokio::sync::watch::Receiver<Option<Provisioned>>,
+    secret: crate::input::SharedSecret,
+    run_id: crate::input::SharedRunId,
+) {
+    tokio::spawn(async move {
+        while provisioned.changed().await.is_ok() {
+            let latest = provisioned.borrow_and_update().clone();
+            if let Some(p) = latest {
+                set_input_secret(&secret, &run_id, &p);
+            }
+        }
+    });
+}
+
 /// Keeps the sink's health current: `/readyz`'s `sink` check, `/healthz`'s
 /// data, `watcher_sink_up` and `watcher_oldest_pending_age_seconds`, from
 /// what the delivery stage reported ([`crate::events::SinkTrack`]), what the
-/// pipeline holds and what waits in the queue.
+/// sink loop holds (`pending`, published as it changes) and what waits in the
+/// queue. While something is pending or the sink is in trouble it refreshes
+/// every [`WATCHDOG_TICK`] (an age grows, a verdict turns with time); idle, it
+/// sleeps until the loop holds something again.
 fn spawn_sink_watchdog(
-    state: Arc<std::sync::Mutex<crate::pipeline::SinkState>>,
+    mut pending: tokio::sync::watch::Receiver<Option<Instant>>,
     queue: crate::queue::QueueProbe,
     component: ops::health::Component,
     telemetry: Arc<Telemetry>,
     unhealthy_after: Duration,
 ) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(200));
         loop {
-            tick.tick().await;
             let now = Instant::now();
-            let held = state.lock().ok().and_then(|s| s.oldest_unacked);
+            let held = *pending.borrow_and_update();
             let oldest = match (held, queue.oldest()) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             let age = oldest.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
             telemetry.metrics.oldest_pending_age.set(age);
-            let (verdict, last_wall, sending) = {
+            let (verdict, last_wall, sending, calm) = {
                 let track = telemetry.sink();
                 (
                     track.verdict(now, unhealthy_after),
                     track.last_success_wall.clone(),
                     track.attempt_started.is_some(),
+                    track.trouble_since.is_none() && track.no_channel.is_none(),
                 )
             };
             component.set_data(serde_json::json!({
@@ -585,9 +319,28 @@ fn spawn_sink_watchdog(
                 }
                 SinkVerdict::NoChannel(why) | SinkVerdict::Failing(why) => component.failed(why),
             }
+            let idle = oldest.is_none() && calm;
+            let wait = if idle { WATCHDOG_IDLE } else { WATCHDOG_TICK };
+            tokio::select! {
+                changed = pending.changed() => {
+                    if changed.is_err() {
+                        // The sink loop ended; its last state stays shown.
+                        return;
+                    }
+                }
+                () = tokio::time::sleep(wait) => {}
+            }
         }
     });
 }
+
+/// How often the sink watchdog refreshes while something is pending.
+const WATCHDOG_TICK: Duration = Duration::from_millis(200);
+
+/// How often it refreshes while the sink is idle and well (the queue may
+/// still hold a record the loop has not taken: it takes it at once, and
+/// publishes what it then holds).
+const WATCHDOG_IDLE: Duration = Duration::from_secs(10);
 
 /// The watcher's routes, pre-registered in `http_server_requests_total` so an
 /// error-ratio `rate()` sees a series from start-up, not from the first request.
@@ -719,6 +472,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let (delivered_log, delivered) = open_delivered(&cfg.state_dir, checkpoint.as_mut())?;
 
     let (tx, rx) = crate::queue::bounded(cfg.queue_max_events, cfg.queue_max_bytes);
+    let drain_for_sink = drain.clone();
     let ingest_stop = Shutdown::new();
     let ingest_cfg = IngestConfig {
         transcript_path: cfg.transcript_path.clone(),
@@ -747,9 +501,12 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     ));
 
     let renderer = Renderer::new(render_config(&cfg)?);
-    let sink_state = Arc::new(std::sync::Mutex::new(crate::pipeline::SinkState::default()));
+    let run_store = RunStore::on_disk(store, delivered_log, checkpoint.unwrap_or_default());
+    // The watchdog runs from here, provisioning included: records wait in
+    // the queue for a channel, and their age shows.
+    let pending = tokio::sync::watch::Sender::new(None);
     spawn_sink_watchdog(
-        sink_state.clone(),
+        pending.subscribe(),
         rx.probe(),
         sink_health.clone(),
         telemetry.clone(),
@@ -772,6 +529,8 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                 .map_err(|e| AppError::Other(e.to_string()))?
                 .with_observer(observer);
             telemetry.no_channel(Some("no channel yet: provisioning from bot-bridge".into()));
+            // The watchdog is not running yet: /readyz shows provisioning's
+            // state, which it sets itself.
             let Some(p) =
                 provision_until_ready(&bridge, &telemetry, &sink_health, &heartbeat, &shutdown)
                     .await
@@ -795,64 +554,77 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             Some((p.webhook, Some(bridge)))
         }
     };
-    let sink = match remote {
-        None => crate::pipeline::Sink::Console {
-            color: std::io::IsTerminal::is_terminal(&std::io::stdout()),
-        },
+    let pipeline_cfg = PipelineConfig::from_config(&cfg);
+    let observer: Arc<dyn DeliveryObserver> = telemetry.clone();
+    let sink_task = match remote {
+        None => {
+            let sink = ConsoleSink::new(std::io::IsTerminal::is_terminal(&std::io::stdout()));
+            let pipeline =
+                Pipeline::new(pipeline_cfg, renderer, run_store, sink, observer, heartbeat)
+                    .publish_pending_on(pending);
+            tokio::spawn(async move {
+                pipeline.run(rx, drain_for_sink).await;
+            })
+        }
         Some((target, bridge)) => {
-            let client = discord::webhook::WebhookClient::new(WEBHOOK_TIMEOUT)
-                .map_err(|e| AppError::Other(e.to_string()))?;
-            let limiter = discord::ratelimit::Limiter::new(discord::ratelimit::LimiterConfig {
-                global_per_second: 50,
-                channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
-                channel_window: cfg.channel_window,
-            });
             let dlq = Dlq::open(&cfg.state_dir, cfg.dlq_max_bytes)
                 .map_err(|e| AppError::State(e.to_string()))?;
-            let observer: Arc<dyn DeliveryObserver> = telemetry.clone();
-            let secret = input_secret.clone();
-            let run_id = input_run_id.clone();
-            let on_provisioned: crate::deliver::webhook::OnProvisioned =
-                Arc::new(move |p: &Provisioned| set_input_secret(&secret, &run_id, p));
-            crate::pipeline::Sink::Webhook(Box::new(WebhookSender::new(
-                client,
-                limiter,
+            let sender = WebhookSender::new(
+                &SenderConfig::from_config(&cfg),
                 target,
                 bridge,
-                Some(on_provisioned),
-                crate::deliver::webhook::RETRY_BACKOFF,
-                cfg.delivery_max_elapsed,
                 dlq,
+                observer.clone(),
+            )
+            .map_err(|e| AppError::Other(e.to_string()))?;
+            follow_provisioning(
+                sender.provisioned(),
+                input_secret.clone(),
+                input_run_id.clone(),
+            );
+            let mut pipeline = Pipeline::new(
+                pipeline_cfg,
+                renderer,
+                run_store,
+                sender,
                 observer,
-            )))
+                heartbeat,
+            )
+            .publish_pending_on(pending);
+            if let Some((bridge, run_id)) = bridge_run {
+                let (handoff_bridge, handoff_run) = (bridge.clone(), run_id.clone());
+                pipeline = pipeline.hand_off_to(Box::new(move |kept, stats| {
+                    let (bridge, run_id) = (handoff_bridge.clone(), handoff_run.clone());
+                    Box::pin(async move {
+                        let messages: Vec<_> =
+                            kept.into_iter().map(|k| (k.seq, k.payload)).collect();
+                        let summary = serde_json::to_value(stats).unwrap_or_default();
+                        let answer = bridge
+                            .handoff(&run_id, &messages, &summary)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        tracing::info!(run_id = %run_id, accepted = answer.accepted, duplicates = answer.duplicates, pending = answer.pending, "bot-bridge took the hand-off");
+                        Ok(())
+                    })
+                }));
+                pipeline = pipeline.on_complete(Box::new(move |stats| {
+                    Box::pin(async move {
+                        let summary = serde_json::to_value(stats).unwrap_or_default();
+                        match bridge.complete(&run_id, &summary).await {
+                            Ok(()) => tracing::info!(run_id = %run_id, "run completed at bot-bridge"),
+                            Err(e) => {
+                                tracing::warn!(run_id = %run_id, error = %e, "could not report completion to bot-bridge")
+                            }
+                        }
+                    })
+                }));
+            }
+            tokio::spawn(async move {
+                pipeline.run(rx, drain_for_sink).await;
+            })
         }
     };
-    let mut pipeline = crate::pipeline::Pipeline::new(
-        renderer,
-        Batcher::new(cfg.batch_size, None),
-        store,
-        delivered_log,
-        checkpoint.unwrap_or_default(),
-        sink,
-        telemetry.clone(),
-        sink_state,
-        heartbeat,
-        cfg.idle_complete_after,
-    );
-    pipeline.send_bound = cfg.delivery_max_elapsed + crate::pipeline::SEND_SLACK;
-    if let Some((bridge, run_id)) = bridge_run {
-        pipeline.on_complete = Some(Box::new(move |summary| {
-            Box::pin(async move {
-                match bridge.complete(&run_id, &summary).await {
-                    Ok(()) => tracing::info!(run_id = %run_id, "run completed at bot-bridge"),
-                    Err(e) => {
-                        tracing::warn!(run_id = %run_id, error = %e, "could not report completion to bot-bridge")
-                    }
-                }
-            })
-        }));
-    }
-    let mut sink_task = tokio::spawn(pipeline.run(rx, drain.clone()));
+    let mut sink_task = sink_task;
 
     // Run until SIGTERM/SIGINT, or until the pipeline ends on its own.
     let mut ingest = ingest;

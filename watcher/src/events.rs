@@ -62,6 +62,8 @@ pub struct WatcherMetrics {
     pub oldest_pending_age: Gauge,
     pub provision_attempts: IntCounterVec,
     pub state_write_errors: IntCounterVec,
+    pub handoffs: IntCounterVec,
+    pub handoff_messages: IntCounter,
 }
 
 /// The closed label sets, pre-registered so every series exists (at 0) from
@@ -90,6 +92,7 @@ const PARSE_REASONS: &[&str] = &[
     "oversize",
 ];
 const FILE_SKIP_REASONS: &[&str] = &["not_regular_file"];
+const HANDOFF_OUTCOMES: &[&str] = &["accepted", "failed", "kept"];
 const TOKEN_TYPES: &[&str] = &["input", "output", "cache_write", "cache_read"];
 const INPUT_OUTCOMES: &[&str] = &[
     "accepted",
@@ -128,6 +131,7 @@ impl WatcherMetrics {
         preregister(&metrics.skipped_records, &skips);
         preregister(&metrics.files_skipped, FILE_SKIP_REASONS);
         preregister(&metrics.tokens, TOKEN_TYPES);
+        preregister(&metrics.handoffs, HANDOFF_OUTCOMES);
         preregister(&metrics.input_requests, INPUT_OUTCOMES);
         let files: Vec<&str> = StateFile::ALL.iter().map(|f| f.as_str()).collect();
         preregister(&metrics.state_write_errors, &files);
@@ -279,8 +283,17 @@ impl WatcherMetrics {
             )?,
             state_write_errors: m.counter_vec(
                 "watcher_state_write_errors_total",
-                "Writes to STATE_DIR that failed, by file (checkpoint, delivered, dlq, input_ids).",
+                "Writes to STATE_DIR that failed, by file (checkpoint, delivered, dlq, input_ids, backlog).",
                 &["file"],
+            )?,
+            handoffs: m.counter_vec(
+                "watcher_handoff_total",
+                "Shutdowns that could not deliver their backlog in the budget, by what became of it: handed to bot-bridge (accepted), refused or unanswered (failed), kept in STATE_DIR/backlog.jsonl (kept).",
+                &["outcome"],
+            )?,
+            handoff_messages: m.counter(
+                "watcher_handoff_messages_total",
+                "Messages handed to bot-bridge or kept in STATE_DIR/backlog.jsonl at shutdown.",
             )?,
         })
     }
@@ -631,6 +644,37 @@ impl DeliveryObserver for Telemetry {
         self.metrics.truncations.with_label_values(&[field]).inc();
     }
     fn reprovisioned(&self) {}
+    fn dlq_replayed(&self) {
+        self.metrics.dlq_replayed.inc();
+    }
+    fn handoff(&self, outcome: &'static str, messages: usize) {
+        self.metrics.handoffs.with_label_values(&[outcome]).inc();
+        if outcome != "failed" {
+            self.metrics.handoff_messages.inc_by(messages as u64);
+        }
+    }
+    fn queue(&self, depth: usize, bytes: usize) {
+        self.metrics
+            .queue_depth
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        self.metrics
+            .queue_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+    fn usage(&self, usage: &crate::transcript::Usage) {
+        Telemetry::usage(self, usage);
+    }
+    fn cost(&self, usd: f64) {
+        Telemetry::cost(self, usd);
+    }
+    fn latency_estimate(&self) -> Duration {
+        let sink = self.sink();
+        let in_flight = sink
+            .attempt_started
+            .map(|t| t.elapsed())
+            .unwrap_or_default();
+        sink.recent_latency().max(in_flight)
+    }
 }
 
 impl ProvisionObserver for Telemetry {

@@ -35,10 +35,10 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Run) {
             Command::Run => watcher::app::run(cfg).await,
             Command::Render { file, format } => {
-                watcher::app::render_file(&cfg, &file, format).await
+                watcher::cli::render_file(&cfg, &file, format).await
             }
-            Command::Dlq(cmd) => watcher::app::dlq(&cfg, cmd).await,
-            Command::CheckConfig => watcher::app::check_config(&cfg),
+            Command::Dlq(cmd) => watcher::cli::dlq(&cfg, cmd).await,
+            Command::CheckConfig => watcher::cli::check_config(&cfg),
         }
     });
     match result {

@@ -410,6 +410,98 @@ impl BridgeClient {
     }
 }
 
+/// At most this many messages per hand-off request (the contract's bound).
+pub const HANDOFF_MAX_MESSAGES: usize = 1000;
+
+/// At most about this many bytes per hand-off request (the contract allows
+/// 16 MiB; the rest is room for the envelope).
+pub const HANDOFF_MAX_BYTES: usize = 15 << 20;
+
+/// One message of a hand-off: its place in the channel and the webhook body.
+#[derive(Debug, Serialize)]
+struct HandoffMessage<'a> {
+    seq: u64,
+    payload: &'a discord::embed::WebhookMessage,
+}
+
+#[derive(Debug, Serialize)]
+struct HandoffRequest<'a> {
+    messages: Vec<HandoffMessage<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    complete: Option<HandoffComplete<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct HandoffComplete<'a> {
+    summary: &'a serde_json::Value,
+}
+
+/// bot-bridge's answer to a hand-off: what it stored now, what it had.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct HandoffAnswer {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub pending: u64,
+}
+
+impl BridgeClient {
+    /// `POST /v1/runs/{run_id}/handoff`: the messages (in `seq` order) in
+    /// requests of at most [`HANDOFF_MAX_MESSAGES`] and about
+    /// [`HANDOFF_MAX_BYTES`], `complete` with the last one. Each request is
+    /// idempotent (bot-bridge drops a `seq` it has), so a retry after a lost
+    /// answer adds nothing. Answers summed.
+    pub async fn handoff(
+        &self,
+        run_id: &str,
+        messages: &[(u64, discord::embed::WebhookMessage)],
+        summary: &serde_json::Value,
+    ) -> Result<HandoffAnswer, BridgeError> {
+        let path = format!("/v1/runs/{}/handoff", urlencode(run_id));
+        let mut total = HandoffAnswer::default();
+        let chunks = handoff_chunks(messages);
+        let last = chunks.len().saturating_sub(1);
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let body = HandoffRequest {
+                messages: chunk
+                    .iter()
+                    .map(|(seq, payload)| HandoffMessage { seq: *seq, payload })
+                    .collect(),
+                complete: (i == last).then_some(HandoffComplete { summary }),
+            };
+            let resp = self.post(&path, &body).await?;
+            let answer: HandoffAnswer = resp
+                .json()
+                .await
+                .map_err(|e| BridgeError::Invalid(e.without_url().to_string()))?;
+            total.accepted += answer.accepted;
+            total.duplicates += answer.duplicates;
+            total.pending = answer.pending;
+        }
+        Ok(total)
+    }
+}
+
+/// `messages` cut into requests within the contract's bounds, in order;
+/// always at least one (possibly empty: `complete` alone).
+fn handoff_chunks(
+    messages: &[(u64, discord::embed::WebhookMessage)],
+) -> Vec<&[(u64, discord::embed::WebhookMessage)]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0usize;
+    for (i, (_, payload)) in messages.iter().enumerate() {
+        let size = serde_json::to_vec(payload).map_or(0, |v| v.len()) + 32;
+        if i > start && (i - start >= HANDOFF_MAX_MESSAGES || bytes + size > HANDOFF_MAX_BYTES) {
+            chunks.push(&messages[start..i]);
+            start = i;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    chunks.push(&messages[start..]);
+    chunks
+}
+
 /// Heartbeats `run_id` every `interval` until `stop`, so bot-bridge does not
 /// finalise it as silent. Failures are logged at debug level only: the next
 /// beat retries, and a watcher that cannot reach bot-bridge for the whole
@@ -549,5 +641,155 @@ mod tests {
         let labels: std::collections::BTreeSet<_> =
             ProvisionOutcome::ALL.iter().map(|o| o.as_str()).collect();
         assert_eq!(labels.len(), ProvisionOutcome::ALL.len());
+    }
+
+    /// A bot-bridge that implements the hand-off contract (HANDOFF.md):
+    /// owner auth, at most 1000 messages per request, seqs strictly
+    /// increasing, a seq it has is a duplicate, 202 with the counts.
+    mod handoff_server {
+        use std::collections::BTreeMap;
+        use std::sync::{Arc, Mutex};
+
+        use axum::extract::{Path, State};
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::Json;
+        use serde_json::{json, Value};
+
+        #[derive(Default)]
+        pub struct Stored {
+            pub messages: BTreeMap<u64, Value>,
+            pub requests: usize,
+            pub completes: Vec<Value>,
+        }
+
+        pub type Shared = Arc<Mutex<Stored>>;
+
+        async fn handoff(
+            State(stored): State<Shared>,
+            Path(run): Path<String>,
+            headers: HeaderMap,
+            Json(body): Json<Value>,
+        ) -> (StatusCode, Json<Value>) {
+            if headers.get("authorization").and_then(|v| v.to_str().ok())
+                != Some("Bearer api-token")
+            {
+                return (StatusCode::UNAUTHORIZED, Json(json!({})));
+            }
+            if run != "run-1" {
+                return (StatusCode::NOT_FOUND, Json(json!({})));
+            }
+            let messages = body["messages"].as_array().cloned().unwrap_or_default();
+            if messages.len() > 1000 {
+                return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({})));
+            }
+            let seqs: Vec<u64> = messages.iter().filter_map(|m| m["seq"].as_u64()).collect();
+            if seqs.len() != messages.len() || seqs.windows(2).any(|w| w[0] >= w[1]) {
+                return (StatusCode::BAD_REQUEST, Json(json!({"error": "seq"})));
+            }
+            let mut s = stored.lock().unwrap();
+            s.requests += 1;
+            let (mut accepted, mut duplicates) = (0, 0);
+            for m in messages {
+                let seq = m["seq"].as_u64().unwrap_or_default();
+                match s.messages.entry(seq) {
+                    std::collections::btree_map::Entry::Occupied(_) => duplicates += 1,
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(m["payload"].clone());
+                        accepted += 1;
+                    }
+                }
+            }
+            if let Some(c) = body.get("complete") {
+                s.completes.push(c.clone());
+            }
+            let pending = s.messages.len();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"accepted": accepted, "duplicates": duplicates, "pending": pending})),
+            )
+        }
+
+        pub async fn start() -> (String, Shared) {
+            let stored = Shared::default();
+            let app = axum::Router::new()
+                .route("/v1/runs/{run}/handoff", axum::routing::post(handoff))
+                .with_state(stored.clone());
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            (format!("http://{addr}/"), stored)
+        }
+    }
+
+    fn run_request() -> RunRequest {
+        RunRequest {
+            task_id: "t".into(),
+            attempt: "1".into(),
+            short_id: "s".into(),
+            input_url: None,
+            heartbeats: true,
+            pod: None,
+            run_token_file: None,
+        }
+    }
+
+    /// issue 18: a backlog larger than one request goes in several, in seq
+    /// order, `complete` with the last only; a repeat adds nothing.
+    #[tokio::test]
+    async fn a_handoff_goes_in_bounded_idempotent_requests_with_complete_last() {
+        let (base, stored) = handoff_server::start().await;
+        let client = BridgeClient::new(
+            url::Url::parse(&base).unwrap(),
+            BridgeAuth::Token(Secret::new("api-token".into())),
+            run_request(),
+        )
+        .unwrap();
+        let messages: Vec<(u64, discord::embed::WebhookMessage)> = (100..2600)
+            .map(|seq| {
+                (
+                    seq,
+                    discord::embed::WebhookMessage {
+                        content: Some(format!("m{seq}")),
+                        ..Default::default()
+                    },
+                )
+            })
+            .collect();
+        let summary = serde_json::json!({"events": 2500});
+        let answer = client.handoff("run-1", &messages, &summary).await.unwrap();
+        assert_eq!((answer.accepted, answer.duplicates), (2500, 0));
+        {
+            let s = stored.lock().unwrap();
+            assert_eq!(s.requests, 3, "at most 1000 messages per request");
+            assert_eq!(s.completes, [serde_json::json!({"summary": summary})]);
+            assert_eq!(s.messages[&100]["content"], "m100");
+            assert_eq!(
+                s.messages.keys().copied().collect::<Vec<_>>(),
+                (100..2600).collect::<Vec<_>>()
+            );
+        }
+        let again = client.handoff("run-1", &messages, &summary).await.unwrap();
+        assert_eq!((again.accepted, again.duplicates), (0, 2500), "idempotent");
+        // Only `complete`: one request with no messages.
+        let alone = client.handoff("run-1", &[], &summary).await.unwrap();
+        assert_eq!(alone.accepted, 0);
+        let e = client
+            .handoff("run-2", &messages[..1], &summary)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("404"), "{e}");
+    }
+
+    #[test]
+    fn handoff_requests_respect_the_byte_bound() {
+        let big = discord::embed::WebhookMessage {
+            content: Some("x".repeat(4 << 20)),
+            ..Default::default()
+        };
+        let messages: Vec<_> = (0..8).map(|i| (i, big.clone())).collect();
+        let chunks = handoff_chunks(&messages);
+        assert!(chunks.len() >= 3, "{}", chunks.len());
+        assert_eq!(chunks.iter().map(|c| c.len()).sum::<usize>(), 8);
+        assert_eq!(handoff_chunks(&[]).len(), 1, "complete alone");
     }
 }

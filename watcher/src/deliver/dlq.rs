@@ -113,6 +113,17 @@ impl DlqEntry {
     }
 
     /// The message to re-send, with its files restored.
+    /// Whether retrying may help once the cause passed: not for a 400
+    /// (kept for a person); for a gone webhook only where bot-bridge can
+    /// re-provision it (`reprovisions`).
+    pub fn retryable(&self, reprovisions: bool) -> bool {
+        match self.reason {
+            DlqReason::Rejected => false,
+            DlqReason::RetriesExhausted => true,
+            DlqReason::WebhookGone => reprovisions,
+        }
+    }
+
     pub fn message(&self) -> WebhookMessage {
         let mut msg = self.payload.clone();
         msg.files = self
@@ -234,6 +245,77 @@ impl Dlq {
         Ok(out)
     }
 
+    /// The oldest readable entry `worth` accepts: its file, its index there
+    /// (counting non-empty lines) and the entry. Reads no further than it.
+    pub fn first(
+        &self,
+        worth: impl Fn(&DlqEntry) -> bool,
+    ) -> Result<Option<(PathBuf, usize, DlqEntry)>, DlqError> {
+        for path in self.files()? {
+            let f = File::open(&path).map_err(io(&path))?;
+            let lines = BufReader::new(f).lines();
+            for (index, line) in lines
+                .map_while(Result::ok)
+                .filter(|l| !l.trim().is_empty())
+                .enumerate()
+            {
+                if let Ok(entry) = serde_json::from_str::<DlqEntry>(&line) {
+                    if worth(&entry) {
+                        return Ok(Some((path, index, entry)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Up to `max` entries worth retrying ([`DlqEntry::retryable`]), oldest
+    /// first, with their files.
+    pub fn retryable(&self, max: usize, reprovisions: bool) -> Result<Vec<DlqEntry>, DlqError> {
+        let mut found = Vec::new();
+        for path in self.files()? {
+            let f = File::open(&path).map_err(io(&path))?;
+            for line in BufReader::new(f).lines().map_while(Result::ok) {
+                if found.len() >= max {
+                    return Ok(found);
+                }
+                if let Ok(entry) = serde_json::from_str::<DlqEntry>(&line) {
+                    if entry.retryable(reprovisions) {
+                        found.push(entry);
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Rewrites `path` without its `index`th entry (counting non-empty lines),
+    /// atomically; removes the file when nothing is left.
+    pub fn remove_at(&self, path: &Path, index: usize) -> Result<(), DlqError> {
+        let f = File::open(path).map_err(io(path))?;
+        let rest: Vec<String> = BufReader::new(f)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| !l.trim().is_empty())
+            .enumerate()
+            .filter(|(i, _)| *i != index)
+            .map(|(_, l)| l)
+            .collect();
+        Self::keep(path, &rest)
+    }
+
+    fn keep(path: &Path, rest: &[String]) -> Result<(), DlqError> {
+        if rest.is_empty() {
+            return fs::remove_file(path).map_err(io(path));
+        }
+        let mut bytes = Vec::with_capacity(rest.iter().map(|l| l.len() + 1).sum());
+        for l in rest {
+            bytes.extend_from_slice(l.as_bytes());
+            bytes.push(b'\n');
+        }
+        crate::atomic_file::replace(path, &bytes).map_err(io(path))
+    }
+
     /// Rewrites `path` keeping only its lines after the first `delivered` ones,
     /// atomically; removes the file when nothing is left.
     pub fn remove_head(&self, path: &Path, delivered: usize) -> Result<(), DlqError> {
@@ -244,15 +326,7 @@ impl Dlq {
             .filter(|l| !l.trim().is_empty())
             .skip(delivered)
             .collect();
-        if rest.is_empty() {
-            return fs::remove_file(path).map_err(io(path));
-        }
-        let mut bytes = Vec::with_capacity(rest.iter().map(|l| l.len() + 1).sum());
-        for l in &rest {
-            bytes.extend_from_slice(l.as_bytes());
-            bytes.push(b'\n');
-        }
-        crate::atomic_file::replace(path, &bytes).map_err(io(path))
+        Self::keep(path, &rest)
     }
 }
 
@@ -275,6 +349,44 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// The background retry takes the oldest entry worth it, skipping the
+    /// ones that wait for a person, and removes exactly that one.
+    #[test]
+    fn the_first_retryable_entry_is_found_and_removed_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut dlq = Dlq::open(dir.path(), 1 << 20).unwrap();
+        for (i, reason) in [
+            DlqReason::Rejected,
+            DlqReason::RetriesExhausted,
+            DlqReason::RetriesExhausted,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let e = DlqEntry::new(
+                &msg(&format!("m{i}")),
+                reason,
+                "x".into(),
+                1,
+                SystemTime::now(),
+            );
+            dlq.append(&e).unwrap();
+        }
+        let worth = |e: &DlqEntry| e.reason != DlqReason::Rejected;
+        let (path, index, entry) = dlq.first(worth).unwrap().unwrap();
+        assert_eq!((index, entry.payload.content.as_deref()), (1, Some("m1")));
+        dlq.remove_at(&path, index).unwrap();
+        let left: Vec<_> = dlq
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e.unwrap().payload.content.unwrap())
+            .collect();
+        assert_eq!(left, ["m0", "m2"]);
+        let (_, index, entry) = dlq.first(worth).unwrap().unwrap();
+        assert_eq!((index, entry.payload.content.as_deref()), (1, Some("m2")));
     }
 
     #[test]

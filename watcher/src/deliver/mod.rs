@@ -11,7 +11,10 @@
 pub mod batch;
 pub mod bridge;
 pub mod dlq;
+pub mod sink;
 pub mod webhook;
+
+pub use sink::{ConsoleSink, PayloadSink, Sent, Sink};
 
 use std::time::Duration;
 
@@ -36,6 +39,23 @@ pub trait DeliveryObserver: crate::atomic_file::StateObserver + Send + Sync {
     fn truncated(&self, field: &'static str);
     /// The webhook was re-provisioned after Discord said it is gone.
     fn reprovisioned(&self);
+    /// At shutdown, `messages` were handed to bot-bridge (`accepted`), could
+    /// not be (`failed`), or were kept in `STATE_DIR/backlog.jsonl` (`kept`).
+    fn handoff(&self, _outcome: &'static str, _messages: usize) {}
+    /// A dead-lettered message was delivered after all (its cause passed).
+    fn dlq_replayed(&self) {}
+    /// The records waiting in the queue between ingest and the sink loop.
+    fn queue(&self, _depth: usize, _bytes: usize) {}
+    /// One API response's token usage, as the sink loop rendered it.
+    fn usage(&self, _usage: &crate::transcript::Usage) {}
+    /// The session's estimated cost so far (priced models only).
+    fn cost(&self, _usd: f64) {}
+    /// How long a request to Discord takes now (the slowest of the last few,
+    /// or the one in flight if it has taken longer): what a shutdown plans
+    /// its stages with. Not telemetry but what telemetry saw.
+    fn latency_estimate(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
 /// An observer that records nothing, for tools and tests.

@@ -21,12 +21,7 @@ use super::dlq::{Dlq, DlqEntry, DlqReason};
 use super::DeliveryObserver;
 use crate::atomic_file::StateFile;
 
-/// How a message ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sent {
-    Delivered,
-    DeadLettered(DlqReason),
-}
+pub use super::sink::Sent;
 
 /// The retry schedule after a 5xx, a timeout or a reset: full jitter from
 /// 250 ms, capped at 3 s, so that delivery resumes within ~3 s of Discord
@@ -38,21 +33,122 @@ pub const RETRY_BACKOFF: Backoff = Backoff {
     cap: Duration::from_secs(3),
 };
 
-/// Notified when the webhook changes (re-provisioning), so the input listener
-/// can pick up the new HMAC secret.
-pub type OnProvisioned = Arc<dyn Fn(&Provisioned) + Send + Sync>;
+/// How long one webhook request may take.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Discord's global limit per bot/IP, which the limiter keeps below.
+const GLOBAL_PER_SECOND: u32 = 50;
+
+/// What a sender is built from: the channel's pace (`CHANNEL_MESSAGES_PER_MINUTE`,
+/// `CHANNEL_WINDOW`) and how long a message may try (`DELIVERY_MAX_ELAPSED`).
+#[derive(Debug, Clone)]
+pub struct SenderConfig {
+    pub channel_messages_per_minute: u32,
+    pub channel_window: Duration,
+    pub max_elapsed: Duration,
+    pub backoff: Backoff,
+}
+
+impl SenderConfig {
+    /// The live watcher's sender, from its configuration.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            channel_messages_per_minute: cfg.channel_messages_per_minute,
+            channel_window: cfg.channel_window,
+            max_elapsed: cfg.delivery_max_elapsed,
+            backoff: RETRY_BACKOFF,
+        }
+    }
+}
+
+/// The webhook could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the webhook client: {0}")]
+pub struct BuildError(#[from] discord::webhook::ClientError);
+
+/// Why a message could not be delivered (what its DLQ entry says).
+#[derive(Debug)]
+struct Failed {
+    reason: DlqReason,
+    detail: String,
+    attempts: u32,
+    first_error: Option<SystemTime>,
+}
+
+/// Retry schedule of dead letters while their cause may still be there: a
+/// probe with the oldest entry, then one a minute at most. Any delivery of a
+/// live message shows the cause passed and ends the wait.
+pub const REDELIVER_BACKOFF: Backoff = Backoff {
+    base: Duration::from_secs(2),
+    cap: Duration::from_secs(60),
+};
+
+/// How long one redelivery may take: a probe, not a send that holds up the
+/// live messages behind it for `DELIVERY_MAX_ELAPSED`.
+pub const REDELIVER_BOUND: Duration = Duration::from_secs(10);
+
+/// When dead letters are tried again (issue 18: the DLQ drains itself).
+#[derive(Debug, Default)]
+struct Redeliver {
+    /// When the next entry may be tried; `None` when none is worth trying.
+    next: Option<Instant>,
+    /// Redeliveries failed in a row (their backoff).
+    failures: u32,
+}
+
+impl Redeliver {
+    /// A live message was delivered: the entries may go now.
+    fn cause_passed(&mut self) {
+        if self.next.is_some() {
+            self.next = Some(Instant::now());
+            self.failures = 0;
+        }
+    }
+
+    /// Something was dead-lettered, or a redelivery failed: try later.
+    fn failed(&mut self) {
+        let delay = REDELIVER_BACKOFF.delay(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        self.next = Some(Instant::now() + delay);
+    }
+}
+
+/// Where a sender's requests go: Discord over HTTP ([`WebhookClient`]), or a
+/// scripted Discord in tests, which then run on a paused clock.
+pub trait Transport: Send + Sync {
+    /// One request: what Discord answered, or why there was no answer.
+    fn execute(
+        &self,
+        url: &WebhookUrl,
+        msg: &WebhookMessage,
+    ) -> impl std::future::Future<Output = ExecuteOutcome> + Send;
+}
+
+impl Transport for WebhookClient {
+    fn execute(
+        &self,
+        url: &WebhookUrl,
+        msg: &WebhookMessage,
+    ) -> impl std::future::Future<Output = ExecuteOutcome> + Send {
+        WebhookClient::execute(self, url, msg)
+    }
+}
 
 /// The one sender of a run's webhook.
-pub struct WebhookSender {
-    client: WebhookClient,
+pub struct WebhookSender<T = WebhookClient> {
+    client: T,
     limiter: Limiter,
     target: WebhookUrl,
     bridge: Option<BridgeClient>,
-    on_provisioned: Option<OnProvisioned>,
+    /// Publishes each re-provisioning (a new webhook, a new input secret):
+    /// the input listener follows it without delivery knowing about input.
+    provisioned: tokio::sync::watch::Sender<Option<Provisioned>>,
     backoff: Backoff,
     max_elapsed: Duration,
     dlq: Dlq,
     observer: Arc<dyn DeliveryObserver>,
+    /// When dead letters are tried again.
+    redeliver: Redeliver,
     /// A permit taken by [`Self::acquire`] for the next message.
     permit: Option<Permit>,
     /// When the next message began waiting for its permit: its
@@ -61,13 +157,42 @@ pub struct WebhookSender {
 }
 
 impl WebhookSender {
-    #[allow(clippy::too_many_arguments)]
+    /// The sender of `target` (re-provisioned through `bridge` when Discord
+    /// says it is gone), dead-lettering into `dlq`. The one place a webhook
+    /// sender is built, for the live watcher and `dlq replay` alike.
     pub fn new(
-        client: WebhookClient,
+        cfg: &SenderConfig,
+        target: WebhookUrl,
+        bridge: Option<BridgeClient>,
+        dlq: Dlq,
+        observer: Arc<dyn DeliveryObserver>,
+    ) -> Result<Self, BuildError> {
+        let limiter = Limiter::new(discord::ratelimit::LimiterConfig {
+            global_per_second: GLOBAL_PER_SECOND,
+            channel_messages_per_minute: Some(cfg.channel_messages_per_minute),
+            channel_window: cfg.channel_window,
+        });
+        Ok(Self::with_parts(
+            WebhookClient::new(REQUEST_TIMEOUT)?,
+            limiter,
+            target,
+            bridge,
+            cfg.backoff,
+            cfg.max_elapsed,
+            dlq,
+            observer,
+        ))
+    }
+}
+
+impl<T: Transport> WebhookSender<T> {
+    /// A sender over `client` (a scripted Discord in tests).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_parts(
+        client: T,
         limiter: Limiter,
         target: WebhookUrl,
         bridge: Option<BridgeClient>,
-        on_provisioned: Option<OnProvisioned>,
         backoff: Backoff,
         max_elapsed: Duration,
         dlq: Dlq,
@@ -78,14 +203,24 @@ impl WebhookSender {
             limiter,
             target,
             bridge,
-            on_provisioned,
+            provisioned: tokio::sync::watch::Sender::new(None),
             backoff,
             max_elapsed,
             dlq,
             observer,
+            // A restart tries what an earlier run left in the DLQ.
+            redeliver: Redeliver {
+                next: Some(Instant::now()),
+                failures: 0,
+            },
             permit: None,
             waiting_since: None,
         }
+    }
+
+    /// Each re-provisioning, as it happens (the input listener's secret).
+    pub fn provisioned(&self) -> tokio::sync::watch::Receiver<Option<Provisioned>> {
+        self.provisioned.subscribe()
     }
 
     pub fn target(&self) -> &WebhookUrl {
@@ -125,7 +260,34 @@ impl WebhookSender {
         let deadline = started + self.max_elapsed;
         // A permit taken for an earlier batch that never came is used here: left
         // unused it would hold the bucket and the channel slot it reserved.
-        let mut held = self.permit.take();
+        let held = self.permit.take();
+        match self.attempt(msg, deadline, held).await {
+            Ok(()) => {
+                // Discord takes messages again: what was dead-lettered for a
+                // passing cause may go now.
+                self.redeliver.cause_passed();
+                Sent::Delivered
+            }
+            Err(failed) => {
+                let reason = failed.reason;
+                self.dead_letter(msg, failed).await;
+                if reason != DlqReason::Rejected {
+                    self.redeliver.failed();
+                }
+                Sent::DeadLettered(reason)
+            }
+        }
+    }
+
+    /// Tries `msg` until it is delivered or `deadline` passes; why it failed
+    /// otherwise. Never gives up early on a transient failure and never
+    /// retries a permanent one.
+    async fn attempt(
+        &mut self,
+        msg: &WebhookMessage,
+        deadline: Instant,
+        mut held: Option<Permit>,
+    ) -> Result<(), Failed> {
         let mut first_error: Option<SystemTime> = None;
         let mut attempts: u32 = 0;
         let mut retries: u32 = 0;
@@ -143,30 +305,27 @@ impl WebhookSender {
                         Some(p) => p,
                         None => {
                             first_error.get_or_insert_with(SystemTime::now);
-                            return self
-                                .dead_letter(
-                                    msg,
-                                    DlqReason::RetriesExhausted,
-                                    "rate limited: no send permit within DELIVERY_MAX_ELAPSED"
-                                        .into(),
-                                    attempts,
-                                    first_error,
-                                )
-                                .await;
+                            return Err(Failed {
+                                reason: DlqReason::RetriesExhausted,
+                                detail: "rate limited: no send permit within DELIVERY_MAX_ELAPSED"
+                                    .into(),
+                                attempts,
+                                first_error,
+                            });
                         }
                     }
                 }
             };
             attempts += 1;
             self.observer.attempt();
-            let outcome = self.client.execute(&self.target, msg).await;
+            let outcome = Transport::execute(&self.client, &self.target, msg).await;
             let (reason, detail) = match outcome {
                 ExecuteOutcome::Delivered { headers, .. } => {
                     permit.done(&headers);
                     let bytes = serde_json::to_vec(msg).map_or(0, |v| v.len())
                         + msg.files.iter().map(|f| f.bytes.len()).sum::<usize>();
                     self.observer.sent(msg.embeds.len(), bytes);
-                    return Sent::Delivered;
+                    return Ok(());
                 }
                 ExecuteOutcome::RateLimited {
                     retry_after,
@@ -200,29 +359,23 @@ impl WebhookSender {
                 ExecuteOutcome::Rejected { status, body } => {
                     permit.refused(&RateLimitHeaders::default());
                     first_error.get_or_insert_with(SystemTime::now);
-                    return self
-                        .dead_letter(
-                            msg,
-                            DlqReason::Rejected,
-                            format!("{status}: {body}"),
-                            attempts,
-                            first_error,
-                        )
-                        .await;
+                    return Err(Failed {
+                        reason: DlqReason::Rejected,
+                        detail: format!("{status}: {body}"),
+                        attempts,
+                        first_error,
+                    });
                 }
                 ExecuteOutcome::Gone { status } => {
                     permit.refused(&RateLimitHeaders::default());
                     first_error.get_or_insert_with(SystemTime::now);
                     if self.bridge.is_none() {
-                        return self
-                            .dead_letter(
-                                msg,
-                                DlqReason::WebhookGone,
-                                format!("webhook answered {status}"),
-                                attempts,
-                                first_error,
-                            )
-                            .await;
+                        return Err(Failed {
+                            reason: DlqReason::WebhookGone,
+                            detail: format!("webhook answered {status}"),
+                            attempts,
+                            first_error,
+                        });
                     }
                     match self.reprovision().await {
                         Ok(()) => continue,
@@ -253,14 +406,87 @@ impl WebhookSender {
                 } else {
                     DlqReason::RetriesExhausted
                 };
-                return self
-                    .dead_letter(msg, dlq_reason, detail, attempts, first_error)
-                    .await;
+                return Err(Failed {
+                    reason: dlq_reason,
+                    detail,
+                    attempts,
+                    first_error,
+                });
             }
             self.observer.retry(reason);
             tracing::warn!(reason, error = %detail, attempt = attempts, delay_ms = delay.as_millis() as u64, "delivery failed; retrying");
             tokio::time::sleep(delay).await;
         }
+    }
+
+    /// When [`Self::redeliver_one`] has something to try; `None` while the
+    /// DLQ holds nothing worth retrying.
+    pub fn redeliver_due(&self) -> Option<Instant> {
+        self.redeliver.next
+    }
+
+    /// Tries the oldest dead letter whose cause may have passed (a 5xx or
+    /// network outage; a gone webhook when bot-bridge can re-provision it),
+    /// at the channel's pace: delivered, it leaves the DLQ
+    /// (`watcher_dlq_replayed_total`); failed, it stays in place and the next
+    /// try waits ([`REDELIVER_BACKOFF`]); rejected now (400), it stays for a
+    /// person (`watcher dlq replay`) with the new reason. Entries keep their
+    /// order relative to each other.
+    pub async fn redeliver_one(&mut self) {
+        let next = match self.next_redeliverable() {
+            Ok(Some(next)) => next,
+            Ok(None) => {
+                self.redeliver = Redeliver::default();
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the DLQ to retry it");
+                self.redeliver.failed();
+                return;
+            }
+        };
+        let (path, index, entry) = next;
+        let msg = entry.message();
+        let deadline = Instant::now() + REDELIVER_BOUND;
+        let held = self.permit.take();
+        match self.attempt(&msg, deadline, held).await {
+            Ok(()) => {
+                if let Err(e) = self.dlq.remove_at(&path, index) {
+                    // Left in place it would be sent again: say so loudly.
+                    self.observer.write_failed(StateFile::Dlq, &e);
+                    self.redeliver.failed();
+                    return;
+                }
+                self.observer.written(StateFile::Dlq);
+                self.observer.dlq_replayed();
+                tracing::info!(
+                    reason = entry.reason.as_str(),
+                    "dead-lettered message delivered"
+                );
+                self.redeliver.failures = 0;
+                self.redeliver.next = Some(Instant::now());
+            }
+            Err(failed) if failed.reason == DlqReason::Rejected => {
+                // Discord's final word now: kept for a person, not retried.
+                self.dead_letter(&msg, failed).await;
+                if let Err(e) = self.dlq.remove_at(&path, index) {
+                    self.observer.write_failed(StateFile::Dlq, &e);
+                }
+                self.redeliver.next = Some(Instant::now());
+            }
+            Err(failed) => {
+                tracing::debug!(reason = failed.reason.as_str(), error = %failed.detail, "dead letter still undeliverable; will retry");
+                self.redeliver.failed();
+            }
+        }
+    }
+
+    /// The oldest entry worth retrying: its file, its index there, the entry.
+    fn next_redeliverable(
+        &self,
+    ) -> Result<Option<(std::path::PathBuf, usize, DlqEntry)>, super::dlq::DlqError> {
+        let reprovisions = self.bridge.is_some();
+        self.dlq.first(|entry| entry.retryable(reprovisions))
     }
 
     async fn reprovision(&mut self) -> Result<(), String> {
@@ -271,9 +497,7 @@ impl WebhookSender {
             Ok(p) => {
                 tracing::info!(webhook = %p.webhook, run_id = %p.run_id, channel_id = %p.channel_id, "webhook re-provisioned");
                 self.target = p.webhook.clone();
-                if let Some(cb) = &self.on_provisioned {
-                    cb(&p);
-                }
+                self.provisioned.send_replace(Some(p));
                 self.observer.reprovisioned();
                 Ok(())
             }
@@ -288,14 +512,13 @@ impl WebhookSender {
     /// `SINK_UNHEALTHY_AFTER`, and each failure is counted
     /// (`watcher_state_write_errors_total{file="dlq"}`); a shutdown that
     /// comes first leaves the record before the checkpoint, to be read again.
-    async fn dead_letter(
-        &mut self,
-        msg: &WebhookMessage,
-        reason: DlqReason,
-        detail: String,
-        attempts: u32,
-        first_error: Option<SystemTime>,
-    ) -> Sent {
+    async fn dead_letter(&mut self, msg: &WebhookMessage, failed: Failed) {
+        let Failed {
+            reason,
+            detail,
+            attempts,
+            first_error,
+        } = failed;
         let entry = DlqEntry::new(
             msg,
             reason,
@@ -319,7 +542,54 @@ impl WebhookSender {
         };
         self.observer
             .dead_lettered(reason.as_str(), &detail, dropped);
-        Sent::DeadLettered(reason)
+    }
+}
+
+impl<T: Transport> super::Sink for WebhookSender<T> {
+    async fn acquire(&mut self) {
+        WebhookSender::acquire(self).await;
+    }
+
+    fn redeliver_due(&self) -> Option<Instant> {
+        WebhookSender::redeliver_due(self)
+    }
+
+    async fn redeliver(&mut self) {
+        self.redeliver_one().await;
+    }
+
+    fn retryable_dead_letters(&self, max: usize) -> Vec<WebhookMessage> {
+        let reprovisions = self.bridge.is_some();
+        match self.dlq.retryable(max, reprovisions) {
+            Ok(found) => found.iter().map(DlqEntry::message).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the DLQ for the hand-off");
+                Vec::new()
+            }
+        }
+    }
+
+    fn forget_dead_letters(&mut self, n: usize) {
+        let reprovisions = self.bridge.is_some();
+        for _ in 0..n {
+            let removed =
+                self.dlq
+                    .first(|e| e.retryable(reprovisions))
+                    .and_then(|found| match found {
+                        Some((path, index, _)) => self.dlq.remove_at(&path, index),
+                        None => Ok(()),
+                    });
+            if let Err(e) = removed {
+                // Left in place it is delivered twice (by bot-bridge and by a
+                // later start): a duplicate, not a loss.
+                self.observer.write_failed(StateFile::Dlq, &e);
+                return;
+            }
+        }
+    }
+
+    async fn send(&mut self, msg: &WebhookMessage, acquired: bool) -> Sent {
+        WebhookSender::send(self, msg, acquired).await
     }
 }
 
@@ -332,11 +602,10 @@ mod tests {
     fn sender(limiter: Limiter, state: &std::path::Path, max_elapsed: Duration) -> WebhookSender {
         // Nothing listens there: no request may be made while rate limited.
         let url = WebhookUrl::parse("http://127.0.0.1:9/api/webhooks/1/token").unwrap();
-        WebhookSender::new(
+        WebhookSender::with_parts(
             WebhookClient::new(Duration::from_secs(1)).unwrap(),
             limiter,
             url,
-            None,
             None,
             RETRY_BACKOFF,
             max_elapsed,

@@ -30,8 +30,8 @@ pub struct Checkpoint {
     #[serde(default)]
     pub summary_posted: bool,
     /// The sink loop's own state (header posted, running totals).
-    #[serde(default)]
-    pub totals: serde_json::Value,
+    #[serde(default, deserialize_with = "super::RunState::lenient")]
+    pub totals: super::RunState,
     /// Committed record uuids as earlier versions kept them (the last 512).
     /// Read once to seed deduplication and moved into `delivered.log`
     /// ([`crate::delivered`]), which now keeps them; never written again.
@@ -98,6 +98,11 @@ impl CheckpointStore {
 
     pub fn path(&self) -> PathBuf {
         self.dir.join(FILE_NAME)
+    }
+
+    /// The state directory it lives in.
+    pub fn dir(&self) -> PathBuf {
+        self.dir.clone()
     }
 
     /// The stored checkpoint; `None` on a first start.
@@ -309,6 +314,41 @@ mod tests {
         assert_eq!(cp.recent_uuids, ["x"]);
         let fresh = serde_json::to_string(&Checkpoint::default()).unwrap();
         assert!(!fresh.contains("recent_uuids"), "{fresh}");
+    }
+
+    /// Users upgrading keep their position: a checkpoint written by the
+    /// version that stored the totals as untyped JSON loads with its offsets
+    /// and totals, and one whose totals no longer parse keeps its offsets.
+    #[test]
+    fn a_checkpoint_of_the_untyped_totals_format_still_loads() {
+        let old = r#"{"version":1,"files":{"/t/s.jsonl":{"offset":120,"identity":{"dev":1,"inode":2,"fingerprint":"ab","fingerprint_len":1}}},
+            "summary_posted":false,
+            "totals":{"header_posted":true,"stats":{"events":7,"embeds":5}}}"#;
+        let cp: Checkpoint = serde_json::from_str(old).unwrap();
+        assert_eq!(cp.files["/t/s.jsonl"].offset, 120);
+        assert!(cp.totals.header_posted);
+        let stats = cp.totals.stats.clone().unwrap();
+        assert_eq!((stats.events, stats.embeds), (7, 5));
+        let fresh: Checkpoint = serde_json::from_str(r#"{"version":1,"totals":null}"#).unwrap();
+        assert_eq!(fresh.totals, crate::state::RunState::default());
+        let odd = r#"{"version":1,"files":{"/a":{"offset":9,"identity":{"dev":1,"inode":2,"fingerprint":"","fingerprint_len":0}}},"totals":{"header_posted":"yes"}}"#;
+        let cp: Checkpoint = serde_json::from_str(odd).unwrap();
+        assert_eq!(
+            cp.files["/a"].offset, 9,
+            "offsets survive unreadable totals"
+        );
+        assert!(!cp.totals.header_posted);
+        // And it writes the same shape back.
+        let back = serde_json::to_value(&Checkpoint {
+            totals: crate::state::RunState {
+                header_posted: true,
+                stats: None,
+                next_seq: 0,
+            },
+            ..Checkpoint::default()
+        })
+        .unwrap();
+        assert_eq!(back["totals"]["header_posted"], true);
     }
 
     #[test]

@@ -27,14 +27,17 @@ pub enum StateFile {
     Dlq,
     /// `input-ids.log`, the replay guard of operator input.
     InputIds,
+    /// `backlog.jsonl`, what a shutdown kept for the next start.
+    Backlog,
 }
 
 impl StateFile {
-    pub const ALL: [StateFile; 4] = [
+    pub const ALL: [StateFile; 5] = [
         StateFile::Checkpoint,
         StateFile::Delivered,
         StateFile::Dlq,
         StateFile::InputIds,
+        StateFile::Backlog,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -43,6 +46,7 @@ impl StateFile {
             Self::Delivered => "delivered",
             Self::Dlq => "dlq",
             Self::InputIds => "input_ids",
+            Self::Backlog => "backlog",
         }
     }
 }

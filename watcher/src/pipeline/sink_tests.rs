@@ -1,0 +1,668 @@
+//! The sink loop in process, on a paused clock: the real pipeline and the
+//! real webhook sender, with a scripted Discord behind the sender's transport.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use discord::embed::WebhookMessage;
+use discord::ratelimit::{Limiter, LimiterConfig, RateLimitHeaders};
+use discord::webhook::ExecuteOutcome;
+use discord::webhook_url::WebhookUrl;
+use ops::Shutdown;
+use tokio::time::Instant;
+
+use super::{Drain, Pipeline, PipelineConfig, Wall, SEND_SLACK};
+use crate::atomic_file::{StateFile, StateObserver};
+use crate::checkpoint::{Checkpoint, CheckpointStore};
+use crate::deliver::dlq::Dlq;
+use crate::deliver::webhook::{Transport, WebhookSender, RETRY_BACKOFF};
+use crate::deliver::DeliveryObserver;
+use crate::delivered::DeliveredLog;
+use crate::queue::{QueueTx, Record};
+use crate::render::{CostTable, Filters, RenderConfig, Renderer, RunInfo};
+use crate::state::backlog::Kept;
+use crate::state::RunStore;
+use crate::tail::FileIdentity;
+use crate::transcript::{Event, EventKind, LinePos, Source};
+
+/// What the scripted Discord answers to one request.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Ok,
+    ServerError,
+    RateLimited(Duration),
+    Rejected,
+    /// Takes the message and never answers (the watcher is killed meanwhile).
+    TakeAndHang,
+}
+
+#[derive(Default)]
+struct Script {
+    answers: VecDeque<Answer>,
+    /// Every request that reached Discord, in order.
+    received: Vec<String>,
+    /// Of those, the ones Discord stored.
+    stored: Vec<String>,
+    latency: Duration,
+    /// Until then every request fails with a 503 (an outage).
+    down_until: Option<Instant>,
+    /// Requests in flight now, and the most there ever were.
+    in_flight: usize,
+    max_in_flight: usize,
+}
+
+/// Counts a request in flight until it is answered or dropped (a drain cut).
+struct InFlight(Arc<Mutex<Script>>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().in_flight -= 1;
+    }
+}
+
+/// A Discord that answers from a script (then `Ok`), after `latency`.
+#[derive(Clone, Default)]
+struct Scripted(Arc<Mutex<Script>>);
+
+impl Scripted {
+    fn new(answers: &[Answer], latency: Duration) -> Self {
+        Self(Arc::new(Mutex::new(Script {
+            answers: answers.iter().copied().collect(),
+            latency,
+            ..Script::default()
+        })))
+    }
+
+    fn down_until(&self, until: Instant) {
+        self.0.lock().unwrap().down_until = Some(until);
+    }
+
+    fn stored(&self) -> Vec<String> {
+        self.0.lock().unwrap().stored.clone()
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.0.lock().unwrap().max_in_flight
+    }
+
+    fn received(&self) -> usize {
+        self.0.lock().unwrap().received.len()
+    }
+}
+
+impl Transport for Scripted {
+    async fn execute(&self, _url: &WebhookUrl, msg: &WebhookMessage) -> ExecuteOutcome {
+        let body = serde_json::to_string(msg).unwrap();
+        let (answer, latency) = {
+            let mut s = self.0.lock().unwrap();
+            s.in_flight += 1;
+            s.max_in_flight = s.max_in_flight.max(s.in_flight);
+            s.received.push(body.clone());
+            let answer = if s.down_until.is_some_and(|t| Instant::now() < t) {
+                Answer::ServerError
+            } else {
+                s.answers.pop_front().unwrap_or(Answer::Ok)
+            };
+            if matches!(answer, Answer::Ok | Answer::TakeAndHang) {
+                s.stored.push(body);
+            }
+            (answer, s.latency)
+        };
+        let _in_flight = InFlight(self.0.clone());
+        tokio::time::sleep(latency).await;
+        match answer {
+            Answer::Ok => ExecuteOutcome::Delivered {
+                message_id: None,
+                headers: RateLimitHeaders::default(),
+            },
+            Answer::ServerError => ExecuteOutcome::ServerError {
+                status: 503,
+                headers: RateLimitHeaders::default(),
+            },
+            Answer::RateLimited(retry_after) => ExecuteOutcome::RateLimited {
+                retry_after,
+                scope: None,
+                global: false,
+            },
+            Answer::Rejected => ExecuteOutcome::Rejected {
+                status: 400,
+                body: r#"{"code":50035}"#.into(),
+            },
+            Answer::TakeAndHang => std::future::pending().await,
+        }
+    }
+}
+
+/// Counts what the sink loop reports.
+#[derive(Default)]
+struct Counts {
+    retries: AtomicU64,
+    rate_limited: AtomicU64,
+    dead_lettered: AtomicU64,
+    sent: AtomicU64,
+    replayed: AtomicU64,
+    /// What a request takes, for the drain's plan.
+    latency: Duration,
+}
+
+impl StateObserver for Counts {
+    fn write_failed(&self, _: StateFile, e: &dyn std::fmt::Display) {
+        panic!("state write failed: {e}");
+    }
+    fn written(&self, _: StateFile) {}
+}
+
+impl DeliveryObserver for Counts {
+    fn sent(&self, _: usize, _: usize) {
+        self.sent.fetch_add(1, Ordering::SeqCst);
+    }
+    fn rate_limited(&self, _: &'static str) {
+        self.rate_limited.fetch_add(1, Ordering::SeqCst);
+    }
+    fn retry(&self, _: &'static str) {
+        self.retries.fetch_add(1, Ordering::SeqCst);
+    }
+    fn dead_lettered(&self, _: &'static str, _: &str, _: u64) {
+        self.dead_lettered.fetch_add(1, Ordering::SeqCst);
+    }
+    fn acked(&self, _: Duration) {}
+    fn truncated(&self, _: &'static str) {}
+    fn reprovisioned(&self) {}
+    fn dlq_replayed(&self) {
+        self.replayed.fetch_add(1, Ordering::SeqCst);
+    }
+    fn latency_estimate(&self) -> Duration {
+        self.latency
+    }
+}
+
+const LINE: u64 = 100;
+const MAX_ELAPSED: Duration = Duration::from_secs(60);
+
+/// Line `i` of the transcript: one prompt carrying `marker-{i:02}`.
+fn record(i: u64) -> Record {
+    Record {
+        pos: LinePos {
+            file: Arc::from("/t/s.jsonl"),
+            start: i * LINE,
+            end: (i + 1) * LINE,
+        },
+        identity: FileIdentity::default(),
+        events: vec![Event {
+            source: Source::Main,
+            uuid: Some(format!("u{i}")),
+            timestamp: Some("2026-11-30T10:00:00.000Z".into()),
+            kind: EventKind::UserPrompt {
+                text: format!("marker-{i:02}"),
+                images: 0,
+            },
+        }],
+        read_at: Instant::now(),
+        bytes: LINE as usize,
+    }
+}
+
+fn renderer() -> Renderer {
+    Renderer::new(RenderConfig {
+        parity: false,
+        filters: Filters::default(),
+        costs: CostTable::builtin(),
+        run: RunInfo::default(),
+        inline_output_chars: 1000,
+    })
+}
+
+fn run_store(dir: &Path) -> RunStore {
+    let store = CheckpointStore::open(dir).unwrap();
+    let checkpoint = store.load().unwrap().unwrap_or_default();
+    let (delivered, _) = DeliveredLog::open(dir, 1000).unwrap();
+    RunStore::on_disk(store, delivered, checkpoint)
+}
+
+fn checkpoint(dir: &Path) -> Checkpoint {
+    CheckpointStore::open(dir)
+        .unwrap()
+        .load()
+        .unwrap()
+        .unwrap_or_default()
+}
+
+/// The real sink loop over the real sender, posting to `discord`.
+fn pipeline(
+    dir: &Path,
+    discord: &Scripted,
+    observer: &Arc<Counts>,
+    batch_size: usize,
+) -> Pipeline<WebhookSender<Scripted>> {
+    let observer: Arc<dyn DeliveryObserver> = observer.clone();
+    let sender = WebhookSender::with_parts(
+        discord.clone(),
+        Limiter::new(LimiterConfig {
+            channel_messages_per_minute: None,
+            ..LimiterConfig::default()
+        }),
+        WebhookUrl::parse("http://discord.invalid/api/webhooks/1/token").unwrap(),
+        None,
+        RETRY_BACKOFF,
+        MAX_ELAPSED,
+        Dlq::open(dir, 1 << 20).unwrap(),
+        observer.clone(),
+    );
+    Pipeline::new(
+        PipelineConfig {
+            batch_size,
+            send_bound: MAX_ELAPSED + SEND_SLACK,
+            idle_complete_after: None,
+            wall: Wall::Now,
+        },
+        renderer(),
+        run_store(dir),
+        sender,
+        observer,
+        ops::health::Health::new("test").heartbeat("pipeline", Duration::from_secs(30)),
+    )
+}
+
+async fn feed(tx: &QueueTx, lines: std::ops::Range<u64>) {
+    for i in lines {
+        tx.send(record(i)).await.unwrap();
+    }
+}
+
+/// How often each marker of `0..n` arrived among `messages`.
+fn deliveries(messages: &[String], n: u64) -> Vec<usize> {
+    (0..n)
+        .map(|i| {
+            let m = format!("marker-{i:02}");
+            messages.iter().filter(|b| b.contains(&m)).count()
+        })
+        .collect()
+}
+
+async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(600), async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// The promise behind the checkpoint: a watcher killed after Discord took a
+/// message but before the checkpoint recorded it re-sends that one batch on
+/// restart, no more, and loses nothing.
+#[tokio::test(start_paused = true)]
+async fn killed_between_send_and_save_re_sends_at_most_one_batch() {
+    const LINES: u64 = 12;
+    const BATCH: usize = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let observer = Arc::new(Counts::default());
+    // The fourth message reaches Discord; its answer never comes back.
+    let first = Scripted::new(
+        &[Answer::Ok, Answer::Ok, Answer::Ok, Answer::TakeAndHang],
+        Duration::from_millis(50),
+    );
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..LINES).await;
+    let p = pipeline(dir.path(), &first, &observer, BATCH);
+    let run = tokio::spawn(p.run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5))));
+    until("the fourth message", || first.received() == 4).await;
+    run.abort(); // killed
+    assert!(run.await.unwrap_err().is_cancelled());
+
+    let saved = checkpoint(dir.path());
+    let offset = saved.files["/t/s.jsonl"].offset;
+    let before_kill = deliveries(&first.stored(), LINES);
+    // Never past a line Discord has not acknowledged...
+    for i in 0..offset / LINE {
+        assert_eq!(
+            before_kill[i as usize], 1,
+            "line {i} is behind the checkpoint"
+        );
+    }
+    assert!(saved.totals.header_posted);
+
+    // The restart resumes at the checkpoint, as ingest does.
+    let second = Scripted::new(&[], Duration::from_millis(50));
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, offset / LINE..LINES).await;
+    drop(tx);
+    let p = pipeline(dir.path(), &second, &observer, BATCH);
+    p.run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5)))
+        .await;
+
+    let mut all = first.stored();
+    all.extend(second.stored());
+    let counts = deliveries(&all, LINES);
+    assert!(counts.iter().all(|&c| c >= 1), "nothing lost: {counts:?}");
+    let resent: usize = counts.iter().map(|c| c - 1).sum();
+    assert!(
+        (1..=BATCH).contains(&resent),
+        "re-sent the batch in flight, at most: {counts:?}"
+    );
+    let headers = all.iter().filter(|m| m.contains("Run started")).count();
+    assert_eq!(headers, 1, "the header is not posted again");
+    assert!(all.last().unwrap().contains("Run complete"));
+    assert!(checkpoint(dir.path()).summary_posted);
+}
+
+/// 503s are retried with backoff and a 429 is waited out, not counted as a
+/// failure: every line arrives once, in order, and nothing is dead-lettered.
+#[tokio::test(start_paused = true)]
+async fn server_errors_are_retried_and_a_429_is_waited_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let observer = Arc::new(Counts::default());
+    let discord = Scripted::new(
+        &[
+            Answer::ServerError,
+            Answer::ServerError,
+            Answer::RateLimited(Duration::from_secs(7)),
+        ],
+        Duration::from_millis(20),
+    );
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..3).await;
+    drop(tx);
+    let start = Instant::now();
+    pipeline(dir.path(), &discord, &observer, 10)
+        .run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5)))
+        .await;
+    assert!(
+        Instant::now() - start >= Duration::from_secs(7),
+        "the 429's wait was honoured"
+    );
+    assert_eq!(observer.retries.load(Ordering::SeqCst), 2);
+    assert_eq!(observer.rate_limited.load(Ordering::SeqCst), 1);
+    assert_eq!(observer.dead_lettered.load(Ordering::SeqCst), 0);
+    let stored = discord.stored();
+    assert_eq!(deliveries(&stored, 3), [1, 1, 1]);
+    assert!(stored.last().unwrap().contains("Run complete"));
+    assert_eq!(checkpoint(dir.path()).files["/t/s.jsonl"].offset, 3 * LINE);
+    assert!(Dlq::open(dir.path(), 1 << 20)
+        .unwrap()
+        .entries()
+        .unwrap()
+        .is_empty());
+}
+
+/// A 400 is Discord's final word: the message goes to the DLQ at once (no
+/// retry) and the checkpoint moves past it, so the loop does not wedge.
+#[tokio::test(start_paused = true)]
+async fn a_rejected_message_is_dead_lettered_and_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let observer = Arc::new(Counts::default());
+    let discord = Scripted::new(&[Answer::Rejected], Duration::from_millis(20));
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..4).await;
+    drop(tx);
+    pipeline(dir.path(), &discord, &observer, 10)
+        .run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5)))
+        .await;
+    assert_eq!(observer.retries.load(Ordering::SeqCst), 0);
+    assert_eq!(observer.dead_lettered.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        Dlq::open(dir.path(), 1 << 20)
+            .unwrap()
+            .entries()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(checkpoint(dir.path()).files["/t/s.jsonl"].offset, 4 * LINE);
+}
+
+/// Shutdown with a backlog and a slow Discord: the backlog is cut so that the
+/// summary still goes out, all within the budget; what was not sent is kept
+/// for the next run.
+#[tokio::test(start_paused = true)]
+async fn the_summary_goes_out_within_the_shutdown_budget() {
+    const LINES: u64 = 40;
+    const BUDGET: Duration = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let latency = Duration::from_millis(400);
+    let observer = Arc::new(Counts {
+        latency,
+        ..Counts::default()
+    });
+    let discord = Scripted::new(&[], latency);
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..LINES).await;
+    let shutdown = Shutdown::new();
+    let drain = Drain::new(shutdown.clone(), BUDGET);
+    let run = tokio::spawn(pipeline(dir.path(), &discord, &observer, 1).run(rx, drain));
+    until("the first messages", || discord.received() >= 3).await;
+    let signal = Instant::now();
+    shutdown.trigger();
+    drop(tx); // ingest stops
+    run.await.unwrap();
+    let took = Instant::now() - signal;
+    assert!(took <= BUDGET, "drained in {took:?}, budget {BUDGET:?}");
+    let stored = discord.stored();
+    assert!(
+        stored.last().unwrap().contains("Run complete"),
+        "summary last"
+    );
+    let cp = checkpoint(dir.path());
+    assert!(cp.summary_posted);
+    let counts = deliveries(&stored, LINES);
+    assert!(
+        counts.contains(&0),
+        "the backlog was cut, not all sent live"
+    );
+    // What was not sent live is kept for the next start, in order.
+    let kept = crate::state::backlog::Backlog::new(dir.path())
+        .load()
+        .unwrap();
+    let kept: Vec<String> = kept
+        .iter()
+        .map(|k| serde_json::to_string(&k.payload).unwrap())
+        .collect();
+    let kept_counts = deliveries(&kept, LINES);
+    for i in 0..LINES as usize {
+        assert!(counts[i] + kept_counts[i] >= 1, "line {i} lost");
+    }
+}
+
+/// issue 18: an outage longer than `DELIVERY_MAX_ELAPSED` dead-letters what
+/// was being sent; once Discord is back, the loop retries the entries by
+/// itself, oldest first, and the DLQ ends empty. Nobody runs a command.
+#[tokio::test(start_paused = true)]
+async fn the_dlq_drains_itself_once_the_outage_is_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let observer = Arc::new(Counts::default());
+    let discord = Scripted::new(&[], Duration::from_millis(20));
+    // Down long enough for two messages to exhaust their 60 s each.
+    discord.down_until(Instant::now() + MAX_ELAPSED * 2 + Duration::from_secs(30));
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..3).await;
+    let run = tokio::spawn(
+        pipeline(dir.path(), &discord, &observer, 1)
+            .run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5))),
+    );
+    let dlq = Dlq::open(dir.path(), 1 << 20).unwrap();
+    until("two dead letters, then all redelivered", || {
+        observer.dead_lettered.load(Ordering::SeqCst) >= 2
+            && dlq.entries().unwrap().is_empty()
+            && deliveries(&discord.stored(), 3) == [1, 1, 1]
+    })
+    .await;
+    assert_eq!(observer.dead_lettered.load(Ordering::SeqCst), 2);
+    assert_eq!(observer.replayed.load(Ordering::SeqCst), 2);
+    let stored = discord.stored();
+    let header = stored
+        .iter()
+        .position(|m| m.contains("Run started"))
+        .unwrap();
+    let first = stored.iter().position(|m| m.contains("marker-00")).unwrap();
+    assert!(header < first, "dead letters keep their order: {stored:?}");
+    drop(tx);
+    run.await.unwrap();
+    assert!(discord.stored().last().unwrap().contains("Run complete"));
+}
+
+/// A shutdown with more backlog than the budget can deliver: what a busy
+/// last minute leaves.
+struct BusyEnd {
+    dir: tempfile::TempDir,
+    discord: Scripted,
+    observer: Arc<Counts>,
+    took: Duration,
+}
+
+const BUSY_LINES: u64 = 40;
+const BUSY_BUDGET: Duration = Duration::from_secs(5);
+
+async fn busy_end(handed: Option<Arc<Mutex<Vec<Kept>>>>) -> BusyEnd {
+    let dir = tempfile::tempdir().unwrap();
+    // An earlier outage left a dead letter worth retrying, and a 400.
+    let mut dlq = Dlq::open(dir.path(), 1 << 20).unwrap();
+    for (text, reason) in [
+        (
+            "dead-retry",
+            crate::deliver::dlq::DlqReason::RetriesExhausted,
+        ),
+        ("dead-400", crate::deliver::dlq::DlqReason::Rejected),
+    ] {
+        let msg = WebhookMessage {
+            content: Some(text.into()),
+            ..WebhookMessage::default()
+        };
+        let entry = crate::deliver::dlq::DlqEntry::new(
+            &msg,
+            reason,
+            "x".into(),
+            1,
+            std::time::SystemTime::now(),
+        );
+        dlq.append(&entry).unwrap();
+    }
+    let latency = Duration::from_millis(400);
+    let observer = Arc::new(Counts {
+        latency,
+        ..Counts::default()
+    });
+    let discord = Scripted::new(&[], latency);
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..BUSY_LINES).await;
+    let shutdown = Shutdown::new();
+    let drain = Drain::new(shutdown.clone(), BUSY_BUDGET);
+    let mut p = pipeline(dir.path(), &discord, &observer, 1);
+    if let Some(handed) = handed {
+        p = p.hand_off_to(Box::new(move |kept, _stats| {
+            let handed = handed.clone();
+            Box::pin(async move {
+                handed.lock().unwrap().extend(kept);
+                Ok(())
+            })
+        }));
+    }
+    let run = tokio::spawn(p.run(rx, drain));
+    until("the first messages", || discord.received() >= 3).await;
+    let signal = Instant::now();
+    shutdown.trigger();
+    drop(tx);
+    run.await.unwrap();
+    BusyEnd {
+        took: Instant::now() - signal,
+        dir,
+        discord,
+        observer,
+    }
+}
+
+/// issue 18: at shutdown the watcher stops sending when the backlog's share
+/// is spent (never two requests on the webhook) and hands the rest to
+/// bot-bridge, summary last, in seq order; the checkpoint passes all of it.
+#[tokio::test(start_paused = true)]
+async fn a_shutdown_hands_the_rest_to_bot_bridge_with_the_summary_last() {
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let end = busy_end(Some(handed.clone())).await;
+    assert!(end.took <= BUSY_BUDGET, "{:?}", end.took);
+    assert_eq!(end.discord.max_in_flight(), 1, "one request at a time");
+    let handed = handed.lock().unwrap().clone();
+    assert!(!handed.is_empty());
+    // The dead letter worth retrying went first; the 400 stays for a person.
+    let first = serde_json::to_string(&handed[0].payload).unwrap();
+    assert!(first.contains("dead-retry"), "{first}");
+    let left = Dlq::open(end.dir.path(), 1 << 20)
+        .unwrap()
+        .entries()
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        left[0].1.as_ref().unwrap().payload.content.as_deref(),
+        Some("dead-400")
+    );
+    assert!(handed.windows(2).all(|w| w[0].seq < w[1].seq));
+    let last = serde_json::to_string(&handed.last().unwrap().payload).unwrap();
+    assert!(last.contains("Run complete"), "summary last: {last}");
+    let live = end.discord.stored();
+    assert!(
+        live.iter().all(|m| !m.contains("Run complete")),
+        "no second summary"
+    );
+    let mut all = live;
+    all.extend(
+        handed
+            .iter()
+            .map(|k| serde_json::to_string(&k.payload).unwrap()),
+    );
+    let counts = deliveries(&all, BUSY_LINES);
+    assert!(counts.iter().all(|&c| c >= 1), "nothing lost: {counts:?}");
+    assert!(
+        counts.iter().map(|c| c - 1).sum::<usize>() <= 1,
+        "{counts:?}"
+    );
+    let cp = checkpoint(end.dir.path());
+    assert_eq!(cp.files["/t/s.jsonl"].offset, BUSY_LINES * LINE);
+    assert!(cp.summary_posted);
+    assert!(
+        cp.totals.next_seq > handed.last().unwrap().seq,
+        "seq persisted"
+    );
+}
+
+/// Without bot-bridge (a static webhook, or bot-bridge unreachable) the rest
+/// is kept in `STATE_DIR/backlog.jsonl` and the summary posted as before; a
+/// watcher started on the same state delivers the backlog first.
+#[tokio::test(start_paused = true)]
+async fn without_bot_bridge_the_rest_is_kept_and_a_restart_delivers_it_first() {
+    let end = busy_end(None).await;
+    assert!(end.took <= BUSY_BUDGET, "{:?}", end.took);
+    assert_eq!(end.discord.max_in_flight(), 1);
+    let kept = crate::state::backlog::Backlog::new(end.dir.path())
+        .load()
+        .unwrap();
+    assert!(!kept.is_empty());
+    let cp = checkpoint(end.dir.path());
+    assert_eq!(cp.files["/t/s.jsonl"].offset, BUSY_LINES * LINE);
+    assert!(end
+        .discord
+        .stored()
+        .last()
+        .unwrap()
+        .contains("Run complete"));
+
+    let restarted = Scripted::new(&[], Duration::from_millis(20));
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    drop(tx);
+    pipeline(end.dir.path(), &restarted, &end.observer, 1)
+        .run(rx, Drain::new(Shutdown::new(), BUSY_BUDGET))
+        .await;
+    let mut all = end.discord.stored();
+    all.extend(restarted.stored());
+    let counts = deliveries(&all, BUSY_LINES);
+    assert!(counts.iter().all(|&c| c >= 1), "nothing lost: {counts:?}");
+    assert!(
+        counts.iter().map(|c| c - 1).sum::<usize>() <= 1,
+        "{counts:?}"
+    );
+    assert!(crate::state::backlog::Backlog::new(end.dir.path())
+        .load()
+        .unwrap()
+        .is_empty());
+}
