@@ -172,9 +172,9 @@ pub async fn render_file(cfg: &Config, file: &Path, format: RenderFormat) -> Res
             };
             offset += n as u64;
             let raw = line.strip_suffix(b"\n").unwrap_or(&line);
-            let events = match decoder.decode_line(raw, &pos, source) {
-                Ok(evs) => {
-                    if let Some(s) = decoder.last_skip() {
+            let events = match decoder.decode_line(raw, source) {
+                Ok(line) => {
+                    if let Some(s) = line.skip {
                         eprintln!(
                             "watcher: {}:{}: dropped a record of the wrong shape ({})",
                             file.display(),
@@ -182,7 +182,7 @@ pub async fn render_file(cfg: &Config, file: &Path, format: RenderFormat) -> Res
                             s.reason()
                         );
                     }
-                    evs
+                    line.events
                 }
                 Err(e) => {
                     eprintln!(

@@ -34,7 +34,7 @@ use crate::discover::{self, Lookup, SubagentScanner};
 use crate::queue::{Closed, QueueTx, Record};
 use crate::tail::{FileIdentity, Follower, Piece, Start, Step, TailConfig, Wake};
 use crate::transcript::decode::{Decoder, DecoderConfig};
-use crate::transcript::{EventKind, LinePos, Source};
+use crate::transcript::{LinePos, Source};
 
 /// Where to start a file that already exists at start-up (no checkpoint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,22 +92,6 @@ pub enum IngestError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// The `kind` label of `watcher_events_processed_total`.
-pub fn kind_label(kind: &EventKind) -> &'static str {
-    match kind {
-        EventKind::SessionMeta { .. } => "session_meta",
-        EventKind::UserPrompt { .. } => "user_prompt",
-        EventKind::TeammateMessage { .. } => "teammate_message",
-        EventKind::AssistantText { .. } => "assistant_text",
-        EventKind::Thinking { .. } => "thinking",
-        EventKind::ToolUse { .. } => "tool_use",
-        EventKind::ToolResult { .. } => "tool_result",
-        EventKind::Notice { .. } => "notice",
-        EventKind::Usage { .. } => "usage",
-        EventKind::Title { .. } => "title",
-    }
 }
 
 /// Runs until `stop` triggers; dropping `tx` on return closes the queue.
@@ -279,15 +263,15 @@ impl Emitter {
             }
             Piece::Line { bytes, .. } if bytes.is_empty() => (Vec::new(), raw_len),
             Piece::Line { bytes, .. } => {
-                let events = match self.decoder.decode_line(bytes, &pos, source) {
-                    Ok(events) => {
-                        if let Some(r) = self.decoder.last_repair() {
+                let events = match self.decoder.decode_line(bytes, source) {
+                    Ok(line) => {
+                        if let Some(r) = line.repair {
                             self.observer.repaired(r.reason(), label, pos.start);
                         }
-                        if let Some(s) = self.decoder.last_skip() {
+                        if let Some(s) = line.skip {
                             self.observer.skipped_record(s.reason(), label, pos.start);
                         }
-                        events
+                        line.events
                     }
                     Err(e) => {
                         self.observer.parse_error(e.reason(), label, pos.start);
@@ -295,7 +279,7 @@ impl Emitter {
                     }
                 };
                 for e in &events {
-                    self.observer.event(kind_label(&e.kind));
+                    self.observer.event(e.kind.label());
                 }
                 (events, raw_len)
             }

@@ -4,7 +4,7 @@
 //! types, content blocks and fields are normal and are skipped silently. Only
 //! damaged lines are errors, and each error names its metric label
 //! ([`DecodeError::reason`]). Damaged lines that could be repaired decode
-//! normally; [`Decoder::last_repair`] says what was repaired so the caller can
+//! normally; the [`Decoded`] line says what was repaired so the caller can
 //! count it too.
 //!
 //! # Parsing strategy
@@ -51,8 +51,8 @@
 //!   `UserPrompt`.
 //! - A record of a known kind with the wrong shape (`message` missing or not
 //!   an object, `message.content` missing or neither a string nor an array,
-//!   `attachment` not an object) yields nothing, is reported by
-//!   [`Decoder::last_skip`] and does **not** mark its uuid as seen, so a valid
+//!   `attachment` not an object) yields nothing, is reported in
+//!   [`Decoded::skip`] and does **not** mark its uuid as seen, so a valid
 //!   record with the same uuid after it is still delivered.
 //! - The subagent source comes from the file, or from `isSidechain: true` in a
 //!   main file; an `agentId` alone (main-thread records of some versions carry
@@ -81,7 +81,7 @@ use self::repair::{parse_fast, parse_slow, trim_ascii, trim_nuls};
 use self::tags::{is_tagged, readable_tagged, strip_system_reminders, teammate_messages};
 use self::window::{uuid_key, Bounded};
 use self::wire::{Block, Content, Record};
-use super::{Event, EventKind, LinePos, Notice, Source, TitleSource, Usage};
+use super::{Event, EventKind, Notice, Source, TitleSource, Usage};
 
 /// How many tool-use ids (→ tool name) and `message.id`s (→ usage reported so
 /// far) are remembered. A response's lines and a tool's result follow closely,
@@ -210,6 +210,17 @@ impl Repair {
     }
 }
 
+/// What one line decoded to: its events, and what the decoder had to do to
+/// get them, for metrics.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub events: Vec<Event>,
+    /// What had to be repaired (the first repair when there were several).
+    pub repair: Option<Repair>,
+    /// The first record dropped for its shape (for metrics and one log line).
+    pub skip: Option<Skip>,
+}
+
 /// Keeps the cross-line state: seen uuids, usage per `message.id`, tool names
 /// by tool_use id, titles.
 #[derive(Debug)]
@@ -228,10 +239,6 @@ pub struct Decoder {
     queued: VecDeque<(String, u8)>,
     /// Last title emitted per source (indexed by [`title_slot`]).
     titles: [Option<String>; 3],
-    /// What the last `decode_line` call repaired, if anything.
-    last_repair: Option<Repair>,
-    /// The first record the last `decode_line` call dropped for its shape.
-    last_skip: Option<Skip>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -250,8 +257,6 @@ impl Decoder {
             sessions: Bounded::new(SESSION_CAPACITY),
             queued: VecDeque::new(),
             titles: [None, None, None],
-            last_repair: None,
-            last_skip: None,
         }
     }
 
@@ -259,18 +264,6 @@ impl Decoder {
     /// nothing (restart seeding from the checkpoint).
     pub fn remember(&mut self, uuid: &str) {
         self.seen.insert_new(uuid_key(uuid));
-    }
-
-    /// What the most recent [`decode_line`](Self::decode_line) call had to
-    /// repair (the first repair when there were several), for metrics.
-    pub fn last_repair(&self) -> Option<Repair> {
-        self.last_repair
-    }
-
-    /// The first record the most recent [`decode_line`](Self::decode_line)
-    /// call dropped for its shape, for metrics and one log line.
-    pub fn last_skip(&self) -> Option<Skip> {
-        self.last_skip
     }
 
     /// Whether `raw` (a line without its newline) holds one whole JSON
@@ -292,15 +285,8 @@ impl Decoder {
 
     /// Decodes one line (without its newline). `source` is the file's source;
     /// records say themselves when they are subagent records.
-    pub fn decode_line(
-        &mut self,
-        raw: &[u8],
-        _pos: &LinePos,
-        source: &Source,
-    ) -> Result<Vec<Event>, DecodeError> {
-        self.last_repair = None;
-        self.last_skip = None;
-        let mut out = Vec::new();
+    pub fn decode_line(&mut self, raw: &[u8], source: &Source) -> Result<Decoded, DecodeError> {
+        let mut out = Decoded::default();
         // The fast path runs on the line as read: JSON allows whitespace (a
         // CR too) around the record, and a NUL or any damage fails the parse,
         // so only lines that need trimming are trimmed. Trimming first read
@@ -315,19 +301,17 @@ impl Decoder {
             if trim_ascii(trimmed).is_empty() {
                 return Err(DecodeError::Nul);
             }
-            self.last_repair = Some(Repair::Nul);
+            out.repair = Some(Repair::Nul);
         }
         let bytes = trim_ascii(trimmed);
         if bytes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(out);
         }
         if bytes.len() != raw.len() && self.decode_fast(bytes, source, &mut out) {
             return Ok(out);
         }
         let (values, repair) = parse_slow(bytes)?;
-        if self.last_repair.is_none() {
-            self.last_repair = repair;
-        }
+        out.repair = out.repair.or(repair);
         for value in &values {
             // Lenient fields make this infallible in practice; a failure would be
             // a bug in the lenient types, reported as a torn line, never a panic.
@@ -342,7 +326,7 @@ impl Decoder {
 
     /// The fast path for one object line: `false` (with `out` untouched) when
     /// the line needs the slow path.
-    fn decode_fast(&mut self, bytes: &[u8], source: &Source, out: &mut Vec<Event>) -> bool {
+    fn decode_fast(&mut self, bytes: &[u8], source: &Source, out: &mut Decoded) -> bool {
         if bytes.first() != Some(&b'{') {
             return false;
         }
@@ -354,7 +338,7 @@ impl Decoder {
         true
     }
 
-    fn process(&mut self, rec: &mut Record<'_>, given: &Source, out: &mut Vec<Event>) {
+    fn process(&mut self, rec: &mut Record<'_>, given: &Source, line: &mut Decoded) {
         // Taken out of the record so that the envelope can borrow them while the
         // handlers below take the record mutably.
         let uuid_field = rec.uuid.0.take();
@@ -364,9 +348,10 @@ impl Decoder {
         // Before the uuid is remembered: a dropped record must not make the
         // valid record with its uuid a duplicate.
         if let Some(skip) = shape_problem(ty, rec) {
-            self.last_skip.get_or_insert(skip);
+            line.skip.get_or_insert(skip);
             return;
         }
+        let out = &mut line.events;
         let uuid = uuid_field.as_deref();
         if let Some(u) = uuid {
             if !self.seen.insert_new(uuid_key(u)) {

@@ -6,23 +6,33 @@ use super::repair::fix_lone_surrogates;
 use super::*;
 use crate::transcript::fixtures as fx;
 
-fn pos() -> LinePos {
-    LinePos {
-        file: "/t/session.jsonl".into(),
-        start: 0,
-        end: 0,
-    }
-}
-
 fn decoder() -> Decoder {
     Decoder::new(DecoderConfig {
         dedupe_capacity: 1000,
     })
 }
 
-fn decode(d: &mut Decoder, line: &str) -> Vec<EventKind> {
-    d.decode_line(line.as_bytes(), &pos(), &Source::Main)
-        .unwrap()
+/// One main-file line, decoded.
+fn decode_raw(d: &mut Decoder, raw: &[u8]) -> Decoded {
+    d.decode_line(raw, &Source::Main).unwrap()
+}
+
+/// What decoding `raw` reported as repaired, with its events' kinds
+/// (`SessionMeta` dropped).
+fn repaired(d: &mut Decoder, raw: &[u8]) -> (Vec<EventKind>, Option<Repair>) {
+    let decoded = decode_raw(d, raw);
+    let kinds = decoded
+        .events
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| !matches!(k, EventKind::SessionMeta { .. }))
+        .collect();
+    (kinds, decoded.repair)
+}
+
+fn decode(d: &mut Decoder, text: &str) -> Vec<EventKind> {
+    decode_raw(d, text.as_bytes())
+        .events
         .into_iter()
         .map(|e| e.kind)
         .collect()
@@ -56,7 +66,7 @@ fn notice(notice: Notice, text: &str) -> EventKind {
 
 fn err(line: &[u8]) -> &'static str {
     decoder()
-        .decode_line(line, &pos(), &Source::Main)
+        .decode_line(line, &Source::Main)
         .unwrap_err()
         .reason()
 }
@@ -68,7 +78,7 @@ fn pitfall_02_torn_line_is_counted_and_the_next_line_still_decodes() {
     let full = fx::user_prompt("11111111-1111-4111-8111-111111111111", "hello");
     let mut d = decoder();
     let torn = &full.as_bytes()[..full.len() / 2];
-    let e = d.decode_line(torn, &pos(), &Source::Main).unwrap_err();
+    let e = d.decode_line(torn, &Source::Main).unwrap_err();
     assert_eq!(e.reason(), "torn");
     assert_eq!(kinds(&mut d, &full), vec![prompt("hello")]);
     assert_eq!(err(b"{"), "torn");
@@ -81,9 +91,9 @@ fn pitfall_03_fused_record_behind_a_torn_prefix_is_recovered() {
     let a = fx::user_prompt("11111111-1111-4111-8111-111111111111", "first");
     let b = fx::user_prompt("22222222-2222-4222-8222-222222222222", "second");
     let fused = format!("{}{}", &a[..a.len() - 20], b);
-    let mut d = decoder();
-    assert_eq!(kinds(&mut d, &fused), vec![prompt("second")]);
-    assert_eq!(d.last_repair().map(|r| r.reason()), Some("fused"));
+    let (kinds_, repair) = repaired(&mut decoder(), fused.as_bytes());
+    assert_eq!(kinds_, vec![prompt("second")]);
+    assert_eq!(repair.map(|r| r.reason()), Some("fused"));
     // Two whole records missing their newline: both are kept.
     let mut d = decoder();
     assert_eq!(
@@ -102,18 +112,12 @@ fn pitfall_04_nul_runs_and_nuls_before_a_record() {
     let mut raw = vec![0u8; 64];
     raw.extend_from_slice(line.as_bytes());
     raw.extend_from_slice(b"\0\0");
-    let evs = d.decode_line(&raw, &pos(), &Source::Main).unwrap();
-    assert_eq!(evs.last().unwrap().kind, prompt("after nuls"));
-    assert_eq!(d.last_repair(), Some(Repair::Nul));
+    let (kinds_, repair) = repaired(&mut d, &raw);
+    assert_eq!(kinds_, vec![prompt("after nuls")]);
+    assert_eq!(repair, Some(Repair::Nul));
     // An empty line is not an error.
-    assert!(decoder()
-        .decode_line(b"", &pos(), &Source::Main)
-        .unwrap()
-        .is_empty());
-    assert!(decoder()
-        .decode_line(b"  \r", &pos(), &Source::Main)
-        .unwrap()
-        .is_empty());
+    assert!(decode_raw(&mut decoder(), b"").events.is_empty());
+    assert!(decode_raw(&mut decoder(), b"  \r").events.is_empty());
 }
 
 #[test]
@@ -125,9 +129,9 @@ fn pitfall_05_invalid_utf8_is_decoded_lossily() {
         .map(|b| if b == 1 { 0xFF } else { b })
         .collect();
     let mut d = decoder();
-    let evs = d.decode_line(&raw, &pos(), &Source::Main).unwrap();
-    assert_eq!(evs.last().unwrap().kind, prompt("caf\u{FFFD} ok"));
-    assert_eq!(d.last_repair(), Some(Repair::InvalidUtf8));
+    let (kinds_, repair) = repaired(&mut d, &raw);
+    assert_eq!(kinds_, vec![prompt("caf\u{FFFD} ok")]);
+    assert_eq!(repair, Some(Repair::InvalidUtf8));
     // Invalid UTF-8 in a line that is also torn: counted as invalid_utf8.
     assert_eq!(err(&raw[..raw.len() - 5]), "invalid_utf8");
 }
@@ -140,9 +144,9 @@ fn pitfall_06_lone_surrogate_escapes_become_replacement_chars() {
         serde_json::from_str::<Value>(&raw).is_err(),
         "serde rejects it"
     );
-    let mut d = decoder();
-    assert_eq!(kinds(&mut d, &raw), vec![prompt("cut \u{FFFD} emoji")]);
-    assert_eq!(d.last_repair(), Some(Repair::Surrogate));
+    let (kinds_, repair) = repaired(&mut decoder(), raw.as_bytes());
+    assert_eq!(kinds_, vec![prompt("cut \u{FFFD} emoji")]);
+    assert_eq!(repair, Some(Repair::Surrogate));
     // A lone low surrogate, and a valid pair next to a lone one.
     let raw = line.replace('@', "\\uDE00 \\ud83d\\ude00 \\ud83d");
     assert_eq!(one(&raw), vec![prompt("cut \u{FFFD} 😀 \u{FFFD} emoji")]);
@@ -161,9 +165,9 @@ fn lone_surrogate_in_a_skipped_field_needs_no_repair() {
         json!({"toolUseResult": "@"}),
     )
     .replace('@', "\\ud83d");
-    let mut d = decoder();
-    assert_eq!(kinds(&mut d, &line), vec![prompt("hi")]);
-    assert_eq!(d.last_repair(), None);
+    let (kinds_, repair) = repaired(&mut decoder(), line.as_bytes());
+    assert_eq!(kinds_, vec![prompt("hi")]);
+    assert_eq!(repair, None);
 }
 
 #[test]
@@ -251,8 +255,9 @@ fn duplicate_keys_keep_the_last_value_on_the_fast_path() {
     assert!(parse_fast(line.as_bytes(), &mut Record::default()));
     let mut d = decoder();
     let evs = d
-        .decode_line(line.as_bytes(), &pos(), &Source::Main)
-        .unwrap();
+        .decode_line(line.as_bytes(), &Source::Main)
+        .unwrap()
+        .events;
     assert_eq!(evs.len(), 1);
     assert_eq!(evs[0].uuid.as_deref(), Some("u2"));
     assert_eq!(evs[0].kind, prompt("dup"));
@@ -866,28 +871,26 @@ fn a_wrong_shape_record_is_skipped_without_taking_its_uuid() {
         ),
     ];
     for (bad, reason) in cases {
-        assert_eq!(decode(&mut d, &bad), vec![], "{bad}");
-        assert_eq!(d.last_skip(), Some(reason), "{bad}");
+        let decoded = decode_raw(&mut d, bad.as_bytes());
+        assert_eq!(decoded.events, vec![], "{bad}");
+        assert_eq!(decoded.skip, Some(reason), "{bad}");
     }
     // The valid records with the same uuids are still delivered.
-    assert_eq!(
-        kinds(&mut d, &fx::user_prompt("dup-1", "hi")),
-        vec![prompt("hi")]
-    );
-    assert_eq!(d.last_skip(), None);
+    let valid = decode_raw(&mut d, fx::user_prompt("dup-1", "hi").as_bytes());
+    assert_eq!(valid.events.last().map(|e| &e.kind), Some(&prompt("hi")));
+    assert_eq!(valid.skip, None);
     let text = fx::assistant_text("dup-2", "m1", "hello", fx::usage(1, 1, 0, 0));
     assert!(kinds(&mut d, &text).contains(&EventKind::AssistantText {
         text: "hello".into(),
         model: Some(fx::MODEL.into())
     }));
     // Unknown kinds and metadata lines are not shape errors.
-    for line in [
+    for raw in [
         r#"{"type":"brand-new","uuid":"n1","message":"text"}"#,
         r#"{"type":"progress","uuid":"n2","data":{"type":"bash_progress"}}"#,
         r#"{"type":"summary","summary":"t","leafUuid":"x"}"#,
     ] {
-        decode(&mut d, line);
-        assert_eq!(d.last_skip(), None, "{line}");
+        assert_eq!(decode_raw(&mut d, raw.as_bytes()).skip, None, "{raw}");
     }
     // An empty block list is a valid (if silent) assistant message.
     let empty = fx::assistant_block("e1", "m2", json!(null), fx::usage(0, 0, 0, 0));
@@ -895,8 +898,7 @@ fn a_wrong_shape_record_is_skipped_without_taking_its_uuid() {
         &empty,
         json!({"message": {"role": "assistant", "id": "m2", "content": []}}),
     );
-    decode(&mut d, &empty);
-    assert_eq!(d.last_skip(), None);
+    assert_eq!(decode_raw(&mut d, empty.as_bytes()).skip, None);
 }
 
 #[test]
@@ -1014,8 +1016,9 @@ fn an_agent_id_alone_does_not_make_a_main_record_a_subagent_one() {
     let mut d = decoder();
     let line = fx::with_fields(&fx::user_prompt("m1", "hi"), json!({"agentId": "a1"}));
     let evs = d
-        .decode_line(line.as_bytes(), &pos(), &Source::Main)
-        .unwrap();
+        .decode_line(line.as_bytes(), &Source::Main)
+        .unwrap()
+        .events;
     assert!(evs.iter().all(|e| e.source == Source::Main), "{evs:?}");
 }
 
@@ -1077,8 +1080,9 @@ fn subagent_records_get_a_subagent_source() {
         json!({"isSidechain": true, "agentId": "a1b2"}),
     );
     let evs = d
-        .decode_line(line.as_bytes(), &pos(), &Source::Main)
-        .unwrap();
+        .decode_line(line.as_bytes(), &Source::Main)
+        .unwrap()
+        .events;
     assert_eq!(evs.len(), 1, "no SessionMeta for subagent records: {evs:?}");
     assert_eq!(
         evs[0].source,
@@ -1093,8 +1097,9 @@ fn subagent_records_get_a_subagent_source() {
         json!({"isSidechain": true}),
     );
     let evs = d
-        .decode_line(inline.as_bytes(), &pos(), &Source::Main)
-        .unwrap();
+        .decode_line(inline.as_bytes(), &Source::Main)
+        .unwrap()
+        .events;
     assert_eq!(
         evs[0].source,
         Source::Subagent {
@@ -1113,7 +1118,7 @@ fn subagent_records_get_a_subagent_source() {
         &fx::user_prompt("u3", "x"),
         json!({"isSidechain": true, "agentId": "a9"}),
     );
-    let evs = d.decode_line(line.as_bytes(), &pos(), &given).unwrap();
+    let evs = d.decode_line(line.as_bytes(), &given).unwrap().events;
     assert_eq!(
         evs[0].source,
         Source::Subagent {
@@ -1123,20 +1128,18 @@ fn subagent_records_get_a_subagent_source() {
         }
     );
     let main = d
-        .decode_line(
-            fx::user_prompt("u4", "main").as_bytes(),
-            &pos(),
-            &Source::Main,
-        )
-        .unwrap();
+        .decode_line(fx::user_prompt("u4", "main").as_bytes(), &Source::Main)
+        .unwrap()
+        .events;
     assert!(main.iter().all(|e| e.source == Source::Main));
 }
 
 #[test]
 fn events_carry_uuid_and_timestamp() {
     let evs = decoder()
-        .decode_line(fx::user_prompt("u1", "x").as_bytes(), &pos(), &Source::Main)
-        .unwrap();
+        .decode_line(fx::user_prompt("u1", "x").as_bytes(), &Source::Main)
+        .unwrap()
+        .events;
     assert!(evs.iter().all(|e| e.uuid.as_deref() == Some("u1")));
     assert!(evs
         .iter()
@@ -1144,10 +1147,10 @@ fn events_carry_uuid_and_timestamp() {
     let title = decoder()
         .decode_line(
             fx::title(TitleSource::AiTitle, "t").as_bytes(),
-            &pos(),
             &Source::Main,
         )
-        .unwrap();
+        .unwrap()
+        .events;
     assert_eq!(title[0].uuid, None);
 }
 
