@@ -78,7 +78,9 @@ use serde_json::Value;
 
 use self::lenient::{FillIn, LStr};
 use self::repair::{parse_fast, parse_slow, trim_ascii, trim_nuls};
-use self::tags::{is_tagged, readable_tagged, strip_system_reminders, teammate_messages};
+use self::tags::{
+    command_text, is_tagged, readable_tagged, strip_system_reminders, teammate_messages,
+};
 use self::window::{uuid_key, Bounded};
 use self::wire::{Block, Content, Record};
 use super::{Event, EventKind, Notice, Source, TitleSource, Usage};
@@ -875,6 +877,11 @@ impl Ctx<'_> {
     }
 
     fn notice(&self, notice: Notice, text: String) -> Event {
+        // The one place command text loses its CLI markup.
+        let text = match notice {
+            Notice::Command => command_text(&text),
+            _ => text,
+        };
         self.event(EventKind::Notice { notice, text })
     }
 }

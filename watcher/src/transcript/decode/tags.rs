@@ -226,6 +226,40 @@ pub(super) fn readable_tagged(s: &str) -> Option<String> {
     (!text.trim().is_empty()).then_some(text)
 }
 
+/// The text of a [`Notice::Command`](crate::transcript::Notice::Command): no
+/// `<tag>` markers left, even those that were inside command arguments or
+/// output, which [`readable_tagged`] keeps as written.
+pub(super) fn command_text(s: &str) -> String {
+    strip_markers(s)
+}
+
+/// `<tag>` / `</tag>` markers removed, their contents kept; other angle
+/// brackets (`a < b`, `<@123>`, `<x y>`) kept.
+pub(super) fn strip_markers(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('<') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let name = after.strip_prefix('/').unwrap_or(after);
+        let len = name
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(name.len());
+        let is_tag = len > 0
+            && name.starts_with(|c: char| c.is_ascii_alphabetic())
+            && name[len..].starts_with('>');
+        if is_tag {
+            let consumed = (after.len() - name.len()) + len + 1;
+            rest = &after[consumed..];
+        } else {
+            out.push('<');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// Cuts `<system-reminder>…</system-reminder>` blocks that start a line (the
 /// harness appends them to tool results and prompts; they are for the model).
 pub(super) fn strip_system_reminders(text: String) -> String {

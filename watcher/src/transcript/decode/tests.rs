@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::repair::fix_lone_surrogates;
+use super::tags::strip_markers;
 use super::*;
 use crate::transcript::fixtures as fx;
 
@@ -551,6 +552,15 @@ fn tagged_user_text_becomes_readable_command_notices() {
             .collect();
         assert_eq!(got, want, "{text}");
     }
+    // Markup inside command output or arguments is stripped too, here and
+    // nowhere else: the renderer shows command text as decoded.
+    assert_eq!(
+        one(&fx::user_prompt(
+            "u3",
+            "<bash-input>cat a.html</bash-input><bash-stdout><b>bold</b> a < b</bash-stdout>"
+        )),
+        vec![notice(Notice::Command, "$ cat a.html\nbold a < b")]
+    );
     // Angle brackets in a real prompt do not make it a command.
     assert_eq!(
         one(&fx::user_prompt("u2", "<div> is not closed, why?")),
@@ -1196,4 +1206,17 @@ fn surrogate_fixer_only_touches_lone_escapes() {
         br#""\uFFFD\ud83d\ude00""#.to_vec()
     );
     assert_eq!(fix_lone_surrogates(br#""\ud8"#), None);
+}
+
+#[test]
+fn command_tags_are_removed_and_other_angles_kept() {
+    assert_eq!(
+        strip_markers("<command-name>/model</command-name>\n<command-args>opus</command-args>"),
+        "/model\nopus"
+    );
+    assert_eq!(
+        strip_markers("a < b and <@123> <x y>"),
+        "a < b and <@123> <x y>"
+    );
+    assert_eq!(strip_markers("<unclosed"), "<unclosed");
 }
