@@ -138,8 +138,8 @@ pub struct BridgeMetrics {
 /// client's routes and the two reads bot-bridge sends itself.
 pub fn discord_routes() -> impl Iterator<Item = &'static str> {
     ::discord::rest::routes::ALL.into_iter().chain([
-        crate::discord::rest::GET_CHANNEL,
-        crate::discord::rest::GET_WEBHOOK,
+        crate::guild::rest::GET_CHANNEL,
+        crate::guild::rest::GET_WEBHOOK,
     ])
 }
 

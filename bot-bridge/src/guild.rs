@@ -258,7 +258,7 @@ pub mod rest {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use ::discord::rest::{
+    use discord::rest::{
         CreateChannel, Overwrite as RestOverwrite, RestClient, RestConfig, RestError, RestObserver,
     };
     use http::HeaderValue;
@@ -409,7 +409,7 @@ pub mod rest {
         }
     }
 
-    fn channel(c: ::discord::rest::Channel) -> Channel {
+    fn channel(c: discord::rest::Channel) -> Channel {
         Channel {
             id: c.id,
             name: c.name,
@@ -436,12 +436,12 @@ pub mod rest {
         }
 
         fn get_channel(&self, channel_id: &str) -> DiscordFuture<'_, Option<Channel>> {
-            let path = format!("/channels/{}", ::discord::rest::percent_encode(channel_id));
+            let path = format!("/channels/{}", discord::rest::percent_encode(channel_id));
             Box::pin(async move {
                 let Some(v) = self.get(GET_CHANNEL, path).await? else {
                     return Ok(None);
                 };
-                let c: ::discord::rest::Channel = serde_json::from_value(v)
+                let c: discord::rest::Channel = serde_json::from_value(v)
                     .map_err(|e| DiscordError::Transport(format!("bad channel JSON: {e}")))?;
                 Ok(Some(channel(c)))
             })
@@ -542,7 +542,7 @@ pub mod rest {
         }
 
         fn webhook_exists(&self, webhook_id: &str) -> DiscordFuture<'_, bool> {
-            let path = format!("/webhooks/{}", ::discord::rest::percent_encode(webhook_id));
+            let path = format!("/webhooks/{}", discord::rest::percent_encode(webhook_id));
             Box::pin(async move { Ok(self.get(GET_WEBHOOK, path).await?.is_some()) })
         }
 
@@ -625,7 +625,7 @@ pub mod rest {
         use axum::Json;
 
         use super::*;
-        use crate::discord::NewChannel;
+        use crate::guild::NewChannel;
 
         /// A Discord stand-in that checks the bot token and answers fixed bodies.
         async fn stub() -> String {
@@ -1014,10 +1014,8 @@ pub mod registration {
 
         use super::*;
         use crate::app::fixture;
-        use crate::discord::memory::MockDiscord;
-        use crate::discord::{
-            Channel, DiscordApi, DiscordError, DiscordFuture, NewChannel, Webhook,
-        };
+        use crate::guild::memory::MockDiscord;
+        use crate::guild::{Channel, DiscordApi, DiscordError, DiscordFuture, NewChannel, Webhook};
 
         /// The in-memory Discord, failing the first `fail` registrations.
         struct Flaky {

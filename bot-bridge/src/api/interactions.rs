@@ -378,14 +378,14 @@ async fn command(state: AppState, interaction: Value) -> Response {
 }
 
 /// Registers `/input` and `/status` as guild commands of `GUILD_ID`.
-pub async fn register_commands(state: &AppState) -> Result<(), crate::discord::DiscordError> {
+pub async fn register_commands(state: &AppState) -> Result<(), crate::guild::DiscordError> {
     let Some(app_id) = state.settings().application_id.clone() else {
         return Ok(());
     };
     let guild = state.settings().guild_id.clone();
     state
         .discord()
-        .bulk_overwrite_guild_commands(&app_id, &guild, &crate::discord::commands())
+        .bulk_overwrite_guild_commands(&app_id, &guild, &crate::guild::commands())
         .await
 }
 

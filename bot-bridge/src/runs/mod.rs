@@ -14,8 +14,8 @@ use serde::Serialize;
 use crate::access::{hash_token, Caller};
 use crate::app::AppState;
 use crate::config::RunContainer;
-use crate::discord::{self, kind, Channel, DiscordError, NewChannel};
 use crate::events::{ErrorKind, RunCompleted, RunCreated, RunRepaired};
+use crate::guild::{self, kind, Channel, DiscordError, NewChannel};
 use crate::reconcile::telemetry::FinalizeReason;
 use crate::store::{
     CategoryKind, CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, StoreError,
@@ -51,7 +51,7 @@ pub enum RunsError {
     /// The thread parent channel holds Discord's maximum of webhooks.
     #[error(
         "the thread parent channel holds {} webhooks, one per active run",
-        discord::MAX_WEBHOOKS_PER_CHANNEL
+        guild::MAX_WEBHOOKS_PER_CHANNEL
     )]
     WebhookLimit,
     #[error("discord: {0}")]
@@ -281,7 +281,7 @@ impl AppState {
     pub(crate) async fn call<T>(
         &self,
         run_id: Option<&str>,
-        fut: discord::DiscordFuture<'_, T>,
+        fut: guild::DiscordFuture<'_, T>,
     ) -> Result<T, DiscordError> {
         match fut.await {
             Ok(v) => {
@@ -503,7 +503,7 @@ impl AppState {
                 name: channel_name(&run.key),
                 kind: kind::TEXT,
                 parent_id: Some(parent),
-                overwrites: discord::run_overwrites(&guild, &self.settings().operators),
+                overwrites: guild::run_overwrites(&guild, &self.settings().operators),
             };
             let reason = format!("agentmon run {run_id}");
             let channel = match self
@@ -842,7 +842,7 @@ mod tests {
     }
 
     use crate::app::fixture;
-    use crate::discord::perm;
+    use crate::guild::perm;
 
     /// The watcher that creates the runs of these tests.
     fn owner() -> Caller {
@@ -988,10 +988,7 @@ mod tests {
         ));
     }
 
-    fn thread_state() -> (
-        AppState,
-        std::sync::Arc<crate::discord::memory::MockDiscord>,
-    ) {
+    fn thread_state() -> (AppState, std::sync::Arc<crate::guild::memory::MockDiscord>) {
         let mut settings = fixture::settings();
         settings.run_container = RunContainer::Thread;
         settings.thread_parent_channel_id = Some("555".into());
@@ -1044,7 +1041,7 @@ mod tests {
     #[tokio::test]
     async fn thread_mode_past_the_webhook_limit_is_a_clear_error() {
         let (state, _) = thread_state();
-        for i in 0..crate::discord::MAX_WEBHOOKS_PER_CHANNEL {
+        for i in 0..crate::guild::MAX_WEBHOOKS_PER_CHANNEL {
             state
                 .provision(new_run("t", &format!("s{i}")), &owner())
                 .await
