@@ -60,39 +60,8 @@ pub enum RunsError {
     Store(#[from] StoreError),
 }
 
-/// What the watcher sends to `POST /v1/runs`.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewRun {
-    pub task_id: String,
-    /// A number or a string; both are accepted.
-    pub attempt: AttemptValue,
-    pub short_id: String,
-    #[serde(default)]
-    pub input_url: Option<String>,
-    /// The watcher will heartbeat this run: provisioning counts as its first
-    /// beat, so a watcher killed before its first heartbeat is still
-    /// finalised as silent (a watcher that never heartbeats leaves it unset).
-    #[serde(default)]
-    pub heartbeats: bool,
-}
-
-/// `attempt` as JSON number or string.
-#[derive(Debug, Clone, serde::Deserialize)]
-#[serde(untagged)]
-pub enum AttemptValue {
-    Number(u64),
-    Text(String),
-}
-
-impl AttemptValue {
-    fn as_string(&self) -> String {
-        match self {
-            Self::Number(n) => n.to_string(),
-            Self::Text(s) => s.trim().to_owned(),
-        }
-    }
-}
+/// What the watcher sends to `POST /v1/runs` (the shared contract).
+pub use protocol::{AttemptValue, NewRun};
 
 /// What `POST /v1/runs` answers: everything the watcher needs to post and to
 /// verify relayed input. The only place secrets leave bot-bridge.

@@ -181,8 +181,7 @@ mod tests {
         assert_eq!(pinned(&run, expected), run);
         // What older watchers send: a numeric attempt, no input URL, no heartbeats.
         let old: NewRun =
-            serde_json::from_value(json!({"task_id": "t", "attempt": 3, "short_id": "s"}))
-                .unwrap();
+            serde_json::from_value(json!({"task_id": "t", "attempt": 3, "short_id": "s"})).unwrap();
         assert_eq!(old.attempt.as_string(), "3");
         assert!(!old.heartbeats && old.input_url.is_none());
         // Unknown fields are refused, so a typo is an error, not a default.
@@ -246,7 +245,12 @@ mod tests {
         assert!(!verify(b"other", "1700000000", b"{}", &sig));
         assert!(!verify(b"key", "1700000000", b"{ }", &sig));
         assert!(!verify(b"key", "1700000000", b"{}", "sha256=zz"));
-        assert!(!verify(b"key", "1700000000", b"{}", sig.trim_start_matches("sha256=")));
+        assert!(!verify(
+            b"key",
+            "1700000000",
+            b"{}",
+            sig.trim_start_matches("sha256=")
+        ));
     }
 
     #[test]
