@@ -16,31 +16,13 @@ use crate::access::Operators;
 /// A boxed future, so the trait stays object-safe (`Arc<dyn DiscordApi>`).
 pub type DiscordFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DiscordError>> + Send + 'a>>;
 
-/// Channel types bot-bridge creates or reads.
-pub mod kind {
-    pub const TEXT: u8 = 0;
-    pub const CATEGORY: u8 = 4;
-    pub const PUBLIC_THREAD: u8 = 11;
-}
-
-/// Permission bits used in overwrites (Discord's `permissions` bit set).
-pub mod perm {
-    pub const ADD_REACTIONS: u64 = 1 << 6;
-    pub const VIEW_CHANNEL: u64 = 1 << 10;
-    pub const SEND_MESSAGES: u64 = 1 << 11;
-    pub const READ_MESSAGE_HISTORY: u64 = 1 << 16;
-    pub const USE_APPLICATION_COMMANDS: u64 = 1 << 31;
-    pub const CREATE_PUBLIC_THREADS: u64 = 1 << 35;
-    pub const CREATE_PRIVATE_THREADS: u64 = 1 << 36;
-    pub const SEND_MESSAGES_IN_THREADS: u64 = 1 << 38;
-}
-
-/// Discord's error code when the guild already has 500 channels.
-pub const MAX_GUILD_CHANNELS_CODE: u64 = 30013;
-/// Discord's error code when a channel already has its maximum of webhooks.
-pub const MAX_WEBHOOKS_CODE: u64 = 30007;
-/// Webhooks one channel may hold (Discord raised it from 10 to 15 in 2023).
-pub const MAX_WEBHOOKS_PER_CHANNEL: usize = 15;
+use discord::error_code;
+/// Webhooks one channel may hold.
+pub use discord::limits::WEBHOOKS_PER_CHANNEL as MAX_WEBHOOKS_PER_CHANNEL;
+/// Permission bits used in overwrites.
+pub use discord::permission as perm;
+/// Channel types bot-bridge creates or reads (Discord's, from the model crate).
+pub use discord::rest::channel_kind as kind;
 
 /// A guild channel, category or thread as far as bot-bridge cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,12 +91,12 @@ pub enum DiscordError {
 impl DiscordError {
     /// Whether the guild refused a channel because it holds 500 already.
     pub fn is_guild_full(&self) -> bool {
-        matches!(self, Self::Http { code, .. } if *code == MAX_GUILD_CHANNELS_CODE)
+        matches!(self, Self::Http { code, .. } if *code == error_code::MAX_GUILD_CHANNELS)
     }
 
     /// Whether a channel refused a webhook because it holds the maximum.
     pub fn is_webhook_limit(&self) -> bool {
-        matches!(self, Self::Http { code, .. } if *code == MAX_WEBHOOKS_CODE)
+        matches!(self, Self::Http { code, .. } if *code == error_code::MAX_WEBHOOKS)
     }
 }
 
@@ -251,9 +233,9 @@ pub fn commands() -> Value {
     ])
 }
 
-/// The production [`DiscordApi`]: `discord::rest::RestClient` plus the two
-/// reads it does not offer (`GET /channels/{id}`, `GET /webhooks/{id}`), sent
-/// with the same bot token and reported to the same observer.
+/// The production [`DiscordApi`]: a mapping onto `discord::rest::RestClient`,
+/// so every call (reads included) goes through its rate limiter and its
+/// invalid-request guard.
 pub mod rest {
     use std::sync::Arc;
     use std::time::Duration;
@@ -261,16 +243,11 @@ pub mod rest {
     use discord::rest::{
         CreateChannel, Overwrite as RestOverwrite, RestClient, RestConfig, RestError, RestObserver,
     };
-    use http::HeaderValue;
     use ops::Secret;
     use serde_json::Value;
 
     use super::{Channel, DiscordApi, DiscordError, DiscordFuture, NewChannel, Webhook};
     use crate::events::BridgeMetrics;
-
-    /// Route templates of the reads done here (metric labels).
-    pub const GET_CHANNEL: &str = "GET /channels/{channel_id}";
-    pub const GET_WEBHOOK: &str = "GET /webhooks/{webhook_id}";
 
     /// Maps the REST client's hooks onto `bridge_discord_*` metrics.
     #[derive(Debug, Clone)]
@@ -286,21 +263,9 @@ pub mod rest {
     }
 
     /// [`DiscordApi`] over HTTP.
-    #[derive(Clone)]
+    #[derive(Clone, Debug)]
     pub struct RestDiscord {
         client: RestClient,
-        http: reqwest::Client,
-        base_url: String,
-        auth: HeaderValue,
-        observer: Arc<dyn RestObserver>,
-    }
-
-    impl std::fmt::Debug for RestDiscord {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.debug_struct("RestDiscord")
-                .field("base_url", &self.base_url)
-                .finish_non_exhaustive()
-        }
     }
 
     impl RestDiscord {
@@ -310,11 +275,6 @@ pub mod rest {
             timeout: Duration,
             observer: Arc<dyn RestObserver>,
         ) -> Result<Self, DiscordError> {
-            let mut auth =
-                HeaderValue::from_str(&format!("Bot {}", bot_token.expose())).map_err(|_| {
-                    DiscordError::Transport("the bot token is not a valid header value".into())
-                })?;
-            auth.set_sensitive(true);
             let client = RestClient::new(
                 RestConfig {
                     base_url: base_url.to_owned(),
@@ -322,74 +282,10 @@ pub mod rest {
                     timeout,
                     max_retries: 3,
                 },
-                observer.clone(),
+                observer,
             )
             .map_err(map_err)?;
-            let http = reqwest::Client::builder()
-                .timeout(timeout)
-                .build()
-                .map_err(|e| DiscordError::Transport(e.without_url().to_string()))?;
-            Ok(Self {
-                client,
-                http,
-                base_url: base_url.trim_end_matches('/').to_owned(),
-                auth,
-                observer,
-            })
-        }
-
-        /// GET a bot-authenticated resource; `Ok(None)` on 404.
-        async fn get(
-            &self,
-            route: &'static str,
-            path: String,
-        ) -> Result<Option<Value>, DiscordError> {
-            let mut headers = http::HeaderMap::new();
-            headers.insert(http::header::AUTHORIZATION, self.auth.clone());
-            ops::trace::inject(&mut headers);
-            let response = self
-                .http
-                .get(format!("{}{path}", self.base_url))
-                .headers(headers)
-                .send()
-                .await;
-            let response = match response {
-                Ok(r) => r,
-                Err(e) => {
-                    self.observer.request_done(route, 0);
-                    // without_url: the path carries no secret here, but keep errors uniform.
-                    return Err(DiscordError::Transport(e.without_url().to_string()));
-                }
-            };
-            let status = response.status().as_u16();
-            self.observer.request_done(route, status);
-            if status == 429 {
-                self.observer.rate_limited("route");
-            }
-            if status == 404 {
-                return Ok(None);
-            }
-            let body = response
-                .bytes()
-                .await
-                .map_err(|e| DiscordError::Transport(e.without_url().to_string()))?;
-            if !(200..300).contains(&status) {
-                let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                return Err(DiscordError::Http {
-                    status,
-                    code: v.get("code").and_then(Value::as_u64).unwrap_or(0),
-                    message: v
-                        .get("message")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .chars()
-                        .take(200)
-                        .collect(),
-                });
-            }
-            serde_json::from_slice(&body)
-                .map(Some)
-                .map_err(|e| DiscordError::Transport(format!("bad JSON from Discord: {e}")))
+            Ok(Self { client })
         }
     }
 
@@ -436,14 +332,14 @@ pub mod rest {
         }
 
         fn get_channel(&self, channel_id: &str) -> DiscordFuture<'_, Option<Channel>> {
-            let path = format!("/channels/{}", discord::rest::percent_encode(channel_id));
+            let channel_id = channel_id.to_owned();
             Box::pin(async move {
-                let Some(v) = self.get(GET_CHANNEL, path).await? else {
-                    return Ok(None);
-                };
-                let c: discord::rest::Channel = serde_json::from_value(v)
-                    .map_err(|e| DiscordError::Transport(format!("bad channel JSON: {e}")))?;
-                Ok(Some(channel(c)))
+                let found = self
+                    .client
+                    .get_channel(&channel_id)
+                    .await
+                    .map_err(map_err)?;
+                Ok(found.map(channel))
             })
         }
 
@@ -542,8 +438,15 @@ pub mod rest {
         }
 
         fn webhook_exists(&self, webhook_id: &str) -> DiscordFuture<'_, bool> {
-            let path = format!("/webhooks/{}", discord::rest::percent_encode(webhook_id));
-            Box::pin(async move { Ok(self.get(GET_WEBHOOK, path).await?.is_some()) })
+            let webhook_id = webhook_id.to_owned();
+            Box::pin(async move {
+                let found = self
+                    .client
+                    .get_webhook(&webhook_id)
+                    .await
+                    .map_err(map_err)?;
+                Ok(found.is_some())
+            })
         }
 
         fn delete_webhook(&self, webhook_id: &str, why: &str) -> DiscordFuture<'_, ()> {
@@ -623,9 +526,12 @@ pub mod rest {
         use axum::http::{HeaderMap, StatusCode};
         use axum::routing::{get, post};
         use axum::Json;
+        use std::sync::atomic::{AtomicUsize, Ordering};
 
         use super::*;
         use crate::guild::NewChannel;
+
+        static CHANNEL_GETS: AtomicUsize = AtomicUsize::new(0);
 
         /// A Discord stand-in that checks the bot token and answers fixed bodies.
         async fn stub() -> String {
@@ -647,6 +553,29 @@ pub mod rest {
                                 Json(serde_json::json!({"code": 10015, "message": "Unknown Webhook"})),
                             )
                         }
+                    }),
+                )
+                .route(
+                    "/api/v10/channels/{id}",
+                    get(|| async {
+                        // Rate limited once, then found: the limited client
+                        // waits the 429 out and asks again.
+                        if CHANNEL_GETS.fetch_add(1, Ordering::SeqCst) == 0 {
+                            return (
+                                StatusCode::TOO_MANY_REQUESTS,
+                                [("retry-after", "0.05"), ("x-ratelimit-scope", "user")],
+                                Json(serde_json::json!({
+                                    "message": "You are being rate limited.",
+                                    "retry_after": 0.05,
+                                    "global": false
+                                })),
+                            );
+                        }
+                        (
+                            StatusCode::OK,
+                            [("retry-after", "0"), ("x-ratelimit-scope", "user")],
+                            Json(serde_json::json!({"id": "7", "name": "run-x", "type": 0})),
+                        )
                     }),
                 )
                 .route(
@@ -689,6 +618,11 @@ pub mod rest {
             let err = d.create_channel("9", &new, "test").await.unwrap_err();
             assert!(err.is_guild_full(), "{err}");
             assert!(!format!("{d:?} {err}").contains("SECRET"));
+            // Reads go through the rate-limited client: a 429 is waited out,
+            // not returned (the second client they once used returned it).
+            let found = d.get_channel("7").await.unwrap().unwrap();
+            assert_eq!(found.name, "run-x");
+            assert_eq!(CHANNEL_GETS.load(Ordering::SeqCst), 2);
         }
     }
 }

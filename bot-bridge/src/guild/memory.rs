@@ -80,7 +80,7 @@ impl DiscordApi for MockDiscord {
             if guild >= 500 {
                 return Err(DiscordError::Http {
                     status: 400,
-                    code: MAX_GUILD_CHANNELS_CODE,
+                    code: discord::error_code::MAX_GUILD_CHANNELS,
                     message: "Maximum number of guild channels reached (500)".into(),
                 });
             }
@@ -173,7 +173,7 @@ impl DiscordApi for MockDiscord {
             {
                 return Err(DiscordError::Http {
                     status: 400,
-                    code: MAX_WEBHOOKS_CODE,
+                    code: discord::error_code::MAX_WEBHOOKS,
                     message: "Maximum number of webhooks reached (15)".into(),
                 });
             }

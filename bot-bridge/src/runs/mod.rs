@@ -21,11 +21,11 @@ use crate::store::{
     CategoryKind, CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, StoreError,
 };
 
-/// Discord's limits on channels (DESIGN.md §4).
-pub const MAX_CHANNELS_PER_CATEGORY: usize = 50;
-pub const MAX_CHANNELS_PER_GUILD: usize = 500;
-/// Discord's channel name limit.
-pub const MAX_CHANNEL_NAME: usize = 100;
+/// Discord's limits on channels (DESIGN.md §4), from the model crate.
+pub use discord::limits::{
+    CHANNELS_PER_CATEGORY as MAX_CHANNELS_PER_CATEGORY,
+    CHANNELS_PER_GUILD as MAX_CHANNELS_PER_GUILD, CHANNEL_NAME as MAX_CHANNEL_NAME,
+};
 /// Longest accepted identity part; longer values are rejected, not truncated,
 /// so two different runs never map to one key.
 pub const MAX_KEY_PART: usize = 200;
@@ -180,7 +180,7 @@ pub enum Placement {
 pub fn family(channels: &[Channel], base: &str) -> Vec<(u32, String, usize)> {
     let mut out: Vec<(u32, String, usize)> = channels
         .iter()
-        .filter(|c| c.kind == kind::CATEGORY)
+        .filter(|c| c.kind == kind::GUILD_CATEGORY)
         .filter_map(|c| {
             let index = category_index(base, &c.name)?;
             let n = channels
@@ -470,7 +470,7 @@ impl AppState {
                 .await?;
             let new = NewChannel {
                 name: channel_name(&run.key),
-                kind: kind::TEXT,
+                kind: kind::GUILD_TEXT,
                 parent_id: Some(parent),
                 overwrites: guild::run_overwrites(&guild, &self.settings().operators),
             };
@@ -608,7 +608,7 @@ impl AppState {
             Placement::Create { name, index } => {
                 let new = NewChannel {
                     name: name.clone(),
-                    kind: kind::CATEGORY,
+                    kind: kind::GUILD_CATEGORY,
                     parent_id: None,
                     overwrites: Vec::new(),
                 };

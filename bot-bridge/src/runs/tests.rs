@@ -29,7 +29,7 @@ fn cat(id: &str, name: &str) -> Channel {
     Channel {
         id: id.into(),
         name: name.into(),
-        kind: kind::CATEGORY,
+        kind: kind::GUILD_CATEGORY,
         parent_id: None,
     }
 }
@@ -39,7 +39,7 @@ fn children(parent: &str, n: usize, from: usize) -> Vec<Channel> {
         .map(|i| Channel {
             id: format!("c{}", from + i),
             name: "x".into(),
-            kind: kind::TEXT,
+            kind: kind::GUILD_TEXT,
             parent_id: Some(parent.into()),
         })
         .collect()
@@ -196,7 +196,7 @@ async fn a_full_guild_is_refused_with_guild_full() {
                 Channel {
                     id: format!("x{i}"),
                     name: "other".into(),
-                    kind: kind::TEXT,
+                    kind: kind::GUILD_TEXT,
                     parent_id: None,
                 },
             );
@@ -252,7 +252,7 @@ fn thread_state() -> (AppState, std::sync::Arc<crate::guild::memory::MockDiscord
             Channel {
                 id: "555".into(),
                 name: "runs".into(),
-                kind: kind::TEXT,
+                kind: kind::GUILD_TEXT,
                 parent_id: None,
             },
         )
