@@ -627,6 +627,7 @@ pub mod rest {
     }
 }
 
+#[cfg(any(test, feature = "test-util"))]
 pub mod memory;
 
 pub mod registration;
