@@ -79,7 +79,8 @@ use serde_json::Value;
 use self::lenient::{FillIn, LStr};
 use self::repair::{parse_fast, parse_slow, trim_ascii, trim_nuls};
 use self::tags::{
-    command_text, is_tagged, readable_tagged, strip_system_reminders, teammate_messages,
+    command_text, is_tagged, readable_tagged, status_text, strip_system_reminders,
+    teammate_messages,
 };
 use self::window::{uuid_key, Bounded};
 use self::wire::{Block, Content, Record};
@@ -715,22 +716,10 @@ fn system(rec: &Record<'_>, ctx: &Ctx<'_>, out: &mut Vec<Event>) {
             ),
             None => return,
         },
-        "local_command" => {
-            let content = rec.content.text();
-            let content = content.trim();
-            let text = if is_tagged(content) {
-                match readable_tagged(content) {
-                    Some(t) => t,
-                    None => return,
-                }
-            } else {
-                content.to_owned()
-            };
-            if text.is_empty() {
-                return;
-            }
-            (Notice::Command, text)
-        }
+        "local_command" => match status_text(&rec.content.text()) {
+            Some(text) => (Notice::Command, text),
+            None => return,
+        },
         "stop_hook_summary" => {
             let errors = match rec.hook_errors.as_deref() {
                 Some(Value::Array(errs)) if !errs.is_empty() => errs,
@@ -748,22 +737,10 @@ fn system(rec: &Record<'_>, ctx: &Ctx<'_>, out: &mut Vec<Event>) {
                 format!("Stop hook failed: {}", list.join("; ")),
             )
         }
-        _ => {
-            let content = rec.content.text();
-            let content = content.trim();
-            if content.is_empty() {
-                return;
-            }
-            let text = if is_tagged(content) {
-                match readable_tagged(content) {
-                    Some(t) => t,
-                    None => return,
-                }
-            } else {
-                content.to_owned()
-            };
-            (Notice::System, text)
-        }
+        _ => match status_text(&rec.content.text()) {
+            Some(text) => (Notice::System, text),
+            None => return,
+        },
     };
     out.push(ctx.notice(notice, text));
 }

@@ -260,6 +260,18 @@ pub(super) fn strip_markers(s: &str) -> String {
     out
 }
 
+/// A `system` record's text as shown: tagged CLI text made readable, plain
+/// text trimmed; `None` when nothing is left to show.
+pub(super) fn status_text(content: &str) -> Option<String> {
+    let content = content.trim();
+    let text = if is_tagged(content) {
+        readable_tagged(content)?
+    } else {
+        content.to_owned()
+    };
+    (!text.is_empty()).then_some(text)
+}
+
 /// Cuts `<system-reminder>…</system-reminder>` blocks that start a line (the
 /// harness appends them to tool results and prompts; they are for the model).
 pub(super) fn strip_system_reminders(text: String) -> String {
