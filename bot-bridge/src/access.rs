@@ -25,7 +25,7 @@ use subtle::ConstantTimeEq;
 
 /// Header a watcher presents its run token in (creation, re-provisioning,
 /// completion).
-pub const RUN_TOKEN_HEADER: &str = "x-agentmon-run-token";
+pub const RUN_TOKEN_HEADER: &str = protocol::headers::RUN_TOKEN;
 /// Shortest run token a caller may propose (hex of 16 random bytes).
 pub const MIN_RUN_TOKEN: usize = 32;
 /// Longest run token a caller may propose.

@@ -8,8 +8,8 @@ use ops::health::{Component, Heartbeat};
 use ops::{Secret, Shutdown};
 
 use crate::config::{Config, RetentionAction, RunContainer};
-use crate::discord::DiscordApi;
 use crate::events::{BridgeError, BridgeMetrics, ErrorKind};
+use crate::guild::DiscordApi;
 use crate::relay::Relay;
 use crate::store::RunStore;
 
@@ -326,7 +326,7 @@ pub(crate) mod fixture {
     //! A state over the in-memory Discord and an in-memory store.
 
     use super::*;
-    use crate::discord::memory::MockDiscord;
+    use crate::guild::memory::MockDiscord;
     use crate::store::sqlite::SqliteStore;
 
     pub const GUILD: &str = "900";

@@ -137,12 +137,9 @@ pub struct BridgeMetrics {
 }
 
 /// Every `route` label value of `bridge_discord_requests_total`: the REST
-/// client's routes and the two reads bot-bridge sends itself.
+/// client's routes.
 pub fn discord_routes() -> impl Iterator<Item = &'static str> {
-    ::discord::rest::routes::ALL.into_iter().chain([
-        crate::discord::rest::GET_CHANNEL,
-        crate::discord::rest::GET_WEBHOOK,
-    ])
+    ::discord::rest::routes::ALL.into_iter()
 }
 
 /// The `status` values of `bridge_discord_requests_total` that exist from

@@ -28,10 +28,10 @@ use serde_json::Value;
 
 use crate::app::AppState;
 use crate::config::RunContainer;
-use crate::discord::DiscordError;
 use crate::events::{
     ErrorKind, HandoffBacklog, HandoffCounted, HandoffMessageOutcome, HandoffStalled,
 };
+use crate::guild::DiscordError;
 use crate::reconcile::telemetry::FinalizeReason;
 use crate::runs::{now_unix, RunsError};
 use crate::store::{HandoffMessage, HandoffOutcome, HandoffStored, RunStatus};

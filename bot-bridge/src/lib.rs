@@ -4,7 +4,7 @@
 //! watchers (`runs`, `api::runs`), relays operator input from slash commands to
 //! a run's watcher (`api::interactions`, `relay`), and archives or deletes
 //! channels after retention (`retention`). State lives in a `store`; Discord is
-//! reached through the `discord::DiscordApi` trait. `main.rs` only wires these
+//! reached through the `guild::DiscordApi` trait. `main.rs` only wires these
 //! together with the shared `ops` runtime.
 
 pub mod access;
@@ -12,8 +12,8 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
-pub mod discord;
 pub mod events;
+pub mod guild;
 pub mod handoff;
 pub mod reconcile;
 pub mod relay;

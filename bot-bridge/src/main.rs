@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bot_bridge::config::{self, Config, Database};
-use bot_bridge::discord::rest::{MetricsObserver, RestDiscord};
 use bot_bridge::events::BridgeMetrics;
+use bot_bridge::guild::rest::{MetricsObserver, RestDiscord};
 use bot_bridge::relay::Relay;
 use bot_bridge::store::sqlite::SqliteStore;
 use bot_bridge::store::RunStore;
@@ -131,9 +131,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
 
     // Nothing that waits on Discord runs before the ports are open: the
     // commands register in the background, retried with backoff.
-    let registration = tokio::spawn(bot_bridge::discord::registration::run(
+    let registration = tokio::spawn(bot_bridge::guild::registration::run(
         state.clone(),
-        bot_bridge::discord::registration::BACKOFF,
+        bot_bridge::guild::registration::BACKOFF,
         shutdown.clone(),
     ));
     let store_watch = tokio::spawn(bot_bridge::app::watch_store(

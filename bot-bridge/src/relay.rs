@@ -8,25 +8,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, Mac};
 use ops::Secret;
-use serde::Serialize;
-use sha2::Sha256;
-
-/// Header carrying the signing time.
-pub const TIMESTAMP_HEADER: &str = "x-agentmon-timestamp";
-/// Header carrying the signature.
-pub const SIGNATURE_HEADER: &str = "x-agentmon-signature";
-
-/// One operator input, as the watcher receives it.
-#[derive(Debug, Clone, Serialize)]
-pub struct InputMessage {
-    pub run_id: String,
-    pub user: String,
-    pub text: String,
-    /// The interaction id; the watcher ignores a replayed one.
-    pub id: String,
-}
+use protocol::headers::{SIGNATURE as SIGNATURE_HEADER, TIMESTAMP as TIMESTAMP_HEADER};
+pub use protocol::InputRequest as InputMessage;
 
 /// How the watcher answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,17 +38,9 @@ impl RelayOutcome {
     }
 }
 
-/// `sha256=<hex>` over `timestamp + "." + body`.
+/// `sha256=<hex>` over `timestamp + "." + body` ([`protocol::sign`]).
 pub fn sign(secret: &Secret<String>, timestamp: &str, body: &[u8]) -> String {
-    // HMAC accepts keys of any length, so this constructor cannot fail.
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(secret.expose().as_bytes()) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    protocol::sign(secret.expose().as_bytes(), timestamp, body)
 }
 
 /// Why a relay could not even be attempted.

@@ -15,8 +15,8 @@ use serde_json::json;
 
 use crate::app::AppState;
 use crate::config::{RetentionAction, RunContainer};
-use crate::discord::{self, Channel, DiscordError};
 use crate::events::{ErrorKind, RetentionApplied};
+use crate::guild::{self, Channel, DiscordError};
 use crate::runs::{family, RunsError};
 use crate::store::{CategoryKind, RunRecord, RunStatus};
 
@@ -218,13 +218,11 @@ async fn apply(
                         .await?;
                 }
             }
-            let overwrites: Vec<_> = discord::archive_overwrites(
-                &state.settings().guild_id,
-                &state.settings().operators,
-            )
-            .iter()
-            .map(discord::Overwrite::to_json)
-            .collect();
+            let overwrites: Vec<_> =
+                guild::archive_overwrites(&state.settings().guild_id, &state.settings().operators)
+                    .iter()
+                    .map(guild::Overwrite::to_json)
+                    .collect();
             let patch = json!({"parent_id": category, "permission_overwrites": overwrites});
             let r = d.modify_channel(&channel_id, &patch, &reason).await;
             if r.is_ok() {

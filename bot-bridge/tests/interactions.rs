@@ -13,7 +13,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use ed25519_dalek::Signer;
 use harness::Bridge;
-use hmac::Mac;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -129,17 +128,8 @@ async fn input_in_a_run_channel_reaches_the_watcher_signed() {
         .unwrap();
     let age = now() - ts.parse::<i64>().unwrap();
     assert!((0..=5).contains(&age), "timestamp {ts} is not now");
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(
-        run["input_secret"].as_str().unwrap().as_bytes(),
-    )
-    .unwrap();
-    mac.update(ts.as_bytes());
-    mac.update(b".");
-    mac.update(&body);
-    assert_eq!(
-        sig,
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-    );
+    let secret = run["input_secret"].as_str().unwrap().as_bytes();
+    assert!(protocol::verify(secret, &ts, &body, &sig), "{sig}");
     let got: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(got["run_id"], run["run_id"]);
     assert_eq!(got["user"], "operator");

@@ -16,7 +16,6 @@ use e2e::{
     transcript, FakeDiscordProc, Proc,
 };
 use ed25519_dalek::{Signer, SigningKey};
-use hmac::Mac;
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -846,11 +845,7 @@ async fn thread_mode_streams_into_the_runs_thread() {
 }
 
 fn sign_input(secret: &str, ts: &str, body: &[u8]) -> String {
-    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(ts.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    protocol::sign(secret.as_bytes(), ts, body)
 }
 
 fn rss_kib(pid: i32) -> u64 {

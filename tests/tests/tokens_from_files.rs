@@ -83,12 +83,7 @@ async fn watcher_input_secret_with_a_trailing_newline_matches() {
 }
 
 fn sign(secret: &[u8], ts: &str, body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
-    mac.update(ts.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    protocol::sign(secret, ts, body)
 }
 
 trait NonBlock {

@@ -20,7 +20,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use watcher::transcript::decode::{Decoder, DecoderConfig};
 use watcher::transcript::fixtures as fx;
-use watcher::transcript::{LinePos, Source, TitleSource};
+use watcher::transcript::{Source, TitleSource};
 
 const TARGET_BYTES: usize = 32 << 20;
 
@@ -101,15 +101,10 @@ fn decode_all(lines: &[&[u8]]) -> usize {
     let mut d = Decoder::new(DecoderConfig {
         dedupe_capacity: 100_000,
     });
-    let pos = LinePos {
-        file: "/bench".into(),
-        start: 0,
-        end: 0,
-    };
     let mut events = 0;
     for line in lines {
-        if let Ok(evs) = d.decode_line(line, &pos, &Source::Main) {
-            events += evs.len();
+        if let Ok(decoded) = d.decode_line(line, &Source::Main) {
+            events += decoded.events.len();
         }
     }
     events

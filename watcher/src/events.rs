@@ -19,6 +19,7 @@ use crate::deliver::bridge::{ProvisionObserver, ProvisionOutcome};
 use crate::deliver::DeliveryObserver;
 use crate::ingest::IngestObserver;
 use crate::input::InputObserver;
+use crate::transcript::EventKind;
 
 /// Buckets of `watcher_latency_seconds` (append → acknowledged), DESIGN.md §5.
 pub fn latency_buckets() -> Vec<f64> {
@@ -68,18 +69,6 @@ pub struct WatcherMetrics {
 
 /// The closed label sets, pre-registered so every series exists (at 0) from
 /// the first scrape: alerts on `rate()` and `absent()` then behave.
-const EVENT_KINDS: &[&str] = &[
-    "session_meta",
-    "user_prompt",
-    "teammate_message",
-    "assistant_text",
-    "thinking",
-    "tool_use",
-    "tool_result",
-    "notice",
-    "usage",
-    "title",
-];
 const RATE_LIMIT_SCOPES: &[&str] = &["user", "shared", "global", "unknown"];
 const RETRY_REASONS: &[&str] = &["server_error", "network", "provision"];
 const FAILURE_REASONS: &[&str] = &["rejected", "webhook_gone", "retries_exhausted"];
@@ -114,7 +103,7 @@ fn preregister(vec: &IntCounterVec, labels: &[&str]) {
 impl WatcherMetrics {
     pub fn new(m: &Metrics) -> Result<Self, MetricsError> {
         let metrics = Self::register(m)?;
-        preregister(&metrics.events_processed, EVENT_KINDS);
+        preregister(&metrics.events_processed, &EventKind::LABELS);
         preregister(&metrics.rate_limit_hits, RATE_LIMIT_SCOPES);
         preregister(&metrics.webhook_retries, RETRY_REASONS);
         preregister(&metrics.delivery_failures, FAILURE_REASONS);

@@ -34,7 +34,7 @@ use crate::discover::{self, Lookup, SubagentScanner};
 use crate::queue::{Closed, QueueTx, Record};
 use crate::tail::{FileIdentity, Follower, Piece, Start, Step, TailConfig, Wake};
 use crate::transcript::decode::{Decoder, DecoderConfig};
-use crate::transcript::{EventKind, LinePos, Source};
+use crate::transcript::{LinePos, Source};
 
 /// Where to start a file that already exists at start-up (no checkpoint).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,22 +94,6 @@ pub enum IngestError {
     },
 }
 
-/// The `kind` label of `watcher_events_processed_total`.
-pub fn kind_label(kind: &EventKind) -> &'static str {
-    match kind {
-        EventKind::SessionMeta { .. } => "session_meta",
-        EventKind::UserPrompt { .. } => "user_prompt",
-        EventKind::TeammateMessage { .. } => "teammate_message",
-        EventKind::AssistantText { .. } => "assistant_text",
-        EventKind::Thinking { .. } => "thinking",
-        EventKind::ToolUse { .. } => "tool_use",
-        EventKind::ToolResult { .. } => "tool_result",
-        EventKind::Notice { .. } => "notice",
-        EventKind::Usage { .. } => "usage",
-        EventKind::Title { .. } => "title",
-    }
-}
-
 /// Runs until `stop` triggers; dropping `tx` on return closes the queue.
 /// Returns early (`Ok`) only when the queue's receiver is gone.
 pub async fn run(
@@ -141,7 +125,7 @@ pub async fn run(
 const FINAL_FLUSH_BUDGET: Duration = Duration::from_millis(1000);
 
 /// A followed file.
-struct Tracked {
+struct FollowedFile {
     follower: Follower,
     source: Source,
     /// Told the observer about it (the main file is announced once it opens).
@@ -165,7 +149,7 @@ struct Tracked {
 /// How many scans look for a subagent's `.meta.json` when it is not there yet.
 const META_ATTEMPTS: u8 = 20;
 
-impl Tracked {
+impl FollowedFile {
     fn new(follower: Follower, source: Source) -> Self {
         Self {
             follower,
@@ -183,7 +167,7 @@ impl Tracked {
 
 /// Turns lines into records: the decoder (one for the whole run, so uuid
 /// dedupe spans files and rotations), the queue and the observer.
-struct Emitter {
+struct LinePump {
     decoder: Decoder,
     tx: QueueTx,
     observer: Arc<dyn IngestObserver>,
@@ -191,10 +175,14 @@ struct Emitter {
     pieces: Vec<Piece>,
 }
 
-impl Emitter {
+impl LinePump {
     /// Reads `t` until it is idle or `max_steps` chunks were read; `true` when
     /// it reached idle.
-    async fn pump(&mut self, t: &mut Tracked, max_steps: Option<usize>) -> Result<bool, Closed> {
+    async fn pump(
+        &mut self,
+        t: &mut FollowedFile,
+        max_steps: Option<usize>,
+    ) -> Result<bool, Closed> {
         let mut steps = 0usize;
         loop {
             if max_steps.is_some_and(|m| steps >= m) {
@@ -248,7 +236,7 @@ impl Emitter {
     /// At shutdown: posts the complete record `t`'s writer left without a
     /// newline, if any (a torn one stays unposted, as it would have while
     /// running).
-    async fn flush_final_line(&mut self, t: &mut Tracked) -> Result<(), Closed> {
+    async fn flush_final_line(&mut self, t: &mut FollowedFile) -> Result<(), Closed> {
         let Some(piece) = t.follower.take_final_line(Decoder::is_complete_record) else {
             return Ok(());
         };
@@ -279,15 +267,15 @@ impl Emitter {
             }
             Piece::Line { bytes, .. } if bytes.is_empty() => (Vec::new(), raw_len),
             Piece::Line { bytes, .. } => {
-                let events = match self.decoder.decode_line(bytes, &pos, source) {
-                    Ok(events) => {
-                        if let Some(r) = self.decoder.last_repair() {
+                let events = match self.decoder.decode_line(bytes, source) {
+                    Ok(line) => {
+                        if let Some(r) = line.repair {
                             self.observer.repaired(r.reason(), label, pos.start);
                         }
-                        if let Some(s) = self.decoder.last_skip() {
+                        if let Some(s) = line.skip {
                             self.observer.skipped_record(s.reason(), label, pos.start);
                         }
-                        events
+                        line.events
                     }
                     Err(e) => {
                         self.observer.parse_error(e.reason(), label, pos.start);
@@ -295,7 +283,7 @@ impl Emitter {
                     }
                 };
                 for e in &events {
-                    self.observer.event(kind_label(&e.kind));
+                    self.observer.event(e.kind.label());
                 }
                 (events, raw_len)
             }
@@ -316,7 +304,7 @@ impl Emitter {
 struct Ingest {
     cfg: IngestConfig,
     checkpoint: Option<Checkpoint>,
-    emitter: Emitter,
+    lines: LinePump,
     wake: Wake,
     /// Sizes of the transcript files that existed at start-up: only these are
     /// subject to `START_AT`; a file that appears later is read from 0.
@@ -325,10 +313,10 @@ struct Ingest {
     /// becomes active again resumes there instead of replaying.
     left_off: HashMap<PathBuf, (FileIdentity, u64)>,
     /// The session file (`TRANSCRIPT_PATH` or the discovered active one).
-    main: Option<Tracked>,
+    main: Option<FollowedFile>,
     /// Project directory of the main file: where its subagents are looked for.
     project_dir: Option<PathBuf>,
-    subagents: Vec<Tracked>,
+    subagents: Vec<FollowedFile>,
     /// Position of each subagent file in `subagents`.
     subagent_index: HashMap<PathBuf, usize>,
     /// The cap on open subagent files was reached and logged; cleared once
@@ -368,7 +356,7 @@ impl Ingest {
             decoder.remember(uuid);
         }
         Self {
-            emitter: Emitter {
+            lines: LinePump {
                 decoder,
                 tx,
                 observer,
@@ -391,7 +379,7 @@ impl Ingest {
     }
 
     fn observer(&self) -> &Arc<dyn IngestObserver> {
-        &self.emitter.observer
+        &self.lines.observer
     }
 
     async fn run(&mut self) -> Result<(), Closed> {
@@ -402,7 +390,7 @@ impl Ingest {
         );
         let mut waiting_attempt = 0u32;
         loop {
-            if self.emitter.tx.is_closed() {
+            if self.lines.tx.is_closed() {
                 return Err(Closed);
             }
             let due = self.last_scan.is_none_or(|t| t.elapsed() >= poll);
@@ -438,7 +426,7 @@ impl Ingest {
         const FAIR_SHARE: Option<usize> = Some(64);
         let mut idle = true;
         if let Some(main) = self.main.as_mut() {
-            idle &= self.emitter.pump(main, FAIR_SHARE).await?;
+            idle &= self.lines.pump(main, FAIR_SHARE).await?;
         }
         let cap = self.cfg.subagent_max_open.max(1);
         let mut open = self
@@ -472,7 +460,7 @@ impl Ingest {
                         let j = parkable.remove(at);
                         if self.subagents[j].follower.park() {
                             open -= 1;
-                            self.emitter.observer.subagent_parked();
+                            self.lines.observer.subagent_parked();
                         }
                     }
                     None => {
@@ -495,27 +483,27 @@ impl Ingest {
                 }
             }
             t.wanted = false;
-            t.idle = self.emitter.pump(t, FAIR_SHARE).await?;
+            t.idle = self.lines.pump(t, FAIR_SHARE).await?;
             idle &= t.idle;
             if !was_open && t.follower.is_open() {
                 open += 1;
                 if open > cap && t.idle && t.follower.park() {
                     open -= 1;
-                    self.emitter.observer.subagent_parked();
+                    self.lines.observer.subagent_parked();
                 }
             }
         }
         if at_cap {
             if !self.cap_logged {
                 self.cap_logged = true;
-                self.emitter
+                self.lines
                     .observer
                     .subagent_cap_reached(cap, self.subagents.len());
             }
         } else if open < cap {
             self.cap_logged = false;
         }
-        self.emitter.observer.subagent_files_open(open);
+        self.lines.observer.subagent_files_open(open);
         // A file waiting for a slot is work left: come back without sleeping.
         Ok(idle && !waiting)
     }
@@ -525,8 +513,8 @@ impl Ingest {
     async fn flush_final_lines(&mut self) -> Result<(), Closed> {
         if let Some(mut main) = self.main.take() {
             let res = async {
-                self.emitter.pump(&mut main, None).await?;
-                self.emitter.flush_final_line(&mut main).await
+                self.lines.pump(&mut main, None).await?;
+                self.lines.flush_final_line(&mut main).await
             }
             .await;
             self.main = Some(main);
@@ -535,9 +523,9 @@ impl Ingest {
         let mut subagents = std::mem::take(&mut self.subagents);
         let mut res = Ok(());
         for t in subagents.iter_mut().filter(|t| t.follower.is_open()) {
-            res = self.emitter.pump(t, None).await.map(drop);
+            res = self.lines.pump(t, None).await.map(drop);
             if res.is_ok() {
-                res = self.emitter.flush_final_line(t).await;
+                res = self.lines.flush_final_line(t).await;
             }
             if res.is_err() {
                 break;
@@ -560,7 +548,7 @@ impl Ingest {
                     format!("{} does not exist yet", main.follower.label())
                 };
                 if self.last_waiting.as_ref() != Some(&detail) {
-                    self.emitter.observer.waiting_for_transcript(&detail);
+                    self.lines.observer.waiting_for_transcript(&detail);
                     self.last_waiting = Some(detail);
                 }
             }
@@ -568,7 +556,7 @@ impl Ingest {
         }
         main.announced = true;
         self.last_waiting = None;
-        self.emitter.observer.following(main.follower.label());
+        self.lines.observer.following(main.follower.label());
     }
 
     /// Where a newly followed file starts: where an earlier follower of this
@@ -594,10 +582,10 @@ impl Ingest {
         }
     }
 
-    fn follow(&self, path: PathBuf, source: Source) -> Tracked {
+    fn follow(&self, path: PathBuf, source: Source) -> FollowedFile {
         let start = self.start_for(&path);
         tracing::debug!(file = %path.display(), ?start, ?source, "following file");
-        Tracked::new(Follower::new(path, start, &self.cfg.tail), source)
+        FollowedFile::new(Follower::new(path, start, &self.cfg.tail), source)
     }
 
     /// Looks for the session file, a newer session, and new subagent files.
@@ -671,7 +659,7 @@ impl Ingest {
         let old_subagents = std::mem::take(&mut self.subagents);
         self.subagent_index.clear();
         for mut t in old_main.into_iter().chain(old_subagents) {
-            self.emitter.pump(&mut t, None).await?;
+            self.lines.pump(&mut t, None).await?;
             if let Some(point) = t.follower.resume_point() {
                 self.left_off.insert(t.follower.path().to_path_buf(), point);
             }

@@ -29,12 +29,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use hmac::{Hmac, Mac};
 use ops::Secret;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::atomic_file::{StateFile, StateObserver};
-use sha2::Sha256;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -47,20 +45,13 @@ pub const MAX_LINE: usize = 32 * 1024;
 /// reader to make room for its rest before it is given up as torn.
 const FINISH_POLLS: u32 = 50;
 const FINISH_POLL_MS: u16 = 100;
-/// How old (or how far in the future) a signed timestamp may be.
-pub const WINDOW: Duration = Duration::from_secs(300);
-pub const TIMESTAMP_HEADER: &str = "x-agentmon-timestamp";
-pub const SIGNATURE_HEADER: &str = "x-agentmon-signature";
-
+pub use protocol::headers::{SIGNATURE as SIGNATURE_HEADER, TIMESTAMP as TIMESTAMP_HEADER};
 /// The request body bot-bridge sends.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct InputRequest {
-    pub run_id: String,
-    pub user: String,
-    pub text: String,
-    pub id: String,
-}
+pub use protocol::InputRequest;
+/// How old (or how far in the future) a signed timestamp may be.
+pub use protocol::FRESHNESS_WINDOW as WINDOW;
+/// Signing and verifying `sha256=<hex>` over `timestamp.body`.
+pub use protocol::{sign, verify};
 
 /// The line written to the FIFO.
 #[derive(Debug, Serialize)]
@@ -343,35 +334,6 @@ async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) 
     out
 }
 
-/// Verifies `sha256=<hex>` over `timestamp.body` in constant time.
-pub fn verify(secret: &[u8], timestamp: &str, body: &[u8], signature: &str) -> bool {
-    let Some(hex_sig) = signature.strip_prefix("sha256=") else {
-        return false;
-    };
-    let Ok(sig) = hex::decode(hex_sig) else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return false;
-    };
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac.verify_slice(&sig).is_ok()
-}
-
-/// The signature header value for `body` (used by bot-bridge and tests).
-pub fn sign(secret: &[u8], timestamp: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap_or_else(|_| {
-        // HMAC accepts keys of any length; this branch cannot be taken.
-        Hmac::<Sha256>::new_from_slice(b"").expect("empty HMAC key")
-    });
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 async fn handle(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let r = handle_inner(&s, &headers, &body).await;
     let outcome = match r.status().as_u16() {
@@ -418,10 +380,7 @@ async fn handle_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let fresh = ts
-        .parse::<u64>()
-        .is_ok_and(|t| t.abs_diff(now) <= WINDOW.as_secs());
-    if !fresh {
+    if !protocol::is_fresh(ts, now) {
         return error(
             StatusCode::UNAUTHORIZED,
             "stale_timestamp",

@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde_json::json;
 use watcher::transcript::decode::{Decoder, DecoderConfig};
 use watcher::transcript::fixtures as fx;
-use watcher::transcript::{LinePos, Source, TitleSource};
+use watcher::transcript::{Source, TitleSource};
 
 fn corpus() -> Vec<String> {
     let mut lines = vec![
@@ -45,19 +45,10 @@ fn corpus() -> Vec<String> {
     lines
 }
 
-fn pos() -> LinePos {
-    LinePos {
-        file: "/fuzz".into(),
-        start: 0,
-        end: 0,
-    }
-}
-
 fn run(d: &mut Decoder, bytes: &[u8]) {
-    let _ = d.decode_line(bytes, &pos(), &Source::Main);
+    let _ = d.decode_line(bytes, &Source::Main);
     let _ = d.decode_line(
         bytes,
-        &pos(),
         &Source::Subagent {
             agent_id: None,
             description: None,
@@ -143,7 +134,7 @@ proptest! {
         run(&mut d, &bytes);
         // A decoder that saw garbage still decodes a good line afterwards.
         let good = fx::user_prompt("after-fuzz", "still alive");
-        let evs = d.decode_line(good.as_bytes(), &pos(), &Source::Main).unwrap();
-        prop_assert!(!evs.is_empty());
+        let decoded = d.decode_line(good.as_bytes(), &Source::Main).unwrap();
+        prop_assert!(!decoded.events.is_empty());
     }
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use watcher::transcript::decode::{Decoder, DecoderConfig};
-use watcher::transcript::{Event, EventKind, LinePos, Source, Usage};
+use watcher::transcript::{Event, EventKind, Source, Usage};
 
 fn samples_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/transcripts")
@@ -38,18 +38,10 @@ fn decode_all(bytes: &[u8]) -> Decoded {
     });
     let mut events = Vec::new();
     let mut errors = Vec::new();
-    let mut start = 0u64;
     for line in bytes.split_inclusive(|&b| b == b'\n') {
-        let end = start + line.len() as u64;
-        let pos = LinePos {
-            file: "/t/sample.jsonl".into(),
-            start,
-            end,
-        };
-        start = end;
         let raw = line.strip_suffix(b"\n").unwrap_or(line);
-        match d.decode_line(raw, &pos, &Source::Main) {
-            Ok(evs) => events.extend(evs),
+        match d.decode_line(raw, &Source::Main) {
+            Ok(decoded) => events.extend(decoded.events),
             Err(e) => errors.push(e.reason()),
         }
     }

@@ -63,10 +63,10 @@ fn render(path: &Path) -> Value {
         };
         offset += line.len() as u64;
         let raw = line.strip_suffix(b"\n").unwrap_or(line);
-        match decoder.decode_line(raw, &pos, &Source::Main) {
+        match decoder.decode_line(raw, &Source::Main) {
             Err(e) => out.push(json!({"skipped_line_at": pos.start, "reason": e.reason()})),
-            Ok(events) => {
-                for ev in events {
+            Ok(decoded) => {
+                for ev in decoded.events {
                     if let Some(ts) = &ev.timestamp {
                         last_ts.clone_from(ts);
                     }

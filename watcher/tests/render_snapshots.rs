@@ -8,6 +8,8 @@
 
 use serde_json::{json, Value};
 use watcher::render::{console, CostTable, Filters, RenderConfig, Rendered, Renderer, RunInfo};
+use watcher::transcript::decode::{Decoder, DecoderConfig};
+use watcher::transcript::fixtures as fx;
 use watcher::transcript::{Event, EventKind, Notice, Source, TitleSource, Usage};
 
 const TS: &str = "2025-06-01T12:01:02.345Z";
@@ -301,12 +303,39 @@ fn tool_result_quiet_tools_without_parity() {
     insta::assert_json_snapshot!("tool_result_read_parity", render_one(true, &e));
 }
 
+/// The decoder names a result after its call (the record itself carries no
+/// name); the renderer posts it under that name.
 #[test]
 fn tool_result_named_after_its_call() {
+    let mut d = Decoder::new(DecoderConfig {
+        dedupe_capacity: 16,
+    });
     let mut r = Renderer::new(cfg(false));
-    r.render(&tool_use("toolu_20", "Grep", json!({"pattern": "x"})));
-    let out = r.render(&tool_result("toolu_20", None, "src/a.rs\nsrc/b.rs", false));
-    insta::assert_json_snapshot!(snap(&out));
+    let call = fx::tool_use(
+        "u1",
+        "m1",
+        "toolu_20",
+        "Grep",
+        json!({"pattern": "x"}),
+        fx::usage(1, 1, 0, 0),
+    );
+    let result = fx::tool_result("u2", "toolu_20", "src/a.rs\nsrc/b.rs", None);
+    let mut posted = Vec::new();
+    for line in [call, result] {
+        for mut e in d
+            .decode_line(line.as_bytes(), &Source::Main)
+            .unwrap()
+            .events
+        {
+            e.timestamp = Some(TS.into());
+            let out = r.render(&e);
+            if matches!(e.kind, EventKind::ToolResult { .. }) {
+                posted.push(out);
+            }
+        }
+    }
+    assert_eq!(posted.len(), 1);
+    insta::assert_json_snapshot!(snap(&posted[0]));
 }
 
 #[test]
@@ -321,10 +350,8 @@ fn notices() {
         )
     };
     insta::assert_json_snapshot!(json!([
-        n(
-            Notice::Command,
-            "<command-name>/model</command-name>\n<command-args>opus</command-args>"
-        ),
+        // As decoded: the decoder strips the CLI's tags from command text.
+        n(Notice::Command, "/model\nopus"),
         n(
             Notice::Interrupted,
             "[Request interrupted by user for tool use]"

@@ -378,14 +378,14 @@ async fn command(state: AppState, interaction: Value) -> Response {
 }
 
 /// Registers `/input` and `/status` as guild commands of `GUILD_ID`.
-pub async fn register_commands(state: &AppState) -> Result<(), crate::discord::DiscordError> {
+pub async fn register_commands(state: &AppState) -> Result<(), crate::guild::DiscordError> {
     let Some(app_id) = state.settings().application_id.clone() else {
         return Ok(());
     };
     let guild = state.settings().guild_id.clone();
     state
         .discord()
-        .bulk_overwrite_guild_commands(&app_id, &guild, &crate::discord::commands())
+        .bulk_overwrite_guild_commands(&app_id, &guild, &crate::guild::commands())
         .await
 }
 
@@ -396,7 +396,6 @@ mod tests {
 
     use axum::routing::post;
     use ed25519_dalek::{Signer, SigningKey};
-    use hmac::Mac;
     use tokio::sync::{mpsc, Mutex};
 
     use super::*;
@@ -593,13 +592,8 @@ mod tests {
         assert_eq!(v["data"]["flags"], 64);
         assert_eq!(v["data"]["content"], "forwarded");
         let (ts, sig, body) = rx.recv().await.unwrap();
-        let mut mac =
-            <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(run.input_secret.expose().as_bytes())
-                .unwrap();
-        mac.update(format!("{ts}.").as_bytes());
-        mac.update(&body);
-        let expected = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-        assert_eq!(sig, expected);
+        let secret = run.input_secret.expose().as_bytes();
+        assert!(protocol::verify(secret, &ts, &body, &sig), "{sig}");
         let got: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
             got,

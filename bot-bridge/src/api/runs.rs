@@ -73,15 +73,14 @@ pub async fn create(
         StatusCode::OK
     };
     // The one answer that carries secrets, exposed explicitly for the caller.
-    let mut body = json!({
-        "run_id": provisioned.run_id,
-        "channel_id": provisioned.channel_id,
-        "webhook_url": provisioned.webhook_url.expose(),
-        "input_secret": provisioned.input_secret.expose(),
-    });
-    if let Some(token) = &provisioned.run_token {
-        body["run_token"] = json!(token.expose());
+    let body = protocol::RunCreated {
+        run_id: provisioned.run_id,
+        channel_id: provisioned.channel_id,
+        webhook_url: provisioned.webhook_url,
+        input_secret: Some(provisioned.input_secret),
+        run_token: provisioned.run_token,
     }
+    .to_json();
     Ok((status, Json(body)).into_response())
 }
 

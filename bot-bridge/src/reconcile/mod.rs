@@ -44,7 +44,7 @@ use tokio::time::Instant;
 use crate::access::Caller;
 use crate::app::AppState;
 use crate::config::RunContainer;
-use crate::discord::DiscordError;
+use crate::guild::DiscordError;
 use crate::runs::{now_unix, RunsError};
 use crate::store::{IdentitySource, PodIdentity, RunStatus};
 use telemetry::{FinalizeReason, ReconcileError, RunFinalized};

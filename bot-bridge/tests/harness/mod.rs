@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bot_bridge::config::{RetentionAction, RunContainer};
-use bot_bridge::discord::memory::MockDiscord;
-use bot_bridge::discord::DiscordApi;
 use bot_bridge::events::BridgeMetrics;
+use bot_bridge::guild::memory::MockDiscord;
+use bot_bridge::guild::DiscordApi;
 use bot_bridge::relay::Relay;
 use bot_bridge::store::sqlite::SqliteStore;
 use bot_bridge::{AppState, Settings};
@@ -75,7 +75,7 @@ pub struct SeenChannel {
     pub name: String,
     pub kind: u8,
     pub parent_id: Option<String>,
-    pub overwrites: Vec<bot_bridge::discord::Overwrite>,
+    pub overwrites: Vec<bot_bridge::guild::Overwrite>,
 }
 
 /// A running bot-bridge.

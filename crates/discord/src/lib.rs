@@ -2,11 +2,13 @@
 //! data, text sanitising and truncation, rate-limit header parsing and a limiter
 //! that waits before a request would be refused, and the HTTP clients.
 //!
-//! The model modules (`embed`, `limits`, `sanitize`, `truncate`, `validate`,
-//! `webhook_url`) are pure; only `webhook` and `rest` do I/O.
+//! The model modules (`embed`, `error_code`, `limits`, `permission`, `sanitize`,
+//! `truncate`, `validate`, `webhook_url`) are pure; only `webhook` and `rest` do I/O.
 
 pub mod embed;
+pub mod error_code;
 pub mod limits;
+pub mod permission;
 pub mod ratelimit;
 pub mod rest;
 pub mod sanitize;

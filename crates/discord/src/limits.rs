@@ -24,3 +24,5 @@ pub const CHANNEL_NAME: usize = 100;
 pub const CHANNELS_PER_CATEGORY: usize = 50;
 /// Channels (all kinds, categories included) in one guild.
 pub const CHANNELS_PER_GUILD: usize = 500;
+/// Webhooks one channel may hold (Discord raised it from 10 to 15 in 2023).
+pub const WEBHOOKS_PER_CHANNEL: usize = 15;

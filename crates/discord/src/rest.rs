@@ -39,9 +39,11 @@ pub mod routes {
     pub const EDIT_ORIGINAL_RESPONSE: &str =
         "PATCH /webhooks/{application_id}/{interaction_token}/messages/@original";
     pub const EXECUTE_WEBHOOK: &str = "POST /webhooks/{webhook_id}/{webhook_token}";
+    pub const GET_CHANNEL: &str = "GET /channels/{channel_id}";
+    pub const GET_WEBHOOK: &str = "GET /webhooks/{webhook_id}";
 
     /// Every route, for pre-registering metric label values.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 13] = [
         LIST_GUILD_CHANNELS,
         CREATE_CHANNEL,
         MODIFY_CHANNEL,
@@ -53,6 +55,8 @@ pub mod routes {
         GLOBAL_COMMANDS,
         EDIT_ORIGINAL_RESPONSE,
         EXECUTE_WEBHOOK,
+        GET_CHANNEL,
+        GET_WEBHOOK,
     ];
 }
 
@@ -235,6 +239,15 @@ pub fn percent_encode(s: &str) -> String {
     out
 }
 
+/// A read's answer with 404 as `None`: the resource is gone.
+fn found<T>(r: Result<T, RestError>) -> Result<Option<T>, RestError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// One request as the retry loop sees it.
 struct Call<'a> {
     method: Method,
@@ -338,6 +351,20 @@ impl RestClient {
         let path = format!("/guilds/{}/channels", percent_encode(guild_id));
         self.json(self.call(Method::GET, routes::LIST_GUILD_CHANNELS, path, guild_id))
             .await
+    }
+
+    /// A channel or thread; `Ok(None)` when it no longer exists (404).
+    pub async fn get_channel(&self, channel_id: &str) -> Result<Option<Channel>, RestError> {
+        let path = format!("/channels/{}", percent_encode(channel_id));
+        let call = self.call(Method::GET, routes::GET_CHANNEL, path, channel_id);
+        found(self.json(call).await)
+    }
+
+    /// A webhook (without its token); `Ok(None)` when it no longer exists (404).
+    pub async fn get_webhook(&self, webhook_id: &str) -> Result<Option<Webhook>, RestError> {
+        let path = format!("/webhooks/{}", percent_encode(webhook_id));
+        let call = self.call(Method::GET, routes::GET_WEBHOOK, path, webhook_id);
+        found(self.json(call).await)
     }
 
     pub async fn create_channel(

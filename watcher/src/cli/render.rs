@@ -127,9 +127,9 @@ async fn read_session(file: &Path, tx: &QueueTx) -> Result<(), AppError> {
             };
             offset += n as u64;
             let raw = line.strip_suffix(b"\n").unwrap_or(&line);
-            let events = match decoder.decode_line(raw, &pos, source) {
-                Ok(evs) => {
-                    if let Some(s) = decoder.last_skip() {
+            let events = match decoder.decode_line(raw, source) {
+                Ok(decoded) => {
+                    if let Some(s) = decoded.skip {
                         eprintln!(
                             "watcher: {}:{}: dropped a record of the wrong shape ({})",
                             file.display(),
@@ -137,7 +137,7 @@ async fn read_session(file: &Path, tx: &QueueTx) -> Result<(), AppError> {
                             s.reason()
                         );
                     }
-                    evs
+                    decoded.events
                 }
                 Err(e) => {
                     eprintln!(

@@ -173,8 +173,8 @@ impl PodIdentity {
     }
 }
 
-/// Header the run token travels in (bot-bridge's `access::RUN_TOKEN_HEADER`).
-pub const RUN_TOKEN_HEADER: &str = "x-agentmon-run-token";
+/// Header the run token travels in.
+pub use protocol::headers::RUN_TOKEN as RUN_TOKEN_HEADER;
 
 /// The run token: read from `file`, or generated (32 random bytes, hex) and
 /// saved there owner-only before bot-bridge ever sees it, so an answer lost
@@ -203,14 +203,6 @@ fn load_or_create_run_token(file: &Path) -> std::io::Result<Secret<String>> {
     f.sync_all()?;
     std::fs::rename(&tmp, file)?;
     Ok(Secret::new(token))
-}
-
-#[derive(Debug, Deserialize)]
-struct RunResponse {
-    run_id: String,
-    channel_id: String,
-    webhook_url: Secret<String>,
-    input_secret: Option<Secret<String>>,
 }
 
 /// What provisioning gives the watcher.
@@ -383,7 +375,7 @@ impl BridgeClient {
 
     async fn provision_once(&self) -> Result<Provisioned, BridgeError> {
         let resp = self.post("/v1/runs", &self.run).await?;
-        let body: RunResponse = resp
+        let body: protocol::RunCreated = resp
             .json()
             .await
             .map_err(|e| BridgeError::Invalid(e.without_url().to_string()))?;
@@ -599,6 +591,38 @@ mod tests {
         assert_eq!(
             v["pod"],
             serde_json::json!({"namespace": "agents", "name": "agent-1", "uid": "u-1"})
+        );
+    }
+
+    /// The request is the contract's `NewRun` plus `pod`, which bot-bridge
+    /// takes out before reading the rest with unknown fields refused.
+    #[test]
+    fn the_run_request_is_the_contracts_new_run() {
+        let run = RunRequest {
+            task_id: "t".into(),
+            attempt: "2".into(),
+            short_id: "s".into(),
+            input_url: Some("http://10.0.0.7:8790".into()),
+            heartbeats: true,
+            pod: Some(PodIdentity {
+                namespace: "agents".into(),
+                name: "agent-1".into(),
+                uid: "u-1".into(),
+            }),
+            run_token_file: Some("/state/run-token".into()),
+        };
+        let mut v = serde_json::to_value(&run).unwrap();
+        v.as_object_mut().unwrap().remove("pod");
+        let new_run: protocol::NewRun = serde_json::from_value(v).unwrap();
+        assert_eq!(
+            new_run,
+            protocol::NewRun {
+                task_id: "t".into(),
+                attempt: protocol::AttemptValue::Text("2".into()),
+                short_id: "s".into(),
+                input_url: Some("http://10.0.0.7:8790".into()),
+                heartbeats: true,
+            }
         );
     }
 

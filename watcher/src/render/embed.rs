@@ -215,33 +215,6 @@ pub fn thinking(cfg: &RenderConfig, ev: &Event, text: &str, seq: u64) -> Rendere
     )
 }
 
-/// `<tag>` / `</tag>` markers of command records (`<command-name>`,
-/// `<local-command-stdout>` …) removed, their contents kept.
-fn strip_tags(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(i) = rest.find('<') {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + 1..];
-        let name = after.strip_prefix('/').unwrap_or(after);
-        let len = name
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-            .unwrap_or(name.len());
-        let is_tag = len > 0
-            && name.starts_with(|c: char| c.is_ascii_alphabetic())
-            && name[len..].starts_with('>');
-        if is_tag {
-            let consumed = (after.len() - name.len()) + len + 1;
-            rest = &after[consumed..];
-        } else {
-            out.push('<');
-            rest = after;
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 pub fn notice(cfg: &RenderConfig, ev: &Event, notice: Notice, body: &str, seq: u64) -> Rendered {
     let (title, color) = match notice {
         Notice::Command => ("⌨️ Command", tool::COLOR_NOTICE),
@@ -251,16 +224,14 @@ pub fn notice(cfg: &RenderConfig, ev: &Event, notice: Notice, body: &str, seq: u
         Notice::CompactSummary => ("📋 Compaction summary", tool::COLOR_NOTICE),
         Notice::System => ("ℹ️ System", tool::COLOR_NOTICE),
     };
-    let body = match notice {
-        Notice::Command => strip_tags(body).trim().to_owned(),
-        _ => body.trim().to_owned(),
-    };
+    // Command text comes without its CLI markup: the decoder strips tags.
+    let body = body.trim();
     prose_embed(
         cfg,
         ev,
         title,
         color,
-        &body,
+        body,
         NOTICE_CHARS,
         None,
         ("notice", seq),
@@ -598,19 +569,6 @@ pub fn tool_result(cfg: &RenderConfig, ev: &Event, out: &ToolOutput<'_>) -> Rend
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn command_tags_are_removed_and_other_angles_kept() {
-        assert_eq!(
-            strip_tags("<command-name>/model</command-name>\n<command-args>opus</command-args>"),
-            "/model\nopus"
-        );
-        assert_eq!(
-            strip_tags("a < b and <@123> <x y>"),
-            "a < b and <@123> <x y>"
-        );
-        assert_eq!(strip_tags("<unclosed"), "<unclosed");
-    }
 
     #[test]
     fn errors_lose_their_wrapper() {

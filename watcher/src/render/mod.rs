@@ -81,55 +81,42 @@ pub struct Rendered {
     pub truncated: Vec<Field>,
 }
 
-/// Tool calls waiting for their result: the result is posted (or not) with its
-/// call, and named after it when the decoder could not name it.
+/// Tool calls waiting for their result, by id, with whether the call was
+/// posted: the result is posted (or not) with its call. Names are the
+/// decoder's business (`ToolResult::tool_name`).
 #[derive(Debug, Default)]
 struct PendingCalls {
-    calls: HashMap<String, PendingCall>,
+    shown: HashMap<String, bool>,
     /// Insertion order, to forget the oldest calls whose result never came.
     order: VecDeque<String>,
-}
-
-#[derive(Debug)]
-struct PendingCall {
-    name: String,
-    shown: bool,
 }
 
 /// Calls remembered at most; a result beyond that is treated as an orphan.
 const MAX_PENDING_CALLS: usize = 4096;
 
 impl PendingCalls {
-    fn insert(&mut self, id: &str, name: &str, shown: bool) {
-        if self
-            .calls
-            .insert(
-                id.to_owned(),
-                PendingCall {
-                    name: name.to_owned(),
-                    shown,
-                },
-            )
-            .is_none()
-        {
+    fn insert(&mut self, id: &str, shown: bool) {
+        if self.shown.insert(id.to_owned(), shown).is_none() {
             self.order.push_back(id.to_owned());
         }
-        while self.calls.len() > MAX_PENDING_CALLS {
+        while self.shown.len() > MAX_PENDING_CALLS {
             match self.order.pop_front() {
                 Some(old) => {
-                    self.calls.remove(&old);
+                    self.shown.remove(&old);
                 }
                 None => break,
             }
         }
     }
 
-    fn remove(&mut self, id: &str) -> Option<PendingCall> {
-        let call = self.calls.remove(id)?;
+    /// Whether the call `id` was posted; `None` when it was never seen (or
+    /// forgotten).
+    fn remove(&mut self, id: &str) -> Option<bool> {
+        let shown = self.shown.remove(id)?;
         if let Some(i) = self.order.iter().position(|o| o == id) {
             self.order.remove(i);
         }
-        Some(call)
+        Some(shown)
     }
 }
 
@@ -171,7 +158,7 @@ impl Renderer {
             EventKind::Thinking { text } => embed::thinking(cfg, ev, text, seq),
             EventKind::ToolUse { id, name, input } => {
                 let shown = cfg.parity || cfg.filters.allows_call(name, input);
-                self.pending.insert(id, name, shown);
+                self.pending.insert(id, shown);
                 if shown {
                     embed::tool_use(cfg, ev, name, input)
                 } else {
@@ -184,15 +171,12 @@ impl Renderer {
                 content,
                 is_error,
             } => {
-                let call = self.pending.remove(tool_use_id);
-                let name = tool_name
-                    .as_deref()
-                    .or(call.as_ref().map(|c| c.name.as_str()));
-                let shown = cfg.parity
-                    || match &call {
-                        Some(c) => c.shown,
-                        None => cfg.filters.allows_orphan_result(name, content),
-                    };
+                let name = tool_name.as_deref();
+                let shown = match self.pending.remove(tool_use_id) {
+                    _ if cfg.parity => true,
+                    Some(call_shown) => call_shown,
+                    None => cfg.filters.allows_orphan_result(name, content),
+                };
                 if shown {
                     let output = embed::ToolOutput {
                         tool_use_id,
@@ -271,10 +255,11 @@ mod tests {
         })
     }
 
-    fn result(id: &str, content: &str) -> Event {
+    /// A result as the decoder makes it: named after its call.
+    fn result(id: &str, name: &str, content: &str) -> Event {
         ev(EventKind::ToolResult {
             tool_use_id: id.into(),
-            tool_name: None,
+            tool_name: Some(name.into()),
             content: content.into(),
             is_error: false,
         })
@@ -288,14 +273,10 @@ mod tests {
         };
         let mut r = Renderer::new(cfg(false, filters.clone()));
         assert_eq!(r.render(&call("1", "Read")).embeds.len(), 0);
-        assert_eq!(r.render(&result("1", "text")).embeds.len(), 0);
+        assert_eq!(r.render(&result("1", "Read", "text")).embeds.len(), 0);
         assert_eq!(r.render(&call("2", "Bash")).embeds.len(), 1);
-        let out = r.render(&result("2", "file"));
-        assert_eq!(
-            out.embeds[0].title.as_deref(),
-            Some("✅ Bash"),
-            "named after its call"
-        );
+        let out = r.render(&result("2", "Bash", "file"));
+        assert_eq!(out.embeds[0].title.as_deref(), Some("✅ Bash"));
         assert_eq!(r.stats().tools.get("Read"), Some(&1));
 
         let mut parity = Renderer::new(cfg(true, filters));
@@ -310,8 +291,11 @@ mod tests {
         };
         let mut r = Renderer::new(cfg(false, filters));
         r.render(&call("1", "Bash"));
-        assert!(r.render(&result("1", "  short  ")).embeds.is_empty());
-        let mut err = result("2", "no");
+        assert!(r
+            .render(&result("1", "Bash", "  short  "))
+            .embeds
+            .is_empty());
+        let mut err = result("2", "Bash", "no");
         if let EventKind::ToolResult { is_error, .. } = &mut err.kind {
             *is_error = true;
         }
@@ -334,9 +318,9 @@ mod tests {
     fn pending_calls_are_bounded() {
         let mut p = PendingCalls::default();
         for i in 0..MAX_PENDING_CALLS + 10 {
-            p.insert(&i.to_string(), "Bash", true);
+            p.insert(&i.to_string(), true);
         }
-        assert_eq!(p.calls.len(), MAX_PENDING_CALLS);
+        assert_eq!(p.shown.len(), MAX_PENDING_CALLS);
         assert!(p.remove("0").is_none());
         assert!(p.remove(&(MAX_PENDING_CALLS + 9).to_string()).is_some());
     }

@@ -1,7 +1,7 @@
 //! Transcript records: the typed model and the tolerant decoder.
 
 pub mod decode;
-#[doc(hidden)]
+#[cfg(any(test, feature = "test-util"))]
 pub mod fixtures;
 pub mod model;
 

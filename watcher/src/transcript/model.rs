@@ -108,6 +108,39 @@ pub enum EventKind {
     Title { title: String, source: TitleSource },
 }
 
+impl EventKind {
+    /// Every kind's [`label`](Self::label), for pre-registering metric labels.
+    pub const LABELS: [&'static str; 10] = [
+        "session_meta",
+        "user_prompt",
+        "teammate_message",
+        "assistant_text",
+        "thinking",
+        "tool_use",
+        "tool_result",
+        "notice",
+        "usage",
+        "title",
+    ];
+
+    /// The kind's name: its `kind` tag in JSON and the `kind` label of
+    /// `watcher_events_processed_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::SessionMeta { .. } => "session_meta",
+            Self::UserPrompt { .. } => "user_prompt",
+            Self::TeammateMessage { .. } => "teammate_message",
+            Self::AssistantText { .. } => "assistant_text",
+            Self::Thinking { .. } => "thinking",
+            Self::ToolUse { .. } => "tool_use",
+            Self::ToolResult { .. } => "tool_result",
+            Self::Notice { .. } => "notice",
+            Self::Usage { .. } => "usage",
+            Self::Title { .. } => "title",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Notice {
@@ -185,5 +218,74 @@ impl Usage {
 
     pub fn is_zero(&self) -> bool {
         *self == Usage::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// One event of every kind, so a label can be checked against the JSON tag.
+    fn one_of_each() -> Vec<EventKind> {
+        let text = String::new;
+        vec![
+            EventKind::SessionMeta {
+                session_id: text(),
+                cwd: None,
+                version: None,
+                git_branch: None,
+            },
+            EventKind::UserPrompt {
+                text: text(),
+                images: 0,
+            },
+            EventKind::TeammateMessage {
+                teammate: text(),
+                summary: None,
+                text: text(),
+            },
+            EventKind::AssistantText {
+                text: text(),
+                model: None,
+            },
+            EventKind::Thinking { text: text() },
+            EventKind::ToolUse {
+                id: text(),
+                name: text(),
+                input: serde_json::Value::Null,
+            },
+            EventKind::ToolResult {
+                tool_use_id: text(),
+                tool_name: None,
+                content: text(),
+                is_error: false,
+            },
+            EventKind::Notice {
+                notice: Notice::System,
+                text: text(),
+            },
+            EventKind::Usage {
+                message_id: text(),
+                model: text(),
+                usage: Usage::default(),
+            },
+            EventKind::Title {
+                title: text(),
+                source: TitleSource::Summary,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_has_its_json_tag_as_label_and_is_pre_registered() {
+        let kinds = one_of_each();
+        let labels: Vec<&str> = kinds.iter().map(EventKind::label).collect();
+        assert_eq!(labels, EventKind::LABELS);
+        for kind in &kinds {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json["kind"], kind.label());
+        }
     }
 }
