@@ -456,6 +456,15 @@ mod tests {
         fn active_liveness(&self) -> StoreFuture<'_, Vec<crate::store::RunLiveness>> {
             self.inner.active_liveness()
         }
+        fn provision_lock(&self) -> StoreFuture<'_, crate::store::ProvisionGuard> {
+            self.inner.provision_lock()
+        }
+        fn claim_interaction(&self, id: String, at: i64) -> StoreFuture<'_, bool> {
+            self.inner.claim_interaction(id, at)
+        }
+        fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64> {
+            self.inner.prune_interactions(before)
+        }
         fn ping(&self) -> StoreFuture<'_, ()> {
             let locked = self.locked.load(Ordering::SeqCst);
             Box::pin(async move {
