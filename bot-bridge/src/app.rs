@@ -174,9 +174,6 @@ pub(crate) struct Inner {
     pub discord: Arc<dyn DiscordApi>,
     pub metrics: BridgeMetrics,
     pub relay: Relay,
-    /// Serialises provisioning in this process, so two calls for the same run
-    /// or for the last free slot of a category do not race each other.
-    pub provision: tokio::sync::Mutex<()>,
     pub health: Option<HealthParts>,
     /// Kubernetes Events on agent pods, when `KUBE_CONFIG` is set.
     pub pod_events: std::sync::OnceLock<crate::reconcile::PodEvents>,
@@ -214,7 +211,6 @@ impl AppState {
                 discord,
                 metrics,
                 relay,
-                provision: tokio::sync::Mutex::new(()),
                 health,
                 pod_events: std::sync::OnceLock::new(),
                 token_reviewer: std::sync::OnceLock::new(),

@@ -14,6 +14,7 @@ pub mod auth;
 pub mod config;
 pub mod discord;
 pub mod events;
+pub mod leader;
 pub mod reconcile;
 pub mod relay;
 pub mod retention;
