@@ -179,6 +179,7 @@ async fn burst_with_leader_killed(n: usize) {
     let apis: Vec<String> = replicas.iter().map(|r| r.api.clone()).collect();
     let client = reqwest::Client::new();
     let done = Arc::new(AtomicUsize::new(0));
+    let burst = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..n {
         let (client, apis, done) = (client.clone(), apis.clone(), done.clone());
@@ -189,7 +190,7 @@ async fn burst_with_leader_killed(n: usize) {
                 provision_anywhere(&client, &apis, 1, &short)
             );
             done.fetch_add(1, Ordering::SeqCst);
-            (short, a, b)
+            (short, a, b, burst.elapsed())
         }));
     }
     // Mid-burst: kill -9 the leader.
@@ -213,12 +214,18 @@ async fn burst_with_leader_killed(n: usize) {
     );
 
     let mut runs = BTreeMap::new();
+    let mut latencies = Vec::new();
     for t in tasks {
-        let (short, a, b) = t.await.unwrap();
+        let (short, a, b, took) = t.await.unwrap();
+        latencies.push(took);
         assert_eq!(a["run_id"], b["run_id"], "{short}: two runs for one key");
         assert_eq!(a["channel_id"], b["channel_id"], "{short}: two channels");
         runs.insert(short, a["channel_id"].as_str().unwrap().to_owned());
     }
+    let last = latencies.iter().max().copied().unwrap_or_default();
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let rss = e2e::rss_kib(replicas[survivor].proc.pid()).unwrap_or(0);
     stop.store(true, Ordering::SeqCst);
     let (most, samples) = sampler.await.unwrap();
     assert!(most <= 1.0, "two leaders at once ({samples} samples)");
@@ -254,8 +261,8 @@ async fn burst_with_leader_killed(n: usize) {
     );
     let stats = discord.stats().await;
     eprintln!(
-        "fleet burst: {n} runs, {orphans} orphan(s), handover {handover:?}, {samples} leader samples, \
-         fake-discord stats {stats}"
+        "fleet burst: {n} runs, last answered after {last:?} (p50 {p50:?}), survivor RSS {rss} KiB, \
+         {orphans} orphan(s), handover {handover:?}, {samples} leader samples, fake-discord stats {stats}"
     );
 }
 
