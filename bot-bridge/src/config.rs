@@ -515,10 +515,7 @@ impl RawConfig {
             api_addr: addr("API_ADDR", &self.api_addr)?,
             api_token,
             ops_addr: addr("OPS_ADDR", &self.ops_addr)?,
-            database: database(
-                self.database_url.expose(),
-                self.database_max_connections,
-            )?,
+            database: database(self.database_url.expose(), self.database_max_connections)?,
             leader_election: crate::leader::LeaderConfig::parse(
                 self.leader_election_lease.as_deref(),
                 self.leader_election_identity.as_deref(),
@@ -669,14 +666,27 @@ mod tests {
             (&["--discord-public-key", "abc"], "DISCORD_PUBLIC_KEY"),
             (&["--run-container", "thread"], "THREAD_PARENT_CHANNEL_ID"),
             (&["--database-url", "mysql://u:pw@h/db"], "DATABASE_URL"),
-            (&["--database-url", "postgres://u:pw@h/db?bogus=1"], "DATABASE_URL"),
             (
-                &["--database-url", "postgres://h/db", "--database-max-connections", "0"],
+                &["--database-url", "postgres://u:pw@h/db?bogus=1"],
+                "DATABASE_URL",
+            ),
+            (
+                &[
+                    "--database-url",
+                    "postgres://h/db",
+                    "--database-max-connections",
+                    "0",
+                ],
                 "DATABASE_MAX_CONNECTIONS",
             ),
             (&["--leader-election-lease", "ns/lease"], "KUBE_CONFIG"),
             (
-                &["--kube-config", "in-cluster", "--leader-election-lease", "no-slash"],
+                &[
+                    "--kube-config",
+                    "in-cluster",
+                    "--leader-election-lease",
+                    "no-slash",
+                ],
                 "LEADER_ELECTION_LEASE",
             ),
             (

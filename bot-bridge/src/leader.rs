@@ -109,7 +109,10 @@ impl LeaderConfig {
                     "must be up to 128 printable characters without spaces",
                 ))
             }
-            None => format!("bot-bridge-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]),
+            None => format!(
+                "bot-bridge-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            ),
         };
         Ok(Some(Self {
             namespace: namespace.to_owned(),
@@ -345,7 +348,11 @@ impl Elector {
                 };
             }
         };
-        let version = current.metadata.resource_version.clone().unwrap_or_default();
+        let version = current
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
         let now = Instant::now();
         let changed_at = match &self.observed {
             Some((v, at)) if *v == version => *at,
@@ -355,7 +362,8 @@ impl Elector {
         let spec = current.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.as_deref().unwrap_or("");
         let mine = holder == self.cfg.identity;
-        let expired = holder.is_empty() || now.duration_since(changed_at) >= self.cfg.lease_duration;
+        let expired =
+            holder.is_empty() || now.duration_since(changed_at) >= self.cfg.lease_duration;
         if !mine && !expired {
             self.last_renew = None;
             self.set(false, "another replica holds the Lease");
@@ -431,12 +439,24 @@ mod tests {
 
     #[test]
     fn config_is_validated_naming_the_key() {
-        let ok = LeaderConfig::parse(Some("agentmon/bot-bridge"), None, 15 * SECOND, 5 * SECOND, true)
-            .unwrap()
-            .unwrap();
-        assert_eq!((ok.namespace.as_str(), ok.name.as_str()), ("agentmon", "bot-bridge"));
+        let ok = LeaderConfig::parse(
+            Some("agentmon/bot-bridge"),
+            None,
+            15 * SECOND,
+            5 * SECOND,
+            true,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (ok.namespace.as_str(), ok.name.as_str()),
+            ("agentmon", "bot-bridge")
+        );
         assert!(ok.identity.starts_with("bot-bridge-"));
-        assert_eq!(LeaderConfig::parse(None, None, SECOND, SECOND, false).unwrap(), None);
+        assert_eq!(
+            LeaderConfig::parse(None, None, SECOND, SECOND, false).unwrap(),
+            None
+        );
         let err = |lease, id, d, r, kube| {
             LeaderConfig::parse(Some(lease), id, d, r, kube)
                 .unwrap_err()
@@ -456,14 +476,19 @@ mod tests {
         let (tx, leadership) = Leadership::channel();
         let shutdown = Shutdown::new();
         let (runs_tx, mut runs) = tokio::sync::mpsc::unbounded_channel();
-        let task = tokio::spawn(while_leading(leadership, shutdown.clone(), None, move |stop| {
-            let runs_tx = runs_tx.clone();
-            async move {
-                runs_tx.send("started").unwrap();
-                stop.wait().await;
-                runs_tx.send("stopped").unwrap();
-            }
-        }));
+        let task = tokio::spawn(while_leading(
+            leadership,
+            shutdown.clone(),
+            None,
+            move |stop| {
+                let runs_tx = runs_tx.clone();
+                async move {
+                    runs_tx.send("started").unwrap();
+                    stop.wait().await;
+                    runs_tx.send("stopped").unwrap();
+                }
+            },
+        ));
         tokio::task::yield_now().await;
         assert!(runs.try_recv().is_err(), "a follower runs nothing");
         tx.send_replace(true);
@@ -481,6 +506,8 @@ mod tests {
     async fn always_leader_is_leader() {
         let l = Leadership::always();
         assert!(l.is_leader());
-        tokio::time::timeout(SECOND, l.wait_for(true)).await.unwrap();
+        tokio::time::timeout(SECOND, l.wait_for(true))
+            .await
+            .unwrap();
     }
 }

@@ -8,8 +8,8 @@ use anyhow::Context;
 use bot_bridge::config::{self, Config, Database};
 use bot_bridge::discord::rest::{MetricsObserver, RestDiscord};
 use bot_bridge::events::BridgeMetrics;
-use bot_bridge::relay::Relay;
 use bot_bridge::leader::{self, Leadership, LeadershipChanged};
+use bot_bridge::relay::Relay;
 use bot_bridge::store::postgres::PostgresStore;
 use bot_bridge::store::sqlite::SqliteStore;
 use bot_bridge::store::{RunStore, StoreError};
@@ -109,7 +109,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
                 Err(e @ StoreError::SchemaTooNew { .. }) => return Err(e.into()),
                 // The URL is not repeated: it carries the password.
                 Err(e) => {
-                    return Err(anyhow::Error::new(e).context("cannot open the Postgres DATABASE_URL"))
+                    return Err(
+                        anyhow::Error::new(e).context("cannot open the Postgres DATABASE_URL")
+                    )
                 }
             }
         }
@@ -222,7 +224,9 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             leadership.clone(),
             shutdown.clone(),
             Some(retention_heartbeat),
-            move |stop| bot_bridge::retention::run(state.clone(), interval, stop, Some(beat.clone())),
+            move |stop| {
+                bot_bridge::retention::run(state.clone(), interval, stop, Some(beat.clone()))
+            },
         )
     });
     let reconcile_heartbeat = health.heartbeat("reconcile", Duration::from_secs(300));

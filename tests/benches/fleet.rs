@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::routing::post;
-use ed25519_dalek::{Signer, SigningKey};
 use e2e::{FakeDiscordProc, Proc};
+use ed25519_dalek::{Signer, SigningKey};
 use fake_kube::FakeKube;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -145,9 +145,7 @@ async fn scenario(name: &str, backend: &str, replicas_n: usize, runs: usize) -> 
     let kubeconfig = (replicas_n > 1).then(|| kube.kubeconfig(dir.path().join("kc")).unwrap());
     let mut replicas = Vec::new();
     for i in 0..replicas_n {
-        replicas.push(
-            start_replica(&format!("r{i}"), &discord, &db, kubeconfig.as_deref()).await,
-        );
+        replicas.push(start_replica(&format!("r{i}"), &discord, &db, kubeconfig.as_deref()).await);
     }
     let (input_url, delivered) = input_listener().await;
     let client = reqwest::Client::new();
@@ -170,8 +168,10 @@ async fn scenario(name: &str, backend: &str, replicas_n: usize, runs: usize) -> 
                     .post(format!("http://{api}/v1/runs"))
                     .bearer_auth(API_TOKEN)
                     .header("x-agentmon-run-token", &token)
-                    .json(&json!({"task_id": "bench", "attempt": 1, "short_id": format!("r{i:04}"),
-                                  "input_url": input_url}))
+                    .json(
+                        &json!({"task_id": "bench", "attempt": 1, "short_id": format!("r{i:04}"),
+                                  "input_url": input_url}),
+                    )
                     .send()
                     .await;
                 if let Ok(r) = res {

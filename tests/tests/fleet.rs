@@ -90,7 +90,10 @@ async fn provision(client: &reqwest::Client, api: &str, short_id: &str) -> Optio
         .bearer_auth(API_TOKEN)
         // The watcher proposes its run token, so both replicas' answers
         // carry the secrets to the same owner.
-        .header("x-agentmon-run-token", format!("run-token-{short_id}-0123456789abcdef0123456789"))
+        .header(
+            "x-agentmon-run-token",
+            format!("run-token-{short_id}-0123456789abcdef0123456789"),
+        )
         .json(&json!({"task_id": "fleet", "attempt": 1, "short_id": short_id}))
         .send()
         .await
@@ -234,7 +237,11 @@ async fn burst_with_leader_killed(n: usize) {
     let channels = discord.admin_list("channels").await;
     let run_channels: Vec<&Value> = channels
         .iter()
-        .filter(|c| c["name"].as_str().is_some_and(|n| n.starts_with("run-fleet-")))
+        .filter(|c| {
+            c["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("run-fleet-"))
+        })
         .collect();
     let ids: BTreeSet<&str> = runs.values().map(String::as_str).collect();
     assert_eq!(ids.len(), n, "a channel per run, none shared");

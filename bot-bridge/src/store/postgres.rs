@@ -140,10 +140,10 @@ impl PostgresStore {
     /// migrations. Fails with [`StoreError::SchemaTooNew`] when the database
     /// was migrated by a newer bot-bridge (rollback guard).
     pub async fn connect(url: &Secret<String>, max_connections: usize) -> Result<Self, StoreError> {
-        let mut pg: tokio_postgres::Config = url
-            .expose()
-            .parse()
-            .map_err(|e: tokio_postgres::Error| StoreError::Database(format!("DATABASE_URL: {e}")))?;
+        let mut pg: tokio_postgres::Config =
+            url.expose().parse().map_err(|e: tokio_postgres::Error| {
+                StoreError::Database(format!("DATABASE_URL: {e}"))
+            })?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
@@ -213,9 +213,12 @@ impl PostgresStore {
             tx.execute("DELETE FROM schema_version", &[])
                 .await
                 .map_err(db)?;
-            tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&known])
-                .await
-                .map_err(db)?;
+            tx.execute(
+                "INSERT INTO schema_version (version) VALUES ($1)",
+                &[&known],
+            )
+            .await
+            .map_err(db)?;
         }
         tx.commit().await.map_err(db)
     }
@@ -238,11 +241,7 @@ impl PostgresStore {
         Ok(self.runs(sql, params).await?.into_iter().next())
     }
 
-    async fn execute(
-        &self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
+    async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64, StoreError> {
         let client = self.client().await?;
         client.execute(sql, params).await.map_err(db)
     }
@@ -357,9 +356,10 @@ impl RunStore for PostgresStore {
             if changed == 1 {
                 return Ok(Inserted::New);
             }
-            let existing = self.find_by_key(run.key).await?.ok_or_else(|| {
-                StoreError::Database("insert conflicted on a missing row".into())
-            })?;
+            let existing = self
+                .find_by_key(run.key)
+                .await?
+                .ok_or_else(|| StoreError::Database("insert conflicted on a missing row".into()))?;
             Ok(Inserted::Existing(Box::new(existing)))
         })
     }
@@ -596,7 +596,13 @@ impl RunStore for PostgresStore {
                      pod_uid = $4, identity_source = $5 \
                      WHERE run_liveness.identity_source IS NULL \
                         OR run_liveness.identity_source = 'claimed' OR $5 = 'verified'",
-                    &[&run_id, &pod.namespace, &pod.name, &pod.uid, &source.as_str()],
+                    &[
+                        &run_id,
+                        &pod.namespace,
+                        &pod.name,
+                        &pod.uid,
+                        &source.as_str(),
+                    ],
                 )
                 .await?;
             Ok(changed > 0)
@@ -770,8 +776,8 @@ pub mod test_support {
             .map_err(db)?;
         drop(client);
         let _ = driver.await;
-        let mut url = url::Url::parse(&admin)
-            .map_err(|e| StoreError::Database(format!("{URL_VAR}: {e}")))?;
+        let mut url =
+            url::Url::parse(&admin).map_err(|e| StoreError::Database(format!("{URL_VAR}: {e}")))?;
         url.set_path(&name);
         Ok(Some(Secret::new(url.to_string())))
     }

@@ -14,8 +14,8 @@ use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    CategoryKind, CategoryRecord, IdentitySource, Inserted, ListCursor, PodIdentity, RunKey,
-    ProvisionGuard, RunLiveness, RunRecord, RunStatus, RunStore, StoreError, StoreFuture,
+    CategoryKind, CategoryRecord, IdentitySource, Inserted, ListCursor, PodIdentity,
+    ProvisionGuard, RunKey, RunLiveness, RunRecord, RunStatus, RunStore, StoreError, StoreFuture,
     StoredWebhook,
 };
 

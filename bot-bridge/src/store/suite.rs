@@ -133,7 +133,10 @@ async fn list_runs_pages_newest_first(a: Handle, _b: Handle) {
     let page = a.list_runs(None, 10, Some(after)).await.unwrap();
     let ids: Vec<_> = page.iter().map(|r| r.key.short_id.as_str()).collect();
     assert_eq!(ids, ["c", "b", "a"]);
-    let active = a.list_runs(Some(RunStatus::Active), 10, None).await.unwrap();
+    let active = a
+        .list_runs(Some(RunStatus::Active), 10, None)
+        .await
+        .unwrap();
     assert_eq!(active.len(), 4);
 }
 
@@ -144,8 +147,12 @@ async fn categories_and_shared_webhooks_round_trip(a: Handle, b: Handle) {
         kind,
         index,
     };
-    a.put_category(cat("9", CategoryKind::Runs, 1)).await.unwrap();
-    a.put_category(cat("10", CategoryKind::Runs, 2)).await.unwrap();
+    a.put_category(cat("9", CategoryKind::Runs, 1))
+        .await
+        .unwrap();
+    a.put_category(cat("10", CategoryKind::Runs, 2))
+        .await
+        .unwrap();
     a.put_category(cat("11", CategoryKind::Archive, 1))
         .await
         .unwrap();
@@ -208,7 +215,10 @@ async fn a_claimed_pod_never_replaces_a_verified_one(a: Handle, b: Handle) {
     assert_eq!(first.source, Some(IdentitySource::Verified));
     assert_eq!(first.pod, Some(pod("p2")));
     let second = live.iter().find(|l| l.run_id == "run-t-b").unwrap();
-    assert_eq!((second.pod.clone(), second.last_heartbeat), (None, Some(300)));
+    assert_eq!(
+        (second.pod.clone(), second.last_heartbeat),
+        (None, Some(300))
+    );
 }
 
 async fn provisioning_lock_admits_one_holder_across_handles(a: Handle, b: Handle) {
@@ -273,8 +283,12 @@ async fn postgres() -> Option<(Handle, Handle)> {
     let url = super::postgres::test_support::fresh_database()
         .await
         .unwrap()?;
-    let a = super::postgres::PostgresStore::connect(&url, 4).await.unwrap();
-    let b = super::postgres::PostgresStore::connect(&url, 4).await.unwrap();
+    let a = super::postgres::PostgresStore::connect(&url, 4)
+        .await
+        .unwrap();
+    let b = super::postgres::PostgresStore::connect(&url, 4)
+        .await
+        .unwrap();
     Some((Arc::new(a), Arc::new(b)))
 }
 
