@@ -143,7 +143,7 @@ async fn burst_with_leader_killed(n: usize) {
     let discord = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
     let kube = FakeKube::start().await.unwrap();
     let kubeconfig = kube.kubeconfig(dir.path().join("kubeconfig")).unwrap();
-    let mut replicas = vec![
+    let mut replicas = [
         Replica::start("replica-a", &discord, &db, &kubeconfig).await,
         Replica::start("replica-b", &discord, &db, &kubeconfig).await,
     ];

@@ -313,12 +313,9 @@ impl Drop for AdvisoryGuard {
                 drop(Object::take(client));
             }
         };
-        match tokio::runtime::Handle::try_current() {
-            Ok(rt) => {
-                rt.spawn(unlock);
-            }
-            // No runtime (process exit): the connection closes with it.
-            Err(_) => {}
+        // No runtime (process exit): the connection closes with the process.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(unlock);
         }
     }
 }
