@@ -325,9 +325,7 @@ async fn command(state: AppState, interaction: Value) -> Response {
             .await
         {
             Ok(true) => {}
-            Ok(false) => {
-                return done(Outcome::Duplicate, Some(&run.run_id), "forwarded")
-            }
+            Ok(false) => return done(Outcome::Duplicate, Some(&run.run_id), "forwarded"),
             Err(e) => {
                 state.report(ErrorKind::Store, Some(&run.run_id), &e);
                 return done(
