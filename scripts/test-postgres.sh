@@ -11,7 +11,7 @@
 
 start_test_postgres() {
   local bin
-  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
+  bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true)
   if [ -z "$bin" ] || [ ! -x "$bin/initdb" ]; then
     apt_install false -- postgresql
     bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)

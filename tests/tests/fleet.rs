@@ -313,13 +313,13 @@ async fn sigterm_hands_the_lease_over_in_seconds() {
 
     first.proc.sigterm();
     let at = Instant::now();
-    assert!(first.proc.wait_exit(DEADLINE).await.unwrap().success());
     eventually("the second replica leads", DEADLINE, || {
         let ops = second.ops.clone();
         async move { (leader_gauge(&ops).await? == 1.0).then_some(()) }
     })
     .await;
     let handover = at.elapsed();
+    assert!(first.proc.wait_exit(DEADLINE).await.unwrap().success());
     assert!(
         handover < LEASE_DURATION,
         "released Lease taken over after {handover:?}, not before it expired"
