@@ -124,7 +124,11 @@ fn db(e: tokio_postgres::Error) -> StoreError {
     // `Display` of a server error is only "db error"; the detail is in the source.
     match e.as_db_error() {
         Some(d) => StoreError::Database(format!("{}: {}", d.code().code(), d.message())),
-        None => StoreError::Database(e.to_string()),
+        // The kind ("error connecting to server") and its cause ("Connection refused").
+        None => match std::error::Error::source(&e) {
+            Some(cause) => StoreError::Database(format!("{e}: {cause}")),
+            None => StoreError::Database(e.to_string()),
+        },
     }
 }
 
