@@ -175,9 +175,6 @@ pub(crate) struct Inner {
     pub discord: Arc<dyn DiscordApi>,
     pub metrics: BridgeMetrics,
     pub relay: Relay,
-    /// Serialises provisioning in this process, so two calls for the same run
-    /// or for the last free slot of a category do not race each other.
-    pub provision: tokio::sync::Mutex<()>,
     pub health: Option<HealthParts>,
     /// Kubernetes Events on agent pods, when `KUBE_CONFIG` is set.
     pub pod_events: std::sync::OnceLock<crate::reconcile::PodEvents>,
@@ -217,7 +214,6 @@ impl AppState {
                 discord,
                 metrics,
                 relay,
-                provision: tokio::sync::Mutex::new(()),
                 health,
                 pod_events: std::sync::OnceLock::new(),
                 token_reviewer: std::sync::OnceLock::new(),
@@ -486,6 +482,15 @@ mod tests {
             now: i64,
         ) -> StoreFuture<'_, ()> {
             self.inner.mark_handoff(run_id, seq, outcome, now)
+        }
+        fn provision_lock(&self) -> StoreFuture<'_, crate::store::ProvisionGuard> {
+            self.inner.provision_lock()
+        }
+        fn claim_interaction(&self, id: String, at: i64) -> StoreFuture<'_, bool> {
+            self.inner.claim_interaction(id, at)
+        }
+        fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64> {
+            self.inner.prune_interactions(before)
         }
         fn ping(&self) -> StoreFuture<'_, ()> {
             let locked = self.locked.load(Ordering::SeqCst);

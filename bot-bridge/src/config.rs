@@ -91,7 +91,8 @@ pub struct Options {
     /// Listener for /metrics /livez /readyz /healthz.
     #[arg(long, env = "OPS_ADDR", default_value = "0.0.0.0:9090")]
     pub ops_addr: String,
-    /// Run store: `sqlite://PATH` or `sqlite::memory:` (may contain credentials: secret).
+    /// Run store: `sqlite://PATH`, `sqlite::memory:` or `postgres://USER:PASSWORD@HOST/DB`
+    /// (several replicas need Postgres). May contain credentials: secret.
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -99,6 +100,25 @@ pub struct Options {
         default_value = "sqlite://./bot-bridge.db"
     )]
     pub database_url: String,
+    /// Most connections to Postgres this replica opens (ignored for SQLite).
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// The Lease (`NAMESPACE/NAME`, coordination.k8s.io/v1) replicas elect
+    /// their leader with: only the leader runs retention and the reconciler.
+    /// Needs KUBE_CONFIG. Unset: this replica is always the leader (one replica).
+    #[arg(long, env = "LEADER_ELECTION_LEASE")]
+    pub leader_election_lease: Option<String>,
+    /// This replica's name in the Lease (the chart sets the pod name).
+    /// Unset: `bot-bridge-` and a random suffix.
+    #[arg(long, env = "LEADER_ELECTION_IDENTITY")]
+    pub leader_election_identity: Option<String>,
+    /// How long a leader that stopped renewing keeps the Lease: the longest
+    /// time without a leader after a replica is killed.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s")]
+    pub leader_election_lease_duration: String,
+    /// How often the leader renews (and others retry); below the lease duration.
+    #[arg(long, env = "LEADER_ELECTION_RENEW_INTERVAL", default_value = "5s")]
+    pub leader_election_renew_interval: String,
     /// Time a completed run's channel stays before archive/delete (e.g. 72h).
     #[arg(long, env = "RETENTION", default_value = "72h")]
     pub retention: String,
@@ -195,6 +215,11 @@ pub struct RawConfig {
     pub api_token: Option<Secret<String>>,
     pub ops_addr: String,
     pub database_url: Secret<String>,
+    pub database_max_connections: u32,
+    pub leader_election_lease: Option<String>,
+    pub leader_election_identity: Option<String>,
+    pub leader_election_lease_duration: String,
+    pub leader_election_renew_interval: String,
     pub retention: String,
     pub retention_action: RetentionAction,
     pub retention_interval: String,
@@ -225,6 +250,12 @@ pub enum Database {
     Sqlite { path: PathBuf },
     /// An in-memory SQLite database, lost at exit (tests, demos).
     Memory,
+    /// A Postgres database shared by every replica.
+    Postgres {
+        /// Shown redacted: it carries the password.
+        url: Secret<String>,
+        max_connections: u32,
+    },
 }
 
 /// The validated configuration bot-bridge runs with.
@@ -244,6 +275,8 @@ pub struct Config {
     pub api_token: Secret<String>,
     pub ops_addr: SocketAddr,
     pub database: Database,
+    /// Leader election; `None`: this replica is always the leader.
+    pub leader_election: Option<crate::leader::LeaderConfig>,
     #[serde(with = "ops::config::duration")]
     pub retention: Duration,
     pub retention_action: RetentionAction,
@@ -353,7 +386,10 @@ pub fn parse_public_key(s: &str) -> Result<VerifyingKey, String> {
     VerifyingKey::from_bytes(&bytes).map_err(|_| "not a valid ed25519 public key".to_owned())
 }
 
-fn database(url: &str) -> Result<Database, ConfigError> {
+/// Most `DATABASE_MAX_CONNECTIONS` accepted (Postgres' default server limit is 100).
+pub const MAX_DATABASE_CONNECTIONS: u32 = 100;
+
+fn database(url: &str, max_connections: u32) -> Result<Database, ConfigError> {
     let url = url.trim();
     if url == "sqlite::memory:" || url == "sqlite://:memory:" {
         return Ok(Database::Memory);
@@ -370,15 +406,28 @@ fn database(url: &str) -> Result<Database, ConfigError> {
         });
     }
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        return Err(ConfigError::invalid(
-            "DATABASE_URL",
-            "Postgres is not supported by this build yet; use sqlite://PATH (single replica)",
-        ));
+        if !(1..=MAX_DATABASE_CONNECTIONS).contains(&max_connections) {
+            return Err(ConfigError::invalid(
+                "DATABASE_MAX_CONNECTIONS",
+                format!("must be 1 to {MAX_DATABASE_CONNECTIONS}"),
+            ));
+        }
+        // The driver's parse error names the bad part, never the password.
+        if let Err(e) = url.parse::<tokio_postgres::Config>() {
+            return Err(ConfigError::invalid(
+                "DATABASE_URL",
+                format!("not a valid postgres:// URL: {e}"),
+            ));
+        }
+        return Ok(Database::Postgres {
+            url: Secret::new(url.to_owned()),
+            max_connections,
+        });
     }
     // The value may carry credentials, so it is not echoed.
     Err(ConfigError::invalid(
         "DATABASE_URL",
-        "expected sqlite://PATH or sqlite::memory:",
+        "expected sqlite://PATH, sqlite::memory: or postgres://…",
     ))
 }
 
@@ -506,7 +555,24 @@ impl RawConfig {
             api_addr: addr("API_ADDR", &self.api_addr)?,
             api_token,
             ops_addr: addr("OPS_ADDR", &self.ops_addr)?,
-            database: database(self.database_url.expose())?,
+            database: database(self.database_url.expose(), self.database_max_connections)?,
+            leader_election: crate::leader::LeaderConfig::parse(
+                self.leader_election_lease.as_deref(),
+                self.leader_election_identity.as_deref(),
+                bounded(
+                    "LEADER_ELECTION_LEASE_DURATION",
+                    &self.leader_election_lease_duration,
+                    crate::leader::MAX_LEASE_DURATION,
+                    false,
+                )?,
+                bounded(
+                    "LEADER_ELECTION_RENEW_INTERVAL",
+                    &self.leader_election_renew_interval,
+                    crate::leader::MAX_LEASE_DURATION,
+                    false,
+                )?,
+                reconcile.kube.is_some(),
+            )?,
             retention,
             retention_action: self.retention_action,
             retention_interval,
@@ -641,7 +707,45 @@ mod tests {
             (&["--retention", "soon"], "RETENTION"),
             (&["--discord-public-key", "abc"], "DISCORD_PUBLIC_KEY"),
             (&["--run-container", "thread"], "THREAD_PARENT_CHANNEL_ID"),
-            (&["--database-url", "postgres://u:pw@h/db"], "DATABASE_URL"),
+            (&["--database-url", "mysql://u:pw@h/db"], "DATABASE_URL"),
+            (
+                &["--database-url", "postgres://u:pw@h/db?bogus=1"],
+                "DATABASE_URL",
+            ),
+            (
+                &[
+                    "--database-url",
+                    "postgres://h/db",
+                    "--database-max-connections",
+                    "0",
+                ],
+                "DATABASE_MAX_CONNECTIONS",
+            ),
+            (&["--leader-election-lease", "ns/lease"], "KUBE_CONFIG"),
+            (
+                &[
+                    "--kube-config",
+                    "in-cluster",
+                    "--leader-election-lease",
+                    "no-slash",
+                ],
+                "LEADER_ELECTION_LEASE",
+            ),
+            (
+                &["--leader-election-lease-duration", "soon"],
+                "LEADER_ELECTION_LEASE_DURATION",
+            ),
+            (
+                &[
+                    "--kube-config",
+                    "in-cluster",
+                    "--leader-election-lease",
+                    "ns/l",
+                    "--leader-election-renew-interval",
+                    "20s",
+                ],
+                "LEADER_ELECTION_RENEW_INTERVAL",
+            ),
             (&["--discord-api-base", "ftp://x"], "DISCORD_API_BASE"),
             (&["--retention", "100000000h"], "RETENTION"),
             (

@@ -88,10 +88,13 @@ pub enum Outcome {
     Invalid,
     /// The invoking member is not an operator (or none is configured).
     Forbidden,
+    /// Another replica (or an earlier delivery) already acted on this
+    /// interaction id: nothing is relayed twice.
+    Duplicate,
 }
 
 impl Outcome {
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::Ok,
         Self::Forwarded,
         Self::Busy,
@@ -101,6 +104,7 @@ impl Outcome {
         Self::RunFinished,
         Self::Invalid,
         Self::Forbidden,
+        Self::Duplicate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +118,7 @@ impl Outcome {
             Self::RunFinished => "run_finished",
             Self::Invalid => "invalid",
             Self::Forbidden => "forbidden",
+            Self::Duplicate => "duplicate",
         }
     }
 }
@@ -124,6 +129,8 @@ pub struct BridgeMetrics {
     forwarded: IntCounter,
     errors: IntCounterVec,
     runs_active: IntGauge,
+    /// 1 while this replica is the elected leader (`leader`).
+    leader: IntGauge,
     runs_created: IntCounter,
     discord_requests: IntCounterVec,
     rate_limited: IntCounterVec,
@@ -163,6 +170,10 @@ impl BridgeMetrics {
                 &["kind"],
             )?,
             runs_active: metrics.gauge("bridge_runs_active", "Runs currently active.")?,
+            leader: metrics.gauge(
+                "bridge_leader",
+                "1 while this replica leads (runs retention and the reconciler).",
+            )?,
             runs_created: metrics.counter("bridge_runs_created_total", "Runs provisioned.")?,
             discord_requests: metrics.counter_vec(
                 "bridge_discord_requests_total",
@@ -220,6 +231,11 @@ impl BridgeMetrics {
     /// Sets `bridge_runs_active` from the store at start-up.
     pub fn set_runs_active(&self, n: u64) {
         self.runs_active.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `bridge_leader` (`leader::LeadershipChanged`).
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Records one Discord REST answer (called by the REST client's observer).

@@ -15,6 +15,7 @@ pub mod config;
 pub mod events;
 pub mod guild;
 pub mod handoff;
+pub mod leader;
 pub mod reconcile;
 pub mod relay;
 pub mod retention;

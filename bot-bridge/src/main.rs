@@ -8,9 +8,11 @@ use anyhow::Context;
 use bot_bridge::config::{self, Config, Database};
 use bot_bridge::events::BridgeMetrics;
 use bot_bridge::guild::rest::{MetricsObserver, RestDiscord};
+use bot_bridge::leader::{self, Leadership, LeadershipChanged};
 use bot_bridge::relay::Relay;
+use bot_bridge::store::postgres::PostgresStore;
 use bot_bridge::store::sqlite::SqliteStore;
-use bot_bridge::store::RunStore;
+use bot_bridge::store::{RunStore, StoreError};
 use bot_bridge::{AppState, HealthParts, Settings};
 use clap::CommandFactory;
 use ops::http::{HttpLayer, HttpMetrics};
@@ -45,6 +47,13 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cfg)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A rollback onto a schema this binary does not know: a configuration
+        // problem an operator must fix (exit 2, like a bad setting), not a crash.
+        Err(e) if matches!(e.downcast_ref(), Some(StoreError::SchemaTooNew { .. })) => {
+            eprintln!("bot-bridge: {e:#}");
+            tracing::error!(error = %format!("{e:#}"), "refusing to start");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("bot-bridge: {e:#}");
             tracing::error!(error = %format!("{e:#}"), "bot-bridge failed");
@@ -80,11 +89,33 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let health = Health::new(VERSION);
     let parts = HealthParts::register(&health);
 
-    let store: Arc<dyn RunStore> = Arc::new(match &cfg.database {
-        Database::Sqlite { path } => SqliteStore::open(path)
-            .with_context(|| format!("cannot open DATABASE_URL {}", path.display()))?,
-        Database::Memory => SqliteStore::memory()?,
-    });
+    let store: Arc<dyn RunStore> = match &cfg.database {
+        Database::Sqlite { path } => match SqliteStore::open(path) {
+            Ok(s) => Arc::new(s),
+            Err(e @ StoreError::SchemaTooNew { .. }) => return Err(e.into()),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot open DATABASE_URL {}", path.display())))
+            }
+        },
+        Database::Memory => Arc::new(SqliteStore::memory()?),
+        Database::Postgres {
+            url,
+            max_connections,
+        } => {
+            let max = usize::try_from(*max_connections).unwrap_or(10);
+            match PostgresStore::connect(url, max).await {
+                Ok(s) => Arc::new(s),
+                Err(e @ StoreError::SchemaTooNew { .. }) => return Err(e.into()),
+                // The URL is not repeated: it carries the password.
+                Err(e) => {
+                    return Err(
+                        anyhow::Error::new(e).context("cannot open the Postgres DATABASE_URL")
+                    )
+                }
+            }
+        }
+    };
     let discord = RestDiscord::new(
         &cfg.discord_api_base,
         cfg.discord_bot_token.clone(),
@@ -143,16 +174,6 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
         Some(health.heartbeat("store_check", bot_bridge::app::STORE_CHECK_MAX_SILENCE)),
     ));
-    let retention_heartbeat = health.heartbeat(
-        "retention",
-        cfg.retention_interval * 3 + Duration::from_secs(300),
-    );
-    let retention = tokio::spawn(bot_bridge::retention::run(
-        state.clone(),
-        cfg.retention_interval,
-        shutdown.clone(),
-        Some(retention_heartbeat),
-    ));
     let kube = match &cfg.reconcile.kube {
         Some(source) => {
             let client = bot_bridge::reconcile::kube_client(source).await?;
@@ -168,24 +189,85 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // Leader election: only the leader runs retention and the reconciler.
+    let (leadership, elector) = match (&cfg.leader_election, &cfg.reconcile.kube) {
+        (Some(lease), Some(source)) => {
+            let client = bot_bridge::reconcile::kube_client(source).await?;
+            let api = kube::Api::namespaced(client, &lease.namespace);
+            let (tx, leadership) = Leadership::channel();
+            state.metrics().set_leader(false);
+            let elector = tokio::spawn(leader::run(
+                api,
+                lease.clone(),
+                tx,
+                state.metrics().clone(),
+                shutdown.clone(),
+            ));
+            (leadership, Some(elector))
+        }
+        _ => {
+            LeadershipChanged {
+                leading: true,
+                identity: "single replica",
+                why: "no LEADER_ELECTION_LEASE configured",
+            }
+            .emit(state.metrics());
+            (Leadership::always(), None)
+        }
+    };
+    let retention_heartbeat = health.heartbeat(
+        "retention",
+        cfg.retention_interval * 3 + Duration::from_secs(300),
+    );
+    let retention = tokio::spawn({
+        let (state, interval) = (state.clone(), cfg.retention_interval);
+        let beat = retention_heartbeat.clone();
+        leader::while_leading(
+            leadership.clone(),
+            shutdown.clone(),
+            Some(retention_heartbeat),
+            move |stop| {
+                bot_bridge::retention::run(state.clone(), interval, stop, Some(beat.clone()))
+            },
+        )
+    });
     let reconcile_heartbeat = health.heartbeat("reconcile", Duration::from_secs(300));
-    let reconciler = tokio::spawn(bot_bridge::reconcile::run(
-        state.clone(),
-        cfg.reconcile.clone(),
-        kube,
-        shutdown.clone(),
-        Some(reconcile_heartbeat),
-    ));
-    let handoff = tokio::spawn(bot_bridge::handoff::run(
-        state.clone(),
-        bot_bridge::handoff::DrainConfig {
+    let reconciler = tokio::spawn({
+        let (state, reconcile) = (state.clone(), cfg.reconcile.clone());
+        let beat = reconcile_heartbeat.clone();
+        leader::while_leading(
+            leadership.clone(),
+            shutdown.clone(),
+            Some(reconcile_heartbeat),
+            move |stop| {
+                bot_bridge::reconcile::run(
+                    state.clone(),
+                    reconcile.clone(),
+                    kube.clone(),
+                    stop,
+                    Some(beat.clone()),
+                )
+            },
+        )
+    });
+    // Only the leader drains hand-offs: one request in flight per webhook
+    // across the fleet.
+    let handoff_heartbeat = health.heartbeat("handoff", Duration::from_secs(300));
+    let handoff = tokio::spawn({
+        let state = state.clone();
+        let drain = bot_bridge::handoff::DrainConfig {
             channel_messages_per_minute: cfg.channel_messages_per_minute,
             channel_window: cfg.channel_window,
             ..bot_bridge::handoff::DrainConfig::default()
-        },
-        shutdown.clone(),
-        Some(health.heartbeat("handoff", Duration::from_secs(300))),
-    ));
+        };
+        let beat = handoff_heartbeat.clone();
+        leader::while_leading(
+            leadership.clone(),
+            shutdown.clone(),
+            Some(handoff_heartbeat),
+            move |stop| bot_bridge::handoff::run(state.clone(), drain, stop, Some(beat.clone())),
+        )
+    });
     let api_server = tokio::spawn(ops::server::serve(api_listener, api, shutdown.clone()));
     let ops_server = tokio::spawn(ops::server::serve_ops(
         ops_listener,
@@ -201,6 +283,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let _ = retention.await;
         let _ = reconciler.await;
         let _ = handoff.await;
+        // After the leader-only work stopped: releasing the Lease hands over.
+        if let Some(e) = elector {
+            let _ = e.await;
+        }
         let _ = api_server.await;
         let _ = ops_server.await;
     };

@@ -5,7 +5,7 @@
 //! restart; each action is idempotent (a channel that is already gone counts as
 //! done) and a failed one is retried on the next tick. Only one instance may run
 //! it: with SQLite there is one replica by construction; with several replicas
-//! (a future Postgres store) only the elected leader should call [`run`].
+//! on Postgres only the elected leader runs it (`leader::while_leading`).
 
 use std::time::Duration;
 
@@ -19,6 +19,9 @@ use crate::events::{ErrorKind, RetentionApplied};
 use crate::guild::{self, Channel, DiscordError};
 use crate::runs::{family, RunsError};
 use crate::store::{CategoryKind, RunRecord, RunStatus};
+
+/// Seconds an interaction id stays claimed (`RunStore::claim_interaction`).
+pub const INTERACTION_CLAIM_TTL: i64 = 3600;
 
 /// What one tick did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -104,7 +107,14 @@ pub async fn tick(state: &AppState, now: i64) -> TickReport {
     for mut run in due {
         // One run at a time under the provisioning lock: category placement and
         // cleanup must not race a run being created.
-        let _guard = state.inner.provision.lock().await;
+        let _guard = match state.store().provision_lock().await {
+            Ok(g) => g,
+            Err(e) => {
+                state.report(ErrorKind::Store, None, &e);
+                report.failed += 1;
+                return report;
+            }
+        };
         if channel_mode && listing.is_none() {
             match state.discord().list_guild_channels(&guild).await {
                 Ok(l) => listing = Some(l),
@@ -157,8 +167,22 @@ pub async fn tick(state: &AppState, now: i64) -> TickReport {
         }
     }
     if channel_mode {
-        let _guard = state.inner.provision.lock().await;
-        report.categories_removed = remove_empty_overflow(state).await;
+        match state.store().provision_lock().await {
+            Ok(_guard) => report.categories_removed = remove_empty_overflow(state).await,
+            Err(e) => {
+                state.report(ErrorKind::Store, None, &e);
+                report.failed += 1;
+            }
+        }
+    }
+    // Interaction claims only matter while Discord may still deliver the
+    // interaction (15 minutes); an hour is ample.
+    if let Err(e) = state
+        .store()
+        .prune_interactions(now.saturating_sub(INTERACTION_CLAIM_TTL))
+        .await
+    {
+        state.report(ErrorKind::Store, None, &e);
     }
     report
 }

@@ -4,16 +4,27 @@
 //! single transaction keyed by ids, so a networked database (Postgres) can back
 //! several replicas later: uniqueness of (task_id, attempt, short_id) is enforced
 //! by the database, not by the process, and [`RunStore::insert_run`] reports an
-//! existing row instead of failing. The SQLite implementation is for one replica:
-//! the file lives on one volume and the retention worker assumes it is the only
-//! one running (with several replicas only an elected leader may run it).
+//! existing row instead of failing. The SQLite implementation is for one replica
+//! (the file lives on one volume); Postgres ([`postgres`]) serves several, whose
+//! provisioning is serialised by [`RunStore::provision_lock`] (an advisory lock
+//! in the database) and whose interactions are claimed once each
+//! ([`RunStore::claim_interaction`]). Only the elected leader runs retention and
+//! the reconciler (`leader`).
+//!
+//! Each backend has its own migration list and a `schema_version` table; a
+//! database migrated by a newer bot-bridge is refused at start
+//! ([`StoreError::SchemaTooNew`], exit code 2), so a rollback never runs old
+//! code on a schema it does not know.
 //!
 //! Secrets (webhook tokens, input secrets) are stored because bot-bridge must
 //! hand them out again to a restarted watcher; in memory they are
 //! `Secret<String>`, so a record can be logged or `Debug`-printed without
 //! leaking them, and no query result is ever logged as raw rows.
 
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod suite;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +45,30 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database task failed: {0}")]
     Task(String),
+    /// The database was migrated by a newer bot-bridge (rollback guard).
+    #[error(
+        "the database schema is version {found} but this bot-bridge knows only up to {known}: \
+         it was migrated by a newer release; run that release (or restore the backup taken \
+         before the upgrade, see docs/OPERATIONS.md)"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+}
+
+/// Held while a run is provisioned or finalised: while one guard lives, no
+/// other (in this process or, for Postgres, in any replica) is handed out.
+/// Dropping it releases the lock.
+pub struct ProvisionGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl ProvisionGuard {
+    pub fn new(inner: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(inner))
+    }
+}
+
+impl std::fmt::Debug for ProvisionGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProvisionGuard")
+    }
 }
 
 /// A run's lifecycle.
@@ -347,4 +382,15 @@ pub trait RunStore: Send + Sync + 'static {
         outcome: HandoffOutcome,
         now: i64,
     ) -> StoreFuture<'_, ()>;
+    /// Waits for the provisioning lock: one holder at a time across every
+    /// process sharing the store, so two replicas handling the same
+    /// `POST /v1/runs` (or the last free slot of a category) create one
+    /// channel, and the second finds the first's run by its key.
+    fn provision_lock(&self) -> StoreFuture<'_, ProvisionGuard>;
+    /// Claims Discord interaction `id` at `at` (unix seconds): `true` for the
+    /// first claim only, across every replica, so an interaction is acted on once.
+    fn claim_interaction(&self, id: String, at: i64) -> StoreFuture<'_, bool>;
+    /// Forgets interaction claims older than `before` (Discord gives an
+    /// interaction 15 minutes of life); returns how many.
+    fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64>;
 }

@@ -313,6 +313,29 @@ async fn command(state: AppState, interaction: Value) -> Response {
             "nothing to send: /input text:<...>",
         );
     };
+    // Claimed in the shared store right before acting: whichever replica (or
+    // delivery) claims the id first relays it; a repeat is acknowledged as
+    // before ("forwarded", the contract for a replayed interaction) but not
+    // relayed again, so operator input reaches the agent once.
+    let interaction_id = str_at(&interaction, &["id"]).unwrap_or("").to_owned();
+    if !interaction_id.is_empty() {
+        match state
+            .store()
+            .claim_interaction(interaction_id, crate::runs::now_unix())
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => return done(Outcome::Duplicate, Some(&run.run_id), "forwarded"),
+            Err(e) => {
+                state.report(ErrorKind::Store, Some(&run.run_id), &e);
+                return done(
+                    Outcome::Unavailable,
+                    Some(&run.run_id),
+                    "bot-bridge cannot write its store, try again",
+                );
+            }
+        }
+    }
     let user = str_at(&interaction, &["member", "user", "username"])
         .or_else(|| str_at(&interaction, &["user", "username"]))
         .unwrap_or("unknown")
@@ -521,9 +544,18 @@ mod tests {
         post_interaction(base, body, ts).await.json().await.unwrap()
     }
 
+    /// A fresh interaction id per call, as Discord gives every invocation.
+    fn next_id() -> String {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        format!(
+            "interaction-{}",
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+
     fn input(channel_id: &str, text: &str) -> Value {
         json!({
-            "id": "interaction-1",
+            "id": next_id(),
             "type": 2,
             "application_id": "77",
             "token": "interaction-token-secret",
@@ -595,10 +627,40 @@ mod tests {
         let secret = run.input_secret.expose().as_bytes();
         assert!(protocol::verify(secret, &ts, &body, &sig), "{sig}");
         let got: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(
-            got,
-            json!({"run_id": run.run_id, "user": "alice", "text": "hello agent", "id": "interaction-1"})
+        assert_eq!(got["run_id"], run.run_id.as_str());
+        assert_eq!(got["user"], "alice");
+        assert_eq!(got["text"], "hello agent");
+        assert!(got["id"].as_str().unwrap().starts_with("interaction-"));
+    }
+
+    #[tokio::test]
+    async fn an_interaction_delivered_to_two_replicas_reaches_the_watcher_once() {
+        let (first, _) = fixture::state(fixture::settings());
+        let (url, mut rx) = watcher(202, None).await;
+        let run = run_with_input(&first, &url).await;
+        // A second replica: its own process state over the same store.
+        let second = AppState::new(
+            first.settings().clone(),
+            first.store().clone(),
+            first.discord().clone(),
+            crate::events::BridgeMetrics::unregistered().unwrap(),
+            crate::relay::Relay::new(std::time::Duration::from_secs(5)).unwrap(),
+            None,
         );
+        let metrics = second.metrics().clone();
+        let first_metrics = first.metrics().clone();
+        let (a, b) = (fixture::serve(first).await, fixture::serve(second).await);
+        let body = input(&run.channel_id, "once only");
+        let now = crate::runs::now_unix();
+        let (ra, rb) = tokio::join!(reply(&a, &body, now), reply(&b, &body, now));
+        assert_eq!(ra["data"]["content"], "forwarded");
+        assert_eq!(rb["data"]["content"], "forwarded");
+        rx.recv().await.unwrap();
+        assert!(rx.try_recv().is_err(), "the watcher got the input twice");
+        // Exactly one of the two replicas saw the repeat (either may win).
+        let seen = metrics.interactions_count("input", "duplicate")
+            + first_metrics.interactions_count("input", "duplicate");
+        assert_eq!(seen, 1);
     }
 
     #[tokio::test]

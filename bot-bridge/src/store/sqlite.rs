@@ -15,8 +15,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
     CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
-    IdentitySource, Inserted, ListCursor, PodIdentity, RunKey, RunLiveness, RunRecord, RunStatus,
-    RunStore, StoreError, StoreFuture, StoredWebhook,
+    IdentitySource, Inserted, ListCursor, PodIdentity, ProvisionGuard, RunKey, RunLiveness,
+    RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoredWebhook,
 };
 
 /// Schema migrations, applied in order; never edit one that shipped.
@@ -67,6 +67,13 @@ CREATE TABLE run_liveness (
     heartbeat_at    INTEGER
 );
 ",
+    r"
+CREATE TABLE claimed_interactions (
+    id          TEXT PRIMARY KEY,
+    claimed_at  INTEGER NOT NULL
+);
+CREATE INDEX claimed_interactions_at ON claimed_interactions (claimed_at);
+",
     // Hand-offs (issue 18): messages a watcher could not deliver before its
     // pod ended, delivered by bot-bridge. A delivered row keeps its key (a
     // later duplicate is ignored) but not its payload.
@@ -99,6 +106,9 @@ const PING_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<Connection>>,
+    /// The provisioning lock: one process owns the file, so an in-process
+    /// lock is the whole of it.
+    provision: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -171,6 +181,7 @@ impl SqliteStore {
         migrate(&mut conn)?;
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
+            provision: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
 
@@ -199,6 +210,13 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             |r| r.get(0),
         )
         .map_err(db)?;
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if current > known {
+        return Err(StoreError::SchemaTooNew {
+            found: current,
+            known,
+        });
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate() {
         let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
         if version <= current {
@@ -828,6 +846,36 @@ impl RunStore for SqliteStore {
             Ok(())
         })
     }
+
+    fn provision_lock(&self) -> StoreFuture<'_, ProvisionGuard> {
+        let lock = self.provision.clone();
+        Box::pin(async move { Ok(ProvisionGuard::new(lock.lock_owned().await)) })
+    }
+
+    fn claim_interaction(&self, id: String, at: i64) -> StoreFuture<'_, bool> {
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "INSERT INTO claimed_interactions (id, claimed_at) VALUES (?1, ?2) \
+                     ON CONFLICT (id) DO NOTHING",
+                    params![id, at],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64> {
+        self.run(move |conn| {
+            let n = conn
+                .execute(
+                    "DELETE FROM claimed_interactions WHERE claimed_at < ?1",
+                    [before],
+                )
+                .map_err(db)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
 }
 
 /// A hand-off `seq` as SQL's signed 64-bit integer (the API refuses larger).
@@ -875,19 +923,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn insert_is_idempotent_on_the_key() {
-        let s = SqliteStore::memory().unwrap();
-        assert!(matches!(
-            s.insert_run(run("t", "a")).await.unwrap(),
-            Inserted::New
-        ));
-        let mut again = run("t", "a");
-        again.run_id = "other".into();
-        match s.insert_run(again).await.unwrap() {
-            Inserted::Existing(r) => assert_eq!(r.run_id, "run-t-a"),
-            Inserted::New => panic!("duplicate key inserted"),
-        }
-        assert_eq!(s.list_runs(None, 10, None).await.unwrap().len(), 1);
+    async fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        drop(SqliteStore::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.execute("UPDATE schema_version SET version = version + 1", [])
+            .unwrap();
+        drop(conn);
+        let err = SqliteStore::open(&path).unwrap_err();
+        assert!(matches!(err, StoreError::SchemaTooNew { .. }), "{err}");
     }
 
     #[tokio::test]

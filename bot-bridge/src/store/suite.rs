@@ -1,0 +1,330 @@
+//! One store test suite, run against every backend: SQLite in memory and
+//! Postgres when `AGENTMON_TEST_POSTGRES_URL` names a server (scripts/test
+//! starts one; without it the Postgres half prints why it skipped).
+//!
+//! Each scenario gets two handles on the same data: for Postgres two separate
+//! pools, i.e. two replicas; for SQLite two clones of one store.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ops::Secret;
+
+use super::{
+    CategoryKind, CategoryRecord, IdentitySource, Inserted, ListCursor, PodIdentity, RunKey,
+    RunRecord, RunStatus, RunStore, StoredWebhook,
+};
+
+type Handle = Arc<dyn RunStore>;
+
+pub(crate) fn run(task: &str, short: &str) -> RunRecord {
+    RunRecord {
+        run_id: format!("run-{task}-{short}"),
+        key: RunKey {
+            task_id: task.into(),
+            attempt: "1".into(),
+            short_id: short.into(),
+        },
+        channel_id: None,
+        webhook_id: None,
+        webhook_token: None,
+        input_url: None,
+        input_secret: Secret::new("s3cr3t".into()),
+        token_hash: None,
+        status: RunStatus::Active,
+        created_at: 100,
+        completed_at: None,
+        archive_due_at: None,
+        summary: None,
+        retention_note: None,
+    }
+}
+
+async fn insert_is_idempotent_on_the_key(a: Handle, b: Handle) {
+    assert!(matches!(
+        a.insert_run(run("t", "a")).await.unwrap(),
+        Inserted::New
+    ));
+    let mut again = run("t", "a");
+    again.run_id = "other".into();
+    match b.insert_run(again).await.unwrap() {
+        Inserted::Existing(r) => assert_eq!(r.run_id, "run-t-a"),
+        Inserted::New => panic!("duplicate key inserted"),
+    }
+    assert_eq!(a.list_runs(None, 10, None).await.unwrap().len(), 1);
+}
+
+async fn concurrent_inserts_of_one_key_make_one_run(a: Handle, b: Handle) {
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut r = run("race", "k");
+            r.run_id = format!("candidate-{i}");
+            s.insert_run(r).await.unwrap()
+        }));
+    }
+    let mut new = 0;
+    for t in tasks {
+        if matches!(t.await.unwrap(), Inserted::New) {
+            new += 1;
+        }
+    }
+    assert_eq!(new, 1);
+    assert_eq!(a.count_runs(RunStatus::Active).await.unwrap(), 1);
+}
+
+async fn records_round_trip(a: Handle, b: Handle) {
+    a.insert_run(run("t", "a")).await.unwrap();
+    let mut r = a.get_run("run-t-a".into()).await.unwrap().unwrap();
+    r.status = RunStatus::Completed;
+    r.completed_at = Some(120);
+    r.archive_due_at = Some(150);
+    r.summary = Some(serde_json::json!({"tokens": 3}));
+    r.channel_id = Some("42".into());
+    r.webhook_id = Some("7".into());
+    r.webhook_token = Some(Secret::new("tok".into()));
+    r.input_url = Some("http://10.0.0.1:9000".into());
+    r.token_hash = Some("abc".into());
+    r.retention_note = Some("note".into());
+    a.update_run(r).await.unwrap();
+
+    let r = b.find_by_channel("42".into()).await.unwrap().unwrap();
+    assert_eq!(r.status, RunStatus::Completed);
+    assert_eq!(r.summary.unwrap()["tokens"], 3);
+    assert_eq!(r.input_secret.expose(), "s3cr3t");
+    assert_eq!(r.webhook_token.unwrap().expose(), "tok");
+    assert_eq!(r.webhook_id.as_deref(), Some("7"));
+    assert_eq!(r.input_url.as_deref(), Some("http://10.0.0.1:9000"));
+    assert_eq!(r.token_hash.as_deref(), Some("abc"));
+    assert_eq!(r.retention_note.as_deref(), Some("note"));
+    assert_eq!(r.completed_at, Some(120));
+    let key = RunKey {
+        task_id: "t".into(),
+        attempt: "1".into(),
+        short_id: "a".into(),
+    };
+    assert_eq!(b.find_by_key(key).await.unwrap().unwrap().run_id, "run-t-a");
+    assert!(b.get_run("missing".into()).await.unwrap().is_none());
+    assert_eq!(b.due_runs(149).await.unwrap().len(), 0);
+    assert_eq!(b.due_runs(150).await.unwrap().len(), 1);
+    assert_eq!(b.count_runs(RunStatus::Completed).await.unwrap(), 1);
+    assert_eq!(b.count_runs(RunStatus::Active).await.unwrap(), 0);
+}
+
+async fn list_runs_pages_newest_first(a: Handle, _b: Handle) {
+    for (i, short) in ["a", "b", "c", "d", "e"].into_iter().enumerate() {
+        let mut r = run("t", short);
+        r.created_at = 100 + i64::try_from(i / 2).unwrap();
+        if short == "c" {
+            r.status = RunStatus::Completed;
+        }
+        a.insert_run(r).await.unwrap();
+    }
+    let page = a.list_runs(None, 2, None).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|r| r.key.short_id.as_str()).collect();
+    assert_eq!(ids, ["e", "d"]);
+    let last = page.last().unwrap();
+    let after = ListCursor {
+        created_at: last.created_at,
+        run_id: last.run_id.clone(),
+    };
+    let page = a.list_runs(None, 10, Some(after)).await.unwrap();
+    let ids: Vec<_> = page.iter().map(|r| r.key.short_id.as_str()).collect();
+    assert_eq!(ids, ["c", "b", "a"]);
+    let active = a
+        .list_runs(Some(RunStatus::Active), 10, None)
+        .await
+        .unwrap();
+    assert_eq!(active.len(), 4);
+}
+
+async fn categories_and_shared_webhooks_round_trip(a: Handle, b: Handle) {
+    let cat = |id: &str, kind, index| CategoryRecord {
+        id: id.into(),
+        name: format!("Agent Runs {index}"),
+        kind,
+        index,
+    };
+    a.put_category(cat("9", CategoryKind::Runs, 1))
+        .await
+        .unwrap();
+    a.put_category(cat("10", CategoryKind::Runs, 2))
+        .await
+        .unwrap();
+    a.put_category(cat("11", CategoryKind::Archive, 1))
+        .await
+        .unwrap();
+    let mut renamed = cat("9", CategoryKind::Runs, 1);
+    renamed.name = "Agent Runs".into();
+    b.put_category(renamed.clone()).await.unwrap();
+    let all = b.categories().await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.contains(&renamed));
+    b.remove_category("10".into()).await.unwrap();
+    assert_eq!(a.categories().await.unwrap().len(), 2);
+
+    assert!(a.shared_webhook("p".into()).await.unwrap().is_none());
+    for token in ["t1", "t2"] {
+        a.put_shared_webhook(
+            "p".into(),
+            StoredWebhook {
+                id: "w".into(),
+                token: Secret::new(token.into()),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let w = b.shared_webhook("p".into()).await.unwrap().unwrap();
+    assert_eq!((w.id.as_str(), w.token.expose().as_str()), ("w", "t2"));
+}
+
+async fn a_claimed_pod_never_replaces_a_verified_one(a: Handle, b: Handle) {
+    a.insert_run(run("t", "a")).await.unwrap();
+    a.insert_run(run("t", "b")).await.unwrap();
+    let pod = |name: &str| PodIdentity {
+        namespace: "agents".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+    };
+    let id = || "run-t-a".to_owned();
+    assert!(a
+        .bind_pod(id(), pod("p1"), IdentitySource::Claimed)
+        .await
+        .unwrap());
+    assert!(b
+        .bind_pod(id(), pod("p2"), IdentitySource::Verified)
+        .await
+        .unwrap());
+    assert!(!a
+        .bind_pod(id(), pod("p3"), IdentitySource::Claimed)
+        .await
+        .unwrap());
+    assert_eq!(b.run_pod(id()).await.unwrap(), Some(pod("p2")));
+    assert_eq!(b.run_pod("run-t-b".into()).await.unwrap(), None);
+
+    a.heartbeat(id(), 500).await.unwrap();
+    b.heartbeat(id(), 400).await.unwrap(); // late arrival never moves it back
+    a.heartbeat("run-t-b".into(), 300).await.unwrap();
+    let live = b.active_liveness().await.unwrap();
+    assert_eq!(live.len(), 2);
+    let first = live.iter().find(|l| l.run_id == id()).unwrap();
+    assert_eq!(first.last_heartbeat, Some(500));
+    assert_eq!(first.source, Some(IdentitySource::Verified));
+    assert_eq!(first.pod, Some(pod("p2")));
+    let second = live.iter().find(|l| l.run_id == "run-t-b").unwrap();
+    assert_eq!(
+        (second.pod.clone(), second.last_heartbeat),
+        (None, Some(300))
+    );
+}
+
+async fn provisioning_lock_admits_one_holder_across_handles(a: Handle, b: Handle) {
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let (inside, most) = (inside.clone(), most.clone());
+        tasks.push(tokio::spawn(async move {
+            let _guard = s.provision_lock().await.unwrap();
+            let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            // Gives any other holder the chance to overlap (not synchronisation:
+            // the assertion is that none did).
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            inside.fetch_sub(1, Ordering::SeqCst);
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(30), t)
+            .await
+            .expect("lock released after each holder")
+            .unwrap();
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+}
+
+async fn an_interaction_is_claimed_once_across_handles(a: Handle, b: Handle) {
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            s.claim_interaction("1234".into(), 1000).await.unwrap()
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        won += usize::from(t.await.unwrap());
+    }
+    assert_eq!(won, 1);
+    assert!(a.claim_interaction("5678".into(), 2000).await.unwrap());
+    assert_eq!(b.prune_interactions(1500).await.unwrap(), 1);
+    // Pruned claims are forgotten; later ones are kept.
+    assert!(a.claim_interaction("1234".into(), 2100).await.unwrap());
+    assert!(!a.claim_interaction("5678".into(), 2100).await.unwrap());
+}
+
+async fn ping_succeeds_on_a_writable_store(a: Handle, _b: Handle) {
+    a.ping().await.unwrap();
+}
+
+/// Fresh SQLite stores: two handles on one in-memory database.
+async fn sqlite() -> (Handle, Handle) {
+    let s = super::sqlite::SqliteStore::memory().unwrap();
+    (Arc::new(s.clone()), Arc::new(s))
+}
+
+/// Two replicas' stores on a fresh Postgres database, or `None` (and why)
+/// when no test server is configured.
+async fn postgres() -> Option<(Handle, Handle)> {
+    let url = super::postgres::test_support::fresh_database()
+        .await
+        .unwrap()?;
+    let a = super::postgres::PostgresStore::connect(&url, 4)
+        .await
+        .unwrap();
+    let b = super::postgres::PostgresStore::connect(&url, 4)
+        .await
+        .unwrap();
+    Some((Arc::new(a), Arc::new(b)))
+}
+
+macro_rules! suite {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let (a, b) = super::sqlite().await;
+                    super::$name(a, b).await;
+                }
+            )*
+        }
+        mod postgres_backend {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let Some((a, b)) = super::postgres().await else {
+                        return;
+                    };
+                    super::$name(a, b).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    insert_is_idempotent_on_the_key,
+    concurrent_inserts_of_one_key_make_one_run,
+    records_round_trip,
+    list_runs_pages_newest_first,
+    categories_and_shared_webhooks_round_trip,
+    a_claimed_pod_never_replaces_a_verified_one,
+    provisioning_lock_admits_one_holder_across_handles,
+    an_interaction_is_claimed_once_across_handles,
+    ping_succeeds_on_a_writable_store,
+);
