@@ -12,8 +12,8 @@ use std::time::Duration;
 use ops::Secret;
 
 use super::{
-    CategoryKind, CategoryRecord, IdentitySource, Inserted, ListCursor, PodIdentity, RunKey,
-    RunRecord, RunStatus, RunStore, StoredWebhook,
+    CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffStored, IdentitySource,
+    Inserted, ListCursor, PodIdentity, RunKey, RunRecord, RunStatus, RunStore, StoredWebhook,
 };
 
 type Handle = Arc<dyn RunStore>;
@@ -267,6 +267,82 @@ async fn an_interaction_is_claimed_once_across_handles(a: Handle, b: Handle) {
     assert!(!a.claim_interaction("5678".into(), 2100).await.unwrap());
 }
 
+/// Hand-offs: idempotent by (run, seq) across handles, drained in seq order
+/// with dead letters skipped, refused on a finished run unless all known.
+async fn handoffs_are_idempotent_and_drain_in_seq_order(a: Handle, b: Handle) {
+    a.insert_run(run("t", "h")).await.unwrap();
+    let msg = |seq: u64| HandoffMessage {
+        seq,
+        payload: serde_json::json!({"content": format!("m{seq}")}),
+    };
+    let first = a
+        .put_handoff("run-t-h".into(), vec![msg(3), msg(1), msg(2)], None, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        HandoffStored::Stored {
+            accepted: 3,
+            duplicates: 0,
+            pending: 3
+        }
+    );
+    let again = b
+        .put_handoff("run-t-h".into(), vec![msg(2), msg(4)], Some(None), 11)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        HandoffStored::Stored {
+            accepted: 1,
+            duplicates: 1,
+            pending: 4
+        }
+    );
+    let runs = b.handoff_runs().await.unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].pending, runs[0].oldest_pending_at), (4, Some(10)));
+    assert_eq!(runs[0].complete, Some(None));
+    let mut order = Vec::new();
+    while let Some(m) = a.next_handoff("run-t-h".into()).await.unwrap() {
+        order.push(m.seq);
+        let outcome = if m.seq == 2 {
+            HandoffOutcome::Rejected
+        } else {
+            HandoffOutcome::Delivered
+        };
+        b.mark_handoff("run-t-h".into(), m.seq, outcome, 20)
+            .await
+            .unwrap();
+    }
+    assert_eq!(order, [1, 2, 3, 4]);
+    let mut done = run("t", "h");
+    done.status = RunStatus::Completed;
+    a.update_run(done).await.unwrap();
+    assert_eq!(
+        b.put_handoff("run-t-h".into(), vec![msg(1), msg(4)], None, 30)
+            .await
+            .unwrap(),
+        HandoffStored::Stored {
+            accepted: 0,
+            duplicates: 2,
+            pending: 0
+        }
+    );
+    assert_eq!(
+        b.put_handoff("run-t-h".into(), vec![msg(5)], None, 30)
+            .await
+            .unwrap(),
+        HandoffStored::Finished { new: 1 }
+    );
+    assert_eq!(
+        a.put_handoff("nope".into(), vec![msg(1)], None, 30)
+            .await
+            .unwrap(),
+        HandoffStored::UnknownRun
+    );
+}
+
 async fn ping_succeeds_on_a_writable_store(a: Handle, _b: Handle) {
     a.ping().await.unwrap();
 }
@@ -326,5 +402,6 @@ suite!(
     a_claimed_pod_never_replaces_a_verified_one,
     provisioning_lock_admits_one_holder_across_handles,
     an_interaction_is_claimed_once_across_handles,
+    handoffs_are_idempotent_and_drain_in_seq_order,
     ping_succeeds_on_a_writable_store,
 );
