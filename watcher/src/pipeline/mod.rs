@@ -106,6 +106,13 @@ impl Drain {
         *self.deadline.get_or_init(|| Instant::now() + self.budget)
     }
 
+    /// How long ingest may read the followed files to their end after the
+    /// signal, and the sink loop wait for what it reads: the latest the
+    /// backlog stage can end (its end when Discord answers at once).
+    pub fn read_end(&self, deadline: Instant) -> Instant {
+        self.plan(deadline, Duration::ZERO).backlog_end
+    }
+
     /// Where the stages end for a drain ending at `deadline`, when a request
     /// to Discord takes up to `latency` (see [`DeliveryObserver::latency_estimate`]):
     /// `complete` keeps [`COMPLETE_SHARE`] (at most a fifth of the budget);
@@ -547,9 +554,14 @@ impl<S: Sink> Pipeline<S> {
         self.last_save = Instant::now();
     }
 
-    async fn post_summary(&mut self, drain: &Drain, rx: Option<&mut QueueRx>) {
+    async fn post_summary(&mut self, drain: &Drain, mut rx: Option<&mut QueueRx>) {
         if self.state.summary_posted() {
             return;
+        }
+        if let (Some(rx), Some(deadline)) = (rx.as_mut(), drain.deadline()) {
+            // Ingest reads every file to its end at shutdown: all of it is
+            // this drain's to send, hand over or keep (issue 18).
+            self.take_rest(rx, drain.read_end(deadline)).await;
         }
         let ended = self.wall_end();
         let mut posted = true;
@@ -613,6 +625,25 @@ impl<S: Sink> Pipeline<S> {
                     self.heartbeat
                         .within(crate::deliver::bridge::REQUEST_TIMEOUT * 2, complete)
                         .await;
+                }
+            }
+        }
+    }
+
+    /// In a drain: takes every record until ingest closes the queue (it has
+    /// read every followed file to its end), or until `until`, when ingest
+    /// gives up reading too.
+    async fn take_rest(&mut self, rx: &mut QueueRx, until: Instant) {
+        loop {
+            self.heartbeat.beat();
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(r)) => self.absorb(r),
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        "shutdown: ingest did not finish reading the transcript within the backlog's share; the rest stays in it"
+                    );
+                    return;
                 }
             }
         }
