@@ -17,8 +17,11 @@
 //! scan and reopened at its offset when it grows (from the top when another
 //! file replaced it). Nothing is skipped; a busy file waits for a slot.
 //!
-//! At shutdown, a complete record the writer left without its newline (the
-//! agent's last line) is posted, as `watcher render` prints it.
+//! At shutdown (the drain), ingest reads every followed file to its current
+//! end, bounded by the backlog stage's share of the budget, then closes the
+//! queue: the transcript goes with the pod. A complete record the writer
+//! left without its newline (the agent's last line) is posted then, as
+//! `watcher render` prints it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

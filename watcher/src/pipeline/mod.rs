@@ -329,9 +329,7 @@ impl<S: Sink> Pipeline<S> {
             if self.backlog_spent(&drain) {
                 // The backlog may not eat the summary's and `complete`'s shares,
                 // nor start a send it cannot finish.
-                tracing::warn!(
-                    "shutdown budget for the backlog spent; leaving the rest in the transcript"
-                );
+                tracing::warn!("shutdown budget for the backlog spent; handing the rest over");
                 break;
             }
             self.deliver_one(&mut rx, &drain).await;
