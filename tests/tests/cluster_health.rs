@@ -457,7 +457,7 @@ async fn bot_bridge_unreachable_at_start_never_fails_liveness_names_why_there_is
 }
 
 #[tokio::test]
-async fn sigterm_while_every_discord_request_takes_2_5_s_posts_the_summary_and_completes_the_run_within_the_budget(
+async fn sigterm_while_every_discord_request_takes_2_5_s_exits_within_the_budget_and_nothing_is_lost(
 ) {
     let fake = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -511,23 +511,30 @@ async fn sigterm_while_every_discord_request_takes_2_5_s_posts_the_summary_and_c
             "offset {offset_ms} ms: exit {took:?} after SIGTERM, budget {budget:?}\n{}",
             w.output()
         );
-        // The summary's request may still be in the fake's 2.5 s when the
-        // watcher exits (it saw the answer; the fake records after it).
-        let mut text = fake.payload_text(&query).await;
-        let until = Instant::now() + Duration::from_secs(5);
-        while !text.contains("Run complete") && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            text = fake.payload_text(&query).await;
-        }
-        assert!(
-            text.contains("Run complete"),
-            "offset {offset_ms} ms: no summary in the run's channel; watcher:\n{}",
-            w.output()
-        );
-        assert_eq!(count(&text, "Run complete"), 1, "one summary");
-        let view = run_view(&api, &run_id).await;
-        assert_ne!(view["status"], "active", "completed at bot-bridge: {view}");
+        // What the budget could not deliver (the cut send first) was handed
+        // to bot-bridge, which delivers it at Discord's (slow) pace, then
+        // the summary, then completes the run: every record arrives, the
+        // cut one at most twice.
+        let output = w.output();
+        let view = eventually(
+            &format!("offset {offset_ms} ms: run completed by bot-bridge; watcher:\n{output}"),
+            DEADLINE,
+            || async {
+                let view = run_view(&api, &run_id).await;
+                (view["status"] != "active").then_some(view)
+            },
+        )
+        .await;
         assert!(view["completed_at"].is_string(), "{view}");
+        let text = fake.payload_text(&query).await;
+        assert_eq!(count(&text, "Run complete"), 1, "one summary:\n{output}");
+        for i in 0..40 {
+            let n = count(&text, &format!("sl-{i:04}"));
+            assert!(
+                (1..=2).contains(&n),
+                "offset {offset_ms} ms: marker {i} seen {n} times:\n{output}"
+            );
+        }
         fake.clear_faults().await;
     }
     drop(bridge);

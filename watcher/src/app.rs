@@ -473,7 +473,6 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 
     let (tx, rx) = crate::queue::bounded(cfg.queue_max_events, cfg.queue_max_bytes);
     let drain_for_sink = drain.clone();
-    let ingest_stop = Shutdown::new();
     let ingest_cfg = IngestConfig {
         transcript_path: cfg.transcript_path.clone(),
         workspace: cfg.workspace_path.clone(),
@@ -497,7 +496,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         checkpoint.clone(),
         delivered,
         ingest_observer,
-        ingest_stop.clone(),
+        drain.clone(),
     ));
 
     let renderer = Renderer::new(render_config(&cfg)?);
@@ -536,7 +535,6 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
                     .await
             else {
                 tracing::info!("stopped before a channel was provisioned");
-                ingest_stop.trigger();
                 server_stop.trigger();
                 let _ = tokio::time::timeout(Duration::from_millis(200), ops_server).await;
                 return Ok(());
@@ -640,7 +638,6 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         }
     }
     let deadline = drain.started().await;
-    ingest_stop.trigger();
     tracing::info!(budget_ms = drain.budget().as_millis() as u64, "draining");
     // The pipeline keeps to the deadline itself; a little grace lets it end
     // the call it cut at the deadline before it is aborted.
@@ -648,7 +645,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
         .await
         .is_err()
     {
-        tracing::warn!("shutdown budget exceeded; exiting with work left in the transcript");
+        tracing::warn!("shutdown budget exceeded; exiting with what is not handed over or kept still in the transcript");
         sink_task.abort();
     }
     server_stop.trigger();

@@ -17,20 +17,24 @@
 //! scan and reopened at its offset when it grows (from the top when another
 //! file replaced it). Nothing is skipped; a busy file waits for a slot.
 //!
-//! At shutdown, a complete record the writer left without its newline (the
-//! agent's last line) is posted, as `watcher render` prints it.
+//! At shutdown (the drain), ingest reads every followed file to its current
+//! end, bounded by the backlog stage's share of the budget, then closes the
+//! queue: the transcript goes with the pod. A complete record the writer
+//! left without its newline (the agent's last line) is posted then, as
+//! `watcher render` prints it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ops::{Backoff, Shutdown};
+use ops::Backoff;
 use tokio::time::Instant;
 
 use crate::checkpoint::Checkpoint;
 use crate::delivered::Delivered;
 use crate::discover::{self, Lookup, SubagentScanner};
+use crate::pipeline::Drain;
 use crate::queue::{Closed, QueueTx, Record};
 use crate::tail::{FileIdentity, Follower, Piece, Start, Step, TailConfig, Wake};
 use crate::transcript::decode::{Decoder, DecoderConfig};
@@ -94,35 +98,46 @@ pub enum IngestError {
     },
 }
 
-/// Runs until `stop` triggers; dropping `tx` on return closes the queue.
-/// Returns early (`Ok`) only when the queue's receiver is gone.
+/// Runs until the drain starts (shutdown), then reads every followed file to
+/// its current end and returns; dropping `tx` on return closes the queue,
+/// which tells the sink loop it has everything. Returns early (`Ok`) only
+/// when the queue's receiver is gone.
+///
+/// The read to the end at shutdown is bounded by [`Drain::read_end`] (the
+/// latest the backlog stage can end): what it reads is the sink's to send,
+/// hand to bot-bridge or keep in `STATE_DIR`, since the transcript goes with
+/// the pod. A send is never cut half-way: a record read from a file is on the
+/// queue or the final read was given up at its bound.
 pub async fn run(
     cfg: IngestConfig,
     tx: QueueTx,
     checkpoint: Option<Checkpoint>,
     delivered: Delivered,
     observer: Arc<dyn IngestObserver>,
-    stop: Shutdown,
+    drain: Drain,
 ) -> Result<(), IngestError> {
     let mut ingest = Ingest::new(cfg, tx, checkpoint, &delivered, observer);
     drop(delivered);
-    // Selecting here (not only between passes) also ends a send that waits on
-    // a full queue; nothing is lost, the file and the checkpoint still hold it.
-    tokio::select! {
+    let read = async {
+        ingest.run(&drain).await?;
+        ingest.read_to_end().await
+    };
+    tokio::pin!(read);
+    let deadline = tokio::select! {
         biased;
-        () = stop.wait() => {}
-        res = ingest.run() => match res {
-            Ok(()) | Err(Closed) => return Ok(()),
+        res = &mut read => return match res {
+            Ok(()) | Err(Closed) => Ok(()),
         },
+        deadline = drain.started() => deadline,
+    };
+    // Shutdown: the same read goes on (the loop sees the drain between
+    // passes), to the files' current ends, within the backlog's share.
+    let until = drain.read_end(deadline);
+    if tokio::time::timeout_at(until, read).await.is_err() {
+        tracing::warn!("shutdown: could not read every followed file to its end within the backlog's share of the budget; the rest stays in the transcript");
     }
-    // The agent is gone: its last line may never get a newline. Bounded, as
-    // the drain that follows has its own budget.
-    let _ = tokio::time::timeout(FINAL_FLUSH_BUDGET, ingest.flush_final_lines()).await;
     Ok(())
 }
-
-/// How long reading the last lines at shutdown may take.
-const FINAL_FLUSH_BUDGET: Duration = Duration::from_millis(1000);
 
 /// A followed file.
 struct FollowedFile {
@@ -382,7 +397,9 @@ impl Ingest {
         &self.lines.observer
     }
 
-    async fn run(&mut self) -> Result<(), Closed> {
+    /// Follows the files until the drain starts (looked at between passes,
+    /// so a pass's sends are never cut).
+    async fn run(&mut self, drain: &Drain) -> Result<(), Closed> {
         let poll = self.cfg.tail.poll_interval;
         let backoff = Backoff::new(
             poll.max(Duration::from_millis(20)),
@@ -393,6 +410,9 @@ impl Ingest {
             if self.lines.tx.is_closed() {
                 return Err(Closed);
             }
+            if drain.deadline().is_some() {
+                return Ok(());
+            }
             let due = self.last_scan.is_none_or(|t| t.elapsed() >= poll);
             if due {
                 self.last_scan = Some(Instant::now());
@@ -401,12 +421,18 @@ impl Ingest {
             let all_idle = self.pump_all().await?;
             self.announce_main();
             if self.waiting() {
-                self.wake.wait_at_most(backoff.delay(waiting_attempt)).await;
+                tokio::select! {
+                    () = self.wake.wait_at_most(backoff.delay(waiting_attempt)) => {}
+                    _ = drain.started() => {}
+                }
                 waiting_attempt = waiting_attempt.saturating_add(1);
             } else {
                 waiting_attempt = 0;
                 if all_idle {
-                    self.wake.wait().await;
+                    tokio::select! {
+                        () = self.wake.wait() => {}
+                        _ = drain.started() => {}
+                    }
                 } else {
                     // A busy file got its share; let other tasks run, then go on.
                     tokio::task::yield_now().await;
@@ -508,8 +534,16 @@ impl Ingest {
         Ok(idle && !waiting)
     }
 
-    /// At shutdown: reads what is left of the open files (bounded by the
-    /// caller) and posts each one's complete last line without a newline.
+    /// At shutdown: looks for files once more (a subagent started in the
+    /// last poll interval), reads every followed file to its end, and posts
+    /// each one's complete last line without a newline (bounded by the caller).
+    async fn read_to_end(&mut self) -> Result<(), Closed> {
+        self.scan().await?;
+        self.flush_final_lines().await
+    }
+
+    /// Reads what is left of the open files and posts each one's complete
+    /// last line without a newline.
     async fn flush_final_lines(&mut self) -> Result<(), Closed> {
         if let Some(mut main) = self.main.take() {
             let res = async {

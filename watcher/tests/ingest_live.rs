@@ -314,7 +314,7 @@ impl Live {
             opts.checkpoint,
             opts.delivered,
             observer,
-            stop.clone(),
+            watcher::pipeline::Drain::new(stop.clone(), Duration::from_secs(10)),
         ));
         Self {
             _tmp: tmp,
@@ -1217,4 +1217,59 @@ async fn a_wrong_shape_record_never_swallows_the_valid_one_with_its_uuid() {
         )]
     );
     live.stop().await;
+}
+
+/// Issue 18: the transcript goes with the pod, so at shutdown ingest reads
+/// every followed file to its end, even while the queue is full, and closes
+/// the queue once it has. (Before, the signal cut the send waiting on the
+/// full queue and the rest of that read chunk was lost.)
+#[tokio::test]
+async fn shutdown_reads_every_file_to_its_end_through_a_full_queue() {
+    let (tmp, projects) = Live::new_dirs();
+    let session = projects.join("-w/s.jsonl");
+    let agent = projects.join("-w/s/subagents/agent-a.jsonl");
+    let disk = Disk::default();
+    let lines: Vec<String> = (0..200)
+        .map(|i| user_line(&format!("m{i}"), "main"))
+        .collect();
+    disk.append_lines(&session, &lines);
+    disk.append_lines(&agent, &[user_line("a0", "agent")]);
+    let opts = Opts {
+        queue_events: 4,
+        read_chunk: 64 * 1024,
+        ..Opts::default()
+    };
+    let mut live = Live::start(tmp, projects, disk, opts);
+    // The queue is full: ingest waits in a send, mid-chunk.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while live.rx.depth() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue never filled"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    live.shutdown.trigger();
+    let mut got = Vec::new();
+    while let Ok(Some(r)) = tokio::time::timeout(DEADLINE, live.rx.recv()).await {
+        got.push(r);
+    }
+    let uuids = event_uuids(&got);
+    let main: Vec<String> = uuids
+        .iter()
+        .filter(|u| u.starts_with('m'))
+        .cloned()
+        .collect();
+    let want: Vec<String> = (0..200).map(|i| format!("m{i}")).collect();
+    assert_eq!(main, want, "every line of the session, in order, once");
+    assert!(
+        uuids.contains(&"a0".to_owned()),
+        "the subagent's line too: {uuids:?}"
+    );
+    let task = live.task.take().unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("ingest stops once it read everything")
+        .unwrap()
+        .unwrap();
 }

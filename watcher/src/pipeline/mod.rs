@@ -106,6 +106,13 @@ impl Drain {
         *self.deadline.get_or_init(|| Instant::now() + self.budget)
     }
 
+    /// How long ingest may read the followed files to their end after the
+    /// signal, and the sink loop wait for what it reads: the latest the
+    /// backlog stage can end (its end when Discord answers at once).
+    pub fn read_end(&self, deadline: Instant) -> Instant {
+        self.plan(deadline, Duration::ZERO).backlog_end
+    }
+
     /// Where the stages end for a drain ending at `deadline`, when a request
     /// to Discord takes up to `latency` (see [`DeliveryObserver::latency_estimate`]):
     /// `complete` keeps [`COMPLETE_SHARE`] (at most a fifth of the budget);
@@ -206,6 +213,10 @@ pub struct Pipeline<S> {
     on_complete: Option<OnComplete>,
     /// Where the rest goes at shutdown when the budget cannot deliver it.
     handoff: Option<HandOff>,
+    /// The backlog's send a drain cut: it may or may not have reached
+    /// Discord, so it goes first in the hand-off (at most one repeat, never
+    /// a loss).
+    cut: Option<Batch>,
     /// Acknowledgements not yet written to the checkpoint.
     dirty: bool,
     last_save: Instant,
@@ -241,6 +252,7 @@ impl<S: Sink> Pipeline<S> {
             pending: watch::Sender::new(None),
             on_complete: None,
             handoff: None,
+            cut: None,
             dirty: false,
             last_save: Instant::now(),
             last_record: Instant::now(),
@@ -322,9 +334,7 @@ impl<S: Sink> Pipeline<S> {
             if self.backlog_spent(&drain) {
                 // The backlog may not eat the summary's and `complete`'s shares,
                 // nor start a send it cannot finish.
-                tracing::warn!(
-                    "shutdown budget for the backlog spent; leaving the rest in the transcript"
-                );
+                tracing::warn!("shutdown budget for the backlog spent; handing the rest over");
                 break;
             }
             self.deliver_one(&mut rx, &drain).await;
@@ -487,7 +497,7 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// Sends one batch and acknowledges its units; `false` when a drain cut it
-    /// (its records stay unacknowledged in the transcript).
+    /// (kept in `cut` for the hand-off when it was the backlog's).
     async fn send_batch(
         &mut self,
         mut batch: Batch,
@@ -510,8 +520,11 @@ impl<S: Sink> Pipeline<S> {
         let Some(outcome) = outcome else {
             tracing::warn!(
                 stage = ?stage,
-                "shutdown cut a send to keep the budget's later stages; its records stay in the transcript"
+                "shutdown cut a send to keep the budget's later stages; it goes first in what is handed over or kept"
             );
+            if stage == Stage::Backlog {
+                self.cut = Some(batch);
+            }
             return false;
         };
         if outcome != Sent::Delivered {
@@ -547,9 +560,14 @@ impl<S: Sink> Pipeline<S> {
         self.last_save = Instant::now();
     }
 
-    async fn post_summary(&mut self, drain: &Drain, rx: Option<&mut QueueRx>) {
+    async fn post_summary(&mut self, drain: &Drain, mut rx: Option<&mut QueueRx>) {
         if self.state.summary_posted() {
             return;
+        }
+        if let (Some(rx), Some(deadline)) = (rx.as_mut(), drain.deadline()) {
+            // Ingest reads every file to its end at shutdown: all of it is
+            // this drain's to send, hand over or keep (issue 18).
+            self.take_rest(rx, drain.read_end(deadline)).await;
         }
         let ended = self.wall_end();
         let mut posted = true;
@@ -618,6 +636,25 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
+    /// In a drain: takes every record until ingest closes the queue (it has
+    /// read every followed file to its end), or until `until`, when ingest
+    /// gives up reading too.
+    async fn take_rest(&mut self, rx: &mut QueueRx, until: Instant) {
+        loop {
+            self.heartbeat.beat();
+            match tokio::time::timeout_at(until, rx.recv()).await {
+                Ok(Some(r)) => self.absorb(r),
+                Ok(None) => return,
+                Err(_) => {
+                    tracing::warn!(
+                        "shutdown: ingest did not finish reading the transcript within the backlog's share; the rest stays in it"
+                    );
+                    return;
+                }
+            }
+        }
+    }
+
     /// Whether a drain's backlog stage is over (or could not finish a send).
     fn backlog_spent(&self, drain: &Drain) -> bool {
         drain.deadline().is_some_and(|d| {
@@ -652,7 +689,7 @@ impl<S: Sink> Pipeline<S> {
         while let Some(r) = rx.try_recv() {
             self.absorb(r);
         }
-        let mut rest = Vec::new();
+        let mut rest: Vec<Batch> = self.cut.take().into_iter().collect();
         while let Some(mut batch) = self.batcher.next_batch() {
             for f in discord::truncate::fit_message(&mut batch.message) {
                 self.observer.truncated(f.as_str());

@@ -666,3 +666,62 @@ async fn without_bot_bridge_the_rest_is_kept_and_a_restart_delivers_it_first() {
         .unwrap()
         .is_empty());
 }
+
+/// issue 18: ingest reads every file to its end at shutdown, through a queue
+/// smaller than what is left; the sink takes all of it (until ingest closes
+/// the queue) before it hands the rest over, so nothing read is dropped.
+/// (Before, the hand-over took only what was in the queue at that moment.)
+#[tokio::test(start_paused = true)]
+async fn the_hand_over_waits_for_ingest_to_read_to_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let latency = Duration::from_millis(400);
+    let observer = Arc::new(Counts {
+        latency,
+        ..Counts::default()
+    });
+    let discord = Scripted::new(&[], latency);
+    // Far smaller than the backlog: ingest waits on it.
+    let (tx, rx) = crate::queue::bounded(4, 1 << 20);
+    let handed = Arc::new(Mutex::new(Vec::new()));
+    let shutdown = Shutdown::new();
+    let drain = Drain::new(shutdown.clone(), BUSY_BUDGET);
+    let p = pipeline(dir.path(), &discord, &observer, 1).hand_off_to(Box::new({
+        let handed = handed.clone();
+        move |kept, _stats| {
+            let handed = handed.clone();
+            Box::pin(async move {
+                handed.lock().unwrap().extend(kept);
+                Ok(())
+            })
+        }
+    }));
+    let run = tokio::spawn(p.run(rx, drain));
+    // Ingest: reads the whole transcript, then closes the queue.
+    let ingest = tokio::spawn(async move { feed(&tx, 0..BUSY_LINES).await });
+    until("the first messages", || discord.received() >= 3).await;
+    let signal = Instant::now();
+    shutdown.trigger();
+    run.await.unwrap();
+    ingest.await.unwrap();
+    assert!(Instant::now() - signal <= BUSY_BUDGET);
+    assert_eq!(discord.max_in_flight(), 1);
+    let handed = handed.lock().unwrap().clone();
+    let mut all = discord.stored();
+    all.extend(
+        handed
+            .iter()
+            .map(|k| serde_json::to_string(&k.payload).unwrap()),
+    );
+    let counts = deliveries(&all, BUSY_LINES);
+    assert!(counts.iter().all(|&c| c >= 1), "nothing lost: {counts:?}");
+    assert!(
+        counts.iter().map(|c| c - 1).sum::<usize>() <= 1,
+        "{counts:?}"
+    );
+    let last = serde_json::to_string(&handed.last().unwrap().payload).unwrap();
+    assert!(last.contains("Run complete"), "summary last: {last}");
+    assert_eq!(
+        checkpoint(dir.path()).files["/t/s.jsonl"].offset,
+        BUSY_LINES * LINE
+    );
+}
