@@ -18,17 +18,28 @@ const DEADLINE: Duration = Duration::from_secs(90);
 const LIMITS_ON: &[&str] = &["--clock-tolerance-ms", "0"];
 const LIMITS_OFF: &[&str] = &["--no-rate-limits"];
 
+/// Issue 18's case: a 3-minute outage (the fake ends it by itself), limits on.
 #[tokio::test]
-async fn dead_letters_of_an_outage_arrive_after_recovery_without_a_command_limits_on() {
-    dead_letters_of_an_outage_arrive_after_recovery_without_a_command(LIMITS_ON).await;
+async fn dead_letters_of_a_3_minute_outage_arrive_after_recovery_without_a_command_limits_on() {
+    dead_letters_of_an_outage_arrive_after_recovery_without_a_command(
+        LIMITS_ON,
+        Some(Duration::from_secs(180)),
+    )
+    .await;
 }
 
+/// A short outage (cleared once everything is dead-lettered), limits off.
 #[tokio::test]
 async fn dead_letters_of_an_outage_arrive_after_recovery_without_a_command_limits_off() {
-    dead_letters_of_an_outage_arrive_after_recovery_without_a_command(LIMITS_OFF).await;
+    dead_letters_of_an_outage_arrive_after_recovery_without_a_command(LIMITS_OFF, None).await;
 }
 
-async fn dead_letters_of_an_outage_arrive_after_recovery_without_a_command(fake_args: &[&str]) {
+/// `outage`: how long Discord answers 503 from the first request; `None`:
+/// until every line is dead-lettered.
+async fn dead_letters_of_an_outage_arrive_after_recovery_without_a_command(
+    fake_args: &[&str],
+    outage: Option<Duration>,
+) {
     const LINES: usize = 12;
     let fake = FakeDiscordProc::start(fake_args).await;
     let dir = tempfile::tempdir().unwrap();
@@ -39,8 +50,17 @@ async fn dead_letters_of_an_outage_arrive_after_recovery_without_a_command(fake_
     env.push(("DELIVERY_MAX_ELAPSED", "2s".to_string()));
     env.push(("BATCH_SIZE", "2".to_string()));
     // Discord is down: every request fails with a 503 until the faults clear.
-    fake.inject(json!({"kind": "status", "status": 503, "count": 100_000}))
-        .await;
+    match outage {
+        Some(d) => {
+            fake.inject(json!({"kind": "status", "status": 503, "for_ms": u64::try_from(d.as_millis()).unwrap()}))
+                .await
+        }
+        None => {
+            fake.inject(json!({"kind": "status", "status": 503, "count": 100_000}))
+                .await
+        }
+    }
+    let began = tokio::time::Instant::now();
     let mut w = Proc::start("watcher", &[], &env);
     let ops = started_ops_addr(&w).await;
     append_chunked(
@@ -70,9 +90,24 @@ async fn dead_letters_of_an_outage_arrive_after_recovery_without_a_command(fake_
     assert_eq!(code, 0, "{err}");
     assert!(list.contains("retries_exhausted"), "{list}\n{err}");
 
-    // Discord is back; nobody runs a command.
-    fake.clear_faults().await;
-    let text = fake.wait_markers("", "dlq", 0..LINES, DEADLINE).await;
+    // Discord comes back; nobody runs a command.
+    let recovered_within = match outage {
+        Some(d) => {
+            assert!(began.elapsed() < d, "dead-lettered only after the outage");
+            d + DEADLINE
+        }
+        None => {
+            fake.clear_faults().await;
+            DEADLINE
+        }
+    };
+    let text = fake
+        .wait_markers("", "dlq", 0..LINES, recovered_within)
+        .await;
+    eprintln!(
+        "outage {outage:?}: every dead letter delivered {:?} after the outage began",
+        began.elapsed()
+    );
     for i in 0..LINES {
         assert_eq!(count(&text, &format!("dlq-{i:04}")), 1, "dlq-{i:04} once");
     }

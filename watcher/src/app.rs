@@ -504,6 +504,11 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     // The watchdog runs from here, provisioning included: records wait in
     // the queue for a channel, and their age shows.
     let pending = tokio::sync::watch::Sender::new(None);
+    if matches!(cfg.sink, SinkConfig::Bridge { .. }) {
+        // Before the watchdog's first look: seeing no trouble and nothing
+        // pending, it would sleep its idle interval while provisioning fails.
+        telemetry.no_channel(Some("no channel yet: provisioning from bot-bridge".into()));
+    }
     spawn_sink_watchdog(
         pending.subscribe(),
         rx.probe(),
@@ -527,9 +532,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             let bridge = BridgeClient::new(url.clone(), token.clone(), request)
                 .map_err(|e| AppError::Other(e.to_string()))?
                 .with_observer(observer);
-            telemetry.no_channel(Some("no channel yet: provisioning from bot-bridge".into()));
-            // The watchdog is not running yet: /readyz shows provisioning's
-            // state, which it sets itself.
+            // Provisioning sets the sink's state (/readyz) itself as it goes.
             let Some(p) =
                 provision_until_ready(&bridge, &telemetry, &sink_health, &heartbeat, &shutdown)
                     .await
