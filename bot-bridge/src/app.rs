@@ -364,6 +364,22 @@ pub(crate) mod fixture {
         (state, discord)
     }
 
+    /// The caller that owns the runs a test provisions (a run token).
+    pub fn owner() -> crate::access::Caller {
+        crate::access::Caller::RunToken(Secret::new("owner-token-".repeat(4)))
+    }
+
+    /// A run key as a watcher posts it: task `t`, attempt 1, `short`.
+    pub fn new_run(short: &str) -> crate::runs::NewRun {
+        crate::runs::NewRun {
+            task_id: "t".into(),
+            attempt: crate::runs::AttemptValue::Text("1".into()),
+            short_id: short.into(),
+            input_url: None,
+            heartbeats: false,
+        }
+    }
+
     /// Serves the API router on 127.0.0.1:0; returns its base URL.
     pub async fn serve(state: AppState) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -564,14 +564,9 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::access::Caller;
     use crate::app::fixture;
+    use crate::app::fixture::{new_run, owner};
     use crate::events::HandoffMessageOutcome as Counted;
-    use crate::runs::{AttemptValue, NewRun};
-
-    fn owner() -> Caller {
-        Caller::RunToken(ops::Secret::new("owner-token-".repeat(4)))
-    }
 
     fn request(seqs: &[u64], complete: bool) -> HandoffRequest {
         HandoffRequest {
@@ -627,16 +622,6 @@ mod tests {
         assert_eq!(ok.complete, Some(Some(json!({"events": 3}))));
         // Only `complete`, no message, is a valid hand-off.
         assert!(validate(request(&[], true)).unwrap().messages.is_empty());
-    }
-
-    fn new_run(short: &str) -> NewRun {
-        NewRun {
-            task_id: "t".into(),
-            attempt: AttemptValue::Text("1".into()),
-            short_id: short.into(),
-            input_url: None,
-            heartbeats: false,
-        }
     }
 
     async fn handed_off(state: &AppState, short: &str, seqs: &[u64]) -> String {

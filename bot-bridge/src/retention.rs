@@ -316,23 +316,9 @@ async fn remove_empty_overflow(state: &AppState) -> usize {
 
 #[cfg(test)]
 mod tests {
-    fn owner() -> crate::access::Caller {
-        crate::access::Caller::RunToken(ops::Secret::new("owner-token-".repeat(4)))
-    }
-
     use super::*;
     use crate::app::fixture;
-    use crate::runs::{AttemptValue, NewRun};
-
-    fn new_run(short: &str) -> NewRun {
-        NewRun {
-            task_id: "t".into(),
-            attempt: AttemptValue::Text("1".into()),
-            short_id: short.into(),
-            input_url: None,
-            heartbeats: false,
-        }
-    }
+    use crate::app::fixture::{new_run, owner};
 
     #[tokio::test]
     async fn due_channels_move_to_the_archive_once() {

@@ -423,6 +423,7 @@ mod tests {
 
     use super::*;
     use crate::app::fixture;
+    use crate::app::fixture::owner;
     use crate::runs::{AttemptValue, NewRun};
 
     fn signed(key: &SigningKey, ts: i64, body: &[u8]) -> HeaderMap {
@@ -563,10 +564,6 @@ mod tests {
             "member": {"user": {"id": "5", "username": "alice"}},
             "data": {"name": "input", "options": [{"name": "text", "type": 3, "value": text}]},
         })
-    }
-
-    fn owner() -> crate::access::Caller {
-        crate::access::Caller::RunToken(Secret::new("owner-token-".repeat(4)))
     }
 
     async fn run_with_input(state: &AppState, input_url: &str) -> crate::runs::Provisioned {

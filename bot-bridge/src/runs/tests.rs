@@ -95,12 +95,8 @@ fn full_guild_is_reported() {
 }
 
 use crate::app::fixture;
+use crate::app::fixture::owner;
 use crate::guild::perm;
-
-/// The watcher that creates the runs of these tests.
-fn owner() -> Caller {
-    Caller::RunToken(Secret::new("owner-token-".repeat(4)))
-}
 
 fn new_run(task: &str, short: &str) -> NewRun {
     NewRun {

@@ -1,27 +1,5 @@
 use super::*;
-
-fn run(task: &str, short: &str) -> RunRecord {
-    RunRecord {
-        run_id: format!("run-{task}-{short}"),
-        key: RunKey {
-            task_id: task.into(),
-            attempt: "1".into(),
-            short_id: short.into(),
-        },
-        channel_id: None,
-        webhook_id: None,
-        webhook_token: None,
-        input_url: None,
-        input_secret: Secret::new("s3cr3t".into()),
-        token_hash: None,
-        status: RunStatus::Active,
-        created_at: 100,
-        completed_at: None,
-        archive_due_at: None,
-        summary: None,
-        retention_note: None,
-    }
-}
+use crate::store::suite::run;
 
 #[tokio::test]
 async fn a_newer_schema_is_refused() {
