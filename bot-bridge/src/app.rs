@@ -502,6 +502,9 @@ mod tests {
         fn provision_lock(&self) -> StoreFuture<'_, crate::store::ProvisionGuard> {
             self.inner.provision_lock()
         }
+        fn finish_lock(&self, run_id: String) -> StoreFuture<'_, crate::store::ProvisionGuard> {
+            self.inner.finish_lock(run_id)
+        }
         fn claim_interaction(&self, id: String, at: i64) -> StoreFuture<'_, bool> {
             self.inner.claim_interaction(id, at)
         }

@@ -185,7 +185,9 @@ impl AppState {
         handoff: Handoff,
         caller: &crate::access::Caller,
     ) -> Result<Accepted, RunsError> {
-        let _guard = self.stored(self.store().provision_lock()).await?;
+        // No provisioning lock: the store keeps this run's finish and this
+        // hand-off apart (`finish_lock`), and waiting here behind another
+        // run's provisioning would outlast the watcher's shutdown budget.
         let run = self.stored_run(run_id).await?;
         self.authorize(&run, caller).await?;
         let stored = self
@@ -522,12 +524,15 @@ impl Worker {
     }
 
     /// No message left: takes `complete`'s path if the hand-off asked for it
-    /// and the run is still active. Under the provisioning lock, re-checking
-    /// that nothing arrived meanwhile.
+    /// and the run is still active. Under the provisioning lock and the run's
+    /// finish lock, re-checking that nothing arrived meanwhile.
     /// `None` when messages arrived meanwhile (the next step delivers them).
     async fn complete(&self) -> Result<Option<WorkerEnd>, RunsError> {
         let state = &self.state;
         let _guard = state.stored(state.store().provision_lock()).await?;
+        let _finishing = state
+            .stored(state.store().finish_lock(self.run_id.clone()))
+            .await?;
         let runs = read(state, state.store().handoff_runs()).await?;
         let Some(entry) = runs.into_iter().find(|r| r.run_id == self.run_id) else {
             return Ok(Some(WorkerEnd::Drained));
@@ -674,6 +679,26 @@ mod tests {
         assert_eq!(state.metrics().handoff.count(Counted::Delivered), 3);
         shutdown.trigger();
         drainer.await.unwrap();
+    }
+
+    /// A watcher has a fraction of a second at shutdown: its hand-off must not
+    /// queue behind another run's provisioning (which holds the fleet-wide
+    /// lock across Discord calls).
+    #[tokio::test]
+    async fn a_handoff_never_waits_behind_another_runs_provisioning() {
+        let (state, _discord) = fixture::state(fixture::settings());
+        let (run, _) = state.provision(new_run("a"), &owner()).await.unwrap();
+        let provisioning = state.store().provision_lock().await.unwrap();
+        let handoff = validate(request(&[1, 2], true)).unwrap();
+        let accepted = tokio::time::timeout(
+            Duration::from_secs(5),
+            state.accept_handoff(&run.run_id, handoff, &owner()),
+        )
+        .await
+        .expect("the hand-off waited for the provisioning lock")
+        .unwrap();
+        assert_eq!(accepted.accepted, 2);
+        drop(provisioning);
     }
 
     #[tokio::test]

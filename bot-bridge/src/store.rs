@@ -54,9 +54,9 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
 }
 
-/// Held while a run is provisioned or finalised: while one guard lives, no
-/// other (in this process or, for Postgres, in any replica) is handed out.
-/// Dropping it releases the lock.
+/// Held while a run is provisioned or finished: while one guard lives, no
+/// other of the same lock (in this process or, for Postgres, in any replica)
+/// is handed out. Dropping it releases the lock.
 pub struct ProvisionGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
 
 impl ProvisionGuard {
@@ -387,6 +387,14 @@ pub trait RunStore: Send + Sync + 'static {
     /// `POST /v1/runs` (or the last free slot of a category) create one
     /// channel, and the second finds the first's run by its key.
     fn provision_lock(&self) -> StoreFuture<'_, ProvisionGuard>;
+    /// Waits for `run_id`'s finish lock, held while the run is finished
+    /// (its webhook revoked, the run marked completed): [`Self::put_handoff`]
+    /// for that run waits until the guard is dropped, so a hand-off is never
+    /// stored under a run that is finishing without it. Per run, so a
+    /// watcher's hand-off at shutdown (a fraction of a second to land) never
+    /// waits on another run's provisioning behind Discord's rate limits.
+    /// Take it after [`Self::provision_lock`], never before.
+    fn finish_lock(&self, run_id: String) -> StoreFuture<'_, ProvisionGuard>;
     /// Claims Discord interaction `id` at `at` (unix seconds): `true` for the
     /// first claim only, across every replica, so an interaction is acted on once.
     fn claim_interaction(&self, id: String, at: i64) -> StoreFuture<'_, bool>;

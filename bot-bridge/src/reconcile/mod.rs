@@ -605,6 +605,10 @@ impl AppState {
         if run.status != RunStatus::Active {
             return Ok(false);
         }
+        // A hand-off arriving from here on waits for this finish.
+        let _finishing = self
+            .stored(self.store().finish_lock(run_id.to_owned()))
+            .await?;
         // A pod that is gone after handing off is the normal case: the
         // drainer delivers the hand-off and completes the run itself.
         if self.handing_off(run_id).await? {

@@ -653,10 +653,16 @@ impl AppState {
         if run.status != RunStatus::Active {
             return Ok(run);
         }
+        // A hand-off stored from here on waits for this finish (and then
+        // finds the run completed), so none is left behind under it.
+        let finishing = self
+            .stored(self.store().finish_lock(run_id.to_owned()))
+            .await?;
         if self.handing_off(run_id).await? {
             // Completing now would revoke the webhook under the pending
             // messages: the summary joins the hand-off (unless it carried its
             // own) and the drainer completes the run once they are delivered.
+            drop(finishing);
             self.stored(self.store().put_handoff(
                 run_id.to_owned(),
                 Vec::new(),
@@ -672,8 +678,9 @@ impl AppState {
 
     /// The end of every run, by `complete` or by the reconciler: revokes the
     /// webhook, marks the run completed with `summary`, schedules retention
-    /// and counts `reason`. The caller holds the provisioning lock and has
-    /// checked that the run is active.
+    /// and counts `reason`. The caller holds the provisioning lock and the
+    /// run's finish lock, and has checked that the run is active and has no
+    /// hand-off pending.
     pub(crate) async fn finish(
         &self,
         mut run: RunRecord,

@@ -113,6 +113,8 @@ CREATE TABLE handoff_completions (
 /// constants, spelled so they are recognisable in `pg_locks`.
 const MIGRATION_LOCK: i64 = 0x6167_6d6f_6e00_0001;
 const PROVISION_LOCK: i64 = 0x6167_6d6f_6e00_0002;
+/// The first key of every run's finish lock ([`RunStore::finish_lock`]).
+const FINISH_LOCK_CLASS: i32 = 0x6167_0003;
 
 /// How long a statement may run before the server cancels it.
 const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -318,7 +320,16 @@ fn summary_text(run: &RunRecord) -> Option<String> {
 /// and so its lock: the lock can never outlive the guard by more than that.
 struct AdvisoryGuard {
     client: Option<Object>,
-    _local: tokio::sync::OwnedMutexGuard<()>,
+    lock: Advisory,
+    _local: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+/// Which session-level advisory lock a guard holds.
+enum Advisory {
+    Provision,
+    /// A run's finish lock: the two-key form (a key space apart from the
+    /// provisioning lock's one key), the run id hashed into the second key.
+    Finish(String),
 }
 
 impl Drop for AdvisoryGuard {
@@ -326,12 +337,24 @@ impl Drop for AdvisoryGuard {
         let Some(client) = self.client.take() else {
             return;
         };
+        let lock = std::mem::replace(&mut self.lock, Advisory::Provision);
         let unlock = async move {
-            if client
-                .execute("SELECT pg_advisory_unlock($1)", &[&PROVISION_LOCK])
-                .await
-                .is_err()
-            {
+            let unlocked = match &lock {
+                Advisory::Provision => {
+                    client
+                        .execute("SELECT pg_advisory_unlock($1)", &[&PROVISION_LOCK])
+                        .await
+                }
+                Advisory::Finish(run_id) => {
+                    client
+                        .execute(
+                            "SELECT pg_advisory_unlock($1, hashtext($2))",
+                            &[&FINISH_LOCK_CLASS, run_id],
+                        )
+                        .await
+                }
+            };
+            if unlocked.is_err() {
                 drop(Object::take(client));
             }
         };
@@ -725,7 +748,33 @@ impl RunStore for PostgresStore {
             }
             Ok(ProvisionGuard::new(AdvisoryGuard {
                 client: Some(client),
-                _local: local,
+                lock: Advisory::Provision,
+                _local: Some(local),
+            }))
+        })
+    }
+
+    fn finish_lock(&self, run_id: String) -> StoreFuture<'_, ProvisionGuard> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            // Session-scoped like the provisioning lock: a replica that dies
+            // mid-finish releases it with its connection. Waits at most
+            // STATEMENT_TIMEOUT (another finish of this run, or a hand-off's
+            // transaction, holds it only briefly).
+            let locked = client
+                .execute(
+                    "SELECT pg_advisory_lock($1, hashtext($2))",
+                    &[&FINISH_LOCK_CLASS, &run_id],
+                )
+                .await;
+            if let Err(e) = locked {
+                drop(Object::take(client));
+                return Err(db(e));
+            }
+            Ok(ProvisionGuard::new(AdvisoryGuard {
+                client: Some(client),
+                lock: Advisory::Finish(run_id),
+                _local: None,
             }))
         })
     }
@@ -763,8 +812,16 @@ impl RunStore for PostgresStore {
         Box::pin(async move {
             let mut client = self.client().await?;
             let tx = client.transaction().await.map_err(db)?;
-            // The run's row stays locked until commit, so a replica finishing
-            // the run waits for this hand-off (or this one sees it finished).
+            // Not while the run is being finished (see `finish_lock`): its
+            // lock, taken for this transaction, waits for a finish to end.
+            tx.execute(
+                "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+                &[&FINISH_LOCK_CLASS, &run_id],
+            )
+            .await
+            .map_err(db)?;
+            // The run's row stays locked until commit, so a second hand-off
+            // of the run waits for this one.
             let status: Option<String> = tx
                 .query_opt(
                     "SELECT status FROM runs WHERE run_id = $1 FOR UPDATE",

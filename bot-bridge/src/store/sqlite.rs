@@ -109,7 +109,13 @@ pub struct SqliteStore {
     /// The provisioning lock: one process owns the file, so an in-process
     /// lock is the whole of it.
     provision: Arc<tokio::sync::Mutex<()>>,
+    /// Finish locks ([`RunStore::finish_lock`]), striped by run id: runs that
+    /// share a stripe only ever wait for each other's short finish.
+    finishing: Arc<[Arc<tokio::sync::Mutex<()>>]>,
 }
+
+/// Stripes of the finish lock: enough that unrelated runs rarely share one.
+const FINISH_STRIPES: usize = 64;
 
 impl std::fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -182,6 +188,97 @@ impl SqliteStore {
         Ok(Self {
             conn: Arc::new(Mutex::new(conn)),
             provision: Arc::new(tokio::sync::Mutex::new(())),
+            finishing: (0..FINISH_STRIPES)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+        })
+    }
+
+    /// The finish-lock stripe of `run_id` (a fixed hash, so every handle on
+    /// this store agrees).
+    fn finish_stripe(&self, run_id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        run_id.hash(&mut h);
+        let i = usize::try_from(h.finish() % FINISH_STRIPES as u64).unwrap_or(0);
+        self.finishing[i].clone()
+    }
+
+    /// [`RunStore::put_handoff`] once no finish of the run is in progress.
+    fn put_handoff_now(
+        &self,
+        run_id: String,
+        messages: Vec<HandoffMessage>,
+        complete: Option<Option<serde_json::Value>>,
+        now: i64,
+    ) -> StoreFuture<'_, HandoffStored> {
+        self.run(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let status: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM runs WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some(status) = status else {
+                return Ok(HandoffStored::UnknownRun);
+            };
+            let total = u64::try_from(messages.len()).unwrap_or(u64::MAX);
+            if status != RunStatus::Active.as_str() {
+                let mut known = 0u64;
+                for m in &messages {
+                    let found: Option<i64> = tx
+                        .query_row(
+                            "SELECT seq FROM handoff_messages WHERE run_id = ?1 AND seq = ?2",
+                            params![run_id, seq_sql(m.seq)?],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(db)?;
+                    known += u64::from(found.is_some());
+                }
+                if known < total {
+                    return Ok(HandoffStored::Finished { new: total - known });
+                }
+                let pending = pending_of(&tx, &run_id)?;
+                return Ok(HandoffStored::Stored {
+                    accepted: 0,
+                    duplicates: total,
+                    pending,
+                });
+            }
+            let mut accepted = 0u64;
+            {
+                let mut insert = tx
+                    .prepare(
+                        "INSERT INTO handoff_messages (run_id, seq, payload, state, stored_at) \
+                         VALUES (?1, ?2, ?3, 'pending', ?4) ON CONFLICT (run_id, seq) DO NOTHING",
+                    )
+                    .map_err(db)?;
+                for m in &messages {
+                    let changed = insert
+                        .execute(params![run_id, seq_sql(m.seq)?, m.payload.to_string(), now])
+                        .map_err(db)?;
+                    accepted += u64::try_from(changed).unwrap_or(0);
+                }
+            }
+            if let Some(summary) = complete {
+                tx.execute(
+                    "INSERT INTO handoff_completions (run_id, summary, stored_at) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT (run_id) DO NOTHING",
+                    params![run_id, summary.map(|s| s.to_string()), now],
+                )
+                .map_err(db)?;
+            }
+            let pending = pending_of(&tx, &run_id)?;
+            tx.commit().map_err(db)?;
+            Ok(HandoffStored::Stored {
+                accepted,
+                duplicates: total - accepted,
+                pending,
+            })
         })
     }
 
@@ -664,74 +761,17 @@ impl RunStore for SqliteStore {
         complete: Option<Option<serde_json::Value>>,
         now: i64,
     ) -> StoreFuture<'_, HandoffStored> {
-        self.run(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
-            let status: Option<String> = tx
-                .query_row(
-                    "SELECT status FROM runs WHERE run_id = ?1",
-                    [&run_id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db)?;
-            let Some(status) = status else {
-                return Ok(HandoffStored::UnknownRun);
-            };
-            let total = u64::try_from(messages.len()).unwrap_or(u64::MAX);
-            if status != RunStatus::Active.as_str() {
-                let mut known = 0u64;
-                for m in &messages {
-                    let found: Option<i64> = tx
-                        .query_row(
-                            "SELECT seq FROM handoff_messages WHERE run_id = ?1 AND seq = ?2",
-                            params![run_id, seq_sql(m.seq)?],
-                            |r| r.get(0),
-                        )
-                        .optional()
-                        .map_err(db)?;
-                    known += u64::from(found.is_some());
-                }
-                if known < total {
-                    return Ok(HandoffStored::Finished { new: total - known });
-                }
-                let pending = pending_of(&tx, &run_id)?;
-                return Ok(HandoffStored::Stored {
-                    accepted: 0,
-                    duplicates: total,
-                    pending,
-                });
-            }
-            let mut accepted = 0u64;
-            {
-                let mut insert = tx
-                    .prepare(
-                        "INSERT INTO handoff_messages (run_id, seq, payload, state, stored_at) \
-                         VALUES (?1, ?2, ?3, 'pending', ?4) ON CONFLICT (run_id, seq) DO NOTHING",
-                    )
-                    .map_err(db)?;
-                for m in &messages {
-                    let changed = insert
-                        .execute(params![run_id, seq_sql(m.seq)?, m.payload.to_string(), now])
-                        .map_err(db)?;
-                    accepted += u64::try_from(changed).unwrap_or(0);
-                }
-            }
-            if let Some(summary) = complete {
-                tx.execute(
-                    "INSERT INTO handoff_completions (run_id, summary, stored_at) \
-                     VALUES (?1, ?2, ?3) ON CONFLICT (run_id) DO NOTHING",
-                    params![run_id, summary.map(|s| s.to_string()), now],
-                )
-                .map_err(db)?;
-            }
-            let pending = pending_of(&tx, &run_id)?;
-            tx.commit().map_err(db)?;
-            Ok(HandoffStored::Stored {
-                accepted,
-                duplicates: total - accepted,
-                pending,
-            })
+        let stripe = self.finish_stripe(&run_id);
+        Box::pin(async move {
+            // Not while the run is being finished (see `finish_lock`).
+            let _finishing = stripe.lock_owned().await;
+            self.put_handoff_now(run_id, messages, complete, now).await
         })
+    }
+
+    fn finish_lock(&self, run_id: String) -> StoreFuture<'_, ProvisionGuard> {
+        let stripe = self.finish_stripe(&run_id);
+        Box::pin(async move { Ok(ProvisionGuard::new(stripe.lock_owned().await)) })
     }
 
     fn handoff_runs(&self) -> StoreFuture<'_, Vec<HandoffRun>> {

@@ -343,6 +343,56 @@ async fn handoffs_are_idempotent_and_drain_in_seq_order(a: Handle, b: Handle) {
     );
 }
 
+/// A hand-off arriving while its run is finished waits, and then finds the
+/// run finished instead of being stored under it (where nothing would deliver
+/// it); another run's hand-off does not wait, and neither waits on the
+/// provisioning lock.
+async fn a_handoff_waits_for_its_runs_finish_only(a: Handle, b: Handle) {
+    a.insert_run(run("t", "fin")).await.unwrap();
+    a.insert_run(run("t", "other")).await.unwrap();
+    let msg = HandoffMessage {
+        seq: 1,
+        payload: serde_json::json!({"content": "m1"}),
+    };
+    let provisioning = a.provision_lock().await.unwrap();
+    let finishing = a.finish_lock("run-t-fin".into()).await.unwrap();
+    // Another run's hand-off: at once, provisioning lock or not.
+    let other = tokio::time::timeout(
+        Duration::from_secs(10),
+        b.put_handoff("run-t-other".into(), vec![msg.clone()], None, 10),
+    )
+    .await
+    .expect("another run's hand-off never waits on this finish")
+    .unwrap();
+    assert!(matches!(other, HandoffStored::Stored { accepted: 1, .. }));
+    let (b2, m2) = (b.clone(), msg.clone());
+    let mut waiting =
+        tokio::spawn(async move { b2.put_handoff("run-t-fin".into(), vec![m2], None, 11).await });
+    // Bounded look (not synchronisation): it must still be waiting.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+            .await
+            .is_err(),
+        "a hand-off was stored while its run was being finished"
+    );
+    let mut done = run("t", "fin");
+    done.status = RunStatus::Completed;
+    a.update_run(done).await.unwrap();
+    drop(finishing);
+    drop(provisioning);
+    let after = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the hand-off goes on once the finish ends")
+        .unwrap()
+        .unwrap();
+    assert_eq!(after, HandoffStored::Finished { new: 1 });
+    // The lock is free again: a second finish of the run does not wait.
+    tokio::time::timeout(Duration::from_secs(10), b.finish_lock("run-t-fin".into()))
+        .await
+        .expect("finish lock released")
+        .unwrap();
+}
+
 async fn ping_succeeds_on_a_writable_store(a: Handle, _b: Handle) {
     a.ping().await.unwrap();
 }
@@ -403,5 +453,6 @@ suite!(
     provisioning_lock_admits_one_holder_across_handles,
     an_interaction_is_claimed_once_across_handles,
     handoffs_are_idempotent_and_drain_in_seq_order,
+    a_handoff_waits_for_its_runs_finish_only,
     ping_succeeds_on_a_writable_store,
 );
