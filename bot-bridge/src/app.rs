@@ -499,6 +499,9 @@ mod tests {
         ) -> StoreFuture<'_, ()> {
             self.inner.mark_handoff(run_id, seq, outcome, now)
         }
+        fn prune_handoffs(&self) -> StoreFuture<'_, u64> {
+            self.inner.prune_handoffs()
+        }
         fn provision_lock(&self) -> StoreFuture<'_, crate::store::ProvisionGuard> {
             self.inner.provision_lock()
         }

@@ -175,6 +175,12 @@ pub async fn tick(state: &AppState, now: i64) -> TickReport {
             }
         }
     }
+    // Hand-offs of runs whose channel is archived or gone are done for good.
+    match state.store().prune_handoffs().await {
+        Ok(n) if n > 0 => tracing::debug!(messages = n, "pruned finished hand-offs"),
+        Ok(_) => {}
+        Err(e) => state.report(ErrorKind::Store, None, &e),
+    }
     // Interaction claims only matter while Discord may still deliver the
     // interaction (15 minutes); an hour is ample.
     if let Err(e) = state

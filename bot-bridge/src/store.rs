@@ -382,6 +382,11 @@ pub trait RunStore: Send + Sync + 'static {
         outcome: HandoffOutcome,
         now: i64,
     ) -> StoreFuture<'_, ()>;
+    /// Forgets the hand-off messages and completion of every run retention
+    /// has archived or deleted (nothing can be handed over to it any more, and
+    /// delivered payloads would otherwise stay forever); returns how many
+    /// messages went.
+    fn prune_handoffs(&self) -> StoreFuture<'_, u64>;
     /// Waits for the provisioning lock: one holder at a time across every
     /// process sharing the store, so two replicas handling the same
     /// `POST /v1/runs` (or the last free slot of a category) create one

@@ -792,6 +792,30 @@ impl RunStore for PostgresStore {
         })
     }
 
+    fn prune_handoffs(&self) -> StoreFuture<'_, u64> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM handoff_messages WHERE run_id IN \
+                     (SELECT run_id FROM runs WHERE status IN ('archived', 'deleted'))",
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            tx.execute(
+                "DELETE FROM handoff_completions WHERE run_id IN \
+                 (SELECT run_id FROM runs WHERE status IN ('archived', 'deleted'))",
+                &[],
+            )
+            .await
+            .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            Ok(n)
+        })
+    }
+
     fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             self.execute(

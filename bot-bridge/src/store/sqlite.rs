@@ -905,6 +905,27 @@ impl RunStore for SqliteStore {
         })
     }
 
+    fn prune_handoffs(&self) -> StoreFuture<'_, u64> {
+        self.run(|conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let n = tx
+                .execute(
+                    "DELETE FROM handoff_messages WHERE run_id IN \
+                     (SELECT run_id FROM runs WHERE status IN ('archived', 'deleted'))",
+                    [],
+                )
+                .map_err(db)?;
+            tx.execute(
+                "DELETE FROM handoff_completions WHERE run_id IN \
+                 (SELECT run_id FROM runs WHERE status IN ('archived', 'deleted'))",
+                [],
+            )
+            .map_err(db)?;
+            tx.commit().map_err(db)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
     fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64> {
         self.run(move |conn| {
             let n = conn

@@ -341,6 +341,15 @@ async fn handoffs_are_idempotent_and_drain_in_seq_order(a: Handle, b: Handle) {
             .unwrap(),
         HandoffStored::UnknownRun
     );
+    // Kept while the run is completed (a retry is still recognised), gone
+    // once retention archived it.
+    assert_eq!(a.prune_handoffs().await.unwrap(), 0);
+    let mut archived = run("t", "h");
+    archived.status = RunStatus::Archived;
+    a.update_run(archived).await.unwrap();
+    assert_eq!(b.prune_handoffs().await.unwrap(), 4);
+    assert!(b.handoff_runs().await.unwrap().is_empty());
+    assert_eq!(a.next_handoff("run-t-h".into()).await.unwrap(), None);
 }
 
 /// A hand-off arriving while its run is finished waits, and then finds the
