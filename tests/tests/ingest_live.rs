@@ -507,6 +507,10 @@ async fn three_thousand_subagent_files_keep_memory_and_descriptors_bounded() {
     eprintln!("open {open}, parked {parked}");
     assert!(open <= 64.0, "{open}");
     assert!(parked > 0.0);
+    // Reaching the cap is logged (once each time it is reached, not per file).
+    let warned = count(&w.output(), "SUBAGENT_MAX_OPEN reached");
+    eprintln!("cap warnings: {warned}");
+    assert!((1..100).contains(&warned), "cap warnings: {warned}");
     w.sigterm();
     let mut w = w;
     let status = w.wait_exit(Duration::from_secs(10)).await;
