@@ -332,6 +332,28 @@ enum Advisory {
     Finish(String),
 }
 
+impl AdvisoryGuard {
+    /// The guard of `lock`, just asked for on `client` with the outcome
+    /// `locked`. On an error the session is closed: whatever state it is in
+    /// (lock held or not, a longer timeout), that is the clean way out.
+    fn hold<T>(
+        client: Object,
+        locked: Result<T, tokio_postgres::Error>,
+        lock: Advisory,
+        local: Option<tokio::sync::OwnedMutexGuard<()>>,
+    ) -> Result<ProvisionGuard, StoreError> {
+        if let Err(e) = locked {
+            drop(Object::take(client));
+            return Err(db(e));
+        }
+        Ok(ProvisionGuard::new(Self {
+            client: Some(client),
+            lock,
+            _local: local,
+        }))
+    }
+}
+
 impl Drop for AdvisoryGuard {
     fn drop(&mut self) {
         let Some(client) = self.client.take() else {
@@ -740,17 +762,7 @@ impl RunStore for PostgresStore {
                     STATEMENT_TIMEOUT.as_millis()
                 ))
                 .await;
-            if let Err(e) = locked {
-                // Whatever state the session is in (lock held or not, a
-                // longer timeout), closing it is the clean way out.
-                drop(Object::take(client));
-                return Err(db(e));
-            }
-            Ok(ProvisionGuard::new(AdvisoryGuard {
-                client: Some(client),
-                lock: Advisory::Provision,
-                _local: Some(local),
-            }))
+            AdvisoryGuard::hold(client, locked, Advisory::Provision, Some(local))
         })
     }
 
@@ -767,15 +779,7 @@ impl RunStore for PostgresStore {
                     &[&FINISH_LOCK_CLASS, &run_id],
                 )
                 .await;
-            if let Err(e) = locked {
-                drop(Object::take(client));
-                return Err(db(e));
-            }
-            Ok(ProvisionGuard::new(AdvisoryGuard {
-                client: Some(client),
-                lock: Advisory::Finish(run_id),
-                _local: None,
-            }))
+            AdvisoryGuard::hold(client, locked, Advisory::Finish(run_id), None)
         })
     }
 

@@ -204,84 +204,6 @@ impl SqliteStore {
         self.finishing[i].clone()
     }
 
-    /// [`RunStore::put_handoff`] once no finish of the run is in progress.
-    fn put_handoff_now(
-        &self,
-        run_id: String,
-        messages: Vec<HandoffMessage>,
-        complete: Option<Option<serde_json::Value>>,
-        now: i64,
-    ) -> StoreFuture<'_, HandoffStored> {
-        self.run(move |conn| {
-            let tx = conn.transaction().map_err(db)?;
-            let status: Option<String> = tx
-                .query_row(
-                    "SELECT status FROM runs WHERE run_id = ?1",
-                    [&run_id],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db)?;
-            let Some(status) = status else {
-                return Ok(HandoffStored::UnknownRun);
-            };
-            let total = u64::try_from(messages.len()).unwrap_or(u64::MAX);
-            if status != RunStatus::Active.as_str() {
-                let mut known = 0u64;
-                for m in &messages {
-                    let found: Option<i64> = tx
-                        .query_row(
-                            "SELECT seq FROM handoff_messages WHERE run_id = ?1 AND seq = ?2",
-                            params![run_id, seq_sql(m.seq)?],
-                            |r| r.get(0),
-                        )
-                        .optional()
-                        .map_err(db)?;
-                    known += u64::from(found.is_some());
-                }
-                if known < total {
-                    return Ok(HandoffStored::Finished { new: total - known });
-                }
-                let pending = pending_of(&tx, &run_id)?;
-                return Ok(HandoffStored::Stored {
-                    accepted: 0,
-                    duplicates: total,
-                    pending,
-                });
-            }
-            let mut accepted = 0u64;
-            {
-                let mut insert = tx
-                    .prepare(
-                        "INSERT INTO handoff_messages (run_id, seq, payload, state, stored_at) \
-                         VALUES (?1, ?2, ?3, 'pending', ?4) ON CONFLICT (run_id, seq) DO NOTHING",
-                    )
-                    .map_err(db)?;
-                for m in &messages {
-                    let changed = insert
-                        .execute(params![run_id, seq_sql(m.seq)?, m.payload.to_string(), now])
-                        .map_err(db)?;
-                    accepted += u64::try_from(changed).unwrap_or(0);
-                }
-            }
-            if let Some(summary) = complete {
-                tx.execute(
-                    "INSERT INTO handoff_completions (run_id, summary, stored_at) \
-                     VALUES (?1, ?2, ?3) ON CONFLICT (run_id) DO NOTHING",
-                    params![run_id, summary.map(|s| s.to_string()), now],
-                )
-                .map_err(db)?;
-            }
-            let pending = pending_of(&tx, &run_id)?;
-            tx.commit().map_err(db)?;
-            Ok(HandoffStored::Stored {
-                accepted,
-                duplicates: total - accepted,
-                pending,
-            })
-        })
-    }
-
     fn run<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -762,10 +684,79 @@ impl RunStore for SqliteStore {
         now: i64,
     ) -> StoreFuture<'_, HandoffStored> {
         let stripe = self.finish_stripe(&run_id);
+        let stored = self.run(move |conn| {
+            let tx = conn.transaction().map_err(db)?;
+            let status: Option<String> = tx
+                .query_row(
+                    "SELECT status FROM runs WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            let Some(status) = status else {
+                return Ok(HandoffStored::UnknownRun);
+            };
+            let total = u64::try_from(messages.len()).unwrap_or(u64::MAX);
+            if status != RunStatus::Active.as_str() {
+                let mut known = 0u64;
+                for m in &messages {
+                    let found: Option<i64> = tx
+                        .query_row(
+                            "SELECT seq FROM handoff_messages WHERE run_id = ?1 AND seq = ?2",
+                            params![run_id, seq_sql(m.seq)?],
+                            |r| r.get(0),
+                        )
+                        .optional()
+                        .map_err(db)?;
+                    known += u64::from(found.is_some());
+                }
+                if known < total {
+                    return Ok(HandoffStored::Finished { new: total - known });
+                }
+                let pending = pending_of(&tx, &run_id)?;
+                return Ok(HandoffStored::Stored {
+                    accepted: 0,
+                    duplicates: total,
+                    pending,
+                });
+            }
+            let mut accepted = 0u64;
+            {
+                let mut insert = tx
+                    .prepare(
+                        "INSERT INTO handoff_messages (run_id, seq, payload, state, stored_at) \
+                         VALUES (?1, ?2, ?3, 'pending', ?4) ON CONFLICT (run_id, seq) DO NOTHING",
+                    )
+                    .map_err(db)?;
+                for m in &messages {
+                    let changed = insert
+                        .execute(params![run_id, seq_sql(m.seq)?, m.payload.to_string(), now])
+                        .map_err(db)?;
+                    accepted += u64::try_from(changed).unwrap_or(0);
+                }
+            }
+            if let Some(summary) = complete {
+                tx.execute(
+                    "INSERT INTO handoff_completions (run_id, summary, stored_at) \
+                     VALUES (?1, ?2, ?3) ON CONFLICT (run_id) DO NOTHING",
+                    params![run_id, summary.map(|s| s.to_string()), now],
+                )
+                .map_err(db)?;
+            }
+            let pending = pending_of(&tx, &run_id)?;
+            tx.commit().map_err(db)?;
+            Ok(HandoffStored::Stored {
+                accepted,
+                duplicates: total - accepted,
+                pending,
+            })
+        });
         Box::pin(async move {
-            // Not while the run is being finished (see `finish_lock`).
+            // Not while the run is being finished (see `finish_lock`); the
+            // transaction above only runs when awaited.
             let _finishing = stripe.lock_owned().await;
-            self.put_handoff_now(run_id, messages, complete, now).await
+            stored.await
         })
     }
 
