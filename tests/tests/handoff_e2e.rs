@@ -231,6 +231,10 @@ async fn the_last_events_reach_the_channel_after_the_pod_ends() {
         theoretical.as_secs_f64(),
         stats["rate_limited_total"],
     );
+    eprintln!(
+        "429 detail: {} {}",
+        stats["rate_limited"], stats["rest_rate_limited"]
+    );
     drop(bridge);
 }
 

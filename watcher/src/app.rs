@@ -594,14 +594,14 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
             .publish_pending_on(pending);
             if let Some((bridge, run_id)) = bridge_run {
                 let (handoff_bridge, handoff_run) = (bridge.clone(), run_id.clone());
-                pipeline = pipeline.hand_off_to(Box::new(move |kept, stats| {
+                pipeline = pipeline.hand_off_to(Box::new(move |over| {
                     let (bridge, run_id) = (handoff_bridge.clone(), handoff_run.clone());
                     Box::pin(async move {
                         let messages: Vec<_> =
-                            kept.into_iter().map(|k| (k.seq, k.payload)).collect();
-                        let summary = serde_json::to_value(stats).unwrap_or_default();
+                            over.kept.into_iter().map(|k| (k.seq, k.payload)).collect();
+                        let summary = serde_json::to_value(over.stats).unwrap_or_default();
                         let answer = bridge
-                            .handoff(&run_id, &messages, &summary)
+                            .handoff(&run_id, &messages, &summary, &over.channel_sends)
                             .await
                             .map_err(|e| e.to_string())?;
                         tracing::info!(run_id = %run_id, accepted = answer.accepted, duplicates = answer.duplicates, pending = answer.pending, "bot-bridge took the hand-off");

@@ -421,6 +421,10 @@ struct HandoffRequest<'a> {
     messages: Vec<HandoffMessage<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     complete: Option<HandoffComplete<'a>>,
+    /// When the channel accepted the messages that still hold its window
+    /// (unix milliseconds, oldest first), with the first request only.
+    #[serde(skip_serializing_if = "<[u64]>::is_empty")]
+    channel_sends_unix_ms: &'a [u64],
 }
 
 #[derive(Debug, Serialize)]
@@ -441,14 +445,24 @@ impl BridgeClient {
     /// requests of at most [`HANDOFF_MAX_MESSAGES`] and about
     /// [`HANDOFF_MAX_BYTES`], `complete` with the last one. Each request is
     /// idempotent (bot-bridge drops a `seq` it has), so a retry after a lost
-    /// answer adds nothing. Answers summed.
+    /// answer adds nothing. Answers summed. `channel_sends`: how long ago the
+    /// channel accepted the messages that still hold its window, so
+    /// bot-bridge continues the channel's pace.
     pub async fn handoff(
         &self,
         run_id: &str,
         messages: &[(u64, discord::embed::WebhookMessage)],
         summary: &serde_json::Value,
+        channel_sends: &[Duration],
     ) -> Result<HandoffAnswer, BridgeError> {
         let path = format!("/v1/runs/{}/handoff", urlencode(run_id));
+        let now = std::time::SystemTime::now();
+        let sends: Vec<u64> = channel_sends
+            .iter()
+            .filter_map(|age| now.checked_sub(*age))
+            .filter_map(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .collect();
         let mut total = HandoffAnswer::default();
         let chunks = handoff_chunks(messages);
         let last = chunks.len().saturating_sub(1);
@@ -459,8 +473,23 @@ impl BridgeClient {
                     .map(|(seq, payload)| HandoffMessage { seq: *seq, payload })
                     .collect(),
                 complete: (i == last).then_some(HandoffComplete { summary }),
+                channel_sends_unix_ms: if i == 0 { &sends } else { &[] },
             };
-            let resp = self.post(&path, &body).await?;
+            let resp = match self.post(&path, &body).await {
+                // A bot-bridge older than `channel_sends_unix_ms` refuses the
+                // field (it denies unknown ones): without it, it still takes
+                // the messages, only paced from a window of its own.
+                Err(BridgeError::Status { status: 400, .. })
+                    if !body.channel_sends_unix_ms.is_empty() =>
+                {
+                    let plain = HandoffRequest {
+                        channel_sends_unix_ms: &[],
+                        ..body
+                    };
+                    self.post(&path, &plain).await?
+                }
+                other => other?,
+            };
             let answer: HandoffAnswer = resp
                 .json()
                 .await
@@ -684,6 +713,8 @@ mod tests {
             pub messages: BTreeMap<u64, Value>,
             pub requests: usize,
             pub completes: Vec<Value>,
+            /// Each request's `channel_sends_unix_ms` (`Null` when absent).
+            pub sends: Vec<Value>,
         }
 
         pub type Shared = Arc<Mutex<Stored>>;
@@ -699,8 +730,15 @@ mod tests {
             {
                 return (StatusCode::UNAUTHORIZED, Json(json!({})));
             }
-            if run != "run-1" {
+            if run != "run-1" && run != "run-old" {
                 return (StatusCode::NOT_FOUND, Json(json!({})));
+            }
+            // A bot-bridge from before `channel_sends_unix_ms`.
+            if run == "run-old" && body.get("channel_sends_unix_ms").is_some() {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({"error": {"message": "unknown field"}})),
+                );
             }
             let messages = body["messages"].as_array().cloned().unwrap_or_default();
             if messages.len() > 1000 {
@@ -726,6 +764,7 @@ mod tests {
             if let Some(c) = body.get("complete") {
                 s.completes.push(c.clone());
             }
+            s.sends.push(body["channel_sends_unix_ms"].clone());
             let pending = s.messages.len();
             (
                 StatusCode::ACCEPTED,
@@ -780,11 +819,29 @@ mod tests {
             })
             .collect();
         let summary = serde_json::json!({"events": 2500});
-        let answer = client.handoff("run-1", &messages, &summary).await.unwrap();
+        let ages = [Duration::from_secs(2), Duration::from_millis(500)];
+        let answer = client
+            .handoff("run-1", &messages, &summary, &ages)
+            .await
+            .unwrap();
         assert_eq!((answer.accepted, answer.duplicates), (2500, 0));
         {
             let s = stored.lock().unwrap();
             assert_eq!(s.requests, 3, "at most 1000 messages per request");
+            // The channel's recent sends, as times oldest first, go once.
+            let sends: Vec<u64> = s.sends[0]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(serde_json::Value::as_u64)
+                .collect();
+            assert_eq!(sends.len(), 2);
+            assert_eq!(sends[1] - sends[0], 1500);
+            assert!(
+                s.sends[1..].iter().all(serde_json::Value::is_null),
+                "{:?}",
+                s.sends
+            );
             assert_eq!(s.completes, [serde_json::json!({"summary": summary})]);
             assert_eq!(s.messages[&100]["content"], "m100");
             assert_eq!(
@@ -792,13 +849,23 @@ mod tests {
                 (100..2600).collect::<Vec<_>>()
             );
         }
-        let again = client.handoff("run-1", &messages, &summary).await.unwrap();
+        let again = client
+            .handoff("run-1", &messages, &summary, &[])
+            .await
+            .unwrap();
         assert_eq!((again.accepted, again.duplicates), (0, 2500), "idempotent");
         // Only `complete`: one request with no messages.
-        let alone = client.handoff("run-1", &[], &summary).await.unwrap();
+        let alone = client.handoff("run-1", &[], &summary, &[]).await.unwrap();
         assert_eq!(alone.accepted, 0);
+        // An older bot-bridge refuses the pacing field: the hand-off goes
+        // again without it.
+        let old = client
+            .handoff("run-old", &messages[..1], &summary, &ages)
+            .await
+            .unwrap();
+        assert_eq!(old.duplicates, 1);
         let e = client
-            .handoff("run-2", &messages[..1], &summary)
+            .handoff("run-2", &messages[..1], &summary, &[])
             .await
             .unwrap_err();
         assert!(e.to_string().contains("404"), "{e}");

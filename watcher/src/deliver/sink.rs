@@ -55,6 +55,12 @@ pub trait Sink: Send {
     /// they leave the DLQ.
     fn forget_dead_letters(&mut self, _n: usize) {}
 
+    /// How long ago the channel accepted the messages that still hold its
+    /// window, for a shutdown's hand-off (a sink without pacing: none).
+    fn channel_sends(&self) -> Vec<std::time::Duration> {
+        Vec::new()
+    }
+
     /// Sees each event as it is rendered (a console shows it as a line).
     fn event(&mut self, _ev: &Event) {}
 

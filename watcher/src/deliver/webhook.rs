@@ -558,6 +558,10 @@ impl<T: Transport> super::Sink for WebhookSender<T> {
         self.redeliver_one().await;
     }
 
+    fn channel_sends(&self) -> Vec<Duration> {
+        self.limiter.channel_sends(&self.channel())
+    }
+
     fn retryable_dead_letters(&self, max: usize) -> Vec<WebhookMessage> {
         let reprovisions = self.bridge.is_some();
         match self.dlq.retryable(max, reprovisions) {

@@ -164,11 +164,24 @@ pub enum Wall {
 /// (bot-bridge `complete`).
 pub type OnComplete = Box<dyn FnOnce(Stats) -> BoxFuture<'static, ()> + Send>;
 
-/// Takes the messages a shutdown could not deliver (in order, keyed by
-/// `seq`, the summary last) and the final totals for `complete`: bot-bridge's
-/// `POST /v1/runs/{id}/handoff`. `Ok` once they are stored durably there.
-pub type HandOff =
-    Box<dyn FnMut(Vec<Kept>, Stats) -> BoxFuture<'static, Result<(), String>> + Send>;
+/// What a shutdown hands over to bot-bridge.
+#[derive(Debug)]
+pub struct HandOver {
+    /// The messages it could not deliver, in order, keyed by `seq`, the
+    /// summary last.
+    pub kept: Vec<Kept>,
+    /// The final totals, for `complete`.
+    pub stats: Stats,
+    /// How long ago the channel accepted the messages that still count
+    /// against its window ([`Sink::channel_sends`]): bot-bridge keeps the
+    /// channel's pace from there instead of starting a window of its own
+    /// (which met Discord's per-channel limit with a 429 or two).
+    pub channel_sends: Vec<Duration>,
+}
+
+/// Takes a [`HandOver`]: bot-bridge's `POST /v1/runs/{id}/handoff`. `Ok`
+/// once the messages are stored durably there.
+pub type HandOff = Box<dyn FnMut(HandOver) -> BoxFuture<'static, Result<(), String>> + Send>;
 
 /// How the sink loop behaves; everything else it is given is a part.
 #[derive(Debug, Clone)]
@@ -750,8 +763,12 @@ impl<S: Sink> Pipeline<S> {
             let plan = drain.plan(deadline, self.observer.latency_estimate());
             let now = Instant::now();
             let bound = now + plan.summary_end.saturating_duration_since(now) / 2;
-            let stats = self.renderer.stats().clone();
-            match tokio::time::timeout_at(bound, handoff(all, stats)).await {
+            let over = HandOver {
+                kept: all,
+                stats: self.renderer.stats().clone(),
+                channel_sends: self.sink.channel_sends(),
+            };
+            match tokio::time::timeout_at(bound, handoff(over)).await {
                 Ok(Ok(())) => {
                     self.observer.handoff("accepted", messages);
                     tracing::info!(

@@ -14,7 +14,7 @@ use discord::webhook_url::WebhookUrl;
 use ops::Shutdown;
 use tokio::time::Instant;
 
-use super::{Drain, Pipeline, PipelineConfig, Wall, SEND_SLACK};
+use super::{Drain, HandOver, Pipeline, PipelineConfig, Wall, SEND_SLACK};
 use crate::atomic_file::{StateFile, StateObserver};
 use crate::checkpoint::{Checkpoint, CheckpointStore};
 use crate::deliver::dlq::Dlq;
@@ -237,11 +237,23 @@ fn pipeline(
     observer: &Arc<Counts>,
     batch_size: usize,
 ) -> Pipeline<WebhookSender<Scripted>> {
+    paced_pipeline(dir, discord, observer, batch_size, None)
+}
+
+/// [`pipeline`] with the per-channel limit at `channel_limit` messages a
+/// minute (`None`: none, so a scenario's timing is Discord's alone).
+fn paced_pipeline(
+    dir: &Path,
+    discord: &Scripted,
+    observer: &Arc<Counts>,
+    batch_size: usize,
+    channel_limit: Option<u32>,
+) -> Pipeline<WebhookSender<Scripted>> {
     let observer: Arc<dyn DeliveryObserver> = observer.clone();
     let sender = WebhookSender::with_parts(
         discord.clone(),
         Limiter::new(LimiterConfig {
-            channel_messages_per_minute: None,
+            channel_messages_per_minute: channel_limit,
             ..LimiterConfig::default()
         }),
         WebhookUrl::parse("http://discord.invalid/api/webhooks/1/token").unwrap(),
@@ -552,10 +564,10 @@ async fn busy_end(handed: Option<Arc<Mutex<Vec<Kept>>>>) -> BusyEnd {
     let drain = Drain::new(shutdown.clone(), BUSY_BUDGET);
     let mut p = pipeline(dir.path(), &discord, &observer, 1);
     if let Some(handed) = handed {
-        p = p.hand_off_to(Box::new(move |kept, _stats| {
+        p = p.hand_off_to(Box::new(move |over: HandOver| {
             let handed = handed.clone();
             Box::pin(async move {
-                handed.lock().unwrap().extend(kept);
+                handed.lock().unwrap().extend(over.kept);
                 Ok(())
             })
         }));
@@ -687,10 +699,10 @@ async fn the_hand_over_waits_for_ingest_to_read_to_the_end() {
     let drain = Drain::new(shutdown.clone(), BUSY_BUDGET);
     let p = pipeline(dir.path(), &discord, &observer, 1).hand_off_to(Box::new({
         let handed = handed.clone();
-        move |kept, _stats| {
+        move |over: HandOver| {
             let handed = handed.clone();
             Box::pin(async move {
-                handed.lock().unwrap().extend(kept);
+                handed.lock().unwrap().extend(over.kept);
                 Ok(())
             })
         }
@@ -723,5 +735,48 @@ async fn the_hand_over_waits_for_ingest_to_read_to_the_end() {
     assert_eq!(
         checkpoint(dir.path()).files["/t/s.jsonl"].offset,
         BUSY_LINES * LINE
+    );
+}
+
+/// The channel's recent sends go with the hand-off, oldest first, so
+/// bot-bridge continues the channel's pace instead of starting a window of
+/// its own (which met Discord's per-channel limit with 429s).
+#[tokio::test(start_paused = true)]
+async fn the_hand_over_carries_the_channels_recent_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    let latency = Duration::from_millis(400);
+    let observer = Arc::new(Counts {
+        latency,
+        ..Counts::default()
+    });
+    let discord = Scripted::new(&[], latency);
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..BUSY_LINES).await;
+    let paced = Arc::new(Mutex::new(None));
+    let shutdown = Shutdown::new();
+    let drain = Drain::new(shutdown.clone(), BUSY_BUDGET);
+    let p = paced_pipeline(dir.path(), &discord, &observer, 1, Some(30)).hand_off_to(Box::new({
+        let paced = paced.clone();
+        move |over: HandOver| {
+            let paced = paced.clone();
+            Box::pin(async move {
+                *paced.lock().unwrap() = Some(over.channel_sends);
+                Ok(())
+            })
+        }
+    }));
+    let run = tokio::spawn(p.run(rx, drain));
+    until("the first messages", || discord.received() >= 3).await;
+    shutdown.trigger();
+    drop(tx);
+    run.await.unwrap();
+    let paced = paced.lock().unwrap().clone().expect("handed over");
+    // Every message Discord took (the window is a minute, the session far
+    // shorter), the cut one included, oldest first.
+    assert_eq!(paced.len(), discord.received(), "{paced:?}");
+    assert!(paced.windows(2).all(|w| w[0] >= w[1]), "{paced:?}");
+    assert!(
+        paced.iter().all(|a| *a < Duration::from_secs(60)),
+        "{paced:?}"
     );
 }

@@ -601,6 +601,53 @@ impl Limiter {
         }
     }
 
+    /// How long ago `channel_key` accepted the messages that still hold its
+    /// window (oldest first; a message still unanswered counts as just now),
+    /// so another client taking over the channel can keep its pace
+    /// ([`Limiter::seed_channel`]): a watcher handing its run over to
+    /// bot-bridge at shutdown.
+    pub fn channel_sends(&self, channel_key: &str) -> Vec<Duration> {
+        let now = Instant::now();
+        let span = self.channel_span();
+        let mut state = self.state();
+        let Some(channel) = state.channels.get_mut(channel_key) else {
+            return Vec::new();
+        };
+        channel.prune(now, span);
+        let mut ages: Vec<Duration> = channel
+            .sent
+            .iter()
+            .map(|t| now.saturating_duration_since(*t))
+            .collect();
+        let in_flight = usize::try_from(channel.in_flight).unwrap_or(usize::MAX);
+        ages.extend(std::iter::repeat_n(Duration::ZERO, in_flight));
+        ages
+    }
+
+    /// Counts messages another client sent to `channel_key`, `ages` ago, in
+    /// its window, as if they were this limiter's own (see
+    /// [`Limiter::channel_sends`]). Ages beyond the window change nothing;
+    /// at most one window's worth of messages is kept.
+    pub fn seed_channel(&self, channel_key: &str, ages: &[Duration]) {
+        let Some((key, max)) = self.channel_limit(Some(channel_key)) else {
+            return;
+        };
+        let now = Instant::now();
+        let span = self.channel_span();
+        let mut state = self.state();
+        let channel = state.channels.entry(key.to_owned()).or_default();
+        for age in ages.iter().filter(|a| **a < span) {
+            if let Some(t) = now.checked_sub(*age) {
+                channel.sent.push_back(t);
+            }
+        }
+        channel.sent.make_contiguous().sort();
+        let keep = usize::try_from(max.max(1)).unwrap_or(usize::MAX);
+        while channel.sent.len() > keep {
+            channel.sent.pop_front();
+        }
+    }
+
     /// Records what a response's headers said about `route`'s bucket, outside
     /// any permit (e.g. a response to a request the limiter did not pace).
     pub fn update(&self, route: &str, h: &RateLimitHeaders) {

@@ -529,3 +529,50 @@ async fn a_scaled_channel_window_paces_proportionally() {
     }
     assert_eq!(Instant::now() - start, window + Duration::from_millis(100));
 }
+
+/// A channel handed from one client to another keeps its pace: the second
+/// waits for the window the first filled, not for a window of its own.
+#[tokio::test(start_paused = true)]
+async fn a_seeded_channel_continues_another_clients_pace() {
+    let config = LimiterConfig {
+        global_per_second: 0,
+        channel_messages_per_minute: Some(30),
+        ..LimiterConfig::default()
+    };
+    let first = Limiter::new(config);
+    for _ in 0..30 {
+        let permit = first.acquire_message("w", "c").await;
+        permit.done(&RateLimitHeaders::default());
+    }
+    tokio::time::advance(Duration::from_secs(20)).await;
+    let sends = first.channel_sends("c");
+    assert_eq!(sends.len(), 30);
+    assert!(sends.iter().all(|a| *a == Duration::from_secs(20)));
+    assert!(first.channel_sends("other").is_empty());
+
+    let second = Limiter::new(config);
+    second.seed_channel("c", &sends);
+    // The window the first filled ends 40 s (+ the margin) from now.
+    let start = Instant::now();
+    let permit = second.acquire_message("w2", "c").await;
+    let waited = Instant::now() - start;
+    assert_eq!(
+        waited,
+        Duration::from_secs(40) + channel_margin(config_window())
+    );
+    permit.done(&RateLimitHeaders::default());
+    // Another channel of the second client is not held.
+    assert!(second.try_acquire("w3", Some("d")).is_ok());
+    // Ages past the window, or more than a window's worth, change nothing.
+    let third = Limiter::new(LimiterConfig {
+        global_per_second: 0,
+        channel_messages_per_minute: Some(30),
+        ..LimiterConfig::default()
+    });
+    third.seed_channel("c", &[Duration::from_secs(3600); 50]);
+    assert!(third.try_acquire("w", Some("c")).is_ok());
+}
+
+fn config_window() -> Duration {
+    LimiterConfig::default().channel_window
+}
