@@ -499,6 +499,17 @@ mod tests {
         ) -> StoreFuture<'_, ()> {
             self.inner.mark_handoff(run_id, seq, outcome, now)
         }
+        fn pace_handoff(
+            &self,
+            run_id: String,
+            sends_unix_ms: Vec<i64>,
+            now: i64,
+        ) -> StoreFuture<'_, ()> {
+            self.inner.pace_handoff(run_id, sends_unix_ms, now)
+        }
+        fn handoff_pacing(&self, run_id: String) -> StoreFuture<'_, Vec<i64>> {
+            self.inner.handoff_pacing(run_id)
+        }
         fn prune_handoffs(&self) -> StoreFuture<'_, u64> {
             self.inner.prune_handoffs()
         }

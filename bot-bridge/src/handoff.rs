@@ -53,7 +53,16 @@ pub struct HandoffRequest {
     /// Present: complete the run once every message is delivered.
     #[serde(default)]
     pub complete: Option<WireComplete>,
+    /// When the watcher's channel accepted its last messages (unix ms,
+    /// oldest first): delivery continues the channel's pace from there
+    /// instead of starting a window of its own.
+    #[serde(default)]
+    pub channel_sends_unix_ms: Vec<u64>,
 }
+
+/// At most this many of a hand-off's `channel_sends_unix_ms` are kept (the
+/// newest): a channel window holds 30.
+pub const MAX_CHANNEL_SENDS: usize = 100;
 
 /// One message as the watcher sends it.
 #[derive(Debug, Deserialize)]
@@ -89,6 +98,9 @@ pub enum Invalid {
 pub struct Handoff {
     pub messages: Vec<HandoffMessage>,
     pub complete: Option<Option<Value>>,
+    /// The newest [`MAX_CHANNEL_SENDS`] of `channel_sends_unix_ms`, oldest
+    /// first (advisory: never a reason to refuse a hand-off).
+    pub channel_sends: Vec<i64>,
 }
 
 /// Checks a request against the contract (DESIGN.md §3): at most
@@ -117,7 +129,16 @@ pub fn validate(req: HandoffRequest) -> Result<Handoff, Invalid> {
         previous = Some(seq);
         check_payload(&m.payload).map_err(at)?;
     }
+    let mut channel_sends: Vec<i64> = req
+        .channel_sends_unix_ms
+        .iter()
+        .filter_map(|t| i64::try_from(*t).ok())
+        .collect();
+    channel_sends.sort_unstable();
+    let skip = channel_sends.len().saturating_sub(MAX_CHANNEL_SENDS);
+    channel_sends.drain(..skip);
     Ok(Handoff {
+        channel_sends,
         messages: req
             .messages
             .into_iter()
@@ -175,10 +196,8 @@ pub struct Accepted {
 
 impl AppState {
     /// `POST /v1/runs/{id}/handoff`: authorises like `complete`, stores the
-    /// messages in one transaction and wakes the drainer.
-    ///
-    /// Runs under the provisioning lock, as the drainer's completion does, so
-    /// a hand-off cannot slip in between "nothing left" and "completed".
+    /// messages in one transaction (and the channel's recent sends, for the
+    /// drainer's pace) and wakes the drainer.
     pub async fn accept_handoff(
         &self,
         run_id: &str,
@@ -190,6 +209,15 @@ impl AppState {
         // run's provisioning would outlast the watcher's shutdown budget.
         let run = self.stored_run(run_id).await?;
         self.authorize(&run, caller).await?;
+        if !handoff.channel_sends.is_empty() {
+            // Before the messages, so the drainer they wake finds it.
+            self.stored(self.store().pace_handoff(
+                run_id.to_owned(),
+                handoff.channel_sends,
+                now_unix(),
+            ))
+            .await?;
+        }
         let stored = self
             .stored(self.store().put_handoff(
                 run_id.to_owned(),
@@ -342,6 +370,7 @@ pub async fn run(
                         shutdown: shutdown.clone(),
                         run_id: r.run_id.clone(),
                         log_stall: first_try,
+                        seed_pace: first_try,
                     };
                     workers.insert(r.run_id, tokio::spawn(worker.drain()));
                 }
@@ -368,6 +397,9 @@ struct Worker {
     run_id: String,
     /// Whether a stall of this run is logged (once per stall, not per try).
     log_stall: bool,
+    /// Whether the watcher's recent channel sends are counted first (once:
+    /// a later worker of the run would count them twice).
+    seed_pace: bool,
 }
 
 /// A store read of the drainer: failures are reported like every store
@@ -394,6 +426,9 @@ enum Sent {
 
 impl Worker {
     async fn drain(self) -> WorkerEnd {
+        if self.seed_pace {
+            self.keep_the_channels_pace().await;
+        }
         let mut failures = 0u32;
         loop {
             if self.shutdown.is_triggered() {
@@ -413,6 +448,35 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Counts the messages the watcher's channel accepted just before the
+    /// hand-off as this drainer's own, so delivery continues the channel's
+    /// pace instead of starting a fresh window (which Discord answered with
+    /// a 429 or two). Best effort: without it the first messages may meet one.
+    async fn keep_the_channels_pace(&self) {
+        let state = &self.state;
+        let pacing = state.store().handoff_pacing(self.run_id.clone()).await;
+        let run = state.store().get_run(self.run_id.clone()).await;
+        let (Ok(sends), Ok(Some(run))) = (pacing, run) else {
+            return;
+        };
+        let Some(channel_key) = run.channel_id.as_deref().or(run.webhook_id.as_deref()) else {
+            return;
+        };
+        let now_ms = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX);
+        // A send time ahead of this clock (skew between pods) counts as now.
+        let ages: Vec<Duration> = sends
+            .iter()
+            .map(|t| Duration::from_millis(u64::try_from(now_ms - t).unwrap_or(0)))
+            .collect();
+        self.limiter.seed_channel(channel_key, &ages);
     }
 
     /// Waits the backoff of retry `attempt`; `false` on shutdown.
@@ -585,6 +649,7 @@ mod tests {
             complete: complete.then(|| WireComplete {
                 summary: Some(json!({"events": seqs.len()})),
             }),
+            channel_sends_unix_ms: Vec::new(),
         }
     }
 
@@ -627,6 +692,12 @@ mod tests {
         assert_eq!(ok.complete, Some(Some(json!({"events": 3}))));
         // Only `complete`, no message, is a valid hand-off.
         assert!(validate(request(&[], true)).unwrap().messages.is_empty());
+        // The channel's recent sends: sorted, the newest MAX_CHANNEL_SENDS kept.
+        let mut req = request(&[1], false);
+        req.channel_sends_unix_ms = (0..150).rev().collect();
+        let sends = validate(req).unwrap().channel_sends;
+        assert_eq!(sends.len(), MAX_CHANNEL_SENDS);
+        assert_eq!((sends[0], sends[99]), (50, 149));
     }
 
     async fn handed_off(state: &AppState, short: &str, seqs: &[u64]) -> String {
@@ -737,6 +808,44 @@ mod tests {
 
     async fn run_drain(state: AppState, shutdown: Shutdown) {
         run(state, fast(), shutdown, None).await;
+    }
+
+    /// The watcher filled the channel's window just before it handed over:
+    /// delivery waits for that window instead of starting one of its own
+    /// (which met Discord's per-channel limit with a 429).
+    #[tokio::test(start_paused = true)]
+    async fn delivery_continues_the_watchers_channel_pace() {
+        let (state, discord) = fixture::state(fixture::settings());
+        let (run, _) = state.provision(new_run("a"), &owner()).await.unwrap();
+        let now_ms = u64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis(),
+        )
+        .unwrap();
+        let mut req = request(&[1, 2], true);
+        // 30 messages accepted over the last 10 s: the window (60 s) is full
+        // until 50 s from now.
+        req.channel_sends_unix_ms = (0..30).map(|i| now_ms - 10_000 + i * 300).collect();
+        let handoff = validate(req).unwrap();
+        state
+            .accept_handoff(&run.run_id, handoff, &owner())
+            .await
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let shutdown = Shutdown::new();
+        let drainer = tokio::spawn(run_drain(state.clone(), shutdown.clone()));
+        while discord.with(|s| s.posts.is_empty()) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_secs(49) && waited <= Duration::from_secs(53),
+            "first hand-off message after {waited:?}"
+        );
+        shutdown.trigger();
+        drainer.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

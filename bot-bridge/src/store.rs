@@ -382,6 +382,16 @@ pub trait RunStore: Send + Sync + 'static {
         outcome: HandoffOutcome,
         now: i64,
     ) -> StoreFuture<'_, ()>;
+    /// Keeps when the watcher's channel accepted its last messages before
+    /// `run_id`'s hand-off (unix ms, oldest first); the first one stored wins.
+    fn pace_handoff(
+        &self,
+        run_id: String,
+        sends_unix_ms: Vec<i64>,
+        now: i64,
+    ) -> StoreFuture<'_, ()>;
+    /// What [`Self::pace_handoff`] kept for `run_id` (empty: nothing).
+    fn handoff_pacing(&self, run_id: String) -> StoreFuture<'_, Vec<i64>>;
     /// Forgets the hand-off messages and completion of every run retention
     /// has archived or deleted (nothing can be handed over to it any more, and
     /// delivered payloads would otherwise stay forever); returns how many

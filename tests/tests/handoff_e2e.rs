@@ -231,10 +231,9 @@ async fn the_last_events_reach_the_channel_after_the_pod_ends() {
         theoretical.as_secs_f64(),
         stats["rate_limited_total"],
     );
-    eprintln!(
-        "429 detail: {} {}",
-        stats["rate_limited"], stats["rest_rate_limited"]
-    );
+    // bot-bridge continued the channel's pace from the watcher's last sends
+    // (before: 3-5 channel 429s right after the hand-off).
+    assert_eq!(stats["rate_limited_total"], 0, "{stats}");
     drop(bridge);
 }
 

@@ -107,6 +107,15 @@ CREATE TABLE handoff_completions (
     stored_at  BIGINT NOT NULL
 );
 ",
+    // When the watcher's channel accepted its last messages before a hand-off
+    // (unix ms, a JSON array): the drainer keeps the channel's pace from there.
+    r"
+CREATE TABLE handoff_pacing (
+    run_id     TEXT PRIMARY KEY REFERENCES runs (run_id),
+    sends      TEXT NOT NULL,
+    stored_at  BIGINT NOT NULL
+);
+",
 ];
 
 /// Advisory-lock keys (one 64-bit namespace per database): arbitrary
@@ -796,6 +805,42 @@ impl RunStore for PostgresStore {
         })
     }
 
+    fn pace_handoff(
+        &self,
+        run_id: String,
+        sends_unix_ms: Vec<i64>,
+        now: i64,
+    ) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let sends = serde_json::to_string(&sends_unix_ms)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            self.execute(
+                "INSERT INTO handoff_pacing (run_id, sends, stored_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (run_id) DO NOTHING",
+                &[&run_id, &sends, &now],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn handoff_pacing(&self, run_id: String) -> StoreFuture<'_, Vec<i64>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let sends: Option<String> = client
+                .query_opt(
+                    "SELECT sends FROM handoff_pacing WHERE run_id = $1",
+                    &[&run_id],
+                )
+                .await
+                .map_err(db)?
+                .map(|r| r.get(0));
+            Ok(sends
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default())
+        })
+    }
+
     fn prune_handoffs(&self) -> StoreFuture<'_, u64> {
         Box::pin(async move {
             let mut client = self.client().await?;
@@ -808,13 +853,17 @@ impl RunStore for PostgresStore {
                 )
                 .await
                 .map_err(db)?;
-            tx.execute(
-                "DELETE FROM handoff_completions WHERE run_id IN \
-                 (SELECT run_id FROM runs WHERE status IN ('archived', 'deleted'))",
-                &[],
-            )
-            .await
-            .map_err(db)?;
+            for table in ["handoff_completions", "handoff_pacing"] {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE run_id IN \
+                         (SELECT run_id FROM runs WHERE status IN ('archived', 'deleted'))"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            }
             tx.commit().await.map_err(db)?;
             Ok(n)
         })

@@ -94,6 +94,15 @@ CREATE TABLE handoff_completions (
     stored_at  BIGINT NOT NULL
 );
 ",
+    // When the watcher's channel accepted its last messages before a hand-off
+    // (unix ms, a JSON array): the drainer keeps the channel's pace from there.
+    r"
+CREATE TABLE handoff_pacing (
+    run_id     TEXT PRIMARY KEY REFERENCES runs (run_id),
+    sends      TEXT NOT NULL,
+    stored_at  BIGINT NOT NULL
+);
+",
 ];
 
 /// How long a statement waits for another connection's lock before failing.
@@ -896,6 +905,41 @@ impl RunStore for SqliteStore {
         })
     }
 
+    fn pace_handoff(
+        &self,
+        run_id: String,
+        sends_unix_ms: Vec<i64>,
+        now: i64,
+    ) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            let sends = serde_json::to_string(&sends_unix_ms)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            conn.execute(
+                "INSERT INTO handoff_pacing (run_id, sends, stored_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (run_id) DO NOTHING",
+                params![run_id, sends, now],
+            )
+            .map_err(db)?;
+            Ok(())
+        })
+    }
+
+    fn handoff_pacing(&self, run_id: String) -> StoreFuture<'_, Vec<i64>> {
+        self.run(move |conn| {
+            let sends: Option<String> = conn
+                .query_row(
+                    "SELECT sends FROM handoff_pacing WHERE run_id = ?1",
+                    [&run_id],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(db)?;
+            Ok(sends
+                .and_then(|s| serde_json::from_str(&s).ok())
+                .unwrap_or_default())
+        })
+    }
+
     fn prune_handoffs(&self) -> StoreFuture<'_, u64> {
         self.run(|conn| {
             let tx = conn.transaction().map_err(db)?;
@@ -906,12 +950,16 @@ impl RunStore for SqliteStore {
                     [],
                 )
                 .map_err(db)?;
-            tx.execute(
-                "DELETE FROM handoff_completions WHERE run_id IN \
-                 (SELECT run_id FROM runs WHERE status IN ('archived', 'deleted'))",
-                [],
-            )
-            .map_err(db)?;
+            for table in ["handoff_completions", "handoff_pacing"] {
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE run_id IN \
+                         (SELECT run_id FROM runs WHERE status IN ('archived', 'deleted'))"
+                    ),
+                    [],
+                )
+                .map_err(db)?;
+            }
             tx.commit().map_err(db)?;
             Ok(u64::try_from(n).unwrap_or(0))
         })

@@ -341,6 +341,16 @@ async fn handoffs_are_idempotent_and_drain_in_seq_order(a: Handle, b: Handle) {
             .unwrap(),
         HandoffStored::UnknownRun
     );
+    // The channel's pace: the first one stored wins, on either handle.
+    assert!(a.handoff_pacing("run-t-h".into()).await.unwrap().is_empty());
+    a.pace_handoff("run-t-h".into(), vec![1000, 2000], 30)
+        .await
+        .unwrap();
+    b.pace_handoff("run-t-h".into(), vec![5], 31).await.unwrap();
+    assert_eq!(
+        b.handoff_pacing("run-t-h".into()).await.unwrap(),
+        [1000, 2000]
+    );
     // Kept while the run is completed (a retry is still recognised), gone
     // once retention archived it.
     assert_eq!(a.prune_handoffs().await.unwrap(), 0);
@@ -350,6 +360,7 @@ async fn handoffs_are_idempotent_and_drain_in_seq_order(a: Handle, b: Handle) {
     assert_eq!(b.prune_handoffs().await.unwrap(), 4);
     assert!(b.handoff_runs().await.unwrap().is_empty());
     assert_eq!(a.next_handoff("run-t-h".into()).await.unwrap(), None);
+    assert!(a.handoff_pacing("run-t-h".into()).await.unwrap().is_empty());
 }
 
 /// A hand-off arriving while its run is finished waits, and then finds the
