@@ -556,10 +556,20 @@ impl Ingest {
         }
         let mut subagents = std::mem::take(&mut self.subagents);
         let mut res = Ok(());
-        for t in subagents.iter_mut().filter(|t| t.follower.is_open()) {
+        for t in subagents.iter_mut() {
+            // A file closed for SUBAGENT_MAX_OPEN (parked, or never opened
+            // while it waited for a slot) is opened at its offset, read to its
+            // end and closed again: one file above the cap at a time.
+            let was_open = t.follower.is_open();
+            if t.follower.is_parked() && !t.follower.changed_since_parked() {
+                continue;
+            }
             res = self.lines.pump(t, None).await.map(drop);
             if res.is_ok() {
                 res = self.lines.flush_final_line(t).await;
+            }
+            if !was_open && t.follower.park() {
+                self.lines.observer.subagent_parked();
             }
             if res.is_err() {
                 break;

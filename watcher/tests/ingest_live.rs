@@ -1192,6 +1192,48 @@ async fn a_complete_last_line_without_newline_is_posted_at_stop() {
     assert_eq!(live.obs.line_reports(), vec![]);
 }
 
+/// Parked subagent files (beyond `SUBAGENT_MAX_OPEN`) are read to their end
+/// at shutdown too, their complete last line posted: the transcript goes
+/// with the pod. (Before, only the files open at that moment were.)
+#[tokio::test]
+async fn parked_subagent_files_are_read_to_their_end_at_stop() {
+    const FILES: usize = 4;
+    let opts = Opts {
+        subagent_max_open: 1,
+        ..Opts::default()
+    };
+    let mut live = Live::start_after_main_line(opts).await;
+    let sub = live.project().join("s/subagents");
+    let path = |i: usize| sub.join(format!("agent-{i}.jsonl"));
+    for i in 0..FILES {
+        live.disk
+            .append_lines(&path(i), &[agent_line(&format!("{i}-a"), "x", "first")]);
+    }
+    assert_eq!(event_uuids(&live.take(FILES).await).len(), FILES);
+    live.wait_for("files parked", |o| {
+        *o.parked.lock().unwrap() >= (FILES - 1) as u64
+    })
+    .await;
+    // Each agent's last record, complete but without its newline.
+    for i in 0..FILES {
+        let last = agent_line(&format!("{i}-z"), "x", "last words");
+        live.disk.append(&path(i), last.trim_end().as_bytes());
+    }
+    live.assert_quiet().await;
+    live.shutdown.trigger();
+    let mut uuids = event_uuids(&live.take(FILES).await);
+    uuids.sort();
+    let want: Vec<String> = (0..FILES).map(|i| format!("{i}-z")).collect();
+    assert_eq!(uuids, want);
+    let task = live.task.take().unwrap();
+    tokio::time::timeout(DEADLINE, task)
+        .await
+        .expect("ingest stops promptly")
+        .unwrap()
+        .unwrap();
+    assert!(*live.obs.max_open.lock().unwrap() <= 1);
+}
+
 #[tokio::test]
 async fn a_wrong_shape_record_never_swallows_the_valid_one_with_its_uuid() {
     let (tmp, projects) = Live::new_dirs();
