@@ -182,6 +182,9 @@ pub(crate) struct Inner {
     pub token_reviewer: std::sync::OnceLock<crate::auth::TokenReviewer>,
     /// Wakes the hand-off drainer when a hand-off was stored.
     pub handoff_wake: tokio::sync::Notify,
+    /// Hand-off bodies read and parsed at once
+    /// ([`crate::handoff::CONCURRENT_BODIES`]).
+    pub handoff_bodies: Arc<tokio::sync::Semaphore>,
 }
 
 /// Everything a handler or worker needs. Cheap to clone.
@@ -218,6 +221,9 @@ impl AppState {
                 pod_events: std::sync::OnceLock::new(),
                 token_reviewer: std::sync::OnceLock::new(),
                 handoff_wake: tokio::sync::Notify::new(),
+                handoff_bodies: Arc::new(tokio::sync::Semaphore::new(
+                    crate::handoff::CONCURRENT_BODIES,
+                )),
             }),
         }
     }

@@ -41,6 +41,11 @@ use crate::store::{HandoffMessage, HandoffOutcome, HandoffStored, RunStatus};
 pub const MAX_MESSAGES: usize = 1000;
 /// Largest hand-off request body (the rest of the API takes 256 KiB).
 pub const BODY_LIMIT: usize = 16 * 1024 * 1024;
+/// Hand-off bodies read and parsed at once; more wait their turn before
+/// their body is read. A body's parsed form takes about twice its size, so
+/// this keeps a burst of pods ending at once to ~100 MiB of the chart's
+/// 256 MiB limit (a typical hand-off is far smaller and takes milliseconds).
+pub const CONCURRENT_BODIES: usize = 2;
 /// Discord's limit on embeds per message.
 pub const MAX_EMBEDS: usize = 10;
 
