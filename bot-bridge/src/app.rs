@@ -386,15 +386,15 @@ pub(crate) mod fixture {
         }
     }
 
-    /// Serves the API router on 127.0.0.1:0; returns its base URL.
+    /// Serves the API router on 127.0.0.1:0 through the middleware stack
+    /// and server production uses (`main`); returns its base URL.
     pub async fn serve(state: AppState) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, crate::api_router(state))
-                .await
-                .unwrap();
-        });
+        let metrics = ops::Metrics::new("bridge", "test").unwrap();
+        let layer = crate::api::http_layer(ops::http::HttpMetrics::new(&metrics).unwrap());
+        let router = ops::http::instrument(crate::api_router(state), &layer);
+        tokio::spawn(ops::server::serve(listener, router, ops::Shutdown::new()));
         format!("http://{addr}")
     }
 }

@@ -15,7 +15,7 @@ use bot_bridge::store::sqlite::SqliteStore;
 use bot_bridge::store::{RunStore, StoreError};
 use bot_bridge::{AppState, HealthParts, Settings};
 use clap::CommandFactory;
-use ops::http::{HttpLayer, HttpMetrics};
+use ops::http::HttpMetrics;
 use ops::telemetry::{LogTarget, TelemetryConfig};
 use ops::{Health, Metrics, Shutdown};
 
@@ -134,18 +134,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     state.init_gauges().await?;
     parts.store.ok("open");
 
-    let layer = |service| HttpLayer {
-        service,
-        metrics: http_metrics.clone(),
-        // The hand-off route's 16 MiB is the hard cap; every other route
-        // keeps the API's 256 KiB through the router's own limit.
-        body_limit: bot_bridge::handoff::BODY_LIMIT,
-        timeout: Duration::from_secs(30),
-    };
-    let api = ops::http::instrument(bot_bridge::api_router(state.clone()), &layer("bot-bridge"));
+    let layer = bot_bridge::api::http_layer(http_metrics.clone());
+    let api = ops::http::instrument(bot_bridge::api_router(state.clone()), &layer);
     let ops_router = ops::http::instrument(
         ops::server::ops_router(health.clone(), metrics.clone()),
-        &layer("bot-bridge"),
+        &layer,
     );
     let api_listener = ops::server::bind("API_ADDR", cfg.api_addr).await?;
     let ops_listener = ops::server::bind("OPS_ADDR", cfg.ops_addr).await?;

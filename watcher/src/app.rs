@@ -392,12 +392,7 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let ops_addr = ops_listener
         .local_addr()
         .map_err(|e| AppError::Io(e.to_string()))?;
-    let layer = ops::http::HttpLayer {
-        service: "watcher",
-        metrics: http_metrics.clone(),
-        body_limit: 64 * 1024,
-        timeout: Duration::from_secs(10),
-    };
+    let layer = http_layer(http_metrics.clone());
     let ops_router = ops::http::instrument(
         ops::server::ops_router(health.clone(), metrics.clone()),
         &layer,
@@ -655,4 +650,15 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
     let _ = tokio::time::timeout(Duration::from_millis(200), ops_server).await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The middleware stack of the watcher's listeners (ops and input): one
+/// input's body at most, ten seconds per request.
+pub fn http_layer(metrics: ops::http::HttpMetrics) -> ops::http::HttpLayer {
+    ops::http::HttpLayer {
+        service: "watcher",
+        metrics,
+        body_limit: crate::input::MAX_BODY,
+        timeout: Duration::from_secs(10),
+    }
 }

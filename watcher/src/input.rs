@@ -243,11 +243,7 @@ struct AppState {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (
-        status,
-        Json(serde_json::json!({"error": {"code": code, "message": message}})),
-    )
-        .into_response()
+    ops::http::error_response(status, code, message)
 }
 
 /// The input router and its writer task.
@@ -296,43 +292,11 @@ pub fn router(cfg: InputConfig, observer: Arc<dyn InputObserver>) -> Router {
         .route("/v1/input", post(handle))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such endpoint") })
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
 }
 
 /// Largest request body: one input line's worth, with room for JSON escapes.
 pub const MAX_BODY: usize = 64 * 1024;
-
-/// Gives the errors axum writes itself (405, 413, a body that cannot be
-/// read) the same `{"error":{"code","message"}}` body as the handler's.
-async fn json_errors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return resp;
-    }
-    let code = match status.as_u16() {
-        405 => "method_not_allowed",
-        408 => "request_timeout",
-        413 => "too_large",
-        414 => "uri_too_long",
-        s if s >= 500 => "unavailable",
-        _ => "bad_request",
-    };
-    let message = status
-        .canonical_reason()
-        .unwrap_or("request failed")
-        .to_ascii_lowercase();
-    let mut out = error(status, code, &message);
-    if let Some(allow) = resp.headers().get(http::header::ALLOW) {
-        out.headers_mut().insert(http::header::ALLOW, allow.clone());
-    }
-    out
-}
 
 async fn handle(State(s): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let r = handle_inner(&s, &headers, &body).await;
@@ -431,7 +395,7 @@ async fn handle_inner(s: &AppState, headers: &HeaderMap, body: &[u8]) -> Respons
     if bytes.len() > MAX_LINE {
         return error(
             StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
+            "payload_too_large",
             "input too long for one line",
         );
     }
@@ -649,11 +613,16 @@ mod tests {
             rate_per_second: 10.0,
             burst: 10.0,
         };
-        let app = router(cfg, Arc::new(Quiet));
+        // The stack production serves (app.rs): its layers answer errors too.
+        let metrics = ops::Metrics::new("watcher", "test").unwrap();
+        let layer = crate::app::http_layer(ops::http::HttpMetrics::new(&metrics).unwrap());
+        let app = ops::http::instrument(router(cfg, Arc::new(Quiet)), &layer);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let stop = ops::Shutdown::new();
+        tokio::spawn(ops::server::serve(listener, app, stop.clone()));
         let http = reqwest::Client::new();
+        let oversize = || vec![b' '; MAX_BODY + 1];
         let cases = [
             (
                 http.get(format!("{base}/v1/input")),
@@ -661,11 +630,16 @@ mod tests {
                 "method_not_allowed",
             ),
             (http.post(format!("{base}/nope")), 404, "not_found"),
+            // With a Content-Length: refused by the body limit before reading.
             (
-                http.post(format!("{base}/v1/input"))
-                    .body(vec![b' '; MAX_BODY + 1]),
+                http.post(format!("{base}/v1/input")).body(oversize()),
                 413,
-                "too_large",
+                "payload_too_large",
+            ),
+            (
+                http.post(format!("{base}/v1/input?{}", "a".repeat(9000))),
+                414,
+                "uri_too_long",
             ),
         ];
         for (req, status, code) in cases {
@@ -674,6 +648,7 @@ mod tests {
             let v: serde_json::Value = resp.json().await.unwrap();
             assert_eq!(v["error"]["code"], code, "{v}");
         }
+        stop.trigger();
     }
 
     #[test]

@@ -10,8 +10,7 @@ use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde_json::json;
+use axum::Router;
 use subtle::ConstantTimeEq;
 
 use ops::Secret;
@@ -55,8 +54,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        ops::http::error_response(self.status, self.code, &self.message)
     }
 }
 
@@ -105,50 +103,6 @@ fn bearer(value: &str) -> Option<&str> {
         .eq_ignore_ascii_case("bearer")
         .then(|| rest.trim())
         .filter(|t| !t.is_empty())
-}
-
-/// The stable `code` of an error status the router or a layer produced.
-fn code_of(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        400 | 422 => "bad_request",
-        401 => "unauthorized",
-        404 => "not_found",
-        405 => "method_not_allowed",
-        408 => "request_timeout",
-        413 => "payload_too_large",
-        414 => "uri_too_long",
-        415 => "unsupported_media_type",
-        429 => "rate_limited",
-        503 => "unavailable",
-        s if s >= 500 => "internal",
-        _ => "error",
-    }
-}
-
-/// Gives every error answer the contract's JSON body, including those axum
-/// and tower layers write in plain text (405, 408, 413, extractor
-/// rejections): a client parses one shape whatever failed.
-async fn json_errors(req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
-    let status = resp.status();
-    let is_json = resp
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
-        return resp;
-    }
-    let message = status.canonical_reason().unwrap_or("request failed");
-    let mut out =
-        ApiError::new(status, code_of(status), message.to_ascii_lowercase()).into_response();
-    // Keep what tells the client how to proceed (Allow on 405, Retry-After).
-    for name in [http::header::ALLOW, http::header::RETRY_AFTER] {
-        if let Some(v) = resp.headers().get(&name) {
-            out.headers_mut().insert(name, v.clone());
-        }
-    }
-    out
 }
 
 /// Refused pod tokens and TokenReview failures are counted each
@@ -230,7 +184,8 @@ async fn not_found() -> ApiError {
 }
 
 /// The API router (`API_ADDR`): runs API behind bearer auth, `/interactions`
-/// behind signature verification. `main` wraps it in `ops::http::instrument`.
+/// behind signature verification. `main` wraps it in `ops::http::instrument`
+/// with [`http_layer`].
 pub fn api_router(state: AppState) -> Router {
     let runs = Router::new()
         .route("/v1/runs", post(runs::create).get(runs::list))
@@ -250,8 +205,20 @@ pub fn api_router(state: AppState) -> Router {
         .route("/interactions", post(interactions::handle))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// The middleware stack of bot-bridge's listeners (API and ops): the
+/// hand-off route's 16 MiB is the hard body cap (every other route keeps the
+/// API's 256 KiB through the router's own limit), thirty seconds per request.
+/// Its layers also give every error the contract's JSON body.
+pub fn http_layer(metrics: ops::http::HttpMetrics) -> ops::http::HttpLayer {
+    ops::http::HttpLayer {
+        service: "bot-bridge",
+        metrics,
+        body_limit: crate::handoff::BODY_LIMIT,
+        timeout: std::time::Duration::from_secs(30),
+    }
 }
 
 #[cfg(test)]
@@ -347,6 +314,22 @@ mod tests {
                 http.get(format!("{base}/v1/runs/%FF%FE")),
                 400,
                 "bad_request",
+            ),
+            // Above the stack's 16 MiB cap, refused on its Content-Length by
+            // ops::http's body limit, outside this router.
+            (
+                http.post(format!("{base}/v1/runs/r/handoff")).body(vec![
+                    b' ';
+                    crate::handoff::BODY_LIMIT
+                        + 1
+                ]),
+                413,
+                "payload_too_large",
+            ),
+            (
+                http.get(format!("{base}/v1/runs?{}", "a".repeat(9000))),
+                414,
+                "uri_too_long",
             ),
         ];
         for (req, status, code) in cases {
