@@ -108,20 +108,21 @@ async fn readiness_recovers_on_its_own_after_the_store_was_locked() {
     assert!(store_errors >= 1.0, "{metrics}");
 }
 
-/// Discord accepts the connection for the command registration and answers
-/// only after `hang`: the ports must not wait for it.
+/// Discord accepts every connection and answers nothing (a `hang` on every
+/// route) from before bot-bridge starts: both ports answer within 1 s, and
+/// stay up while Discord hangs; the commands are registered once Discord
+/// answers again.
 async fn ports_open_while_discord_hangs(rate_limits: bool) {
+    // Longer than it takes to start and probe, and than the old 4 s trial.
+    const HANG: Duration = Duration::from_secs(6);
     let args: &[&str] = if rate_limits {
         &[]
     } else {
         &["--no-rate-limits"]
     };
     let fake = FakeDiscordProc::start(args).await;
-    let hang = Duration::from_secs(4);
-    fake.inject(json!({
-        "kind": "slow", "delay_ms": hang.as_millis(), "route": COMMANDS_ROUTE, "count": 1
-    }))
-    .await;
+    fake.inject(json!({"kind": "hang", "route": "*", "count": 10_000}))
+        .await;
     let dir = tempfile::tempdir().unwrap();
     let spawned = Instant::now();
     let bridge = Proc::start(
@@ -144,10 +145,6 @@ async fn ports_open_while_discord_hangs(rate_limits: bool) {
         answered < Duration::from_secs(1),
         "ports answered {answered:?} after start (rate limits {rate_limits})"
     );
-    assert!(
-        fake.admin_list("commands").await.is_empty(),
-        "the registration should still be hanging"
-    );
     let health = healthz(&ops).await;
     assert_eq!(
         health["checks"]["commands"]["status"], "degraded",
@@ -167,13 +164,33 @@ async fn ports_open_while_discord_hangs(rate_limits: bool) {
     ] {
         assert_eq!(metric_value(&metrics, series), Some(0.0), "{series}:\n{metrics}");
     }
+    // While Discord hangs, the process stays live and nothing is registered.
+    let mut probes = 0;
+    while spawned.elapsed() < HANG {
+        let (live, body) = get_text(&format!("http://{ops}/livez")).await;
+        assert_eq!(live, 200, "/livez while Discord hangs: {body}");
+        probes += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        fake.admin_list("commands").await.is_empty(),
+        "nothing can be registered while Discord hangs"
+    );
+    let held = fake.stats().await["faults_served"]["hang"].clone();
+    assert!(
+        held.as_u64().unwrap_or(0) >= 1,
+        "Discord held a request: {held}"
+    );
 
-    // Once Discord answers, the commands are registered.
+    // Discord answers again (the held requests are answered too).
+    fake.clear_faults().await;
+    let cleared = Instant::now();
     let commands = eventually("commands registered", Duration::from_secs(20), || async {
         let list = fake.admin_list("commands").await;
         (!list.is_empty()).then_some(list)
     })
     .await;
+    let registered = cleared.elapsed();
     let names: Vec<&str> = commands[0]["commands"]
         .as_array()
         .unwrap()
@@ -189,9 +206,9 @@ async fn ports_open_while_discord_hangs(rate_limits: bool) {
     })
     .await;
     eprintln!(
-        "rate limits {rate_limits}: ports answered {answered:?} after start; \
-         commands registered {:?} after start",
-        spawned.elapsed()
+        "rate limits {rate_limits}: Discord hanging on every route from the start: \
+         ports answered {answered:?} after start, /livez 200 on {probes} probes over {HANG:?}; \
+         commands registered {registered:?} after Discord answered again"
     );
 }
 

@@ -127,12 +127,13 @@ async fn create_run(api: &str, short_id: &str) -> (u16, Value) {
 }
 
 /// bot-bridge's REST client after Discord's REST API failed without
-/// rate-limit headers (5xx, then resets): the first `POST /v1/runs` after
+/// rate-limit headers, on issue 15's script (six 502s, then 503s on every
+/// route for 60 s, then connection resets): the first `POST /v1/runs` after
 /// Discord recovers succeeds within 5 s. Before issue 15's fix every call
 /// then timed out after 30 s: the failures had drained the route's bucket.
-#[tokio::test]
-async fn bot_bridge_provisions_again_within_seconds_of_discord_recovering() {
-    let fake = FakeDiscordProc::start(&["--clock-tolerance-ms", "0"]).await;
+async fn bot_bridge_provisioning_recovers(fake_args: &[&str]) {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let fake = FakeDiscordProc::start(fake_args).await;
     let dir = tempfile::tempdir().unwrap();
     let env = vec![
         ("OPS_ADDR", "127.0.0.1:0".to_string()),
@@ -153,25 +154,39 @@ async fn bot_bridge_provisions_again_within_seconds_of_discord_recovering() {
     let (status, body) = create_run(&api, "ok0").await;
     assert_eq!(status, 201, "{body}");
 
+    let outage = Instant::now();
     fake.inject(json!([
-        {"kind": "status", "status": 502, "count": 40, "route": "*"},
-        {"kind": "status", "status": 503, "count": 20, "route": "*"},
+        {"kind": "status", "status": 502, "count": 6, "route": "*"},
+        {"kind": "status", "status": 503, "for_ms": OUTAGE.as_millis(), "route": "*"},
         {"kind": "reset", "count": 12, "route": "*"},
     ]))
     .await;
+    // Runs keep being created through the outage, as watchers starting do.
     let mut i = 0;
     while fake.faults_pending().await > 0 {
         i += 1;
-        assert!(i < 60, "the faults were not used up");
+        assert!(
+            outage.elapsed() < OUTAGE * 3,
+            "the faults were not used up after {:?}",
+            outage.elapsed()
+        );
         let (status, body) = create_run(&api, &format!("f{i}")).await;
         assert!(status >= 500 || status == 201, "{status}: {body}");
     }
+    let stats = fake.stats().await;
+    let lasted = outage.elapsed();
+    assert!(lasted >= OUTAGE, "the 503s lasted {OUTAGE:?}: {lasted:?}");
+    assert_eq!(stats["faults_served"]["reset"], 12, "{stats}");
     // Discord is back.
     let recovered = Instant::now();
     let (status, body) = create_run(&api, "after").await;
     let took = recovered.elapsed();
     assert_eq!(status, 201, "{body}");
-    eprintln!("POST /v1/runs after recovery took {took:?} ({i} failing calls before)");
+    eprintln!(
+        "{fake_args:?}: POST /v1/runs after recovery took {took:?} \
+         ({i} calls during a {lasted:?} outage, {} faults served)",
+        stats["faults_served"]
+    );
     assert!(
         took <= RECOVERY,
         "POST /v1/runs took {took:?} after recovery"
@@ -179,6 +194,16 @@ async fn bot_bridge_provisions_again_within_seconds_of_discord_recovering() {
     let (status, body) = create_run(&api, "after2").await;
     assert_eq!(status, 201, "{body}");
     assert!(!bridge.output().contains("SECRET"), "a token leaked");
+}
+
+#[tokio::test]
+async fn bot_bridge_provisions_again_within_seconds_of_discord_recovering_limits_on() {
+    bot_bridge_provisioning_recovers(&["--clock-tolerance-ms", "0"]).await;
+}
+
+#[tokio::test]
+async fn bot_bridge_provisions_again_within_seconds_of_discord_recovering_limits_off() {
+    bot_bridge_provisioning_recovers(&["--no-rate-limits"]).await;
 }
 
 /// Issue 16: a 600-event backlog against the per-channel limit counted as a

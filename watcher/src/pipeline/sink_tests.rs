@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use discord::embed::WebhookMessage;
 use discord::ratelimit::{Limiter, LimiterConfig, RateLimitHeaders};
 use discord::webhook::ExecuteOutcome;
 use discord::webhook_url::WebhookUrl;
+use ops::health::{Health, Heartbeat};
 use ops::Shutdown;
 use tokio::time::Instant;
 
@@ -146,13 +147,28 @@ struct Counts {
     replayed: AtomicU64,
     /// What a request takes, for the drain's plan.
     latency: Duration,
+    /// A slow disk: the next checkpoint write takes this long (real time,
+    /// the sink loop's thread blocked in it).
+    stall_next_write: Mutex<Option<Duration>>,
+    /// Set while that write stalls.
+    stalling: AtomicBool,
 }
 
 impl StateObserver for Counts {
     fn write_failed(&self, _: StateFile, e: &dyn std::fmt::Display) {
         panic!("state write failed: {e}");
     }
-    fn written(&self, _: StateFile) {}
+    fn written(&self, file: StateFile) {
+        if file != StateFile::Checkpoint {
+            return;
+        }
+        let stall = self.stall_next_write.lock().unwrap().take();
+        if let Some(stall) = stall {
+            self.stalling.store(true, Ordering::SeqCst);
+            std::thread::sleep(stall);
+            self.stalling.store(false, Ordering::SeqCst);
+        }
+    }
 }
 
 impl DeliveryObserver for Counts {
@@ -237,36 +253,56 @@ fn pipeline(
     observer: &Arc<Counts>,
     batch_size: usize,
 ) -> Pipeline<WebhookSender<Scripted>> {
-    paced_pipeline(dir, discord, observer, batch_size, None)
+    pipeline_with(
+        dir,
+        discord,
+        observer,
+        batch_size,
+        Pace {
+            channel_messages_per_minute: None,
+            max_elapsed: MAX_ELAPSED,
+        },
+        Health::new("test").heartbeat("pipeline", LIVENESS_SILENCE),
+    )
 }
 
-/// [`pipeline`] with the per-channel limit at `channel_limit` messages a
-/// minute (`None`: none, so a scenario's timing is Discord's alone).
-fn paced_pipeline(
+/// The watcher's liveness bound: how long its pipeline may go without a beat
+/// (`app.rs` registers the heartbeat with this silence).
+const LIVENESS_SILENCE: Duration = Duration::from_secs(30);
+
+/// The sender's pace: the per-channel window and `DELIVERY_MAX_ELAPSED`.
+struct Pace {
+    channel_messages_per_minute: Option<u32>,
+    max_elapsed: Duration,
+}
+
+/// [`pipeline`] at `pace`, beating `heartbeat`.
+fn pipeline_with(
     dir: &Path,
     discord: &Scripted,
     observer: &Arc<Counts>,
     batch_size: usize,
-    channel_limit: Option<u32>,
+    pace: Pace,
+    heartbeat: Heartbeat,
 ) -> Pipeline<WebhookSender<Scripted>> {
     let observer: Arc<dyn DeliveryObserver> = observer.clone();
     let sender = WebhookSender::with_parts(
         discord.clone(),
         Limiter::new(LimiterConfig {
-            channel_messages_per_minute: channel_limit,
+            channel_messages_per_minute: pace.channel_messages_per_minute,
             ..LimiterConfig::default()
         }),
         WebhookUrl::parse("http://discord.invalid/api/webhooks/1/token").unwrap(),
         None,
         RETRY_BACKOFF,
-        MAX_ELAPSED,
+        pace.max_elapsed,
         Dlq::open(dir, 1 << 20).unwrap(),
         observer.clone(),
     );
     Pipeline::new(
         PipelineConfig {
             batch_size,
-            send_bound: MAX_ELAPSED + SEND_SLACK,
+            send_bound: pace.max_elapsed + SEND_SLACK,
             idle_complete_after: None,
             wall: Wall::Now,
         },
@@ -274,7 +310,7 @@ fn paced_pipeline(
         run_store(dir),
         sender,
         observer,
-        ops::health::Health::new("test").heartbeat("pipeline", Duration::from_secs(30)),
+        heartbeat,
     )
 }
 
@@ -755,16 +791,22 @@ async fn the_hand_over_carries_the_channels_recent_sends() {
     let paced = Arc::new(Mutex::new(None));
     let shutdown = Shutdown::new();
     let drain = Drain::new(shutdown.clone(), BUSY_BUDGET);
-    let p = paced_pipeline(dir.path(), &discord, &observer, 1, Some(30)).hand_off_to(Box::new({
-        let paced = paced.clone();
-        move |over: HandOver| {
+    let pace = Pace {
+        channel_messages_per_minute: Some(30),
+        max_elapsed: MAX_ELAPSED,
+    };
+    let heartbeat = Health::new("test").heartbeat("pipeline", LIVENESS_SILENCE);
+    let p =
+        pipeline_with(dir.path(), &discord, &observer, 1, pace, heartbeat).hand_off_to(Box::new({
             let paced = paced.clone();
-            Box::pin(async move {
-                *paced.lock().unwrap() = Some(over.channel_sends);
-                Ok(())
-            })
-        }
-    }));
+            move |over: HandOver| {
+                let paced = paced.clone();
+                Box::pin(async move {
+                    *paced.lock().unwrap() = Some(over.channel_sends);
+                    Ok(())
+                })
+            }
+        }));
     let run = tokio::spawn(p.run(rx, drain));
     until("the first messages", || discord.received() >= 3).await;
     shutdown.trigger();
@@ -779,4 +821,207 @@ async fn the_hand_over_carries_the_channels_recent_sends() {
         paced.iter().all(|a| *a < Duration::from_secs(60)),
         "{paced:?}"
     );
+}
+
+/// What a kubelet probing `/livez` once a second saw: how many samples it
+/// took, and when (from the start) each failing one was.
+#[derive(Default)]
+struct Probes {
+    samples: usize,
+    failed: Vec<Duration>,
+}
+
+/// Probes `health`'s liveness every `every` until aborted.
+fn probe_liveness(
+    health: Health,
+    every: Duration,
+) -> (Arc<Mutex<Probes>>, tokio::task::JoinHandle<()>) {
+    let probes = Arc::new(Mutex::new(Probes::default()));
+    let task = tokio::spawn({
+        let probes = probes.clone();
+        async move {
+            let start = Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let (alive, _) = health.live();
+                let mut p = probes.lock().unwrap();
+                p.samples += 1;
+                if !alive {
+                    p.failed.push(start.elapsed());
+                }
+            }
+        }
+    });
+    (probes, task)
+}
+
+/// issue 16: a 429 whose `retry_after` (90 s) is three times the liveness
+/// bound is a wait, not a wedge: `/livez` holds on every sample through it,
+/// and the message goes once the wait is over. (Without the send's declared
+/// bound in `send_batch`, liveness fails 30 s into the wait.)
+#[tokio::test(start_paused = true)]
+async fn liveness_holds_through_a_rate_limit_wait_longer_than_its_bound() {
+    const RETRY_AFTER: Duration = Duration::from_secs(90);
+    let dir = tempfile::tempdir().unwrap();
+    let observer = Arc::new(Counts::default());
+    let discord = Scripted::new(
+        &[Answer::RateLimited(RETRY_AFTER)],
+        Duration::from_millis(20),
+    );
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..3).await;
+    drop(tx);
+    let health = Health::new("test");
+    let p = pipeline_with(
+        dir.path(),
+        &discord,
+        &observer,
+        10,
+        Pace {
+            channel_messages_per_minute: None,
+            // The default: the 90 s wait is honoured, not dead-lettered.
+            max_elapsed: Duration::from_secs(600),
+        },
+        health.heartbeat("pipeline", LIVENESS_SILENCE),
+    );
+    let (probes, probing) = probe_liveness(health, Duration::from_secs(1));
+    let start = Instant::now();
+    p.run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5)))
+        .await;
+    let took = Instant::now() - start;
+    probing.abort();
+    assert!(took >= RETRY_AFTER, "the 429's wait was honoured: {took:?}");
+    let probes = probes.lock().unwrap();
+    assert!(probes.samples >= 90, "{} samples", probes.samples);
+    assert!(
+        probes.failed.is_empty(),
+        "/livez failed at {:?} into a {RETRY_AFTER:?} rate-limit wait",
+        probes.failed
+    );
+    assert_eq!(observer.rate_limited.load(Ordering::SeqCst), 1);
+    assert_eq!(observer.dead_lettered.load(Ordering::SeqCst), 0);
+    assert_eq!(deliveries(&discord.stored(), 3), [1, 1, 1]);
+}
+
+/// issue 16: waiting for the channel's window (here one message a minute,
+/// each wait twice the liveness bound) keeps the loop alive on every sample.
+/// (Without the permit wait's declared bound in `deliver_one`, liveness
+/// fails 30 s into the first window.)
+#[tokio::test(start_paused = true)]
+async fn liveness_holds_through_channel_window_waits() {
+    const LINES: u64 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let observer = Arc::new(Counts::default());
+    let discord = Scripted::new(&[], Duration::from_millis(20));
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..LINES).await;
+    drop(tx);
+    let health = Health::new("test");
+    let p = pipeline_with(
+        dir.path(),
+        &discord,
+        &observer,
+        1,
+        Pace {
+            channel_messages_per_minute: Some(1),
+            max_elapsed: Duration::from_secs(600),
+        },
+        health.heartbeat("pipeline", LIVENESS_SILENCE),
+    );
+    let (probes, probing) = probe_liveness(health, Duration::from_secs(1));
+    let start = Instant::now();
+    p.run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5)))
+        .await;
+    let took = Instant::now() - start;
+    probing.abort();
+    // The header, three lines and the summary: four waits of a window.
+    let stored = discord.stored();
+    assert_eq!(stored.len(), LINES as usize + 2, "{stored:?}");
+    assert!(
+        took >= Duration::from_secs(4 * 59),
+        "every message waited for its window: {took:?}"
+    );
+    let probes = probes.lock().unwrap();
+    assert!(probes.samples >= 4 * 59, "{} samples", probes.samples);
+    assert!(
+        probes.failed.is_empty(),
+        "/livez failed at {:?} while waiting for the channel window",
+        probes.failed
+    );
+    assert_eq!(observer.dead_lettered.load(Ordering::SeqCst), 0);
+    assert_eq!(deliveries(&stored, LINES), [1, 1, 1]);
+}
+
+/// issue 16: a slow disk is not a stuck loop. A checkpoint write that blocks
+/// for six times the heartbeat's silence (real time: the write is
+/// synchronous) keeps the loop alive through the write's declared bound
+/// (`DISK_BOUND`), and liveness is still answered meanwhile by a task on the
+/// runtime's other thread, as the ops server's `/livez` is. Without the bound
+/// in `save`, liveness fails half a second into the stall; with the write
+/// made on the worker itself (before `off_the_runtime`), no other task ran
+/// during the stall at all (0 samples): the timers stood still.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn liveness_holds_while_a_checkpoint_write_stalls() {
+    const SILENCE: Duration = Duration::from_millis(500);
+    const STALL: Duration = Duration::from_secs(3);
+    let dir = tempfile::tempdir().unwrap();
+    let observer = Arc::new(Counts::default());
+    *observer.stall_next_write.lock().unwrap() = Some(STALL);
+    let discord = Scripted::new(&[], Duration::from_millis(1));
+    let (tx, rx) = crate::queue::bounded(64, 1 << 20);
+    feed(&tx, 0..3).await;
+    let health = Health::new("test");
+    let p = pipeline_with(
+        dir.path(),
+        &discord,
+        &observer,
+        10,
+        Pace {
+            channel_messages_per_minute: None,
+            max_elapsed: MAX_ELAPSED,
+        },
+        health.heartbeat("pipeline", SILENCE),
+    );
+    // Probes liveness every 20 ms while the write stalls (the loop idles
+    // between records with no beat for longer than this test's short
+    // silence; only the stall is under test), until the stall is over.
+    let probe = tokio::spawn({
+        let observer = observer.clone();
+        async move {
+            let mut samples = 0usize;
+            let mut failed = Vec::new();
+            let mut stalled: Option<Instant> = None;
+            loop {
+                let stalling = observer.stalling.load(Ordering::SeqCst);
+                let stall_over = observer.stall_next_write.lock().unwrap().is_none();
+                if stalling {
+                    let since = *stalled.get_or_insert_with(Instant::now);
+                    samples += 1;
+                    if !health.live().0 {
+                        failed.push(since.elapsed());
+                    }
+                } else if stall_over {
+                    return (samples, failed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let run = tokio::spawn(p.run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5))));
+    let (samples, failed) = tokio::time::timeout(STALL * 10, probe)
+        .await
+        .expect("the checkpoint write stalled and ended")
+        .unwrap();
+    drop(tx);
+    run.await.unwrap();
+    assert!(
+        samples >= 50,
+        "liveness was answered during the {STALL:?} stall: {samples} samples"
+    );
+    assert!(
+        failed.is_empty(),
+        "/livez failed at {:?} into a {STALL:?} checkpoint write",
+        failed.first()
+    );
+    assert_eq!(deliveries(&discord.stored(), 3), [1, 1, 1]);
 }
