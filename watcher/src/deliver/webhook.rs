@@ -20,6 +20,7 @@ use super::bridge::{BridgeClient, Provisioned};
 use super::dlq::{Dlq, DlqEntry, DlqReason};
 use super::DeliveryObserver;
 use crate::atomic_file::StateFile;
+use crate::state::off_the_runtime;
 
 pub use super::sink::Sent;
 
@@ -451,7 +452,8 @@ impl<T: Transport> WebhookSender<T> {
         let held = self.permit.take();
         match self.attempt(&msg, deadline, held).await {
             Ok(()) => {
-                if let Err(e) = self.dlq.remove_at(&path, index) {
+                let removed = off_the_runtime(|| self.dlq.remove_at(&path, index));
+                if let Err(e) = removed {
                     // Left in place it would be sent again: say so loudly.
                     self.observer.write_failed(StateFile::Dlq, &e);
                     self.redeliver.failed();
@@ -469,7 +471,7 @@ impl<T: Transport> WebhookSender<T> {
             Err(failed) if failed.reason == DlqReason::Rejected => {
                 // Discord's final word now: kept for a person, not retried.
                 self.dead_letter(&msg, failed).await;
-                if let Err(e) = self.dlq.remove_at(&path, index) {
+                if let Err(e) = off_the_runtime(|| self.dlq.remove_at(&path, index)) {
                     self.observer.write_failed(StateFile::Dlq, &e);
                 }
                 self.redeliver.next = Some(Instant::now());
@@ -528,7 +530,7 @@ impl<T: Transport> WebhookSender<T> {
         );
         let mut failures = 0u32;
         let dropped = loop {
-            match self.dlq.append(&entry) {
+            match off_the_runtime(|| self.dlq.append(&entry)) {
                 Ok(dropped) => {
                     self.observer.written(StateFile::Dlq);
                     break dropped;

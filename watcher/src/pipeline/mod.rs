@@ -59,18 +59,6 @@ pub const SEND_SLACK: Duration = Duration::from_secs(120);
 /// wedged (a slow disk is not stuck; a hung one is).
 pub const DISK_BOUND: Duration = Duration::from_secs(120);
 
-/// Runs `write`, a blocking file write, with this worker's other tasks and
-/// the runtime's drivers handed to another thread meanwhile: a stalled disk
-/// then blocks only the sink loop, never the ops server's `/livez` nor the
-/// timers of every other task. On a current-thread runtime (paused-clock
-/// tests, `watcher render`) it runs in place.
-fn off_the_runtime<R>(write: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
-        _ => write(),
-    }
-}
-
 /// The share of the shutdown budget kept for bot-bridge's `complete` call
 /// (at most this, at most a fifth of the budget).
 pub const COMPLETE_SHARE: Duration = Duration::from_millis(750);
@@ -580,7 +568,7 @@ impl<S: Sink> Pipeline<S> {
     fn save(&mut self) {
         let _waiting = self.heartbeat.waiting(DISK_BOUND);
         let (state, stats, observer) = (&mut self.state, self.renderer.stats(), &self.observer);
-        off_the_runtime(|| state.save(stats, observer.as_ref()));
+        crate::state::off_the_runtime(|| state.save(stats, observer.as_ref()));
         self.dirty = false;
         self.last_save = Instant::now();
     }
@@ -881,7 +869,7 @@ impl<S: Sink> Pipeline<S> {
                 break;
             }
             kept.remove(0);
-            match backlog.store(&kept) {
+            match crate::state::off_the_runtime(|| backlog.store(&kept)) {
                 Ok(()) => self.observer.written(StateFile::Backlog),
                 Err(e) => self.observer.write_failed(StateFile::Backlog, &e),
             }

@@ -14,6 +14,18 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::render::summary::Stats;
 
+/// Runs `write`, a blocking file write, with this worker's other tasks and
+/// the runtime's drivers handed to another thread meanwhile: a stalled disk
+/// then blocks only the sink loop, never the ops server's `/livez` nor the
+/// timers of every other task. On a current-thread runtime (paused-clock
+/// tests, `watcher render`) it runs in place.
+pub fn off_the_runtime<R>(write: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+        _ => write(),
+    }
+}
+
 /// What the sink loop persists beside the file offsets, so that a restart
 /// neither re-posts the header nor loses the running totals of the summary.
 ///
