@@ -534,6 +534,43 @@ pub async fn started_ops_addr(p: &Proc) -> String {
         .to_owned()
 }
 
+/// A bot-bridge process and the API and ops addresses its "started" line
+/// names; the e2e files that start bot-bridge wrap it with their own calls.
+pub struct BridgeProc {
+    pub proc: Proc,
+    pub api: String,
+    pub ops: String,
+}
+
+impl BridgeProc {
+    /// Starts bot-bridge with `env` and waits for its "started" line.
+    pub async fn start(env: &[(&str, String)]) -> BridgeProc {
+        let proc = Proc::start("bot-bridge", &[], env);
+        let started = proc.wait_log("started", Duration::from_secs(60)).await;
+        let addr = |k: &str| {
+            started[k]
+                .as_str()
+                .unwrap_or_else(|| panic!("{k} in the started line: {started}"))
+                .to_owned()
+        };
+        BridgeProc {
+            api: addr("api_addr"),
+            ops: addr("ops_addr"),
+            proc,
+        }
+    }
+
+    /// `GET /v1/runs/{run_id}` with `api_token`.
+    pub async fn run(&self, run_id: &str, api_token: &str) -> serde_json::Value {
+        get_json_authed(&format!("http://{}/v1/runs/{run_id}", self.api), api_token).await
+    }
+
+    /// The ops port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        get_text(&format!("http://{}/metrics", self.ops)).await.1
+    }
+}
+
 /// `../shared/transcripts`, if present beside the repository (it is in CI).
 pub fn shared_transcripts() -> Option<PathBuf> {
     let p = workspace_root().join("../shared/transcripts");

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use e2e::{
     check_monitoring_names, count, eventually, get_text, metric_value, started_ops_addr,
-    transcript, FakeDiscordProc, Proc,
+    transcript, BridgeProc, FakeDiscordProc, Proc,
 };
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{json, Value};
@@ -41,13 +41,6 @@ fn now_unix() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
 
-/// A bot-bridge process and the address of its runs API.
-struct Bridge {
-    proc: Proc,
-    api: String,
-    ops: String,
-}
-
 fn bridge_env(fake: &FakeDiscordProc, db: &Path) -> Vec<(&'static str, String)> {
     vec![
         ("OPS_ADDR", "127.0.0.1:0".to_string()),
@@ -70,25 +63,48 @@ fn bridge_env(fake: &FakeDiscordProc, db: &Path) -> Vec<(&'static str, String)> 
     ]
 }
 
-impl Bridge {
-    /// Starts bot-bridge on `api_addr` (`127.0.0.1:0` for any port; a restart
-    /// reuses the old one, as a Kubernetes Service would keep the address).
-    async fn start(
-        fake: &FakeDiscordProc,
-        db: &Path,
-        api_addr: &str,
-        extra: &[(&'static str, String)],
-    ) -> Bridge {
-        let mut env = bridge_env(fake, db);
-        env.push(("API_ADDR", api_addr.to_owned()));
-        env.extend_from_slice(extra);
-        let proc = Proc::start("bot-bridge", &[], &env);
-        let started = proc.wait_log("started", DEADLINE).await;
-        let api = started["api_addr"].as_str().unwrap().to_owned();
-        let ops = started["ops_addr"].as_str().unwrap().to_owned();
-        Bridge { proc, api, ops }
-    }
+/// Starts bot-bridge on `api_addr` (`127.0.0.1:0` for any port; a restart
+/// reuses the old one, as a Kubernetes Service would keep the address).
+async fn start_bridge(
+    fake: &FakeDiscordProc,
+    db: &Path,
+    api_addr: &str,
+    extra: &[(&'static str, String)],
+) -> BridgeProc {
+    let mut env = bridge_env(fake, db);
+    env.push(("API_ADDR", api_addr.to_owned()));
+    env.extend_from_slice(extra);
+    BridgeProc::start(&env).await
+}
 
+/// What these tests do with bot-bridge, on the harness's process.
+trait FlowApi {
+    fn url(&self, path: &str) -> String;
+    async fn create_run(&self) -> (reqwest::StatusCode, Value);
+    /// `POST /v1/runs` for the test's run key plus `extra` fields, presenting
+    /// `run_token` (or none).
+    async fn create_run_as(
+        &self,
+        run_token: Option<&str>,
+        extra: &Value,
+    ) -> (reqwest::StatusCode, Value);
+    async fn get(&self, path: &str) -> (reqwest::StatusCode, String);
+    /// `GET /v1/runs/{run_id}`, which must answer 200.
+    async fn view(&self, run_id: &str) -> Value;
+    async fn interact(&self, key: &SigningKey, ts: i64, body: &Value) -> reqwest::Response;
+    async fn interact_traced(
+        &self,
+        key: &SigningKey,
+        ts: i64,
+        body: &Value,
+        traceparent: Option<&str>,
+    ) -> reqwest::Response;
+    async fn input(&self, id: &str, channel_id: &str, text: &str) -> String;
+    async fn input_as(&self, member: Value, id: &str, channel_id: &str, text: &str) -> String;
+    async fn input_from(&self, body: Value) -> String;
+}
+
+impl FlowApi for BridgeProc {
     fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.api)
     }
@@ -97,8 +113,6 @@ impl Bridge {
         self.create_run_as(Some(RUN_TOKEN), &json!({})).await
     }
 
-    /// `POST /v1/runs` for the test's run key plus `extra` fields, presenting
-    /// `run_token` (or none).
     async fn create_run_as(
         &self,
         run_token: Option<&str>,
@@ -129,7 +143,7 @@ impl Bridge {
         (r.status(), r.text().await.unwrap())
     }
 
-    async fn run(&self, run_id: &str) -> Value {
+    async fn view(&self, run_id: &str) -> Value {
         let (status, body) = self.get(&format!("/v1/runs/{run_id}")).await;
         assert_eq!(status, 200, "{body}");
         serde_json::from_str(&body).unwrap()
@@ -246,7 +260,7 @@ impl Fifo {
 }
 
 fn watcher_env(
-    bridge: &Bridge,
+    bridge: &BridgeProc,
     transcript: &Path,
     state: &Path,
     fifo: &Path,
@@ -304,7 +318,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     let fake = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bridge.db");
-    let mut bridge = Bridge::start(&fake, &db, "127.0.0.1:0", &[]).await;
+    let mut bridge = start_bridge(&fake, &db, "127.0.0.1:0", &[]).await;
     let mut outputs: Vec<(String, String)> = Vec::new();
     let mut responses: Vec<String> = Vec::new();
 
@@ -398,7 +412,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     assert_eq!(provisioned["run_id"], run_id.as_str());
     assert_eq!(provisioned["channel_id"], channel_id.as_str());
     wait_channel_has(&fake, &channel_id, "flow", 0..5).await;
-    let view = bridge.run(&run_id).await;
+    let view = bridge.view(&run_id).await;
     assert!(
         view["input_url"]
             .as_str()
@@ -542,8 +556,8 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
 
     // Restarted on the same database: the run, its channel and input are intact.
     let api_addr = bridge.api.clone();
-    bridge = Bridge::start(&fake, &db, &api_addr, &[]).await;
-    let view = bridge.run(&run_id).await;
+    bridge = start_bridge(&fake, &db, &api_addr, &[]).await;
+    let view = bridge.view(&run_id).await;
     assert_eq!(view["status"], "active");
     assert_eq!(view["channel_id"], channel_id.as_str());
     let (_, again) = bridge.create_run().await;
@@ -571,7 +585,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
     }
     assert!(text.contains("Run complete"), "summary posted:\n{text}");
     let view = eventually("run completed", DEADLINE, || async {
-        let v = bridge.run(&run_id).await;
+        let v = bridge.view(&run_id).await;
         (v["status"] != "active").then_some(v)
     })
     .await;
@@ -585,7 +599,7 @@ async fn a_run_is_provisioned_streamed_talked_to_and_archived() {
         .unwrap();
     assert_eq!(revoked.status(), 404, "the revoked webhook is gone");
     eventually("channel archived", DEADLINE, || async {
-        let v = bridge.run(&run_id).await;
+        let v = bridge.view(&run_id).await;
         (v["status"] == "archived").then_some(())
     })
     .await;
@@ -731,7 +745,7 @@ async fn a_full_category_overflows_into_the_next() {
         )
         .await;
     }
-    let bridge = Bridge::start(&fake, &dir.path().join("b.db"), "127.0.0.1:0", &[]).await;
+    let bridge = start_bridge(&fake, &dir.path().join("b.db"), "127.0.0.1:0", &[]).await;
     let (status, run) = bridge.create_run().await;
     assert_eq!(status, 201, "{run}");
     let channels = fake.admin_list("channels").await;
@@ -757,7 +771,7 @@ async fn thread_mode_streams_into_the_runs_thread() {
         .admin_post("channels", json!({"name": "agent-runs", "type": 0}))
         .await;
     let parent_id = parent["id"].as_str().unwrap().to_owned();
-    let bridge = Bridge::start(
+    let bridge = start_bridge(
         &fake,
         &dir.path().join("b.db"),
         "127.0.0.1:0",

@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::{eventually, FakeDiscordProc, Limits, Proc};
+use e2e::{eventually, BridgeProc, FakeDiscordProc, Limits};
 use serde_json::{json, Value};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -18,12 +18,6 @@ const BOT_TOKEN: &str = "bot-token-SECRET-77e0";
 const RUN_TOKEN_HEADER: &str = "x-agentmon-run-token";
 /// Discord's limits, six times faster: 30 messages per 10 s per channel.
 const SCALE: u32 = 6;
-
-struct Bridge {
-    proc: Proc,
-    api: String,
-    ops: String,
-}
 
 /// A run as its creator (the watcher) knows it.
 struct Run {
@@ -34,42 +28,46 @@ struct Run {
     webhook_url: String,
 }
 
-impl Bridge {
-    /// bot-bridge paces at the scaled channel limit whether or not the fake
-    /// enforces it (`limits` only says what the fake does).
-    async fn start(discord: &FakeDiscordProc, db: &Path, limits: Option<Limits>) -> Self {
-        Self::start_with(discord, db, limits, &[]).await
-    }
+/// bot-bridge pacing at the scaled channel limit (whether or not the fake
+/// enforces it), its store in `db`, with `extra` settings.
+async fn start_bridge_with(
+    discord: &FakeDiscordProc,
+    db: &Path,
+    extra: &[(&'static str, String)],
+) -> BridgeProc {
+    let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, db);
+    env.extend([
+        ("RETENTION", "1h".to_string()),
+        ("RUST_LOG", "info".to_string()),
+    ]);
+    let l = scaled();
+    env.extend([
+        ("CHANNEL_MESSAGES_PER_MINUTE", l.channel_limit.to_string()),
+        (
+            "CHANNEL_WINDOW",
+            format!("{}ms", l.channel_window.as_millis()),
+        ),
+    ]);
+    env.extend_from_slice(extra);
+    BridgeProc::start(&env).await
+}
 
-    async fn start_with(
-        discord: &FakeDiscordProc,
-        db: &Path,
-        _limits: Option<Limits>,
-        extra: &[(&'static str, String)],
-    ) -> Self {
-        let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, db);
-        env.extend([
-            ("RETENTION", "1h".to_string()),
-            ("RUST_LOG", "info".to_string()),
-        ]);
-        let l = scaled();
-        env.extend([
-            ("CHANNEL_MESSAGES_PER_MINUTE", l.channel_limit.to_string()),
-            (
-                "CHANNEL_WINDOW",
-                format!("{}ms", l.channel_window.as_millis()),
-            ),
-        ]);
-        env.extend_from_slice(extra);
-        let proc = Proc::start("bot-bridge", &[], &env);
-        let started = proc.wait_log("started", DEADLINE).await;
-        Bridge {
-            api: started["api_addr"].as_str().unwrap().to_owned(),
-            ops: started["ops_addr"].as_str().unwrap().to_owned(),
-            proc,
-        }
-    }
+async fn start_bridge(discord: &FakeDiscordProc, db: &Path) -> BridgeProc {
+    start_bridge_with(discord, db, &[]).await
+}
 
+/// What these tests do with bot-bridge, on the harness's process.
+trait HandoffApi {
+    async fn create_run(&self, short_id: &str) -> Run;
+    async fn create_run_with(&self, body: Value) -> Run;
+    /// Posts a hand-off as the run's owner: status and body.
+    async fn handoff(&self, run: &Run, body: &Value) -> (u16, Value);
+    async fn status(&self, run: &Run) -> String;
+    async fn wait_completed(&self, run: &Run, timeout: Duration);
+    async fn metric(&self, series: &str) -> f64;
+}
+
+impl HandoffApi for BridgeProc {
     async fn create_run(&self, short_id: &str) -> Run {
         self.create_run_with(json!({"task_id": "handoff", "attempt": 1, "short_id": short_id}))
             .await
@@ -93,7 +91,6 @@ impl Bridge {
         }
     }
 
-    /// Posts a hand-off as the run's owner: status and body.
     async fn handoff(&self, run: &Run, body: &Value) -> (u16, Value) {
         let res = reqwest::Client::new()
             .post(format!("http://{}/v1/runs/{}/handoff", self.api, run.id))
@@ -201,7 +198,7 @@ async fn fake_with(limits: Option<Limits>) -> FakeDiscordProc {
 async fn handoff_delivered_in_order_then_completed(limits: Option<Limits>) {
     let fake = fake_with(limits).await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(&fake, &dir.path().join("bridge.db"), limits).await;
+    let bridge = start_bridge(&fake, &dir.path().join("bridge.db")).await;
     let run = bridge.create_run("order").await;
     let body = json!({
         "messages": messages(1, 60),
@@ -308,7 +305,7 @@ async fn kill9_mid_drain_loses_nothing(limits: Option<Limits>) {
     let fake = fake_with(limits).await;
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("bridge.db");
-    let mut bridge = Bridge::start(&fake, &db, limits).await;
+    let mut bridge = start_bridge(&fake, &db).await;
     let run = bridge.create_run("kill").await;
     let body = json!({"messages": messages(1, 60), "complete": {"summary": {"events": 60}}});
     let (status, v) = bridge.handoff(&run, &body).await;
@@ -319,7 +316,7 @@ async fn kill9_mid_drain_loses_nothing(limits: Option<Limits>) {
     let before = arrived(&fake, &run.channel_id).await.len();
     assert!(before < 60, "the drain ended before the kill ({before})");
 
-    let bridge = Bridge::start(&fake, &db, limits).await;
+    let bridge = start_bridge(&fake, &db).await;
     let windows = scaled().channel_window * 4;
     bridge.wait_completed(&run, DEADLINE + windows).await;
     let seen = arrived(&fake, &run.channel_id).await;
@@ -344,7 +341,7 @@ async fn bot_bridge_killed_mid_drain_loses_nothing_without_rate_limits() {
 async fn one_request_in_flight_per_webhook(limits: Option<Limits>) {
     let fake = fake_with(limits).await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(&fake, &dir.path().join("bridge.db"), limits).await;
+    let bridge = start_bridge(&fake, &dir.path().join("bridge.db")).await;
     let a = bridge.create_run("a").await;
     let b = bridge.create_run("b").await;
     fake.inject(json!({"kind": "slow", "delay_ms": 150, "for_ms": 600_000}))
@@ -400,7 +397,7 @@ async fn never_two_requests_in_flight_on_one_webhook_without_rate_limits() {
 async fn rejected_message_is_dead_lettered(limits: Option<Limits>) {
     let fake = fake_with(limits).await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(&fake, &dir.path().join("bridge.db"), limits).await;
+    let bridge = start_bridge(&fake, &dir.path().join("bridge.db")).await;
     let run = bridge.create_run("dlq").await;
     let mut msgs = messages(1, 10);
     msgs[4]["payload"]["embeds"][0]["title"] = json!("t".repeat(300));
@@ -451,7 +448,7 @@ async fn a_rejected_message_is_dead_lettered_without_rate_limits() {
 async fn bad_handoffs_are_refused_naming_the_field() {
     let fake = fake_with(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(&fake, &dir.path().join("bridge.db"), None).await;
+    let bridge = start_bridge(&fake, &dir.path().join("bridge.db")).await;
     let run = bridge.create_run("bad").await;
     let mut twice = messages(1, 3);
     twice[2]["seq"] = json!(2);
@@ -508,10 +505,9 @@ async fn bad_handoffs_are_refused_naming_the_field() {
 async fn a_silent_watcher_after_its_handoff_is_not_finalised_by_the_reconciler() {
     let fake = fake_with(Some(scaled())).await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start_with(
+    let bridge = start_bridge_with(
         &fake,
         &dir.path().join("bridge.db"),
-        Some(scaled()),
         &[("RUN_SILENCE_TIMEOUT", "2s".to_string())],
     )
     .await;
@@ -553,7 +549,7 @@ async fn a_silent_watcher_after_its_handoff_is_not_finalised_by_the_reconciler()
 async fn a_deleted_webhook_keeps_the_handoff_pending_without_spinning() {
     let fake = fake_with(None).await;
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start(&fake, &dir.path().join("bridge.db"), None).await;
+    let bridge = start_bridge(&fake, &dir.path().join("bridge.db")).await;
     let run = bridge.create_run("gone").await;
     let mut parts = run.webhook_url.rsplit('/');
     let (_, webhook_id) = (parts.next(), parts.next().unwrap().to_owned());
@@ -600,10 +596,9 @@ async fn thread_mode_handoff_lands_in_the_runs_thread() {
         .await;
     let parent_id = parent["id"].as_str().unwrap().to_owned();
     let dir = tempfile::tempdir().unwrap();
-    let bridge = Bridge::start_with(
+    let bridge = start_bridge_with(
         &fake,
         &dir.path().join("bridge.db"),
-        Some(scaled()),
         &[
             ("RUN_CONTAINER", "thread".to_string()),
             ("THREAD_PARENT_CHANNEL_ID", parent_id.clone()),

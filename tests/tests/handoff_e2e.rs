@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::{eventually, transcript, FakeDiscordProc, Limits, Proc};
+use e2e::{eventually, transcript, BridgeProc, FakeDiscordProc, Limits, Proc};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -43,34 +43,22 @@ fn paced_env() -> Vec<(&'static str, String)> {
     ]
 }
 
-struct Bridge {
-    proc: Proc,
-    api: String,
+/// bot-bridge pacing at the scaled channel limit, its store in `db`.
+async fn start_bridge(discord: &FakeDiscordProc, db: &Path) -> BridgeProc {
+    let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, db);
+    env.push(("RETENTION", "1h".to_string()));
+    env.extend(paced_env());
+    BridgeProc::start(&env).await
 }
 
-impl Bridge {
-    async fn start(discord: &FakeDiscordProc, db: &Path) -> Self {
-        let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, db);
-        env.push(("RETENTION", "1h".to_string()));
-        env.extend(paced_env());
-        let proc = Proc::start("bot-bridge", &[], &env);
-        let started = proc.wait_log("started", DEADLINE).await;
-        Bridge {
-            api: started["api_addr"].as_str().unwrap().to_owned(),
-            proc,
-        }
-    }
-
-    async fn status(&self, run_id: &str) -> String {
-        let v =
-            e2e::get_json_authed(&format!("http://{}/v1/runs/{run_id}", self.api), API_TOKEN).await;
-        v["status"].as_str().unwrap_or_default().to_owned()
-    }
+async fn run_status(bridge: &BridgeProc, run_id: &str) -> String {
+    let v = bridge.run(run_id, API_TOKEN).await;
+    v["status"].as_str().unwrap_or_default().to_owned()
 }
 
 /// A watcher following `dir/s.jsonl` through `bridge`, its state in
 /// `dir/state`; returns it once provisioned, with its run id.
-async fn start_watcher(dir: &Path, bridge: &Bridge) -> (Proc, String) {
+async fn start_watcher(dir: &Path, bridge: &BridgeProc) -> (Proc, String) {
     let mut env = e2e::watcher_env(&dir.join("s.jsonl"), &dir.join("state"));
     env.extend([
         ("BRIDGE_URL", format!("http://{}", bridge.api)),
@@ -138,11 +126,11 @@ fn assert_one_at_a_time(stats: &Value) {
 
 /// Starts fake-discord (limits on), bot-bridge and a watcher whose session
 /// has one prompt delivered; writes the session's last `EVENTS` events.
-async fn busy_session(dir: &Path) -> (FakeDiscordProc, Bridge, Proc, String) {
+async fn busy_session(dir: &Path) -> (FakeDiscordProc, BridgeProc, Proc, String) {
     let args = scaled().fake_args("sliding");
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let fake = FakeDiscordProc::start(&args).await;
-    let bridge = Bridge::start(&fake, &dir.join("bridge.db")).await;
+    let bridge = start_bridge(&fake, &dir.join("bridge.db")).await;
     std::fs::write(dir.join("s.jsonl"), transcript::prompts("pre", 0..1)).unwrap();
     let (watcher, run_id) = start_watcher(dir, &bridge).await;
     fake.wait_markers("", "pre", 0..1, DEADLINE).await;
@@ -213,7 +201,7 @@ async fn the_last_events_reach_the_channel_after_the_pod_ends() {
         "one summary"
     );
     eventually("the run completed at bot-bridge", DEADLINE, || async {
-        (bridge.status(&run_id).await == "completed").then_some(())
+        (run_status(&bridge, &run_id).await == "completed").then_some(())
     })
     .await;
     let stats = fake.stats().await;
@@ -262,7 +250,7 @@ async fn with_bot_bridge_down_the_rest_is_kept_and_delivered_after_a_restart() {
     let kept_lines = kept.lines().count();
     assert!(kept_lines > 0, "nothing kept\n{}", watcher.output());
 
-    let bridge = Bridge::start(&fake, &dir.path().join("bridge.db")).await;
+    let bridge = start_bridge(&fake, &dir.path().join("bridge.db")).await;
     let (restarted, _) = start_watcher(dir.path(), &bridge).await;
     let (markers, _) = wait_all(&fake, Duration::from_secs(120)).await;
     let mut sorted = markers.clone();

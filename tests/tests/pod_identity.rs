@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine as _;
-use e2e::{eventually, metric_value, transcript, FakeDiscordProc, Proc};
+use e2e::{eventually, metric_value, transcript, BridgeProc, FakeDiscordProc, Proc};
 use fake_kube::{FakeKube, Fault, FaultKind, NewPod, Route};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -39,78 +39,56 @@ fn jwt(tag: &str, exp_in: Duration) -> String {
     )
 }
 
-struct Bridge {
-    _proc: Proc,
-    api: String,
-    ops: String,
-    http: reqwest::Client,
+/// bot-bridge with pod identity (TokenReviews on fake-kube) and the
+/// reconciler's watch, its store in `dir`.
+async fn start_bridge(discord: &FakeDiscordProc, dir: &Path, kubeconfig: &Path) -> BridgeProc {
+    let env = vec![
+        ("API_ADDR", "127.0.0.1:0".to_string()),
+        ("OPS_ADDR", "127.0.0.1:0".to_string()),
+        ("API_TOKEN", API_TOKEN.to_string()),
+        ("DISCORD_BOT_TOKEN", BOT_TOKEN.to_string()),
+        ("DISCORD_API_BASE", discord.api_base.clone()),
+        ("GUILD_ID", "1".to_string()),
+        (
+            "DATABASE_URL",
+            format!("sqlite://{}", dir.join("bridge.db").display()),
+        ),
+        ("RETENTION", "1h".to_string()),
+        ("RUST_LOG", "info".to_string()),
+        ("INPUT_URL_ALLOW", "127.0.0.1/32".to_string()),
+        ("KUBE_CONFIG", kubeconfig.display().to_string()),
+        ("RECONCILE_NAMESPACES", NS.to_string()),
+        ("RUN_SILENCE_TIMEOUT", "0".to_string()),
+        ("TOKEN_REVIEW_AUDIENCE", AUDIENCE.to_string()),
+    ];
+    BridgeProc::start(&env).await
 }
 
-impl Bridge {
-    async fn start(discord: &FakeDiscordProc, dir: &Path, kubeconfig: &Path) -> Self {
-        let env = vec![
-            ("API_ADDR", "127.0.0.1:0".to_string()),
-            ("OPS_ADDR", "127.0.0.1:0".to_string()),
-            ("API_TOKEN", API_TOKEN.to_string()),
-            ("DISCORD_BOT_TOKEN", BOT_TOKEN.to_string()),
-            ("DISCORD_API_BASE", discord.api_base.clone()),
-            ("GUILD_ID", "1".to_string()),
-            (
-                "DATABASE_URL",
-                format!("sqlite://{}", dir.join("bridge.db").display()),
-            ),
-            ("RETENTION", "1h".to_string()),
-            ("RUST_LOG", "info".to_string()),
-            ("INPUT_URL_ALLOW", "127.0.0.1/32".to_string()),
-            ("KUBE_CONFIG", kubeconfig.display().to_string()),
-            ("RECONCILE_NAMESPACES", NS.to_string()),
-            ("RUN_SILENCE_TIMEOUT", "0".to_string()),
-            ("TOKEN_REVIEW_AUDIENCE", AUDIENCE.to_string()),
-        ];
-        let proc = Proc::start("bot-bridge", &[], &env);
-        let started = proc.wait_log("started", DEADLINE).await;
-        Bridge {
-            api: started["api_addr"].as_str().unwrap().to_owned(),
-            ops: started["ops_addr"].as_str().unwrap().to_owned(),
-            _proc: proc,
-            http: reqwest::Client::new(),
-        }
+/// `method path` on `bridge` with `token` as the bearer (none when `None`):
+/// the status.
+async fn call(
+    bridge: &BridgeProc,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Value,
+) -> u16 {
+    let url = format!("http://{}{path}", bridge.api);
+    let http = reqwest::Client::new();
+    let mut req = match method {
+        "GET" => http.get(url),
+        _ => http.post(url).json(&body),
+    };
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
     }
+    req.send().await.unwrap().status().as_u16()
+}
 
-    /// `method path` with `token` as the bearer (none when `None`): the status.
-    async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Value) -> u16 {
-        let url = format!("http://{}{path}", self.api);
-        let mut req = match method {
-            "GET" => self.http.get(url),
-            _ => self.http.post(url).json(&body),
-        };
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        req.send().await.unwrap().status().as_u16()
-    }
-
-    async fn run(&self, run_id: &str) -> Value {
-        self.http
-            .get(format!("http://{}/v1/runs/{run_id}", self.api))
-            .bearer_auth(API_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    async fn metric(&self, series: &str) -> f64 {
-        let text = reqwest::get(format!("http://{}/metrics", self.ops))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        metric_value(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
-    }
+/// The value of `series` on `bridge`'s `/metrics` (which must have it).
+async fn metric(bridge: &BridgeProc, series: &str) -> f64 {
+    let text = bridge.metrics().await;
+    metric_value(&text, series).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
 }
 
 fn auth_series(method: &str, outcome: &str) -> String {
@@ -132,11 +110,11 @@ async fn scenario(discord_args: &[&str]) {
     let fake = FakeKube::start().await.unwrap();
     let kubeconfig = fake.kubeconfig(dir.path().join("kubeconfig")).unwrap();
     let discord = FakeDiscordProc::start(discord_args).await;
-    let bridge = Bridge::start(&discord, dir.path(), &kubeconfig).await;
+    let bridge = start_bridge(&discord, dir.path(), &kubeconfig).await;
     // Every series exists from the first scrape.
     for m in ["api_token", "run_token", "pod_token"] {
         for o in ["ok", "unauthenticated", "forbidden", "unavailable"] {
-            assert_eq!(bridge.metric(&auth_series(m, o)).await, 0.0, "{m} {o}");
+            assert_eq!(metric(&bridge, &auth_series(m, o)).await, 0.0, "{m} {o}");
         }
     }
 
@@ -183,7 +161,7 @@ async fn scenario(discord_args: &[&str]) {
         .wait_log("run provisioned by bot-bridge", DEADLINE)
         .await;
     let run_a = provisioned["run_id"].as_str().unwrap().to_owned();
-    let channel_a = bridge.run(&run_a).await["channel_id"]
+    let channel_a = bridge.run(&run_a, API_TOKEN).await["channel_id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -196,8 +174,7 @@ async fn scenario(discord_args: &[&str]) {
     .await;
 
     // Pod B creates run B with its own token (a plain HTTP client).
-    let created = bridge
-        .http
+    let created = reqwest::Client::new()
         .post(format!("http://{}/v1/runs", bridge.api))
         .bearer_auth(&token_b)
         .json(&json!({"task_id": "task-b", "attempt": 1, "short_id": "b"}))
@@ -213,14 +190,14 @@ async fn scenario(discord_args: &[&str]) {
     // Rotation: the file now holds A's second token; the first expires.
     std::fs::write(&token_file, &token_a2).unwrap();
     eventually("pod A's first token expired", DEADLINE, || async {
-        let s = bridge
-            .call(
-                "GET",
-                &format!("/v1/runs/{run_a}"),
-                Some(&token_a1),
-                json!({}),
-            )
-            .await;
+        let s = call(
+            &bridge,
+            "GET",
+            &format!("/v1/runs/{run_a}"),
+            Some(&token_a1),
+            json!({}),
+        )
+        .await;
         (s == 401).then_some(())
     })
     .await;
@@ -233,28 +210,28 @@ async fn scenario(discord_args: &[&str]) {
         ("GET", "/v1/runs".to_owned()),
     ];
     for (method, path) in &forbidden {
-        let s = bridge.call(method, path, Some(&token_a2), json!({})).await;
+        let s = call(&bridge, method, path, Some(&token_a2), json!({})).await;
         assert_eq!(s, 403, "pod A: {method} {path}");
     }
     // Re-posting run B's key does not hand pod A its secrets.
-    let s = bridge
-        .call(
-            "POST",
-            "/v1/runs",
-            Some(&token_a2),
-            json!({"task_id": "task-b", "attempt": 1, "short_id": "b"}),
-        )
-        .await;
+    let s = call(
+        &bridge,
+        "POST",
+        "/v1/runs",
+        Some(&token_a2),
+        json!({"task_id": "task-b", "attempt": 1, "short_id": "b"}),
+    )
+    .await;
     assert_eq!(s, 403, "pod A re-posting run B's key");
     // Pod A reads its own run.
-    let s = bridge
-        .call(
-            "GET",
-            &format!("/v1/runs/{run_a}"),
-            Some(&token_a2),
-            json!({}),
-        )
-        .await;
+    let s = call(
+        &bridge,
+        "GET",
+        &format!("/v1/runs/{run_a}"),
+        Some(&token_a2),
+        json!({}),
+    )
+    .await;
     assert_eq!(s, 200);
 
     // No token, an expired token, another audience, an unknown token: 401.
@@ -271,7 +248,7 @@ async fn scenario(discord_args: &[&str]) {
         ("unknown", Some("not-a-token")),
     ] {
         assert_eq!(
-            bridge.call("GET", &path_a, token, json!({})).await,
+            call(&bridge, "GET", &path_a, token, json!({})).await,
             401,
             "{what}"
         );
@@ -297,24 +274,24 @@ async fn scenario(discord_args: &[&str]) {
         let shown = format!("{kind:?}");
         fake.inject(Fault::always(Route::TokenReviews, kind));
         let t0 = Instant::now();
-        let s = bridge.call("GET", &path_a, Some(&fresh), json!({})).await;
+        let s = call(&bridge, "GET", &path_a, Some(&fresh), json!({})).await;
         let took = t0.elapsed();
         assert_eq!(s, 503, "{shown}");
         assert!(took < Duration::from_secs(8), "{shown}: took {took:?}");
-        let cached = bridge
-            .call(
-                "GET",
-                &format!("/v1/runs/{run_b}"),
-                Some(&token_b),
-                json!({}),
-            )
-            .await;
+        let cached = call(
+            &bridge,
+            "GET",
+            &format!("/v1/runs/{run_b}"),
+            Some(&token_b),
+            json!({}),
+        )
+        .await;
         assert_eq!(cached, 200, "{shown}: a cached review still works");
         fake.clear_faults();
         eprintln!("TokenReview {shown}: 503 in {took:?}");
     }
     assert_eq!(
-        bridge.call("GET", &path_a, Some(&fresh), json!({})).await,
+        call(&bridge, "GET", &path_a, Some(&fresh), json!({})).await,
         200,
         "the review works again"
     );
@@ -327,12 +304,12 @@ async fn scenario(discord_args: &[&str]) {
         "the watcher exits"
     );
     let view = eventually("run A completed", DEADLINE, || async {
-        let v = bridge.run(&run_a).await;
+        let v = bridge.run(&run_a, API_TOKEN).await;
         (v["status"] != "active").then_some(v)
     })
     .await;
     assert_eq!(view["status"], "completed", "{view}");
-    assert_eq!(bridge.run(&run_b).await["status"], "active");
+    assert_eq!(bridge.run(&run_b, API_TOKEN).await["status"], "active");
 
     for (m, o, min) in [
         ("pod_token", "ok", 3.0),
@@ -340,11 +317,11 @@ async fn scenario(discord_args: &[&str]) {
         ("pod_token", "unauthenticated", 5.0),
         ("pod_token", "unavailable", 4.0),
     ] {
-        let v = bridge.metric(&auth_series(m, o)).await;
+        let v = metric(&bridge, &auth_series(m, o)).await;
         assert!(v >= min, "{m} {o}: {v}");
     }
     // No token in bot-bridge's or the watcher's output.
-    let out = format!("{}{}", bridge._proc.output(), watcher.output());
+    let out = format!("{}{}", bridge.proc.output(), watcher.output());
     for t in [&token_a1, &token_a2, &token_b, &fresh, &expired] {
         let sig = t.rsplit('.').next().unwrap();
         assert!(!out.contains(sig), "a token leaked into the logs");

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use e2e::{eventually, transcript, FakeDiscordProc, Proc};
+use e2e::{eventually, transcript, BridgeProc, FakeDiscordProc, Proc};
 use fake_kube::{DropMode, FakeKube, NewPod};
 use serde_json::{json, Value};
 
@@ -25,61 +25,39 @@ const GRACE: Duration = Duration::from_secs(2);
 /// The acceptance bound: finalised within this of the grace period.
 const WITHIN: Duration = Duration::from_secs(10);
 
-struct Bridge {
-    proc: Proc,
-    api: String,
-    ops: String,
+/// bot-bridge on `db` against `discord`, with `extra` settings.
+async fn start_bridge(
+    discord: &FakeDiscordProc,
+    db: &Path,
+    extra: &[(&'static str, String)],
+) -> BridgeProc {
+    let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, db);
+    env.extend([
+        ("RETENTION", "1h".to_string()),
+        ("RUST_LOG", "info".to_string()),
+        ("INPUT_URL_ALLOW", "127.0.0.1/32".to_string()),
+    ]);
+    env.extend_from_slice(extra);
+    BridgeProc::start(&env).await
 }
 
-impl Bridge {
-    async fn start(discord: &FakeDiscordProc, db: &Path, extra: &[(&'static str, String)]) -> Self {
-        let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, db);
-        env.extend([
-            ("RETENTION", "1h".to_string()),
-            ("RUST_LOG", "info".to_string()),
-            ("INPUT_URL_ALLOW", "127.0.0.1/32".to_string()),
-        ]);
-        env.extend_from_slice(extra);
-        let proc = Proc::start("bot-bridge", &[], &env);
-        let started = proc.wait_log("started", DEADLINE).await;
-        Bridge {
-            api: started["api_addr"].as_str().unwrap().to_owned(),
-            ops: started["ops_addr"].as_str().unwrap().to_owned(),
-            proc,
-        }
+/// Creates a run over the API as a watcher would, with `heartbeats` set as
+/// given (absent for `None`); returns its id.
+async fn create_run(bridge: &BridgeProc, short_id: &str, heartbeats: Option<bool>) -> String {
+    let mut body = json!({"task_id": "api", "attempt": 1, "short_id": short_id});
+    if let Some(h) = heartbeats {
+        body["heartbeats"] = json!(h);
     }
-
-    async fn run(&self, run_id: &str) -> Value {
-        e2e::get_json_authed(&format!("http://{}/v1/runs/{run_id}", self.api), API_TOKEN).await
-    }
-
-    /// Creates a run over the API as a watcher would, with `heartbeats`
-    /// set as given (absent for `None`); returns its id.
-    async fn create_run(&self, short_id: &str, heartbeats: Option<bool>) -> String {
-        let mut body = json!({"task_id": "api", "attempt": 1, "short_id": short_id});
-        if let Some(h) = heartbeats {
-            body["heartbeats"] = json!(h);
-        }
-        let res = reqwest::Client::new()
-            .post(format!("http://{}/v1/runs", self.api))
-            .bearer_auth(API_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
-        let v: Value = res.json().await.unwrap();
-        v["run_id"].as_str().unwrap().to_owned()
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://{}/metrics", self.ops))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/v1/runs", bridge.api))
+        .bearer_auth(API_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let v: Value = res.json().await.unwrap();
+    v["run_id"].as_str().unwrap().to_owned()
 }
 
 fn kube_env(kubeconfig: &Path) -> Vec<(&'static str, String)> {
@@ -96,7 +74,7 @@ fn kube_env(kubeconfig: &Path) -> Vec<(&'static str, String)> {
 /// and its run id once provisioned.
 async fn start_watcher(
     dir: &Path,
-    bridge: &Bridge,
+    bridge: &BridgeProc,
     name: &str,
     pod: Option<(&str, &str)>,
     extra: &[(&'static str, String)],
@@ -142,9 +120,9 @@ fn agent_pod(fake: &FakeKube, name: &str) -> String {
 }
 
 /// Waits until the run is no longer active; returns it and when that was seen.
-async fn finalised(bridge: &Bridge, run_id: &str) -> (Value, Instant) {
+async fn finalised(bridge: &BridgeProc, run_id: &str) -> (Value, Instant) {
     eventually(&format!("run {run_id} finalised"), DEADLINE, || async {
-        let run = bridge.run(run_id).await;
+        let run = bridge.run(run_id, API_TOKEN).await;
         (run["status"] != "active").then(|| (run, Instant::now()))
     })
     .await
@@ -180,7 +158,7 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
     let discord = FakeDiscordProc::start(&[]).await;
     let db = dir.path().join("bridge.db");
     let env = kube_env(&kubeconfig);
-    let mut bridge = Bridge::start(&discord, &db, &env).await;
+    let mut bridge = start_bridge(&discord, &db, &env).await;
 
     let names = ["deleted", "evicted", "oom", "cut", "expired", "alive"];
     let mut runs = Vec::new();
@@ -189,7 +167,7 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
         let (mut watcher, run_id) =
             start_watcher(dir.path(), &bridge, name, Some((name, &uid)), &[]).await;
         // The watcher's first message is in: the pod identity was bound.
-        let run = bridge.run(&run_id).await;
+        let run = bridge.run(&run_id, API_TOKEN).await;
         let channel = run["channel_id"].as_str().unwrap().to_owned();
         eventually("the watcher's first message", DEADLINE, || async {
             let text = discord
@@ -214,7 +192,7 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
     let t_oom = Instant::now();
     fake.oom_kill(NS, "oom").unwrap();
     let started = fake.stats().watches_started;
-    bridge = Bridge::start(&discord, &db, &env).await;
+    bridge = start_bridge(&discord, &db, &env).await;
     watch_open(&fake, started).await;
 
     // A watch stream cut while a pod is deleted: the re-watch replays it.
@@ -274,12 +252,15 @@ async fn pods_deleted_evicted_oom_killed_or_lost_end_their_runs_once_with_the_re
             "{name}: live webhook {has_hook}"
         );
     }
-    assert_eq!(bridge.run(&run_of("alive").1).await["status"], "active");
+    assert_eq!(
+        bridge.run(&run_of("alive").1, API_TOKEN).await["status"],
+        "active"
+    );
 
     // Another restart repeats nothing (the database is the record).
     let started = fake.stats().watches_started;
     bridge.proc.kill9();
-    bridge = Bridge::start(&discord, &db, &env).await;
+    bridge = start_bridge(&discord, &db, &env).await;
     watch_open(&fake, started).await;
     fake.delete_pod(NS, "alive", 0).unwrap();
     let (run, _) = finalised(&bridge, &run_of("alive").1).await;
@@ -331,7 +312,7 @@ async fn a_watcher_killed_outside_kubernetes_is_finalised_after_the_silence_time
     let discord = FakeDiscordProc::start(&["--no-rate-limits"]).await;
     let db = dir.path().join("bridge.db");
     let silence = Duration::from_secs(3);
-    let bridge = Bridge::start(
+    let bridge = start_bridge(
         &discord,
         &db,
         &[("RUN_SILENCE_TIMEOUT", format!("{}s", silence.as_secs()))],
@@ -345,8 +326,8 @@ async fn a_watcher_killed_outside_kubernetes_is_finalised_after_the_silence_time
     // Killed before its first heartbeat: provisioning with `heartbeats`
     // counts as one. Without the flag (an older watcher) the run is left to
     // `complete`.
-    let never_beat = bridge.create_run("never-beat", Some(true)).await;
-    let older = bridge.create_run("older", None).await;
+    let never_beat = create_run(&bridge, "never-beat", Some(true)).await;
+    let older = create_run(&bridge, "older", None).await;
 
     let (run, at) = finalised(&bridge, &killed_run).await;
     let took = at - killed_at;
@@ -365,8 +346,8 @@ async fn a_watcher_killed_outside_kubernetes_is_finalised_after_the_silence_time
     let (run, _) = finalised(&bridge, &never_beat).await;
     assert_eq!(run["summary"]["reason"], "silent", "{run}");
     // The heartbeating watcher, as old, is still running its run.
-    assert_eq!(bridge.run(&alive_run).await["status"], "active");
-    assert_eq!(bridge.run(&older).await["status"], "active");
+    assert_eq!(bridge.run(&alive_run, API_TOKEN).await["status"], "active");
+    assert_eq!(bridge.run(&older, API_TOKEN).await["status"], "active");
     let metrics = bridge.metrics().await;
     assert_eq!(
         e2e::metric_value(&metrics, r#"bridge_runs_finalized_total{reason="silent"}"#),
@@ -389,7 +370,7 @@ async fn two_hundred_runs_whose_pods_vanish_at_once_are_finalised_at_discords_pa
     let kubeconfig = fake.kubeconfig(dir.path().join("kubeconfig")).unwrap();
     let discord = FakeDiscordProc::start(&[]).await;
     let db = dir.path().join("bridge.db");
-    let bridge = Bridge::start(&discord, &db, &kube_env(&kubeconfig)).await;
+    let bridge = start_bridge(&discord, &db, &kube_env(&kubeconfig)).await;
     let http = reqwest::Client::new();
     let setup = Instant::now();
     for i in 0..RUNS {
