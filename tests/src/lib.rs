@@ -560,6 +560,20 @@ impl BridgeProc {
         }
     }
 
+    /// `POST /v1/runs` with `api_token` and `body`, which must create the
+    /// run (201): the answer.
+    pub async fn post_run(&self, api_token: &str, body: &serde_json::Value) -> serde_json::Value {
+        let res = reqwest::Client::new()
+            .post(format!("http://{}/v1/runs", self.api))
+            .bearer_auth(api_token)
+            .json(body)
+            .send()
+            .await
+            .expect("POST /v1/runs");
+        assert_eq!(res.status(), 201, "POST /v1/runs");
+        res.json().await.expect("JSON body")
+    }
+
     /// `GET /v1/runs/{run_id}` with `api_token`.
     pub async fn run(&self, run_id: &str, api_token: &str) -> serde_json::Value {
         get_json_authed(&format!("http://{}/v1/runs/{run_id}", self.api), api_token).await

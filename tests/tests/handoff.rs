@@ -74,15 +74,7 @@ impl HandoffApi for BridgeProc {
     }
 
     async fn create_run_with(&self, body: Value) -> Run {
-        let res = reqwest::Client::new()
-            .post(format!("http://{}/v1/runs", self.api))
-            .bearer_auth(API_TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(res.status(), 201);
-        let v: Value = res.json().await.unwrap();
+        let v = self.post_run(API_TOKEN, &body).await;
         Run {
             id: v["run_id"].as_str().unwrap().to_owned(),
             token: v["run_token"].as_str().unwrap().to_owned(),

@@ -48,15 +48,7 @@ async fn create_run(bridge: &BridgeProc, short_id: &str, heartbeats: Option<bool
     if let Some(h) = heartbeats {
         body["heartbeats"] = json!(h);
     }
-    let res = reqwest::Client::new()
-        .post(format!("http://{}/v1/runs", bridge.api))
-        .bearer_auth(API_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 201);
-    let v: Value = res.json().await.unwrap();
+    let v = bridge.post_run(API_TOKEN, &body).await;
     v["run_id"].as_str().unwrap().to_owned()
 }
 
