@@ -508,6 +508,21 @@ mod tests {
         fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64> {
             self.inner.prune_interactions(before)
         }
+        fn discord_buckets(&self) -> StoreFuture<'_, Vec<crate::store::BucketSnapshot>> {
+            self.inner.discord_buckets()
+        }
+        fn put_discord_buckets(
+            &self,
+            buckets: Vec<crate::store::BucketSnapshot>,
+        ) -> StoreFuture<'_, ()> {
+            self.inner.put_discord_buckets(buckets)
+        }
+        fn reserve_discord_request(
+            &self,
+            interval: std::time::Duration,
+        ) -> StoreFuture<'_, std::time::Duration> {
+            self.inner.reserve_discord_request(interval)
+        }
         fn ping(&self) -> StoreFuture<'_, ()> {
             let locked = self.locked.load(Ordering::SeqCst);
             Box::pin(async move {
