@@ -11,7 +11,7 @@ use crate::config::{Config, RetentionAction, RunContainer};
 use crate::events::{BridgeError, BridgeMetrics, ErrorKind};
 use crate::guild::DiscordApi;
 use crate::relay::Relay;
-use crate::store::RunStore;
+use crate::store::{ProvisionGuard, RunStore};
 
 /// The business settings handlers need: the subset of [`Config`] that is not
 /// about listeners, logging or storage location, so tests build it directly.
@@ -37,6 +37,9 @@ pub struct Settings {
     pub operators: crate::access::Operators,
     /// Where operator input may be relayed.
     pub input_url_policy: crate::access::InputUrlPolicy,
+    /// Replicas share one store (Postgres): Discord's buckets move between
+    /// them with the provisioning lock ([`AppState::provision_lock`]).
+    pub shared_rate_limits: bool,
 }
 
 impl Settings {
@@ -56,6 +59,36 @@ impl Settings {
             defer_after: Duration::from_secs(2),
             operators: c.operators.clone(),
             input_url_policy: c.input_url_policy.clone(),
+            shared_rate_limits: matches!(c.database, crate::config::Database::Postgres { .. }),
+        }
+    }
+}
+
+/// The provisioning lock held with the Discord buckets: on release, the
+/// buckets are written back first and the lock let go after, so the next
+/// holder reads what this one knew (see [`AppState::provision_lock`]).
+struct BucketsHandedOn {
+    guard: Option<ProvisionGuard>,
+    store: Arc<dyn RunStore>,
+    discord: Arc<dyn DiscordApi>,
+}
+
+impl Drop for BucketsHandedOn {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        let buckets = self.discord.rate_limits();
+        let store = self.store.clone();
+        let hand_on = async move {
+            if let Err(e) = store.put_discord_buckets(buckets).await {
+                tracing::warn!(error = %e, "Discord buckets not written to the store");
+            }
+            drop(guard);
+        };
+        // No runtime (process exit): the lock goes with the process.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(hand_on);
         }
     }
 }
@@ -247,6 +280,37 @@ impl AppState {
         &self.inner.metrics
     }
 
+    /// Takes the provisioning lock ([`RunStore::provision_lock`]) and, when
+    /// replicas share the store, the Discord buckets with it.
+    ///
+    /// Every call on the guild's routes (list and create channels, archive,
+    /// category clean-up) is made under this lock, so with several replicas
+    /// they take turns on the same buckets; each replica's limiter learns
+    /// Discord's buckets only from its own answers, and pacing from its own
+    /// view of a window the other replica has since spent draws 429s. So the
+    /// holder reads the buckets the last holder left (`discord_buckets`, on
+    /// the store's clock) when it takes the lock, and writes its own back
+    /// before the lock is released: the buckets move with the lock, at one
+    /// read and one write per lock, and no request waits on the store.
+    /// Failing either only costs what pacing alone would: a 429 at worst.
+    pub fn provision_lock(&self) -> crate::store::StoreFuture<'_, ProvisionGuard> {
+        Box::pin(async move {
+            let guard = self.store().provision_lock().await?;
+            if !self.settings().shared_rate_limits {
+                return Ok(guard);
+            }
+            match self.store().discord_buckets().await {
+                Ok(buckets) => self.discord().restore_rate_limits(&buckets),
+                Err(e) => tracing::warn!(error = %e, "Discord buckets not read from the store"),
+            }
+            Ok(ProvisionGuard::new(BucketsHandedOn {
+                guard: Some(guard),
+                store: self.store().clone(),
+                discord: self.discord().clone(),
+            }))
+        })
+    }
+
     /// Loads the active-runs gauge from the store (after a restart).
     pub async fn init_gauges(&self) -> Result<(), crate::store::StoreError> {
         let n = self
@@ -347,6 +411,7 @@ pub(crate) mod fixture {
             },
             input_url_policy: crate::access::InputUrlPolicy::parse("127.0.0.1/32,10.0.0.0/8")
                 .unwrap(),
+            shared_rate_limits: false,
         }
     }
 

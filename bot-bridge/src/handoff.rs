@@ -185,7 +185,7 @@ impl AppState {
         handoff: Handoff,
         caller: &crate::access::Caller,
     ) -> Result<Accepted, RunsError> {
-        let _guard = self.stored(self.store().provision_lock()).await?;
+        let _guard = self.stored(self.provision_lock()).await?;
         let run = self.stored_run(run_id).await?;
         self.authorize(&run, caller).await?;
         let stored = self
@@ -527,7 +527,7 @@ impl Worker {
     /// `None` when messages arrived meanwhile (the next step delivers them).
     async fn complete(&self) -> Result<Option<WorkerEnd>, RunsError> {
         let state = &self.state;
-        let _guard = state.stored(state.store().provision_lock()).await?;
+        let _guard = state.stored(state.provision_lock()).await?;
         let runs = read(state, state.store().handoff_runs()).await?;
         let Some(entry) = runs.into_iter().find(|r| r.run_id == self.run_id) else {
             return Ok(Some(WorkerEnd::Drained));
