@@ -737,4 +737,60 @@ mod tests {
         watch.await.unwrap();
         drainer.await.unwrap();
     }
+
+    /// Two replicas (two states on one store, each with its own Discord
+    /// client and limiter): what the first knew of a guild bucket when it
+    /// let go of the provisioning lock is what the second paces from when
+    /// it takes the lock. With the hand-on off, the second knows nothing and
+    /// would spend the bucket the first already spent.
+    async fn handed_on(shared: bool) -> Vec<crate::store::BucketSnapshot> {
+        use crate::guild::rest::{MetricsObserver, RestDiscord};
+        use crate::store::BucketSnapshot;
+        let store: Arc<dyn RunStore> = Arc::new(SqliteStore::memory().unwrap());
+        let replica = || {
+            let discord = RestDiscord::new(
+                "http://127.0.0.1:9/api/v10",
+                Secret::new("bot-token".into()),
+                Duration::from_secs(1),
+                Arc::new(MetricsObserver(BridgeMetrics::unregistered().unwrap())),
+            )
+            .unwrap();
+            AppState::new(
+                Settings {
+                    shared_rate_limits: shared,
+                    ..fixture::settings()
+                },
+                store.clone(),
+                Arc::new(discord),
+                BridgeMetrics::unregistered().unwrap(),
+                Relay::new(Duration::from_secs(5)).unwrap(),
+                None,
+            )
+        };
+        let (a, b) = (replica(), replica());
+        let guard = a.provision_lock().await.unwrap();
+        // What replica a learnt from Discord's answers while it held the lock.
+        a.discord().restore_rate_limits(&[BucketSnapshot {
+            route: "POST /guilds/{guild_id}/channels 900".into(),
+            limit: Some(10),
+            remaining: Some(1),
+            reset_after: Some(Duration::from_secs(30)),
+            blocked_for: None,
+        }]);
+        drop(guard);
+        let _guard = tokio::time::timeout(Duration::from_secs(10), b.provision_lock())
+            .await
+            .expect("the lock is let go after the hand-on")
+            .unwrap();
+        b.discord().rate_limits()
+    }
+
+    #[tokio::test]
+    async fn the_guild_buckets_move_with_the_provisioning_lock() {
+        let got = handed_on(true).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].limit, got[0].remaining), (Some(10), Some(1)));
+        assert!(got[0].reset_after.unwrap() > Duration::from_secs(25));
+        assert!(handed_on(false).await.is_empty());
+    }
 }

@@ -17,11 +17,11 @@ use crate::access::Operators;
 pub type DiscordFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, DiscordError>> + Send + 'a>>;
 
 use discord::error_code;
-use discord::ratelimit::BucketSnapshot;
 /// Webhooks one channel may hold.
 pub use discord::limits::WEBHOOKS_PER_CHANNEL as MAX_WEBHOOKS_PER_CHANNEL;
 /// Permission bits used in overwrites.
 pub use discord::permission as perm;
+use discord::ratelimit::BucketSnapshot;
 /// Channel types bot-bridge creates or reads (Discord's, from the model crate).
 pub use discord::rest::channel_kind as kind;
 
@@ -354,11 +354,12 @@ pub mod rest {
     impl SharedBudget for StoreBudget {
         fn reserve(
             &self,
-        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, String>> + Send + '_>>
-        {
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Duration, String>> + Send + '_>,
+        > {
             Box::pin(async move {
-                let interval = Duration::from_secs(1)
-                    / discord::ratelimit::DEFAULT_GLOBAL_PER_SECOND.max(1);
+                let interval =
+                    Duration::from_secs(1) / discord::ratelimit::DEFAULT_GLOBAL_PER_SECOND.max(1);
                 self.store
                     .reserve_discord_request(interval)
                     .await

@@ -447,5 +447,8 @@ pub trait RunStore: Send + Sync + 'static {
     /// for 50 a second), and returns how long to wait before sending in it
     /// (zero when the budget has room now). Slots are handed out in order on
     /// the store's clock, so no two processes ever take the same one.
-    fn reserve_discord_request(&self, interval: std::time::Duration) -> StoreFuture<'_, std::time::Duration>;
+    fn reserve_discord_request(
+        &self,
+        interval: std::time::Duration,
+    ) -> StoreFuture<'_, std::time::Duration>;
 }

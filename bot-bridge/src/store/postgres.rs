@@ -25,12 +25,12 @@ use ops::Secret;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::{bucket_from_row, store_millis, BucketSnapshot};
 use super::{
     CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
     IdentitySource, Inserted, ListCursor, PodIdentity, ProvisionGuard, RunKey, RunLiveness,
     RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoredWebhook,
 };
-use super::{bucket_from_row, store_millis, BucketSnapshot};
 
 /// The database server's clock in unix milliseconds: every replica reads
 /// and writes shared rate-limit times on it, so their clocks never meet.
@@ -846,7 +846,9 @@ impl RunStore for PostgresStore {
                 .await
                 .map_err(db)?;
             let wait: i64 = row.get(0);
-            Ok(Duration::from_millis(u64::try_from(wait.max(0)).unwrap_or(0)))
+            Ok(Duration::from_millis(
+                u64::try_from(wait.max(0)).unwrap_or(0),
+            ))
         })
     }
 

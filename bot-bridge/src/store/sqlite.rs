@@ -13,12 +13,12 @@ use std::time::Duration;
 use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::{bucket_from_row, store_millis, BucketSnapshot};
 use super::{
     CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
     IdentitySource, Inserted, ListCursor, PodIdentity, ProvisionGuard, RunKey, RunLiveness,
     RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoredWebhook,
 };
-use super::{bucket_from_row, store_millis, BucketSnapshot};
 
 /// Schema migrations, applied in order; never edit one that shipped.
 const MIGRATIONS: &[&str] = &[

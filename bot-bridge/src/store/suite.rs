@@ -382,9 +382,15 @@ async fn discord_buckets_pass_from_one_handle_to_the_next(a: Handle, b: Handle) 
     let (got_blocked, got_open) = (&got[0], &got[1]);
     assert_eq!((got_open.limit, got_open.remaining), (Some(10), Some(3)));
     let reset = got_open.reset_after.unwrap();
-    assert!(reset <= Duration::from_secs(30) && reset > Duration::from_secs(20), "{reset:?}");
+    assert!(
+        reset <= Duration::from_secs(30) && reset > Duration::from_secs(20),
+        "{reset:?}"
+    );
     let block = got_blocked.blocked_for.unwrap();
-    assert!(block <= Duration::from_secs(20) && block > Duration::from_secs(10), "{block:?}");
+    assert!(
+        block <= Duration::from_secs(20) && block > Duration::from_secs(10),
+        "{block:?}"
+    );
     assert_eq!(got_blocked.reset_after, None);
 
     b.put_discord_buckets(vec![blocked.clone()]).await.unwrap();

@@ -702,8 +702,7 @@ impl Limiter {
                     bucket.reset_at = Some(now + DEFAULT_RESET_AFTER);
                 }
                 if let Some(blocked) = s.blocked_for {
-                    bucket.blocked_until =
-                        later(bucket.blocked_until, now + blocked.min(MAX_WAIT));
+                    bucket.blocked_until = later(bucket.blocked_until, now + blocked.min(MAX_WAIT));
                 }
             }
         }

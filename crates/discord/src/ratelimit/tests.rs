@@ -619,7 +619,9 @@ async fn a_restored_bucket_never_wedges() {
     assert!(permit_within(&limiter, "no-reset", None, Duration::ZERO)
         .await
         .is_some());
-    assert!(permit_within(&limiter, "far", None, MAX_WAIT).await.is_some());
+    assert!(permit_within(&limiter, "far", None, MAX_WAIT)
+        .await
+        .is_some());
     assert_eq!(Instant::now() - start, MAX_WAIT);
 }
 
