@@ -55,6 +55,11 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
 }
 
+/// The furthest ahead the shared global budget hands out a slot, in ms: a
+/// store clock stepped back (or a slot reserved by a replica that then
+/// died) never holds requests longer than the REST client's longest wait.
+pub(crate) const GLOBAL_BACKLOG_MS: i64 = 60_000;
+
 /// A duration as whole milliseconds for the store, rounded up (a wait is
 /// never shortened) and capped at the limiter's longest wait, so adding it
 /// to a clock reading cannot overflow.

@@ -25,7 +25,7 @@ use ops::Secret;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
-use super::{bucket_from_row, store_millis, BucketSnapshot};
+use super::{bucket_from_row, store_millis, BucketSnapshot, GLOBAL_BACKLOG_MS};
 use super::{
     CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
     IdentitySource, Inserted, ListCursor, PodIdentity, ProvisionGuard, RunKey, RunLiveness,
@@ -837,11 +837,12 @@ impl RunStore for PostgresStore {
             let row = client
                 .query_one(
                     &format!(
-                        "UPDATE discord_global SET next = GREATEST(next, n.now) + $1 \
+                        "UPDATE discord_global \
+                         SET next = LEAST(GREATEST(next, n.now), n.now + $2) + $1 \
                          FROM (SELECT {NOW_MS} AS now) n WHERE id = 1 \
                          RETURNING next - $1 - n.now"
                     ),
-                    &[&step],
+                    &[&step, &GLOBAL_BACKLOG_MS],
                 )
                 .await
                 .map_err(db)?;

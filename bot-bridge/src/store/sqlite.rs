@@ -13,7 +13,7 @@ use std::time::Duration;
 use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{bucket_from_row, store_millis, BucketSnapshot};
+use super::{bucket_from_row, store_millis, BucketSnapshot, GLOBAL_BACKLOG_MS};
 use super::{
     CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
     IdentitySource, Inserted, ListCursor, PodIdentity, ProvisionGuard, RunKey, RunLiveness,
@@ -952,9 +952,9 @@ impl RunStore for SqliteStore {
             let (now, step) = (now_ms(), store_millis(interval));
             let next: i64 = conn
                 .query_row(
-                    "UPDATE discord_global SET next = MAX(next, ?1) + ?2 WHERE id = 1 \
-                     RETURNING next",
-                    params![now, step],
+                    "UPDATE discord_global SET next = MIN(MAX(next, ?1), ?1 + ?3) + ?2 \
+                     WHERE id = 1 RETURNING next",
+                    params![now, step, GLOBAL_BACKLOG_MS],
                     |r| r.get(0),
                 )
                 .map_err(db)?;

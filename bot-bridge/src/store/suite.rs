@@ -422,6 +422,16 @@ async fn global_reservations_are_spaced_across_handles(a: Handle, b: Handle) {
     // task answered late (each slot is read as its answer time + the wait).
     let span = slots[39].duration_since(slots[0]).unwrap_or_default();
     assert!(span >= Duration::from_millis(600), "{span:?}");
+
+    // However far ahead the budget was booked (a clock stepped back), no
+    // request waits longer than the REST client's longest wait.
+    for _ in 0..5 {
+        a.reserve_discord_request(Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let wait = b.reserve_discord_request(interval).await.unwrap();
+    assert!(wait <= Duration::from_secs(60), "{wait:?}");
 }
 
 async fn ping_succeeds_on_a_writable_store(a: Handle, _b: Handle) {
