@@ -286,7 +286,7 @@ async fn burst_with_leader_killed(n: usize) {
     let total = rate_limited(&stats);
     assert!(total <= 2, "{total} 429s: {stats}");
     eprintln!(
-        "fleet burst: {n} runs, last answered after {last:?} (p50 {p50:?}), survivor RSS {rss} KiB, \
+        "fleet burst: {n} runs, last answered after {last:?} (p50 {p50:?}), {total} x 429, survivor RSS {rss} KiB, \
          {orphans} orphan(s), handover {handover:?}, {samples} leader samples, fake-discord stats {stats}"
     );
 }
