@@ -113,7 +113,7 @@ CREATE TABLE handoff_completions (
 );
 ",
     // Discord rate limits shared by replicas (issue 21), as SQLite's
-    // migration 6. Times are unix milliseconds on the database server's
+    // migration of the same number. Times are unix milliseconds on the database server's
     // clock, the one clock every replica shares.
     r"
 CREATE TABLE discord_buckets (
