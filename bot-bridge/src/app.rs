@@ -11,7 +11,7 @@ use crate::config::{Config, RetentionAction, RunContainer};
 use crate::events::{BridgeError, BridgeMetrics, ErrorKind};
 use crate::guild::DiscordApi;
 use crate::relay::Relay;
-use crate::store::RunStore;
+use crate::store::{ProvisionGuard, RunStore};
 
 /// The business settings handlers need: the subset of [`Config`] that is not
 /// about listeners, logging or storage location, so tests build it directly.
@@ -37,6 +37,9 @@ pub struct Settings {
     pub operators: crate::access::Operators,
     /// Where operator input may be relayed.
     pub input_url_policy: crate::access::InputUrlPolicy,
+    /// Replicas share one store (Postgres): Discord's buckets move between
+    /// them with the provisioning lock ([`AppState::provision_lock`]).
+    pub shared_rate_limits: bool,
 }
 
 impl Settings {
@@ -56,6 +59,36 @@ impl Settings {
             defer_after: Duration::from_secs(2),
             operators: c.operators.clone(),
             input_url_policy: c.input_url_policy.clone(),
+            shared_rate_limits: matches!(c.database, crate::config::Database::Postgres { .. }),
+        }
+    }
+}
+
+/// The provisioning lock held with the Discord buckets: on release, the
+/// buckets are written back first and the lock let go after, so the next
+/// holder reads what this one knew (see [`AppState::provision_lock`]).
+struct BucketsHandedOn {
+    guard: Option<ProvisionGuard>,
+    store: Arc<dyn RunStore>,
+    discord: Arc<dyn DiscordApi>,
+}
+
+impl Drop for BucketsHandedOn {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        let buckets = self.discord.rate_limits();
+        let store = self.store.clone();
+        let hand_on = async move {
+            if let Err(e) = store.put_discord_buckets(buckets).await {
+                tracing::warn!(error = %e, "Discord buckets not written to the store");
+            }
+            drop(guard);
+        };
+        // No runtime (process exit): the lock goes with the process.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(hand_on);
         }
     }
 }
@@ -253,6 +286,37 @@ impl AppState {
         &self.inner.metrics
     }
 
+    /// Takes the provisioning lock ([`RunStore::provision_lock`]) and, when
+    /// replicas share the store, the Discord buckets with it.
+    ///
+    /// Every call on the guild's routes (list and create channels, archive,
+    /// category clean-up) is made under this lock, so with several replicas
+    /// they take turns on the same buckets; each replica's limiter learns
+    /// Discord's buckets only from its own answers, and pacing from its own
+    /// view of a window the other replica has since spent draws 429s. So the
+    /// holder reads the buckets the last holder left (`discord_buckets`, on
+    /// the store's clock) when it takes the lock, and writes its own back
+    /// before the lock is released: the buckets move with the lock, at one
+    /// read and one write per lock, and no request waits on the store.
+    /// Failing either only costs what pacing alone would: a 429 at worst.
+    pub fn provision_lock(&self) -> crate::store::StoreFuture<'_, ProvisionGuard> {
+        Box::pin(async move {
+            let guard = self.store().provision_lock().await?;
+            if !self.settings().shared_rate_limits {
+                return Ok(guard);
+            }
+            match self.store().discord_buckets().await {
+                Ok(buckets) => self.discord().restore_rate_limits(&buckets),
+                Err(e) => tracing::warn!(error = %e, "Discord buckets not read from the store"),
+            }
+            Ok(ProvisionGuard::new(BucketsHandedOn {
+                guard: Some(guard),
+                store: self.store().clone(),
+                discord: self.discord().clone(),
+            }))
+        })
+    }
+
     /// Loads the active-runs gauge from the store (after a restart).
     pub async fn init_gauges(&self) -> Result<(), crate::store::StoreError> {
         let n = self
@@ -353,6 +417,7 @@ pub(crate) mod fixture {
             },
             input_url_policy: crate::access::InputUrlPolicy::parse("127.0.0.1/32,10.0.0.0/8")
                 .unwrap(),
+            shared_rate_limits: false,
         }
     }
 
@@ -531,6 +596,21 @@ mod tests {
         fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64> {
             self.inner.prune_interactions(before)
         }
+        fn discord_buckets(&self) -> StoreFuture<'_, Vec<crate::store::BucketSnapshot>> {
+            self.inner.discord_buckets()
+        }
+        fn put_discord_buckets(
+            &self,
+            buckets: Vec<crate::store::BucketSnapshot>,
+        ) -> StoreFuture<'_, ()> {
+            self.inner.put_discord_buckets(buckets)
+        }
+        fn reserve_discord_request(
+            &self,
+            interval: std::time::Duration,
+        ) -> StoreFuture<'_, std::time::Duration> {
+            self.inner.reserve_discord_request(interval)
+        }
         fn ping(&self) -> StoreFuture<'_, ()> {
             let locked = self.locked.load(Ordering::SeqCst);
             Box::pin(async move {
@@ -679,5 +759,61 @@ mod tests {
         shutdown.trigger();
         watch.await.unwrap();
         drainer.await.unwrap();
+    }
+
+    /// Two replicas (two states on one store, each with its own Discord
+    /// client and limiter): what the first knew of a guild bucket when it
+    /// let go of the provisioning lock is what the second paces from when
+    /// it takes the lock. With the hand-on off, the second knows nothing and
+    /// would spend the bucket the first already spent.
+    async fn handed_on(shared: bool) -> Vec<crate::store::BucketSnapshot> {
+        use crate::guild::rest::{MetricsObserver, RestDiscord};
+        use crate::store::BucketSnapshot;
+        let store: Arc<dyn RunStore> = Arc::new(SqliteStore::memory().unwrap());
+        let replica = || {
+            let discord = RestDiscord::new(
+                "http://127.0.0.1:9/api/v10",
+                Secret::new("bot-token".into()),
+                Duration::from_secs(1),
+                Arc::new(MetricsObserver(BridgeMetrics::unregistered().unwrap())),
+            )
+            .unwrap();
+            AppState::new(
+                Settings {
+                    shared_rate_limits: shared,
+                    ..fixture::settings()
+                },
+                store.clone(),
+                Arc::new(discord),
+                BridgeMetrics::unregistered().unwrap(),
+                Relay::new(Duration::from_secs(5)).unwrap(),
+                None,
+            )
+        };
+        let (a, b) = (replica(), replica());
+        let guard = a.provision_lock().await.unwrap();
+        // What replica a learnt from Discord's answers while it held the lock.
+        a.discord().restore_rate_limits(&[BucketSnapshot {
+            route: "POST /guilds/{guild_id}/channels 900".into(),
+            limit: Some(10),
+            remaining: Some(1),
+            reset_after: Some(Duration::from_secs(30)),
+            blocked_for: None,
+        }]);
+        drop(guard);
+        let _guard = tokio::time::timeout(Duration::from_secs(10), b.provision_lock())
+            .await
+            .expect("the lock is let go after the hand-on")
+            .unwrap();
+        b.discord().rate_limits()
+    }
+
+    #[tokio::test]
+    async fn the_guild_buckets_move_with_the_provisioning_lock() {
+        let got = handed_on(true).await;
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!((got[0].limit, got[0].remaining), (Some(10), Some(1)));
+        assert!(got[0].reset_after.unwrap() > Duration::from_secs(25));
+        assert!(handed_on(false).await.is_empty());
     }
 }

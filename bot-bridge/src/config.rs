@@ -92,7 +92,8 @@ pub struct Options {
     #[arg(long, env = "OPS_ADDR", default_value = "0.0.0.0:9090")]
     pub ops_addr: String,
     /// Run store: `sqlite://PATH`, `sqlite::memory:` or `postgres://USER:PASSWORD@HOST/DB`
-    /// (several replicas need Postgres). May contain credentials: secret.
+    /// (several replicas need Postgres; on it they also share Discord's rate limits, so
+    /// together they pace as one bot). May contain credentials: secret.
     #[arg(
         long,
         env = "DATABASE_URL",

@@ -21,6 +21,7 @@ use discord::error_code;
 pub use discord::limits::WEBHOOKS_PER_CHANNEL as MAX_WEBHOOKS_PER_CHANNEL;
 /// Permission bits used in overwrites.
 pub use discord::permission as perm;
+use discord::ratelimit::BucketSnapshot;
 /// Channel types bot-bridge creates or reads (Discord's, from the model crate).
 pub use discord::rest::channel_kind as kind;
 
@@ -155,6 +156,14 @@ pub trait DiscordApi: Send + Sync + 'static {
         thread_id: Option<&str>,
         body: &Value,
     ) -> DiscordFuture<'_, ()>;
+    /// What the rate limiter knows of Discord's open buckets, handed to the
+    /// next holder of the provisioning lock (`AppState::provision_lock`).
+    /// Stand-ins without a limiter know nothing.
+    fn rate_limits(&self) -> Vec<BucketSnapshot> {
+        Vec::new()
+    }
+    /// Takes over the last lock holder's view of the buckets.
+    fn restore_rate_limits(&self, _buckets: &[BucketSnapshot]) {}
 }
 
 /// The overwrites of a live run channel: everyone may read, nobody but the
@@ -242,12 +251,14 @@ pub mod rest {
 
     use discord::rest::{
         CreateChannel, Overwrite as RestOverwrite, RestClient, RestConfig, RestError, RestObserver,
+        SharedBudget,
     };
     use ops::Secret;
     use serde_json::Value;
 
     use super::{Channel, DiscordApi, DiscordError, DiscordFuture, NewChannel, Webhook};
     use crate::events::BridgeMetrics;
+    use crate::store::RunStore;
 
     /// Maps the REST client's hooks onto `bridge_discord_*` metrics.
     #[derive(Debug, Clone)]
@@ -318,7 +329,52 @@ pub mod rest {
         Some(r).filter(|r| !r.is_empty())
     }
 
+    impl RestDiscord {
+        /// Paces every request by the global budget replicas share through
+        /// `store` as well (Discord's 50 a second is per bot, not per replica).
+        #[must_use]
+        pub fn with_shared_budget(mut self, store: Arc<dyn RunStore>) -> Self {
+            self.client = self
+                .client
+                .with_shared_budget(Arc::new(StoreBudget { store }));
+            self
+        }
+    }
+
+    /// Discord's global budget as one slot every 20 ms handed out by the
+    /// store ([`RunStore::reserve_discord_request`]): strictly spaced, so no
+    /// second ever holds more than 50 of every replica's requests together.
+    /// One small write per request is the price; requests under the
+    /// provisioning lock are seconds apart from each other anyway, pacing
+    /// Discord's 10-a-second guild buckets.
+    struct StoreBudget {
+        store: Arc<dyn RunStore>,
+    }
+
+    impl SharedBudget for StoreBudget {
+        fn reserve(
+            &self,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Duration, String>> + Send + '_>,
+        > {
+            Box::pin(async move {
+                let interval =
+                    Duration::from_secs(1) / discord::ratelimit::DEFAULT_GLOBAL_PER_SECOND.max(1);
+                self.store
+                    .reserve_discord_request(interval)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
+
     impl DiscordApi for RestDiscord {
+        fn rate_limits(&self) -> Vec<discord::ratelimit::BucketSnapshot> {
+            self.client.rate_limits()
+        }
+        fn restore_rate_limits(&self, buckets: &[discord::ratelimit::BucketSnapshot]) {
+            self.client.restore_rate_limits(buckets);
+        }
         fn list_guild_channels(&self, guild_id: &str) -> DiscordFuture<'_, Vec<Channel>> {
             let guild_id = guild_id.to_owned();
             Box::pin(async move {

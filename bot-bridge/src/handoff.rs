@@ -598,7 +598,7 @@ impl Worker {
     /// `None` when messages arrived meanwhile (the next step delivers them).
     async fn complete(&self) -> Result<Option<WorkerEnd>, RunsError> {
         let state = &self.state;
-        let _guard = state.stored(state.store().provision_lock()).await?;
+        let _guard = state.stored(state.provision_lock()).await?;
         let _finishing = state
             .stored(state.store().finish_lock(self.run_id.clone()))
             .await?;

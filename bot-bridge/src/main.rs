@@ -123,6 +123,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Arc::new(MetricsObserver(bridge_metrics.clone())),
     )
     .context("cannot set up the Discord client")?;
+    // Replicas on one Postgres share Discord's global budget through it.
+    let discord = match &cfg.database {
+        Database::Postgres { .. } => discord.with_shared_budget(store.clone()),
+        _ => discord,
+    };
     let state = AppState::new(
         Settings::from_config(&cfg),
         store,

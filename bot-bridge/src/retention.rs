@@ -107,7 +107,7 @@ pub async fn tick(state: &AppState, now: i64) -> TickReport {
     for mut run in due {
         // One run at a time under the provisioning lock: category placement and
         // cleanup must not race a run being created.
-        let _guard = match state.store().provision_lock().await {
+        let _guard = match state.provision_lock().await {
             Ok(g) => g,
             Err(e) => {
                 state.report(ErrorKind::Store, None, &e);
@@ -167,7 +167,7 @@ pub async fn tick(state: &AppState, now: i64) -> TickReport {
         }
     }
     if channel_mode {
-        match state.store().provision_lock().await {
+        match state.provision_lock().await {
             Ok(_guard) => report.categories_removed = remove_empty_overflow(state).await,
             Err(e) => {
                 state.report(ErrorKind::Store, None, &e);

@@ -29,6 +29,7 @@ mod suite;
 use std::future::Future;
 use std::pin::Pin;
 
+pub use discord::ratelimit::BucketSnapshot;
 use ops::Secret;
 use serde::Serialize;
 use serde_json::Value;
@@ -52,6 +53,50 @@ pub enum StoreError {
          before the upgrade, see docs/OPERATIONS.md)"
     )]
     SchemaTooNew { found: i64, known: i64 },
+}
+
+/// The furthest ahead the shared global budget hands out a slot, in ms: a
+/// store clock stepped back (or a slot reserved by a replica that then
+/// died) never holds requests longer than the REST client's longest wait.
+pub(crate) const GLOBAL_BACKLOG_MS: i64 = 60_000;
+
+/// A duration as whole milliseconds for the store, rounded up (a wait is
+/// never shortened) and capped at the limiter's longest wait, so adding it
+/// to a clock reading cannot overflow.
+pub(crate) fn store_millis(d: std::time::Duration) -> i64 {
+    let d = d.min(discord::ratelimit::MAX_WAIT);
+    i64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// A stored deadline (unix ms on the store's clock) as a duration from
+/// `now_ms`; `None` once it has passed.
+fn ms_until(at: Option<i64>, now_ms: i64) -> Option<std::time::Duration> {
+    let left = at?.checked_sub(now_ms).filter(|ms| *ms > 0)?;
+    Some(std::time::Duration::from_millis(u64::try_from(left).ok()?))
+}
+
+/// One `discord_buckets` row read at `now_ms`: `None` when nothing in it is
+/// still open (the next holder learns that much from one request).
+pub(crate) fn bucket_from_row(
+    route: String,
+    limit: Option<i64>,
+    remaining: Option<i64>,
+    reset_at: Option<i64>,
+    blocked_until: Option<i64>,
+    now_ms: i64,
+) -> Option<BucketSnapshot> {
+    let reset_after = ms_until(reset_at, now_ms);
+    let blocked_for = ms_until(blocked_until, now_ms);
+    if reset_after.is_none() && blocked_for.is_none() {
+        return None;
+    }
+    Some(BucketSnapshot {
+        route,
+        limit: limit.and_then(|v| u32::try_from(v).ok()),
+        remaining: remaining.and_then(|v| u32::try_from(v).ok()),
+        reset_after,
+        blocked_for,
+    })
 }
 
 /// Held while a run is provisioned or finished: while one guard lives, no
@@ -416,4 +461,22 @@ pub trait RunStore: Send + Sync + 'static {
     /// Forgets interaction claims older than `before` (Discord gives an
     /// interaction 15 minutes of life); returns how many.
     fn prune_interactions(&self, before: i64) -> StoreFuture<'_, u64>;
+
+    /// The Discord buckets the last holder of the provisioning lock left
+    /// (see [`RunStore::put_discord_buckets`]), durations counted from now on
+    /// the store's clock; windows and blocks that have ended are left out.
+    fn discord_buckets(&self) -> StoreFuture<'_, Vec<BucketSnapshot>>;
+    /// Replaces the stored Discord buckets with `buckets` (durations from
+    /// now), written by the holder of the provisioning lock before it lets
+    /// go, so the next holder paces the guild's routes from where it left off.
+    fn put_discord_buckets(&self, buckets: Vec<BucketSnapshot>) -> StoreFuture<'_, ()>;
+    /// Reserves the next slot of a request budget shared by every process on
+    /// this store, one slot per `interval` (Discord's global limit: 20 ms
+    /// for 50 a second), and returns how long to wait before sending in it
+    /// (zero when the budget has room now). Slots are handed out in order on
+    /// the store's clock, so no two processes ever take the same one.
+    fn reserve_discord_request(
+        &self,
+        interval: std::time::Duration,
+    ) -> StoreFuture<'_, std::time::Duration>;
 }

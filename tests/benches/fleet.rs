@@ -296,6 +296,9 @@ async fn scenario(name: &str, backend: &str, replicas_n: usize, runs: usize) -> 
         "cpu_seconds": cpu,
         "cpu_ms_per_run": cpu * 1000.0 / runs as f64,
         "guild_requests": {"list": lists, "create": creates},
+        // Where any 429 came from: REST by scope, requests (429s included) by route.
+        "discord_429_by_scope": {"rest": stats["rest_rate_limited"], "webhook": stats["rate_limited"]},
+        "discord_requests_by_route": stats["rest_requests"],
     });
     eprintln!("{report}");
     Some(report)

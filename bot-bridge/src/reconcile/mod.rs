@@ -600,7 +600,7 @@ impl AppState {
     /// through its webhook, then takes `complete`'s path (webhook revoked,
     /// archive scheduled). `Ok(false)` when the run was no longer active.
     pub async fn finalize(&self, run_id: &str, ending: &Ending) -> Result<bool, RunsError> {
-        let _guard = self.stored(self.store().provision_lock()).await?;
+        let _guard = self.stored(self.provision_lock()).await?;
         let run = self.stored_run(run_id).await?;
         if run.status != RunStatus::Active {
             return Ok(false);

@@ -315,7 +315,7 @@ impl AppState {
             .map(|u| policy.check(u).map_err(RunsError::BadRequest))
             .transpose()?;
         let proposed = caller.proposed_token().map_err(RunsError::BadRequest)?;
-        let _guard = self.stored(self.store().provision_lock()).await?;
+        let _guard = self.stored(self.provision_lock()).await?;
         let store = self.store();
         let mut issued = None;
         let (mut run, created) = match self.stored(store.find_by_key(key.clone())).await? {
@@ -647,7 +647,7 @@ impl AppState {
         summary: Option<serde_json::Value>,
         caller: &Caller,
     ) -> Result<RunRecord, RunsError> {
-        let _guard = self.stored(self.store().provision_lock()).await?;
+        let _guard = self.stored(self.provision_lock()).await?;
         let run = self.stored_run(run_id).await?;
         self.authorize(&run, caller).await?;
         if run.status != RunStatus::Active {

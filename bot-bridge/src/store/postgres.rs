@@ -25,11 +25,16 @@ use ops::Secret;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row};
 
+use super::{bucket_from_row, store_millis, BucketSnapshot, GLOBAL_BACKLOG_MS};
 use super::{
     CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
     IdentitySource, Inserted, ListCursor, PodIdentity, ProvisionGuard, RunKey, RunLiveness,
     RunRecord, RunStatus, RunStore, StoreError, StoreFuture, StoredWebhook,
 };
+
+/// The database server's clock in unix milliseconds: every replica reads
+/// and writes shared rate-limit times on it, so their clocks never meet.
+const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
 /// Schema migrations, applied in order; never edit one that shipped. The
 /// Postgres history is its own (types differ from SQLite's), but every
@@ -115,6 +120,23 @@ CREATE TABLE handoff_pacing (
     sends      TEXT NOT NULL,
     stored_at  BIGINT NOT NULL
 );
+",
+    // Discord rate limits shared by replicas (issue 21), as SQLite's
+    // migration of the same number. Times are unix milliseconds on the database server's
+    // clock, the one clock every replica shares.
+    r"
+CREATE TABLE discord_buckets (
+    route          TEXT PRIMARY KEY,
+    lim            BIGINT,
+    remaining      BIGINT,
+    reset_at       BIGINT,
+    blocked_until  BIGINT
+);
+CREATE TABLE discord_global (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    next  BIGINT NOT NULL
+);
+INSERT INTO discord_global (id, next) VALUES (1, 0);
 ",
 ];
 
@@ -876,6 +898,84 @@ impl RunStore for PostgresStore {
                 &[&before],
             )
             .await
+        })
+    }
+
+    fn discord_buckets(&self) -> StoreFuture<'_, Vec<BucketSnapshot>> {
+        Box::pin(async move {
+            let client = self.client().await?;
+            let rows = client
+                .query(
+                    &format!(
+                        "SELECT route, lim, remaining, reset_at, blocked_until, {NOW_MS} \
+                         FROM discord_buckets ORDER BY route"
+                    ),
+                    &[],
+                )
+                .await
+                .map_err(db)?;
+            Ok(rows
+                .iter()
+                .filter_map(|r| {
+                    bucket_from_row(r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
+                })
+                .collect())
+        })
+    }
+
+    fn put_discord_buckets(&self, buckets: Vec<BucketSnapshot>) -> StoreFuture<'_, ()> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await.map_err(db)?;
+            tx.execute("DELETE FROM discord_buckets", &[])
+                .await
+                .map_err(db)?;
+            let insert = format!(
+                "INSERT INTO discord_buckets (route, lim, remaining, reset_at, blocked_until) \
+                 VALUES ($1, $2, $3, {NOW_MS} + $4, {NOW_MS} + $5)"
+            );
+            for b in &buckets {
+                let reset = b.reset_after.map(store_millis);
+                let blocked = b.blocked_for.map(store_millis);
+                tx.execute(
+                    &insert,
+                    &[
+                        &b.route,
+                        &b.limit.map(i64::from),
+                        &b.remaining.map(i64::from),
+                        &reset,
+                        &blocked,
+                    ],
+                )
+                .await
+                .map_err(db)?;
+            }
+            tx.commit().await.map_err(db)
+        })
+    }
+
+    fn reserve_discord_request(&self, interval: Duration) -> StoreFuture<'_, Duration> {
+        Box::pin(async move {
+            let step = store_millis(interval);
+            let client = self.client().await?;
+            // One row, updated in place: the row lock orders concurrent
+            // reservations, and each takes the slot after the last one.
+            let row = client
+                .query_one(
+                    &format!(
+                        "UPDATE discord_global \
+                         SET next = LEAST(GREATEST(next, n.now), n.now + $2) + $1 \
+                         FROM (SELECT {NOW_MS} AS now) n WHERE id = 1 \
+                         RETURNING next - $1 - n.now"
+                    ),
+                    &[&step, &GLOBAL_BACKLOG_MS],
+                )
+                .await
+                .map_err(db)?;
+            let wait: i64 = row.get(0);
+            Ok(Duration::from_millis(
+                u64::try_from(wait.max(0)).unwrap_or(0),
+            ))
         })
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ops::Secret;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use super::{bucket_from_row, store_millis, BucketSnapshot, GLOBAL_BACKLOG_MS};
 use super::{
     CategoryKind, CategoryRecord, HandoffMessage, HandoffOutcome, HandoffRun, HandoffStored,
     IdentitySource, Inserted, ListCursor, PodIdentity, ProvisionGuard, RunKey, RunLiveness,
@@ -102,6 +103,23 @@ CREATE TABLE handoff_pacing (
     sends      TEXT NOT NULL,
     stored_at  BIGINT NOT NULL
 );
+",
+    // Discord rate limits shared by replicas (issue 21): the buckets the
+    // provisioning lock's last holder knew, and the global budget's next
+    // free slot. Times are unix milliseconds on the store's clock.
+    r"
+CREATE TABLE discord_buckets (
+    route          TEXT PRIMARY KEY,
+    lim            BIGINT,
+    remaining      BIGINT,
+    reset_at       BIGINT,
+    blocked_until  BIGINT
+);
+CREATE TABLE discord_global (
+    id    INTEGER PRIMARY KEY CHECK (id = 1),
+    next  BIGINT NOT NULL
+);
+INSERT INTO discord_global (id, next) VALUES (1, 0);
 ",
 ];
 
@@ -976,6 +994,82 @@ impl RunStore for SqliteStore {
             Ok(u64::try_from(n).unwrap_or(0))
         })
     }
+
+    fn discord_buckets(&self) -> StoreFuture<'_, Vec<BucketSnapshot>> {
+        self.run(|conn| {
+            let now = now_ms();
+            let mut stmt = conn
+                .prepare(
+                    "SELECT route, lim, remaining, reset_at, blocked_until FROM discord_buckets \
+                     ORDER BY route",
+                )
+                .map_err(db)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(bucket_from_row(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        now,
+                    ))
+                })
+                .map_err(db)?;
+            let mut out = Vec::new();
+            for row in rows {
+                out.extend(row.map_err(db)?);
+            }
+            Ok(out)
+        })
+    }
+
+    fn put_discord_buckets(&self, buckets: Vec<BucketSnapshot>) -> StoreFuture<'_, ()> {
+        self.run(move |conn| {
+            let now = now_ms();
+            let tx = conn.transaction().map_err(db)?;
+            tx.execute("DELETE FROM discord_buckets", []).map_err(db)?;
+            for b in &buckets {
+                tx.execute(
+                    "INSERT INTO discord_buckets (route, lim, remaining, reset_at, blocked_until) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        b.route,
+                        b.limit,
+                        b.remaining,
+                        b.reset_after.map(|d| now.saturating_add(store_millis(d))),
+                        b.blocked_for.map(|d| now.saturating_add(store_millis(d))),
+                    ],
+                )
+                .map_err(db)?;
+            }
+            tx.commit().map_err(db)
+        })
+    }
+
+    fn reserve_discord_request(&self, interval: Duration) -> StoreFuture<'_, Duration> {
+        self.run(move |conn| {
+            let (now, step) = (now_ms(), store_millis(interval));
+            let next: i64 = conn
+                .query_row(
+                    "UPDATE discord_global SET next = MIN(MAX(next, ?1), ?1 + ?3) + ?2 \
+                     WHERE id = 1 RETURNING next",
+                    params![now, step, GLOBAL_BACKLOG_MS],
+                    |r| r.get(0),
+                )
+                .map_err(db)?;
+            let wait = next.saturating_sub(step).saturating_sub(now).max(0);
+            Ok(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
+        })
+    }
+}
+
+/// This process's clock in unix milliseconds: the store's clock for SQLite,
+/// which one process owns.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// A hand-off `seq` as SQL's signed 64-bit integer (the API refuses larger).

@@ -413,6 +413,97 @@ async fn a_handoff_waits_for_its_runs_finish_only(a: Handle, b: Handle) {
         .unwrap();
 }
 
+/// The guild's buckets move with the provisioning lock: what one replica
+/// leaves is what the next reads, counted down on the store's clock, and a
+/// new snapshot replaces the old one whole.
+async fn discord_buckets_pass_from_one_handle_to_the_next(a: Handle, b: Handle) {
+    use super::BucketSnapshot;
+    assert!(b.discord_buckets().await.unwrap().is_empty());
+    let open = BucketSnapshot {
+        route: "POST /guilds/{guild_id}/channels 1".into(),
+        limit: Some(10),
+        remaining: Some(3),
+        reset_after: Some(Duration::from_secs(30)),
+        blocked_for: None,
+    };
+    let blocked = BucketSnapshot {
+        route: "GET /guilds/{guild_id}/channels 1".into(),
+        limit: None,
+        remaining: None,
+        reset_after: None,
+        blocked_for: Some(Duration::from_secs(20)),
+    };
+    let ended = BucketSnapshot {
+        route: "DELETE /webhooks/{webhook_id} 9".into(),
+        limit: Some(5),
+        remaining: Some(0),
+        reset_after: Some(Duration::from_millis(1)),
+        blocked_for: None,
+    };
+    a.put_discord_buckets(vec![open.clone(), blocked.clone(), ended])
+        .await
+        .unwrap();
+    // Gives the 1 ms window time to end (not synchronisation: the assertion
+    // is that an ended window is not handed on).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let got = b.discord_buckets().await.unwrap();
+    let routes: Vec<&str> = got.iter().map(|s| s.route.as_str()).collect();
+    assert_eq!(routes, [blocked.route.as_str(), open.route.as_str()]);
+    let (got_blocked, got_open) = (&got[0], &got[1]);
+    assert_eq!((got_open.limit, got_open.remaining), (Some(10), Some(3)));
+    let reset = got_open.reset_after.unwrap();
+    assert!(
+        reset <= Duration::from_secs(30) && reset > Duration::from_secs(20),
+        "{reset:?}"
+    );
+    let block = got_blocked.blocked_for.unwrap();
+    assert!(
+        block <= Duration::from_secs(20) && block > Duration::from_secs(10),
+        "{block:?}"
+    );
+    assert_eq!(got_blocked.reset_after, None);
+
+    b.put_discord_buckets(vec![blocked.clone()]).await.unwrap();
+    let got = a.discord_buckets().await.unwrap();
+    assert_eq!(got.len(), 1, "a snapshot replaces the last one whole");
+    assert_eq!(got[0].route, blocked.route);
+}
+
+/// Discord's global budget shared by every replica: concurrent
+/// reservations from both handles each get their own slot, one `interval`
+/// apart, so no second holds more than the budget.
+async fn global_reservations_are_spaced_across_handles(a: Handle, b: Handle) {
+    let interval = Duration::from_millis(20);
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let wait = s.reserve_discord_request(interval).await.unwrap();
+            std::time::SystemTime::now() + wait
+        }));
+    }
+    let mut slots = Vec::new();
+    for t in tasks {
+        slots.push(t.await.unwrap());
+    }
+    slots.sort();
+    // 40 slots 20 ms apart span 780 ms; the same slot handed out twice (or
+    // each handle counting alone) would bunch them up. The margin covers a
+    // task answered late (each slot is read as its answer time + the wait).
+    let span = slots[39].duration_since(slots[0]).unwrap_or_default();
+    assert!(span >= Duration::from_millis(600), "{span:?}");
+
+    // However far ahead the budget was booked (a clock stepped back), no
+    // request waits longer than the REST client's longest wait.
+    for _ in 0..5 {
+        a.reserve_discord_request(Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+    let wait = b.reserve_discord_request(interval).await.unwrap();
+    assert!(wait <= Duration::from_secs(60), "{wait:?}");
+}
+
 async fn ping_succeeds_on_a_writable_store(a: Handle, _b: Handle) {
     a.ping().await.unwrap();
 }
@@ -475,4 +566,6 @@ suite!(
     handoffs_are_idempotent_and_drain_in_seq_order,
     a_handoff_waits_for_its_runs_finish_only,
     ping_succeeds_on_a_writable_store,
+    discord_buckets_pass_from_one_handle_to_the_next,
+    global_reservations_are_spaced_across_handles,
 );

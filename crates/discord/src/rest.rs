@@ -106,6 +106,19 @@ pub trait RestObserver: Send + Sync {
     fn rate_limited(&self, scope: &'static str);
 }
 
+/// A request budget shared with other processes of the same bot (replicas),
+/// taken after this client's own [`Limiter`] for every request: Discord's
+/// global limit is per bot, so replicas pacing only their own requests would
+/// spend it twice over. bot-bridge backs it with its database.
+pub trait SharedBudget: Send + Sync {
+    /// Reserves one request and says how long to wait before sending it. An
+    /// error (the shared store unreachable) sends on this client's own
+    /// pacing: a store outage can cost a 429, never a request.
+    fn reserve(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, String>> + Send + '_>>;
+}
+
 /// An observer that ignores everything, for tools and tests.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoopObserver;
@@ -274,6 +287,8 @@ pub struct RestClient {
     auth: HeaderValue,
     limiter: Limiter,
     observer: Arc<dyn RestObserver>,
+    /// The global budget shared with other replicas, when there are any.
+    shared: Option<Arc<dyn SharedBudget>>,
     backoff: Backoff,
     max_retries: u32,
     /// Times of recent 401/403/429 responses, oldest first.
@@ -317,10 +332,28 @@ impl RestClient {
                 ..LimiterConfig::default()
             }),
             observer,
+            shared: None,
             backoff: Backoff::default(),
             max_retries: config.max_retries,
             invalid: Arc::new(Mutex::new(VecDeque::new())),
         })
+    }
+
+    /// Paces every request by `budget` as well (see [`SharedBudget`]).
+    pub fn with_shared_budget(mut self, budget: Arc<dyn SharedBudget>) -> Self {
+        self.shared = Some(budget);
+        self
+    }
+
+    /// What the limiter knows about Discord's open buckets, to hand on to
+    /// the next process that calls the same routes ([`Limiter::snapshot`]).
+    pub fn rate_limits(&self) -> Vec<ratelimit::BucketSnapshot> {
+        self.limiter.snapshot()
+    }
+
+    /// Takes over another process's view of the buckets ([`Limiter::restore`]).
+    pub fn restore_rate_limits(&self, buckets: &[ratelimit::BucketSnapshot]) {
+        self.limiter.restore(buckets);
     }
 
     /// Replaces the retry schedule (tests use a short one).
@@ -580,6 +613,12 @@ impl RestClient {
             let Some(permit) = self.limiter.acquire_until(&bucket, None, deadline).await else {
                 return Err(RestError::RateLimitedTooLong);
             };
+            if let Some(shared) = &self.shared {
+                // An error leaves this client's own pacing (see SharedBudget).
+                if let Ok(wait) = shared.reserve().await {
+                    tokio::time::sleep(wait.min(MAX_RATE_LIMIT_WAIT)).await;
+                }
+            }
             let mut request = self
                 .http
                 .request(call.method.clone(), &url)

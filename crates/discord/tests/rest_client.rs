@@ -370,3 +370,41 @@ async fn undecodable_bodies_are_decode_errors() {
     let err = h.client.list_guild_channels("1").await.unwrap_err();
     assert!(matches!(err, RestError::Decode(_)), "{err:?}");
 }
+
+/// A budget shared with another replica: hands out the waits it is given,
+/// then fails (the store unreachable).
+struct Budget {
+    waits: Mutex<VecDeque<Duration>>,
+    asked: Mutex<u32>,
+}
+
+impl discord::rest::SharedBudget for Budget {
+    fn reserve(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Duration, String>> + Send + '_>>
+    {
+        *self.asked.lock().unwrap() += 1;
+        let next = self.waits.lock().unwrap().pop_front();
+        Box::pin(async move { next.ok_or_else(|| "store unreachable".to_owned()) })
+    }
+}
+
+#[tokio::test]
+async fn every_request_waits_for_its_slot_in_the_shared_budget() {
+    let h = Harness::start(0, vec![(200, vec![], "[]"), (200, vec![], "[]")]).await;
+    let budget = Arc::new(Budget {
+        waits: Mutex::new(VecDeque::from([Duration::from_millis(300)])),
+        asked: Mutex::new(0),
+    });
+    let client = h.client.clone().with_shared_budget(budget.clone());
+    let started = tokio::time::Instant::now();
+    client.list_guild_channels("1").await.unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "sent before its slot in the shared budget"
+    );
+    // The store gone: the request still goes, on the client's own pacing.
+    client.list_guild_channels("1").await.unwrap();
+    assert_eq!(*budget.asked.lock().unwrap(), 2);
+    assert_eq!(h.seen().len(), 2);
+}

@@ -667,6 +667,97 @@ impl Limiter {
     }
 }
 
+/// What one limiter knows about a route's bucket, in durations from the
+/// moment it was taken, so another process (with its own clock) can take it
+/// over: replicas hand the buckets of the routes they share (the guild's)
+/// from one to the next with the lock that serialises those calls, and the
+/// next one paces from where the last one left off instead of from its own,
+/// older, view (see [`Limiter::snapshot`] and [`Limiter::restore`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BucketSnapshot {
+    /// The limiter's key, e.g. `"POST /guilds/{guild_id}/channels 1"`.
+    pub route: String,
+    /// Requests per window, as last advertised.
+    pub limit: Option<u32>,
+    /// Requests left in the open window.
+    pub remaining: Option<u32>,
+    /// Until the open window resets.
+    pub reset_after: Option<Duration>,
+    /// Until a 429's block on the route ends.
+    pub blocked_for: Option<Duration>,
+}
+
+impl Limiter {
+    /// Every bucket with something to pass on: an open window or a block.
+    /// A closed window says nothing the next holder cannot learn from one
+    /// request, so it is left out (a snapshot stays a handful of rows).
+    pub fn snapshot(&self) -> Vec<BucketSnapshot> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let mut out: Vec<BucketSnapshot> = state
+            .buckets
+            .iter_mut()
+            .filter_map(|(route, b)| {
+                b.refresh(now);
+                let reset_after = b.reset_at.filter(|t| *t > now).map(|t| t - now);
+                let blocked_for = b.blocked_until.filter(|t| *t > now).map(|t| t - now);
+                if reset_after.is_none() && blocked_for.is_none() {
+                    return None;
+                }
+                Some(BucketSnapshot {
+                    route: route.clone(),
+                    limit: b.limit,
+                    remaining: b.remaining,
+                    reset_after,
+                    blocked_for,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.route.cmp(&b.route));
+        out
+    }
+
+    /// Takes over what another limiter knew about these buckets: it saw
+    /// Discord's answers after this one's, so its word replaces this one's
+    /// window (requests in flight stay counted), and a block only ever
+    /// lengthens. Durations are capped at [`MAX_WAIT`], and an exhausted
+    /// bucket always has a reset, so a restored state can never wedge.
+    pub fn restore(&self, buckets: &[BucketSnapshot]) {
+        let now = Instant::now();
+        {
+            let mut state = self.state();
+            for s in buckets {
+                if !state.buckets.contains_key(&s.route) && state.buckets.len() >= PRUNE_ABOVE {
+                    state.buckets.retain(|_, b| !b.idle(now));
+                }
+                let bucket = state.buckets.entry(s.route.clone()).or_default();
+                if s.limit.is_some() {
+                    bucket.limit = s.limit;
+                }
+                match s.reset_after {
+                    Some(after) => {
+                        bucket.remaining = s.remaining;
+                        bucket.reset_at = Some(now + after.min(MAX_WAIT));
+                    }
+                    // No open window: the next request opens one.
+                    None => {
+                        bucket.remaining = bucket.limit;
+                        bucket.reset_at = None;
+                    }
+                }
+                if bucket.remaining == Some(0) && bucket.reset_at.is_none() {
+                    bucket.reset_at = Some(now + DEFAULT_RESET_AFTER);
+                }
+                if let Some(blocked) = s.blocked_for {
+                    bucket.blocked_until = later(bucket.blocked_until, now + blocked.min(MAX_WAIT));
+                }
+            }
+        }
+        // A waiter may go sooner (or must re-check against a fuller bucket).
+        self.shared.settled.notify_waiters();
+    }
+}
+
 /// How a permit ended.
 enum Settled<'a> {
     /// An answer arrived; `counted`: Discord created something (a message

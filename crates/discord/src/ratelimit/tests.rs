@@ -576,3 +576,126 @@ async fn a_seeded_channel_continues_another_clients_pace() {
 fn config_window() -> Duration {
     LimiterConfig::default().channel_window
 }
+
+/// Two limiters (two replicas) taking turns on one Discord bucket, as the
+/// provisioning lock passes between them: `handoff` passes the bucket with
+/// the turn. Panics (a 429) when the next one paces from its own old view.
+async fn take_turns(handoff: bool) -> Duration {
+    let replicas = [
+        Limiter::new(no_channel_limit()),
+        Limiter::new(no_channel_limit()),
+    ];
+    let mut server = FakeBucket::new(10, Duration::from_secs(1));
+    let start = Instant::now();
+    for turn in 0..30 {
+        let (this, next) = (&replicas[turn % 2], &replicas[(turn + 1) % 2]);
+        for _ in 0..3 {
+            let permit = this.acquire("POST /guilds/{guild_id}/channels 1").await;
+            permit.done(&server.hit(Instant::now()));
+        }
+        if handoff {
+            next.restore(&this.snapshot());
+        }
+    }
+    Instant::now() - start
+}
+
+#[tokio::test(start_paused = true)]
+async fn replicas_passing_the_bucket_on_never_exceed_it() {
+    // 90 requests at 10 a second: the first window's ten go at once.
+    assert_eq!(take_turns(true).await, Duration::from_secs(8));
+}
+
+#[tokio::test(start_paused = true)]
+#[should_panic(expected = "would be a 429")]
+async fn replicas_pacing_from_their_own_view_exceed_the_bucket() {
+    take_turns(false).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_holds_only_open_windows_and_blocks() {
+    let limiter = Limiter::new(no_channel_limit());
+    limiter.acquire("open").await.done(&RateLimitHeaders {
+        limit: Some(5),
+        remaining: Some(2),
+        reset_after: Some(Duration::from_millis(800)),
+        ..RateLimitHeaders::default()
+    });
+    limiter
+        .acquire("blocked")
+        .await
+        .rate_limited(&user_429(Duration::from_secs(3)));
+    limiter.acquire("closed").await.done(&RateLimitHeaders {
+        limit: Some(5),
+        remaining: Some(4),
+        reset_after: Some(Duration::from_millis(100)),
+        ..RateLimitHeaders::default()
+    });
+    tokio::time::advance(Duration::from_millis(300)).await;
+    let snap = limiter.snapshot();
+    let routes: Vec<&str> = snap.iter().map(|s| s.route.as_str()).collect();
+    assert_eq!(routes, ["blocked", "open"]);
+    assert_eq!(snap[1].remaining, Some(2));
+    assert_eq!(snap[1].reset_after, Some(Duration::from_millis(500)));
+    assert_eq!(snap[0].blocked_for, Some(Duration::from_millis(2700)));
+}
+
+/// issue 15's promise holds for a restored state too: whatever a snapshot
+/// says (an exhausted bucket without a reset, a reset a lifetime away), the
+/// route opens again within [`MAX_WAIT`] at the latest.
+#[tokio::test(start_paused = true)]
+async fn a_restored_bucket_never_wedges() {
+    let limiter = Limiter::new(no_channel_limit());
+    limiter.restore(&[
+        BucketSnapshot {
+            route: "no-reset".into(),
+            limit: Some(5),
+            remaining: Some(0),
+            reset_after: None,
+            blocked_for: None,
+        },
+        BucketSnapshot {
+            route: "far".into(),
+            limit: Some(5),
+            remaining: Some(0),
+            reset_after: Some(Duration::from_secs(u64::MAX / 4)),
+            blocked_for: Some(Duration::from_secs(u64::MAX / 4)),
+        },
+    ]);
+    let start = Instant::now();
+    assert!(permit_within(&limiter, "no-reset", None, Duration::ZERO)
+        .await
+        .is_some());
+    assert!(permit_within(&limiter, "far", None, MAX_WAIT)
+        .await
+        .is_some());
+    assert_eq!(Instant::now() - start, MAX_WAIT);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restored_window_wakes_a_waiter_held_by_the_old_one() {
+    let limiter = Limiter::new(no_channel_limit());
+    limiter.acquire("r").await.done(&RateLimitHeaders {
+        limit: Some(5),
+        remaining: Some(0),
+        reset_after: Some(Duration::from_secs(5)),
+        ..RateLimitHeaders::default()
+    });
+    let start = Instant::now();
+    let waiter = {
+        let limiter = limiter.clone();
+        tokio::spawn(async move {
+            let _permit = limiter.acquire("r").await;
+            Instant::now() - start
+        })
+    };
+    tokio::time::advance(Duration::from_millis(200)).await;
+    limiter.restore(&[BucketSnapshot {
+        route: "r".into(),
+        limit: Some(5),
+        remaining: Some(3),
+        reset_after: Some(Duration::from_millis(900)),
+        blocked_for: None,
+    }]);
+    assert_eq!(waiter.await.unwrap(), Duration::from_millis(200));
+}
