@@ -169,6 +169,36 @@ pub async fn watch_store(
     }
 }
 
+/// How often every replica re-reads `bridge_runs_active` from the store.
+pub const RUNS_ACTIVE_REFRESH: Duration = Duration::from_secs(10);
+
+/// Keeps `bridge_runs_active` the fleet's count of active runs, until
+/// `shutdown`: every `every` it counts them in the store, which every
+/// replica shares, so each replica shows the same value whichever replica
+/// created or completed the runs (its own creations and completions still
+/// move the gauge at once in between). Every replica counts, not only the
+/// leader: the value never depends on a Lease hand-over, and one `COUNT`
+/// per replica every few seconds is nothing next to provisioning.
+pub async fn watch_runs_active(state: AppState, every: Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match state
+            .inner
+            .store
+            .count_runs(crate::store::RunStatus::Active)
+            .await
+        {
+            Ok(n) => state.inner.metrics.set_runs_active(n),
+            // `watch_store` reports the store's health; the gauge keeps
+            // its last value until the store answers again.
+            Err(e) => tracing::debug!(error = %e, "active runs not counted"),
+        }
+    }
+}
+
 pub(crate) struct Inner {
     pub settings: Settings,
     pub store: Arc<dyn RunStore>,
@@ -656,5 +686,37 @@ mod tests {
         shutdown.trigger();
         watch.await.unwrap();
         drainer.await.unwrap();
+    }
+
+    /// Two replicas on one store: each shows every active run, not only the
+    /// ones it created or completed since it started.
+    #[tokio::test(start_paused = true)]
+    async fn every_replica_reports_the_fleets_active_runs() {
+        let (a, discord) = fixture::state(fixture::settings());
+        let b = AppState::new(
+            a.settings().clone(),
+            a.store().clone(),
+            discord,
+            BridgeMetrics::unregistered().unwrap(),
+            Relay::new(Duration::from_secs(1)).unwrap(),
+            None,
+        );
+        let shutdown = Shutdown::new();
+        let watches = [a.clone(), b.clone()]
+            .map(|s| tokio::spawn(watch_runs_active(s, RUNS_ACTIVE_REFRESH, shutdown.clone())));
+        let owner = fixture::owner();
+        let (first, _) = a.provision(fixture::new_run("a1"), &owner).await.unwrap();
+        a.provision(fixture::new_run("a2"), &owner).await.unwrap();
+        b.provision(fixture::new_run("b1"), &owner).await.unwrap();
+        b.complete(&first.run_id, None, &owner).await.unwrap();
+
+        tokio::time::sleep(RUNS_ACTIVE_REFRESH + Duration::from_millis(100)).await;
+        assert_eq!(a.metrics().runs_active(), 2);
+        assert_eq!(b.metrics().runs_active(), 2);
+
+        shutdown.trigger();
+        for w in watches {
+            w.await.unwrap();
+        }
     }
 }

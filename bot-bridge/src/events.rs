@@ -228,9 +228,16 @@ impl BridgeMetrics {
             .get()
     }
 
-    /// Sets `bridge_runs_active` from the store at start-up.
+    /// Sets `bridge_runs_active` from the store's count (at start-up and
+    /// every `app::RUNS_ACTIVE_REFRESH`).
     pub fn set_runs_active(&self, n: u64) {
         self.runs_active.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// `bridge_runs_active` now (tests).
+    #[cfg(test)]
+    pub(crate) fn runs_active(&self) -> i64 {
+        self.runs_active.get()
     }
 
     /// Sets `bridge_leader` (`leader::LeadershipChanged`).
@@ -292,6 +299,27 @@ impl RunRepaired<'_> {
             channel_id = self.channel_id,
             replaced = self.what,
             "run re-provisioned"
+        );
+    }
+}
+
+/// A run took over a channel or webhook Discord holds but the store never
+/// recorded: a replica died between creating it and saving it.
+#[derive(Debug)]
+pub struct OrphanAdopted<'a> {
+    pub run_id: &'a str,
+    pub channel_id: &'a str,
+    /// `channel` or `webhook`.
+    pub what: &'static str,
+}
+
+impl OrphanAdopted<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            run_id = self.run_id,
+            channel_id = self.channel_id,
+            adopted = self.what,
+            "run adopted an unrecorded Discord object instead of creating a second one"
         );
     }
 }
