@@ -37,6 +37,8 @@ pub struct Settings {
     pub operators: crate::access::Operators,
     /// Where operator input may be relayed.
     pub input_url_policy: crate::access::InputUrlPolicy,
+    /// Channels the guild may hold (`GUILD_CHANNEL_LIMIT`: Discord's 500).
+    pub guild_channel_limit: usize,
 }
 
 impl Settings {
@@ -56,6 +58,7 @@ impl Settings {
             defer_after: Duration::from_secs(2),
             operators: c.operators.clone(),
             input_url_policy: c.input_url_policy.clone(),
+            guild_channel_limit: c.guild_channel_limit,
         }
     }
 }
@@ -377,6 +380,7 @@ pub(crate) mod fixture {
             },
             input_url_policy: crate::access::InputUrlPolicy::parse("127.0.0.1/32,10.0.0.0/8")
                 .unwrap(),
+            guild_channel_limit: crate::runs::MAX_CHANNELS_PER_GUILD,
         }
     }
 

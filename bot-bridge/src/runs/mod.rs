@@ -198,12 +198,13 @@ pub fn family(channels: &[Channel], base: &str) -> Vec<(u32, String, usize)> {
 }
 
 /// Picks the first category of `base` with room, or the next one to create;
-/// `GuildFull` when the guild cannot take the channel (and the category).
-pub fn place(channels: &[Channel], base: &str) -> Result<Placement, RunsError> {
+/// `GuildFull` when the guild (`guild_limit` channels: Discord's 500) cannot
+/// take the channel (and the category).
+pub fn place(channels: &[Channel], base: &str, guild_limit: usize) -> Result<Placement, RunsError> {
     let total = channels.len();
     let fam = family(channels, base);
     if let Some((index, id, _)) = fam.iter().find(|(_, _, n)| *n < MAX_CHANNELS_PER_CATEGORY) {
-        if total >= MAX_CHANNELS_PER_GUILD {
+        if total >= guild_limit {
             return Err(RunsError::GuildFull);
         }
         return Ok(Placement::Existing {
@@ -211,7 +212,7 @@ pub fn place(channels: &[Channel], base: &str) -> Result<Placement, RunsError> {
             index: *index,
         });
     }
-    if total + 2 > MAX_CHANNELS_PER_GUILD {
+    if total + 2 > guild_limit {
         return Err(RunsError::GuildFull);
     }
     let mut index = 1;
@@ -706,7 +707,7 @@ impl AppState {
             CategoryKind::Runs => self.settings().runs_category.clone(),
             CategoryKind::Archive => self.settings().archive_category.clone(),
         };
-        match place(channels, &base)? {
+        match place(channels, &base, self.settings().guild_channel_limit)? {
             Placement::Existing { id, .. } => Ok(id),
             Placement::Create { name, index } => {
                 let new = NewChannel {

@@ -48,7 +48,7 @@ fn children(parent: &str, n: usize, from: usize) -> Vec<Channel> {
 #[test]
 fn placement_overflows_into_numbered_categories() {
     assert_eq!(
-        place(&[], "Agent Runs").unwrap(),
+        place(&[], "Agent Runs", MAX_CHANNELS_PER_GUILD).unwrap(),
         Placement::Create {
             name: "Agent Runs".into(),
             index: 1
@@ -57,12 +57,12 @@ fn placement_overflows_into_numbered_categories() {
     let mut g = vec![cat("1", "Agent Runs")];
     g.extend(children("1", 49, 0));
     assert!(matches!(
-        place(&g, "Agent Runs").unwrap(),
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD).unwrap(),
         Placement::Existing { index: 1, .. }
     ));
     g.extend(children("1", 1, 100));
     assert_eq!(
-        place(&g, "Agent Runs").unwrap(),
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD).unwrap(),
         Placement::Create {
             name: "Agent Runs 2".into(),
             index: 2
@@ -70,7 +70,7 @@ fn placement_overflows_into_numbered_categories() {
     );
     g.push(cat("2", "Agent Runs 2"));
     assert!(matches!(
-        place(&g, "Agent Runs").unwrap(),
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD).unwrap(),
         Placement::Existing { index: 2, .. }
     ));
     // An unrelated category with a similar name is not part of the family.
@@ -84,12 +84,24 @@ fn full_guild_is_reported() {
     g.extend(children("1", 50, 0));
     g.extend(children("other", 449, 1000));
     assert_eq!(g.len(), 500);
-    assert!(matches!(place(&g, "Agent Runs"), Err(RunsError::GuildFull)));
-    g.pop();
-    assert!(matches!(place(&g, "Agent Runs"), Err(RunsError::GuildFull)));
+    assert!(matches!(
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD),
+        Err(RunsError::GuildFull)
+    ));
     g.pop();
     assert!(matches!(
-        place(&g, "Agent Runs"),
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD),
+        Err(RunsError::GuildFull)
+    ));
+    g.pop();
+    assert!(matches!(
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD),
+        Ok(Placement::Create { .. })
+    ));
+    // GUILD_CHANNEL_LIMIT raised (a fake Discord for a measurement).
+    g.extend(children("other", 10, 5000));
+    assert!(matches!(
+        place(&g, "Agent Runs", 1000),
         Ok(Placement::Create { .. })
     ));
 }
