@@ -114,6 +114,7 @@ pub fn settings() -> Settings {
             user_ids: ["42".to_owned()].into(),
         },
         input_url_policy: bot_bridge::access::InputUrlPolicy::parse("127.0.0.1/32").unwrap(),
+        guild_channel_limit: bot_bridge::runs::MAX_CHANNELS_PER_GUILD,
     }
 }
 
