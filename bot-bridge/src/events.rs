@@ -280,6 +280,20 @@ impl RunCreated<'_> {
             "run created"
         );
         m.runs_created.inc();
+    }
+}
+
+/// A new run's row was written: the store's count of active runs grew, so
+/// `bridge_runs_active` grows now, not after Discord answered (a recount in
+/// between would already include it and the gauge would read one high).
+#[derive(Debug)]
+pub struct RunStored<'a> {
+    pub run_id: &'a str,
+}
+
+impl RunStored<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        tracing::debug!(run_id = self.run_id, "run stored");
         m.runs_active.inc();
     }
 }
@@ -610,6 +624,7 @@ mod tests {
             channel_id: "c",
         }
         .emit(&m);
+        RunStored { run_id: "r" }.emit(&m);
         InteractionHandled {
             command: Command::Input,
             outcome: Outcome::Forwarded,

@@ -352,7 +352,12 @@ async fn memory_scenario(name: &str, backend: &str, runs: usize) -> Option<Value
     )
     .await;
     let (input_url, _) = input_listener().await;
-    let client = reqwest::Client::new();
+    // A watcher gives up on an answer after a while and asks again; without
+    // a timeout, 3 of 1000 requests once hung here for good.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
     let pid = replica.proc.pid();
     let idle = e2e::rss_kib(pid).unwrap_or(0);
     let done = Arc::new(AtomicUsize::new(0));

@@ -17,7 +17,7 @@ use serde::Serialize;
 use crate::access::{hash_token, Caller};
 use crate::app::AppState;
 use crate::config::RunContainer;
-use crate::events::{ErrorKind, OrphanAdopted, RunCompleted, RunCreated, RunRepaired};
+use crate::events::{ErrorKind, OrphanAdopted, RunCompleted, RunCreated, RunRepaired, RunStored};
 use crate::guild::{self, kind, Channel, DiscordError, NewChannel, Webhook};
 use crate::reconcile::telemetry::FinalizeReason;
 use crate::store::{
@@ -350,7 +350,13 @@ impl AppState {
                     retention_note: None,
                 };
                 match self.stored(store.insert_run(fresh.clone())).await? {
-                    Inserted::New => (fresh, true),
+                    Inserted::New => {
+                        RunStored {
+                            run_id: &fresh.run_id,
+                        }
+                        .emit(self.metrics());
+                        (fresh, true)
+                    }
                     Inserted::Existing(r) => {
                         issued = None;
                         (*r, false)
