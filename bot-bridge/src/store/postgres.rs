@@ -342,6 +342,25 @@ impl Drop for AdvisoryGuard {
     }
 }
 
+/// A pooled connection asking for the provisioning lock: closed, not
+/// returned to the pool, unless [`Unlocked::keep`] takes it once the lock is
+/// held.
+struct Unlocked(Option<Object>);
+
+impl Unlocked {
+    fn keep(mut self) -> Option<Object> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
+        }
+    }
+}
+
 impl RunStore for PostgresStore {
     fn insert_run(&self, run: RunRecord) -> StoreFuture<'_, Inserted> {
         Box::pin(async move {
@@ -704,27 +723,31 @@ impl RunStore for PostgresStore {
     fn provision_lock(&self) -> StoreFuture<'_, ProvisionGuard> {
         Box::pin(async move {
             let local = self.local.clone().lock_owned().await;
-            let client = self.client().await?;
+            // Until the lock is ours, dropping this future (a request
+            // cancelled by its client or the server's timeout while it
+            // waits) closes the connection rather than returning it to the
+            // pool: the server would otherwise grant the pending lock to an
+            // idle pooled session that never unlocks, wedging provisioning
+            // for every replica (seen in the fleet bench's 1000-run burst).
+            let pending = Unlocked(Some(self.client().await?));
             // Session-scoped: if this replica dies the server ends its session
             // and the lock with it, so a crash never wedges provisioning.
             // The wait may outlast STATEMENT_TIMEOUT (another replica's
             // provisioning behind Discord rate limits), but not forever.
-            let locked = client
-                .batch_execute(&format!(
-                    "SET statement_timeout = {}; SELECT pg_advisory_lock({PROVISION_LOCK}); \
-                     SET statement_timeout = {}",
-                    PROVISION_WAIT.as_millis(),
-                    STATEMENT_TIMEOUT.as_millis()
-                ))
-                .await;
-            if let Err(e) = locked {
-                // Whatever state the session is in (lock held or not, a
-                // longer timeout), closing it is the clean way out.
-                drop(Object::take(client));
-                return Err(db(e));
+            let sql = format!(
+                "SET statement_timeout = {}; SELECT pg_advisory_lock({PROVISION_LOCK}); \
+                 SET statement_timeout = {}",
+                PROVISION_WAIT.as_millis(),
+                STATEMENT_TIMEOUT.as_millis()
+            );
+            if let Some(client) = &pending.0 {
+                // On an error, whatever state the session is in (lock held or
+                // not, a longer timeout), closing it (`pending`'s drop) is the
+                // clean way out.
+                client.batch_execute(&sql).await.map_err(db)?;
             }
             Ok(ProvisionGuard::new(AdvisoryGuard {
-                client: Some(client),
+                client: pending.keep(),
                 _local: local,
             }))
         })
