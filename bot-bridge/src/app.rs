@@ -40,6 +40,8 @@ pub struct Settings {
     /// Replicas share one store (Postgres): Discord's buckets move between
     /// them with the provisioning lock ([`AppState::provision_lock`]).
     pub shared_rate_limits: bool,
+    /// Channels the guild may hold (`GUILD_CHANNEL_LIMIT`: Discord's 500).
+    pub guild_channel_limit: usize,
 }
 
 impl Settings {
@@ -59,6 +61,7 @@ impl Settings {
             defer_after: Duration::from_secs(2),
             operators: c.operators.clone(),
             input_url_policy: c.input_url_policy.clone(),
+            guild_channel_limit: c.guild_channel_limit,
             shared_rate_limits: matches!(c.database, crate::config::Database::Postgres { .. }),
         }
     }
@@ -198,6 +201,36 @@ pub async fn watch_store(
         tokio::select! {
             () = shutdown.wait() => return,
             () = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// How often every replica re-reads `bridge_runs_active` from the store.
+pub const RUNS_ACTIVE_REFRESH: Duration = Duration::from_secs(10);
+
+/// Keeps `bridge_runs_active` the fleet's count of active runs, until
+/// `shutdown`: every `every` it counts them in the store, which every
+/// replica shares, so each replica shows the same value whichever replica
+/// created or completed the runs (its own creations and completions still
+/// move the gauge at once in between). Every replica counts, not only the
+/// leader: the value never depends on a Lease hand-over, and one `COUNT`
+/// per replica every few seconds is nothing next to provisioning.
+pub async fn watch_runs_active(state: AppState, every: Duration, shutdown: Shutdown) {
+    loop {
+        tokio::select! {
+            () = shutdown.wait() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match state
+            .inner
+            .store
+            .count_runs(crate::store::RunStatus::Active)
+            .await
+        {
+            Ok(n) => state.inner.metrics.set_runs_active(n),
+            // `watch_store` reports the store's health; the gauge keeps
+            // its last value until the store answers again.
+            Err(e) => tracing::debug!(error = %e, "active runs not counted"),
         }
     }
 }
@@ -418,6 +451,7 @@ pub(crate) mod fixture {
             input_url_policy: crate::access::InputUrlPolicy::parse("127.0.0.1/32,10.0.0.0/8")
                 .unwrap(),
             shared_rate_limits: false,
+            guild_channel_limit: crate::runs::MAX_CHANNELS_PER_GUILD,
         }
     }
 
@@ -815,5 +849,37 @@ mod tests {
         assert_eq!((got[0].limit, got[0].remaining), (Some(10), Some(1)));
         assert!(got[0].reset_after.unwrap() > Duration::from_secs(25));
         assert!(handed_on(false).await.is_empty());
+    }
+
+    /// Two replicas on one store: each shows every active run, not only the
+    /// ones it created or completed since it started.
+    #[tokio::test(start_paused = true)]
+    async fn every_replica_reports_the_fleets_active_runs() {
+        let (a, discord) = fixture::state(fixture::settings());
+        let b = AppState::new(
+            a.settings().clone(),
+            a.store().clone(),
+            discord,
+            BridgeMetrics::unregistered().unwrap(),
+            Relay::new(Duration::from_secs(1)).unwrap(),
+            None,
+        );
+        let shutdown = Shutdown::new();
+        let watches = [a.clone(), b.clone()]
+            .map(|s| tokio::spawn(watch_runs_active(s, RUNS_ACTIVE_REFRESH, shutdown.clone())));
+        let owner = fixture::owner();
+        let (first, _) = a.provision(fixture::new_run("a1"), &owner).await.unwrap();
+        a.provision(fixture::new_run("a2"), &owner).await.unwrap();
+        b.provision(fixture::new_run("b1"), &owner).await.unwrap();
+        b.complete(&first.run_id, None, &owner).await.unwrap();
+
+        tokio::time::sleep(RUNS_ACTIVE_REFRESH + Duration::from_millis(100)).await;
+        assert_eq!(a.metrics().runs_active(), 2);
+        assert_eq!(b.metrics().runs_active(), 2);
+
+        shutdown.trigger();
+        for w in watches {
+            w.await.unwrap();
+        }
     }
 }

@@ -146,6 +146,10 @@ pub struct Options {
     /// shorter only against a fake Discord scaled down for tests.
     #[arg(long, env = "CHANNEL_WINDOW", default_value = "60s")]
     pub channel_window: String,
+    /// Channels (categories included) the guild may hold: Discord's limit is
+    /// 500; higher only against a fake Discord raised for a measurement.
+    #[arg(long, env = "GUILD_CHANNEL_LIMIT", default_value_t = 500)]
+    pub guild_channel_limit: usize,
     /// Discord role ids (comma-separated) whose members may send /input.
     /// With neither this nor OPERATOR_USER_IDS set, every /input is refused.
     #[arg(long, env = "OPERATOR_ROLE_IDS")]
@@ -229,6 +233,7 @@ pub struct RawConfig {
     pub shutdown_timeout: String,
     pub channel_messages_per_minute: u32,
     pub channel_window: String,
+    pub guild_channel_limit: usize,
     pub operator_role_ids: Option<String>,
     pub operator_user_ids: Option<String>,
     pub input_url_allow: String,
@@ -291,6 +296,8 @@ pub struct Config {
     pub channel_messages_per_minute: u32,
     #[serde(with = "ops::config::duration")]
     pub channel_window: Duration,
+    /// Channels the guild may hold (`GUILD_CHANNEL_LIMIT`, Discord's 500).
+    pub guild_channel_limit: usize,
     /// Who may send /input (empty: nobody).
     pub operators: Operators,
     /// Where operator input may be relayed.
@@ -325,6 +332,9 @@ pub const MAX_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// Longest accepted `CHANNEL_WINDOW`.
 pub const MAX_CHANNEL_WINDOW: Duration = Duration::from_secs(3600);
+/// Largest accepted `GUILD_CHANNEL_LIMIT` (Discord allows 500).
+pub const MAX_GUILD_CHANNEL_LIMIT: usize = 100_000;
+
 /// Largest accepted `CHANNEL_MESSAGES_PER_MINUTE` (Discord allows 30).
 pub const MAX_CHANNEL_MESSAGES_PER_MINUTE: u32 = 10_000;
 
@@ -499,6 +509,15 @@ impl RawConfig {
             MAX_RETENTION_INTERVAL,
             false,
         )?;
+        if !(2..=MAX_GUILD_CHANNEL_LIMIT).contains(&self.guild_channel_limit) {
+            return Err(ConfigError::invalid(
+                "GUILD_CHANNEL_LIMIT",
+                format!(
+                    "{} is not between 2 (a category and a channel) and {MAX_GUILD_CHANNEL_LIMIT}",
+                    self.guild_channel_limit
+                ),
+            ));
+        }
         if !(1..=MAX_CHANNEL_MESSAGES_PER_MINUTE).contains(&self.channel_messages_per_minute) {
             return Err(ConfigError::invalid(
                 "CHANNEL_MESSAGES_PER_MINUTE",
@@ -587,6 +606,7 @@ impl RawConfig {
             )?,
             channel_messages_per_minute: self.channel_messages_per_minute,
             channel_window,
+            guild_channel_limit: self.guild_channel_limit,
             operators,
             input_url_policy,
             log_format: self.log_format,
@@ -761,6 +781,7 @@ mod tests {
                 &["--channel-messages-per-minute", "0"],
                 "CHANNEL_MESSAGES_PER_MINUTE",
             ),
+            (&["--guild-channel-limit", "1"], "GUILD_CHANNEL_LIMIT"),
             (&["--shutdown-timeout", "100000000h"], "SHUTDOWN_TIMEOUT"),
             (&["--operator-role-ids", "12,abc"], "OPERATOR_ROLE_IDS"),
             (&["--operator-user-ids", "@alice"], "OPERATOR_USER_IDS"),

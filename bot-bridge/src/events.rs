@@ -228,9 +228,16 @@ impl BridgeMetrics {
             .get()
     }
 
-    /// Sets `bridge_runs_active` from the store at start-up.
+    /// Sets `bridge_runs_active` from the store's count (at start-up and
+    /// every `app::RUNS_ACTIVE_REFRESH`).
     pub fn set_runs_active(&self, n: u64) {
         self.runs_active.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// `bridge_runs_active` now (tests).
+    #[cfg(test)]
+    pub(crate) fn runs_active(&self) -> i64 {
+        self.runs_active.get()
     }
 
     /// Sets `bridge_leader` (`leader::LeadershipChanged`).
@@ -273,6 +280,20 @@ impl RunCreated<'_> {
             "run created"
         );
         m.runs_created.inc();
+    }
+}
+
+/// A new run's row was written: the store's count of active runs grew, so
+/// `bridge_runs_active` grows now, not after Discord answered (a recount in
+/// between would already include it and the gauge would read one high).
+#[derive(Debug)]
+pub struct RunStored<'a> {
+    pub run_id: &'a str,
+}
+
+impl RunStored<'_> {
+    pub fn emit(&self, m: &BridgeMetrics) {
+        tracing::debug!(run_id = self.run_id, "run stored");
         m.runs_active.inc();
     }
 }
@@ -292,6 +313,27 @@ impl RunRepaired<'_> {
             channel_id = self.channel_id,
             replaced = self.what,
             "run re-provisioned"
+        );
+    }
+}
+
+/// A run took over a channel or webhook Discord holds but the store never
+/// recorded: a replica died between creating it and saving it.
+#[derive(Debug)]
+pub struct OrphanAdopted<'a> {
+    pub run_id: &'a str,
+    pub channel_id: &'a str,
+    /// `channel` or `webhook`.
+    pub what: &'static str,
+}
+
+impl OrphanAdopted<'_> {
+    pub fn emit(&self) {
+        tracing::warn!(
+            run_id = self.run_id,
+            channel_id = self.channel_id,
+            adopted = self.what,
+            "run adopted an unrecorded Discord object instead of creating a second one"
         );
     }
 }
@@ -582,6 +624,7 @@ mod tests {
             channel_id: "c",
         }
         .emit(&m);
+        RunStored { run_id: "r" }.emit(&m);
         InteractionHandled {
             command: Command::Input,
             outcome: Outcome::Forwarded,

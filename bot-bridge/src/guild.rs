@@ -71,6 +71,18 @@ pub struct Webhook {
     pub token: Secret<String>,
 }
 
+/// A webhook as a channel's list shows it ("Get Channel Webhooks"): Discord
+/// returns the token of every incoming webhook there, so bot-bridge can adopt
+/// one it created but never stored (a crash between the two).
+#[derive(Debug, Clone)]
+pub struct ListedWebhook {
+    pub id: String,
+    pub name: String,
+    /// Type 1: the kind bot-bridge creates (others are followers or apps').
+    pub incoming: bool,
+    pub token: Option<Secret<String>>,
+}
+
 /// Why a Discord call failed. Never carries a token.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DiscordError {
@@ -132,6 +144,8 @@ pub trait DiscordApi: Send + Sync + 'static {
         name: &str,
         reason: &str,
     ) -> DiscordFuture<'_, Webhook>;
+    /// The webhooks of a channel; `Err(NotFound)` when the channel is gone.
+    fn list_channel_webhooks(&self, channel_id: &str) -> DiscordFuture<'_, Vec<ListedWebhook>>;
     /// Whether the webhook still exists (someone may have deleted it in Discord).
     fn webhook_exists(&self, webhook_id: &str) -> DiscordFuture<'_, bool>;
     fn delete_webhook(&self, webhook_id: &str, reason: &str) -> DiscordFuture<'_, ()>;
@@ -256,7 +270,9 @@ pub mod rest {
     use ops::Secret;
     use serde_json::Value;
 
-    use super::{Channel, DiscordApi, DiscordError, DiscordFuture, NewChannel, Webhook};
+    use super::{
+        Channel, DiscordApi, DiscordError, DiscordFuture, ListedWebhook, NewChannel, Webhook,
+    };
     use crate::events::BridgeMetrics;
     use crate::store::RunStore;
 
@@ -490,6 +506,26 @@ pub mod rest {
                     DiscordError::Transport("Discord returned a webhook without a token".into())
                 })?;
                 Ok(Webhook { id: w.id, token })
+            })
+        }
+
+        fn list_channel_webhooks(&self, channel_id: &str) -> DiscordFuture<'_, Vec<ListedWebhook>> {
+            let channel_id = channel_id.to_owned();
+            Box::pin(async move {
+                let list = self
+                    .client
+                    .list_channel_webhooks(&channel_id)
+                    .await
+                    .map_err(map_err)?;
+                Ok(list
+                    .into_iter()
+                    .map(|w| ListedWebhook {
+                        id: w.id,
+                        name: w.name,
+                        incoming: w.kind == 1,
+                        token: w.token,
+                    })
+                    .collect())
             })
         }
 

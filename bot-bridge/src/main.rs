@@ -172,6 +172,11 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         shutdown.clone(),
         Some(health.heartbeat("store_check", bot_bridge::app::STORE_CHECK_MAX_SILENCE)),
     ));
+    let runs_active = tokio::spawn(bot_bridge::app::watch_runs_active(
+        state.clone(),
+        bot_bridge::app::RUNS_ACTIVE_REFRESH,
+        shutdown.clone(),
+    ));
     let kube = match &cfg.reconcile.kube {
         Some(source) => {
             let client = bot_bridge::reconcile::kube_client(source).await?;
@@ -278,6 +283,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let drain = async {
         let _ = registration.await;
         let _ = store_watch.await;
+        let _ = runs_active.await;
         let _ = retention.await;
         let _ = reconciler.await;
         let _ = handoff.await;

@@ -11,9 +11,17 @@
 //! least Discord's limits allow, provisioning latency p50/p99, 429s Discord
 //! answered, bot-bridge RSS and CPU time per active run, inputs delivered.
 //!
+//! Then the memory phase, one replica on SQLite and on Postgres:
+//! `MEMORY_RUNS` (1000) runs created and left active, bot-bridge's RSS
+//! sampled at start, at its peak during the burst and after it. One guild
+//! holds 500 channels, so fake-discord (`--guild-channel-limit`) and
+//! bot-bridge (`GUILD_CHANNEL_LIMIT`) are raised to fit them, for this
+//! measurement only; every other limit stays Discord's.
+//!
 //! Postgres scenarios need `AGENTMON_TEST_POSTGRES_URL` (scripts/test's
 //! throw-away server, or `. scripts/test-postgres.sh; start_test_postgres`);
-//! without it they are skipped. `RUNS` sets the burst size (200).
+//! without it they are skipped. `RUNS` sets the burst size (200);
+//! `RUNS=0` or `MEMORY_RUNS=0` skips that phase.
 //! Writes `target/bench/fleet.json` and prints it:
 //! `cargo bench -p e2e --bench fleet` (`FLEET_BENCH_DEBUG=1`: debug binaries).
 
@@ -66,6 +74,7 @@ fn cpu_seconds(pid: i32) -> f64 {
 struct Replica {
     proc: Proc,
     api: String,
+    ops: String,
 }
 
 async fn start_replica(
@@ -73,6 +82,7 @@ async fn start_replica(
     discord: &FakeDiscordProc,
     db: &str,
     kubeconfig: Option<&Path>,
+    extra: &[(&'static str, String)],
 ) -> Replica {
     let mut env = e2e::bridge_env(API_TOKEN, BOT_TOKEN, &discord.api_base, Path::new("x"));
     env.retain(|(k, _)| *k != "DATABASE_URL");
@@ -97,10 +107,12 @@ async fn start_replica(
             ("LEADER_ELECTION_IDENTITY", name.to_owned()),
         ]);
     }
+    env.extend(extra.iter().cloned());
     let proc = Proc::start("bot-bridge", &[], &env);
     let started = proc.wait_log("started", Duration::from_secs(60)).await;
     Replica {
         api: started["api_addr"].as_str().unwrap().to_owned(),
+        ops: started["ops_addr"].as_str().unwrap().to_owned(),
         proc,
     }
 }
@@ -125,27 +137,61 @@ async fn input_listener() -> (String, Arc<AtomicUsize>) {
     (format!("http://{addr}"), got)
 }
 
+/// The store URL of `backend` (a file in `dir`, or a fresh Postgres
+/// database); `None` (and why, printed) when Postgres is not available.
+async fn database(name: &str, backend: &str, dir: &Path) -> Option<String> {
+    if backend == "sqlite" {
+        return Some(format!("sqlite://{}", dir.join("bridge.db").display()));
+    }
+    let Some(url) = bot_bridge::store::postgres::test_support::fresh_database()
+        .await
+        .unwrap()
+    else {
+        eprintln!("{name}: skipped (no AGENTMON_TEST_POSTGRES_URL)");
+        return None;
+    };
+    Some(url.expose().clone())
+}
+
+/// `POST /v1/runs` for run `i` until it succeeds (a 503 while Discord's
+/// limits hold it back is retried, as the watcher does).
+async fn provision(
+    client: &reqwest::Client,
+    api: &str,
+    i: usize,
+    input_url: &str,
+) -> (Value, String) {
+    let token = format!("run-token-{i:04}-0123456789abcdef0123456789");
+    loop {
+        let res = client
+            .post(format!("http://{api}/v1/runs"))
+            .bearer_auth(API_TOKEN)
+            .header("x-agentmon-run-token", &token)
+            .json(
+                &json!({"task_id": "bench", "attempt": 1, "short_id": format!("r{i:04}"),
+                          "input_url": input_url}),
+            )
+            .send()
+            .await;
+        if let Ok(r) = res {
+            if r.status().is_success() {
+                return (r.json().await.unwrap(), token);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn scenario(name: &str, backend: &str, replicas_n: usize, runs: usize) -> Option<Value> {
     let dir = tempfile::tempdir().unwrap();
-    let db = match backend {
-        "sqlite" => format!("sqlite://{}", dir.path().join("bridge.db").display()),
-        _ => {
-            let Some(url) = bot_bridge::store::postgres::test_support::fresh_database()
-                .await
-                .unwrap()
-            else {
-                eprintln!("{name}: skipped (no AGENTMON_TEST_POSTGRES_URL)");
-                return None;
-            };
-            url.expose().clone()
-        }
-    };
+    let db = database(name, backend, dir.path()).await?;
     let discord = FakeDiscordProc::start(&["--bot-token", BOT_TOKEN]).await;
     let kube = FakeKube::start().await.unwrap();
     let kubeconfig = (replicas_n > 1).then(|| kube.kubeconfig(dir.path().join("kc")).unwrap());
     let mut replicas = Vec::new();
     for i in 0..replicas_n {
-        replicas.push(start_replica(&format!("r{i}"), &discord, &db, kubeconfig.as_deref()).await);
+        replicas
+            .push(start_replica(&format!("r{i}"), &discord, &db, kubeconfig.as_deref(), &[]).await);
     }
     let (input_url, delivered) = input_listener().await;
     let client = reqwest::Client::new();
@@ -161,27 +207,9 @@ async fn scenario(name: &str, backend: &str, replicas_n: usize, runs: usize) -> 
             input_url.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let token = format!("run-token-{i:04}-0123456789abcdef0123456789");
             let sent = Instant::now();
-            loop {
-                let res = client
-                    .post(format!("http://{api}/v1/runs"))
-                    .bearer_auth(API_TOKEN)
-                    .header("x-agentmon-run-token", &token)
-                    .json(
-                        &json!({"task_id": "bench", "attempt": 1, "short_id": format!("r{i:04}"),
-                                  "input_url": input_url}),
-                    )
-                    .send()
-                    .await;
-                if let Ok(r) = res {
-                    if r.status().is_success() {
-                        let v: Value = r.json().await.unwrap();
-                        return (v, token, sent.elapsed(), start.elapsed());
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            let (v, token) = provision(&client, &api, i, &input_url).await;
+            (v, token, sent.elapsed(), start.elapsed())
         }));
     }
     let mut provisioned = Vec::new();
@@ -304,6 +332,92 @@ async fn scenario(name: &str, backend: &str, replicas_n: usize, runs: usize) -> 
     Some(report)
 }
 
+/// The memory phase: `runs` runs created in one burst and left active on one
+/// replica; RSS at start, at its peak (sampled every 100 ms) and after.
+async fn memory_scenario(name: &str, backend: &str, runs: usize) -> Option<Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let db = database(name, backend, dir.path()).await?;
+    // Room for the runs, their categories (50 runs each) and a margin.
+    let guild_limit = (runs + runs.div_ceil(50) + 10).max(500).to_string();
+    let discord = FakeDiscordProc::start(&[
+        "--bot-token",
+        BOT_TOKEN,
+        "--guild-channel-limit",
+        &guild_limit,
+    ])
+    .await;
+    let replica = start_replica(
+        "r0",
+        &discord,
+        &db,
+        None,
+        &[("GUILD_CHANNEL_LIMIT", guild_limit.clone())],
+    )
+    .await;
+    let (input_url, _) = input_listener().await;
+    // A watcher gives up on an answer after a while and asks again; without
+    // a timeout, 3 of 1000 requests once hung here for good.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let pid = replica.proc.pid();
+    let idle = e2e::rss_kib(pid).unwrap_or(0);
+    let done = Arc::new(AtomicUsize::new(0));
+    let sampler = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut peak = 0;
+            while done.load(Ordering::SeqCst) < runs {
+                peak = peak.max(e2e::rss_kib(pid).unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            peak
+        }
+    });
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..runs {
+        let (client, api, input_url, done) = (
+            client.clone(),
+            replica.api.clone(),
+            input_url.clone(),
+            done.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            provision(&client, &api, i, &input_url).await;
+            done.fetch_add(1, Ordering::SeqCst);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let burst = start.elapsed();
+    let after = e2e::rss_kib(pid).unwrap_or(0);
+    let peak = sampler.await.unwrap().max(after);
+    let active = e2e::metric_value(
+        &e2e::get_text(&format!("http://{}/metrics", replica.ops))
+            .await
+            .1,
+        "bridge_runs_active",
+    );
+    let per_1000 = |kib: u64| kib as f64 / 1024.0 * 1000.0 / runs as f64;
+    let report = json!({
+        "scenario": name,
+        "backend": backend,
+        "active_runs": runs,
+        "bridge_runs_active": active,
+        "seconds_to_provision": burst.as_secs_f64(),
+        "rss_kib_at_start": idle,
+        "rss_kib_peak": peak,
+        "rss_kib_after_burst": after,
+        "rss_mib_per_1000_active_runs_total": per_1000(after),
+        "rss_mib_per_1000_active_runs_above_start": per_1000(after.saturating_sub(idle)),
+    });
+    eprintln!("{report}");
+    Some(report)
+}
+
 #[tokio::main]
 async fn main() {
     if std::env::var("FLEET_BENCH_DEBUG").is_err() {
@@ -319,11 +433,30 @@ async fn main() {
         ("postgres, 1 replica", "postgres", 1),
         ("postgres, 2 replicas", "postgres", 2),
     ] {
+        if runs == 0 {
+            break;
+        }
         if let Some(r) = scenario(name, backend, n, runs).await {
             results.push(r);
         }
     }
-    let report = json!({"binaries": e2e::profile(), "scenarios": results});
+    let memory_runs: usize = std::env::var("MEMORY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let mut memory = Vec::new();
+    for (name, backend) in [
+        ("memory, sqlite, 1 replica", "sqlite"),
+        ("memory, postgres, 1 replica", "postgres"),
+    ] {
+        if memory_runs == 0 {
+            break;
+        }
+        if let Some(r) = memory_scenario(name, backend, memory_runs).await {
+            memory.push(r);
+        }
+    }
+    let report = json!({"binaries": e2e::profile(), "scenarios": results, "memory": memory});
     let out = e2e::workspace_root().join("target/bench");
     std::fs::create_dir_all(&out).unwrap();
     let text = serde_json::to_string_pretty(&report).unwrap();

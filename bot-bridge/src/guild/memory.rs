@@ -13,6 +13,8 @@ pub struct MockState {
     pub next_id: u64,
     pub channels: BTreeMap<String, Channel>,
     pub webhooks: BTreeMap<String, String>,
+    /// Webhook id → the name it was created with.
+    pub webhook_names: BTreeMap<String, String>,
     pub calls: Vec<String>,
     pub edits: Vec<Value>,
     /// Bodies posted through webhooks (closing embeds).
@@ -161,10 +163,10 @@ impl DiscordApi for MockDiscord {
     fn create_webhook(
         &self,
         channel_id: &str,
-        _name: &str,
+        name: &str,
         _reason: &str,
     ) -> DiscordFuture<'_, Webhook> {
-        let channel_id = channel_id.to_owned();
+        let (channel_id, name) = (channel_id.to_owned(), name.to_owned());
         ready(self.with(|s| {
             if !s.channels.contains_key(&channel_id) {
                 return Err(DiscordError::NotFound);
@@ -180,10 +182,30 @@ impl DiscordApi for MockDiscord {
             let id = s.id();
             s.calls.push(format!("create_webhook {id}"));
             s.webhooks.insert(id.clone(), channel_id);
+            s.webhook_names.insert(id.clone(), name);
             Ok(Webhook {
                 token: Secret::new(format!("webhook-token-{id}")),
                 id,
             })
+        }))
+    }
+    fn list_channel_webhooks(&self, channel_id: &str) -> DiscordFuture<'_, Vec<ListedWebhook>> {
+        let channel_id = channel_id.to_owned();
+        ready(self.with(|s| {
+            s.calls.push(format!("list_webhooks {channel_id}"));
+            if !s.channels.contains_key(&channel_id) {
+                return Err(DiscordError::NotFound);
+            }
+            Ok(s.webhooks
+                .iter()
+                .filter(|(_, c)| **c == channel_id)
+                .map(|(id, _)| ListedWebhook {
+                    id: id.clone(),
+                    name: s.webhook_names.get(id).cloned().unwrap_or_default(),
+                    incoming: true,
+                    token: Some(Secret::new(format!("webhook-token-{id}"))),
+                })
+                .collect())
         }))
     }
     fn webhook_exists(&self, webhook_id: &str) -> DiscordFuture<'_, bool> {

@@ -76,7 +76,9 @@ mod tests {
     use super::*;
     use crate::app::fixture;
     use crate::guild::memory::MockDiscord;
-    use crate::guild::{Channel, DiscordApi, DiscordError, DiscordFuture, NewChannel, Webhook};
+    use crate::guild::{
+        Channel, DiscordApi, DiscordError, DiscordFuture, ListedWebhook, NewChannel, Webhook,
+    };
 
     /// The in-memory Discord, failing the first `fail` registrations.
     struct Flaky {
@@ -105,6 +107,9 @@ mod tests {
         }
         fn create_webhook(&self, c: &str, n: &str, r: &str) -> DiscordFuture<'_, Webhook> {
             self.inner.create_webhook(c, n, r)
+        }
+        fn list_channel_webhooks(&self, c: &str) -> DiscordFuture<'_, Vec<ListedWebhook>> {
+            self.inner.list_channel_webhooks(c)
         }
         fn webhook_exists(&self, w: &str) -> DiscordFuture<'_, bool> {
             self.inner.webhook_exists(w)

@@ -2,8 +2,11 @@
 //! either, complete it. HTTP lives in `api::runs`; this is the logic.
 //!
 //! Provisioning writes the run row *before* touching Discord and saves each
-//! Discord object as soon as it exists, so a crash or a retry by the watcher
-//! never creates a second channel for the same (task, attempt, short id).
+//! Discord object as soon as it exists, so a retry by the watcher never
+//! creates a second channel for the same (task, attempt, short id). A crash
+//! between Discord creating an object and the store saving it leaves one
+//! nobody recorded; the run's retry adopts it (the channel by its
+//! deterministic name, the webhook by its name on that channel).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,8 +17,8 @@ use serde::Serialize;
 use crate::access::{hash_token, Caller};
 use crate::app::AppState;
 use crate::config::RunContainer;
-use crate::events::{ErrorKind, RunCompleted, RunCreated, RunRepaired};
-use crate::guild::{self, kind, Channel, DiscordError, NewChannel};
+use crate::events::{ErrorKind, OrphanAdopted, RunCompleted, RunCreated, RunRepaired, RunStored};
+use crate::guild::{self, kind, Channel, DiscordError, NewChannel, Webhook};
 use crate::reconcile::telemetry::FinalizeReason;
 use crate::store::{
     CategoryKind, CategoryRecord, Inserted, RunKey, RunRecord, RunStatus, StoreError,
@@ -195,12 +198,13 @@ pub fn family(channels: &[Channel], base: &str) -> Vec<(u32, String, usize)> {
 }
 
 /// Picks the first category of `base` with room, or the next one to create;
-/// `GuildFull` when the guild cannot take the channel (and the category).
-pub fn place(channels: &[Channel], base: &str) -> Result<Placement, RunsError> {
+/// `GuildFull` when the guild (`guild_limit` channels: Discord's 500) cannot
+/// take the channel (and the category).
+pub fn place(channels: &[Channel], base: &str, guild_limit: usize) -> Result<Placement, RunsError> {
     let total = channels.len();
     let fam = family(channels, base);
     if let Some((index, id, _)) = fam.iter().find(|(_, _, n)| *n < MAX_CHANNELS_PER_CATEGORY) {
-        if total >= MAX_CHANNELS_PER_GUILD {
+        if total >= guild_limit {
             return Err(RunsError::GuildFull);
         }
         return Ok(Placement::Existing {
@@ -208,7 +212,7 @@ pub fn place(channels: &[Channel], base: &str) -> Result<Placement, RunsError> {
             index: *index,
         });
     }
-    if total + 2 > MAX_CHANNELS_PER_GUILD {
+    if total + 2 > guild_limit {
         return Err(RunsError::GuildFull);
     }
     let mut index = 1;
@@ -346,7 +350,13 @@ impl AppState {
                     retention_note: None,
                 };
                 match self.stored(store.insert_run(fresh.clone())).await? {
-                    Inserted::New => (fresh, true),
+                    Inserted::New => {
+                        RunStored {
+                            run_id: &fresh.run_id,
+                        }
+                        .emit(self.metrics());
+                        (fresh, true)
+                    }
                     Inserted::Existing(r) => {
                         issued = None;
                         (*r, false)
@@ -460,10 +470,28 @@ impl AppState {
             .call(Some(&run_id), d.list_guild_channels(&guild))
             .await?;
         self.metrics().lifecycle.set_guild_channels(channels.len());
-        let alive = run
+        let mut alive = run
             .channel_id
             .as_ref()
             .is_some_and(|id| channels.iter().any(|c| &c.id == id));
+        if !alive {
+            if let Some(orphan) = self.orphan_channel(&channels, run).await? {
+                OrphanAdopted {
+                    run_id: &run_id,
+                    channel_id: &orphan,
+                    what: "channel",
+                }
+                .emit();
+                run.channel_id = Some(orphan);
+                run.webhook_id = None;
+                run.webhook_token = None;
+                self.stored(self.store().update_run(run.clone())).await?;
+                alive = true;
+            }
+        }
+        // A channel found (not created) here may already hold this run's
+        // webhook; a freshly created one cannot, so it is not asked.
+        let mut fresh_channel = false;
         if !alive {
             let parent = self
                 .category(&channels, CategoryKind::Runs, Some(&run_id))
@@ -494,6 +522,7 @@ impl AppState {
             run.channel_id = Some(channel.id);
             run.webhook_id = None;
             run.webhook_token = None;
+            fresh_channel = true;
             self.stored(self.store().update_run(run.clone())).await?;
         }
         let webhook_alive = match &run.webhook_id {
@@ -502,13 +531,30 @@ impl AppState {
         };
         if !webhook_alive {
             let channel_id = run.channel_id.clone().unwrap_or_default();
-            let reason = format!("agentmon run {run_id}");
-            let hook = self
-                .call(
-                    Some(&run_id),
-                    d.create_webhook(&channel_id, WEBHOOK_NAME, &reason),
-                )
-                .await?;
+            let orphan = if fresh_channel {
+                None
+            } else {
+                self.orphan_webhook(&channel_id, &run_id).await?
+            };
+            let hook = match orphan {
+                Some(hook) => {
+                    OrphanAdopted {
+                        run_id: &run_id,
+                        channel_id: &channel_id,
+                        what: "webhook",
+                    }
+                    .emit();
+                    hook
+                }
+                None => {
+                    let reason = format!("agentmon run {run_id}");
+                    self.call(
+                        Some(&run_id),
+                        d.create_webhook(&channel_id, WEBHOOK_NAME, &reason),
+                    )
+                    .await?
+                }
+            };
             if run.webhook_id.is_some() {
                 RunRepaired {
                     run_id: &run_id,
@@ -522,6 +568,70 @@ impl AppState {
             self.stored(self.store().update_run(run.clone())).await?;
         }
         Ok(())
+    }
+
+    /// A channel this run can take over instead of creating one: named for
+    /// the run, in one of the runs categories, and bound to no run in the
+    /// store. Only a replica that died between Discord creating the channel
+    /// and the store saving it leaves such a channel; the caller holds the
+    /// provisioning lock, so no other replica is creating it right now.
+    async fn orphan_channel(
+        &self,
+        channels: &[Channel],
+        run: &RunRecord,
+    ) -> Result<Option<String>, RunsError> {
+        let name = channel_name(&run.key);
+        let categories = family(channels, &self.settings().runs_category);
+        let candidates = channels.iter().filter(|c| {
+            c.kind == kind::GUILD_TEXT
+                && c.name == name
+                && c.parent_id
+                    .as_ref()
+                    .is_some_and(|p| categories.iter().any(|(_, id, _)| id == p))
+        });
+        for c in candidates {
+            // Two keys can share a name ("a_b" and "a-b"): a channel a run
+            // holds (or held: its history) is never taken over.
+            let owner = self
+                .stored(self.store().find_by_channel(c.id.clone()))
+                .await?;
+            if owner.is_none_or(|o| o.run_id == run.run_id) {
+                return Ok(Some(c.id.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// An incoming webhook named [`WEBHOOK_NAME`] on the run's own channel
+    /// (channel mode: nothing else creates one there) that the store never
+    /// recorded, with its token as Discord lists it.
+    async fn orphan_webhook(
+        &self,
+        channel_id: &str,
+        run_id: &str,
+    ) -> Result<Option<Webhook>, RunsError> {
+        let listed = match self
+            .call(
+                Some(run_id),
+                self.discord().list_channel_webhooks(channel_id),
+            )
+            .await
+        {
+            Ok(l) => l,
+            // The channel went away since the guild list: creating the
+            // webhook fails the same way and the watcher's retry repairs.
+            Err(DiscordError::NotFound) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(listed
+            .into_iter()
+            .filter(|w| w.incoming && w.name == WEBHOOK_NAME)
+            .find_map(|w| {
+                Some(Webhook {
+                    id: w.id,
+                    token: w.token?,
+                })
+            }))
     }
 
     /// Thread mode: one thread per run, and one webhook per run on the parent
@@ -603,7 +713,7 @@ impl AppState {
             CategoryKind::Runs => self.settings().runs_category.clone(),
             CategoryKind::Archive => self.settings().archive_category.clone(),
         };
-        match place(channels, &base)? {
+        match place(channels, &base, self.settings().guild_channel_limit)? {
             Placement::Existing { id, .. } => Ok(id),
             Placement::Create { name, index } => {
                 let new = NewChannel {

@@ -48,7 +48,7 @@ fn children(parent: &str, n: usize, from: usize) -> Vec<Channel> {
 #[test]
 fn placement_overflows_into_numbered_categories() {
     assert_eq!(
-        place(&[], "Agent Runs").unwrap(),
+        place(&[], "Agent Runs", MAX_CHANNELS_PER_GUILD).unwrap(),
         Placement::Create {
             name: "Agent Runs".into(),
             index: 1
@@ -57,12 +57,12 @@ fn placement_overflows_into_numbered_categories() {
     let mut g = vec![cat("1", "Agent Runs")];
     g.extend(children("1", 49, 0));
     assert!(matches!(
-        place(&g, "Agent Runs").unwrap(),
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD).unwrap(),
         Placement::Existing { index: 1, .. }
     ));
     g.extend(children("1", 1, 100));
     assert_eq!(
-        place(&g, "Agent Runs").unwrap(),
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD).unwrap(),
         Placement::Create {
             name: "Agent Runs 2".into(),
             index: 2
@@ -70,7 +70,7 @@ fn placement_overflows_into_numbered_categories() {
     );
     g.push(cat("2", "Agent Runs 2"));
     assert!(matches!(
-        place(&g, "Agent Runs").unwrap(),
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD).unwrap(),
         Placement::Existing { index: 2, .. }
     ));
     // An unrelated category with a similar name is not part of the family.
@@ -84,18 +84,31 @@ fn full_guild_is_reported() {
     g.extend(children("1", 50, 0));
     g.extend(children("other", 449, 1000));
     assert_eq!(g.len(), 500);
-    assert!(matches!(place(&g, "Agent Runs"), Err(RunsError::GuildFull)));
-    g.pop();
-    assert!(matches!(place(&g, "Agent Runs"), Err(RunsError::GuildFull)));
+    assert!(matches!(
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD),
+        Err(RunsError::GuildFull)
+    ));
     g.pop();
     assert!(matches!(
-        place(&g, "Agent Runs"),
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD),
+        Err(RunsError::GuildFull)
+    ));
+    g.pop();
+    assert!(matches!(
+        place(&g, "Agent Runs", MAX_CHANNELS_PER_GUILD),
+        Ok(Placement::Create { .. })
+    ));
+    // GUILD_CHANNEL_LIMIT raised (a fake Discord for a measurement).
+    g.extend(children("other", 10, 5000));
+    assert!(matches!(
+        place(&g, "Agent Runs", 1000),
         Ok(Placement::Create { .. })
     ));
 }
 
 use crate::app::fixture;
 use crate::app::fixture::owner;
+use crate::guild::memory::MockDiscord;
 use crate::guild::perm;
 
 fn new_run(task: &str, short: &str) -> NewRun {
@@ -415,4 +428,98 @@ async fn bad_identities_are_rejected() {
         state.provision(r, &owner()).await,
         Err(RunsError::BadRequest(_))
     ));
+}
+
+/// What a replica killed between Discord's answer and the store write leaves:
+/// the stored run without the channel (or webhook) Discord holds.
+async fn forget_discord_objects(state: &AppState, run_id: &str, channel_too: bool) {
+    let mut run = state
+        .store()
+        .get_run(run_id.to_owned())
+        .await
+        .unwrap()
+        .unwrap();
+    if channel_too {
+        run.channel_id = None;
+    }
+    run.webhook_id = None;
+    run.webhook_token = None;
+    state.store().update_run(run).await.unwrap();
+}
+
+fn run_channels(discord: &MockDiscord, name: &str) -> Vec<String> {
+    discord.with(|s| {
+        s.channels
+            .values()
+            .filter(|c| c.name == name)
+            .map(|c| c.id.clone())
+            .collect()
+    })
+}
+
+#[tokio::test]
+async fn a_crash_before_the_store_write_leaves_no_orphan_channel_or_webhook() {
+    let (state, discord) = fixture::state(fixture::settings());
+    let (a, _) = state.provision(new_run("t", "x"), &owner()).await.unwrap();
+
+    // Killed after Discord created the channel and its webhook.
+    forget_discord_objects(&state, &a.run_id, true).await;
+    let (b, created) = state.provision(new_run("t", "x"), &owner()).await.unwrap();
+    assert!(!created);
+    assert_eq!(b.channel_id, a.channel_id, "the orphan channel is adopted");
+    assert_eq!(b.webhook_url.expose(), a.webhook_url.expose());
+    assert_eq!(
+        run_channels(&discord, "run-t-1-x"),
+        vec![a.channel_id.clone()]
+    );
+    discord.with(|s| assert_eq!(s.webhooks.len(), 1));
+
+    // Killed after Discord created the webhook of a stored channel.
+    forget_discord_objects(&state, &a.run_id, false).await;
+    let (c, _) = state.provision(new_run("t", "x"), &owner()).await.unwrap();
+    assert_eq!(c.webhook_url.expose(), a.webhook_url.expose());
+    discord.with(|s| assert_eq!(s.webhooks.len(), 1));
+    let stored = state.stored_run(&a.run_id).await.unwrap();
+    assert_eq!(stored.channel_id.as_deref(), Some(a.channel_id.as_str()));
+    assert!(stored.webhook_id.is_some());
+}
+
+#[tokio::test]
+async fn only_an_unbound_run_channel_in_the_runs_categories_is_adopted() {
+    let (state, discord) = fixture::state(fixture::settings());
+    // "x_y" and "x-y" are two runs with one channel name: the second never
+    // takes the first's channel.
+    let (a, _) = state
+        .provision(new_run("t", "x_y"), &owner())
+        .await
+        .unwrap();
+    let (b, _) = state
+        .provision(new_run("t", "x-y"), &owner())
+        .await
+        .unwrap();
+    assert_ne!(a.channel_id, b.channel_id);
+    // A channel with a run's name outside the runs categories is someone
+    // else's (or an archived one): not adopted either.
+    discord.with(|s| {
+        s.channels.insert(
+            "elsewhere".into(),
+            Channel {
+                id: "elsewhere".into(),
+                name: "run-t-1-z".into(),
+                kind: kind::GUILD_TEXT,
+                parent_id: None,
+            },
+        );
+    });
+    let (c, _) = state.provision(new_run("t", "z"), &owner()).await.unwrap();
+    assert_ne!(c.channel_id, "elsewhere");
+    assert_eq!(run_channels(&discord, "run-t-1-z").len(), 2);
+    // A freshly created channel is not asked for webhooks to adopt.
+    let lists = discord.with(|s| {
+        s.calls
+            .iter()
+            .filter(|c| c.starts_with("list_webhooks"))
+            .count()
+    });
+    assert_eq!(lists, 0);
 }

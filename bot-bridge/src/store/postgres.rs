@@ -364,21 +364,19 @@ enum Advisory {
 }
 
 impl AdvisoryGuard {
-    /// The guard of `lock`, just asked for on `client` with the outcome
-    /// `locked`. On an error the session is closed: whatever state it is in
-    /// (lock held or not, a longer timeout), that is the clean way out.
-    fn hold<T>(
-        client: Object,
-        locked: Result<T, tokio_postgres::Error>,
+    /// The guard of `lock`, just asked for on `pending`'s connection with
+    /// the outcome `locked`. On an error the session is closed (`pending`'s
+    /// drop): whatever state it is in (lock held or not, a longer timeout),
+    /// that is the clean way out.
+    fn hold(
+        pending: Unlocked,
+        locked: Result<(), tokio_postgres::Error>,
         lock: Advisory,
         local: Option<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<ProvisionGuard, StoreError> {
-        if let Err(e) = locked {
-            drop(Object::take(client));
-            return Err(db(e));
-        }
+        locked.map_err(db)?;
         Ok(ProvisionGuard::new(Self {
-            client: Some(client),
+            client: pending.keep(),
             lock,
             _local: local,
         }))
@@ -414,6 +412,25 @@ impl Drop for AdvisoryGuard {
         // No runtime (process exit): the connection closes with the process.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(unlock);
+        }
+    }
+}
+
+/// A pooled connection asking for an advisory lock: closed, not
+/// returned to the pool, unless [`Unlocked::keep`] takes it once the lock is
+/// held.
+struct Unlocked(Option<Object>);
+
+impl Unlocked {
+    fn keep(mut self) -> Option<Object> {
+        self.0.take()
+    }
+}
+
+impl Drop for Unlocked {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop(Object::take(client));
         }
     }
 }
@@ -780,37 +797,52 @@ impl RunStore for PostgresStore {
     fn provision_lock(&self) -> StoreFuture<'_, ProvisionGuard> {
         Box::pin(async move {
             let local = self.local.clone().lock_owned().await;
-            let client = self.client().await?;
+            // Until the lock is ours, dropping this future (a request
+            // cancelled by its client or the server's timeout while it
+            // waits) closes the connection rather than returning it to the
+            // pool: the server would otherwise grant the pending lock to an
+            // idle pooled session that never unlocks, wedging provisioning
+            // for every replica (seen in the fleet bench's 1000-run burst).
+            let pending = Unlocked(Some(self.client().await?));
             // Session-scoped: if this replica dies the server ends its session
             // and the lock with it, so a crash never wedges provisioning.
             // The wait may outlast STATEMENT_TIMEOUT (another replica's
             // provisioning behind Discord rate limits), but not forever.
-            let locked = client
-                .batch_execute(&format!(
-                    "SET statement_timeout = {}; SELECT pg_advisory_lock({PROVISION_LOCK}); \
-                     SET statement_timeout = {}",
-                    PROVISION_WAIT.as_millis(),
-                    STATEMENT_TIMEOUT.as_millis()
-                ))
-                .await;
-            AdvisoryGuard::hold(client, locked, Advisory::Provision, Some(local))
+            let sql = format!(
+                "SET statement_timeout = {}; SELECT pg_advisory_lock({PROVISION_LOCK}); \
+                 SET statement_timeout = {}",
+                PROVISION_WAIT.as_millis(),
+                STATEMENT_TIMEOUT.as_millis()
+            );
+            let locked = match &pending.0 {
+                Some(client) => client.batch_execute(&sql).await,
+                None => Ok(()),
+            };
+            AdvisoryGuard::hold(pending, locked, Advisory::Provision, Some(local))
         })
     }
 
     fn finish_lock(&self, run_id: String) -> StoreFuture<'_, ProvisionGuard> {
         Box::pin(async move {
-            let client = self.client().await?;
+            // Cancel-safe like the provisioning lock: a wait dropped half-way
+            // closes its connection instead of leaving a pending lock on a
+            // pooled session.
+            let pending = Unlocked(Some(self.client().await?));
             // Session-scoped like the provisioning lock: a replica that dies
             // mid-finish releases it with its connection. Waits at most
             // STATEMENT_TIMEOUT (another finish of this run, or a hand-off's
             // transaction, holds it only briefly).
-            let locked = client
-                .execute(
-                    "SELECT pg_advisory_lock($1, hashtext($2))",
-                    &[&FINISH_LOCK_CLASS, &run_id],
-                )
-                .await;
-            AdvisoryGuard::hold(client, locked, Advisory::Finish(run_id), None)
+            let locked = match &pending.0 {
+                Some(client) => client
+                    .execute(
+                        "SELECT pg_advisory_lock($1, hashtext($2))",
+                        &[&FINISH_LOCK_CLASS, &run_id],
+                    )
+                    .await
+                    .map(drop),
+                None => Ok(()),
+            };
+            AdvisoryGuard::hold(pending, locked, Advisory::Finish(run_id), None)
         })
     }
 

@@ -115,6 +115,7 @@ pub fn settings() -> Settings {
         },
         input_url_policy: bot_bridge::access::InputUrlPolicy::parse("127.0.0.1/32").unwrap(),
         shared_rate_limits: false,
+        guild_channel_limit: bot_bridge::runs::MAX_CHANNELS_PER_GUILD,
     }
 }
 

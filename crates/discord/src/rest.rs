@@ -31,6 +31,7 @@ pub mod routes {
     pub const MODIFY_CHANNEL: &str = "PATCH /channels/{channel_id}";
     pub const DELETE_CHANNEL: &str = "DELETE /channels/{channel_id}";
     pub const CREATE_WEBHOOK: &str = "POST /channels/{channel_id}/webhooks";
+    pub const LIST_CHANNEL_WEBHOOKS: &str = "GET /channels/{channel_id}/webhooks";
     pub const DELETE_WEBHOOK: &str = "DELETE /webhooks/{webhook_id}";
     pub const CREATE_THREAD: &str = "POST /channels/{channel_id}/threads";
     pub const GUILD_COMMANDS: &str =
@@ -43,7 +44,7 @@ pub mod routes {
     pub const GET_WEBHOOK: &str = "GET /webhooks/{webhook_id}";
 
     /// Every route, for pre-registering metric label values.
-    pub const ALL: [&str; 13] = [
+    pub const ALL: [&str; 14] = [
         LIST_GUILD_CHANNELS,
         CREATE_CHANNEL,
         MODIFY_CHANNEL,
@@ -57,6 +58,7 @@ pub mod routes {
         EXECUTE_WEBHOOK,
         GET_CHANNEL,
         GET_WEBHOOK,
+        LIST_CHANNEL_WEBHOOKS,
     ];
 }
 
@@ -206,10 +208,16 @@ pub struct Channel {
     pub permission_overwrites: Vec<Overwrite>,
 }
 
-/// A webhook; `token` is present on ones this bot created.
+/// A webhook; `token` is present on incoming webhooks (type 1) when they
+/// come from creation or from a channel's list ("Get Channel Webhooks").
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Webhook {
     pub id: String,
+    /// 1 = incoming (the kind agentmon creates), 2 = channel follower, 3 = application.
+    #[serde(rename = "type", default)]
+    pub kind: u8,
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub name: String,
     #[serde(default)]
     pub token: Option<Secret<String>>,
     #[serde(default, deserialize_with = "null_as_default")]
@@ -454,6 +462,14 @@ impl RestClient {
             ..with_body(call, &body)?
         })
         .await
+    }
+
+    /// The webhooks of a channel, with the tokens of incoming ones (needs
+    /// Manage Webhooks, which creating them needs too).
+    pub async fn list_channel_webhooks(&self, channel_id: &str) -> Result<Vec<Webhook>, RestError> {
+        let path = format!("/channels/{}/webhooks", percent_encode(channel_id));
+        let call = self.call(Method::GET, routes::LIST_CHANNEL_WEBHOOKS, path, channel_id);
+        self.json(call).await
     }
 
     pub async fn delete_webhook(

@@ -51,6 +51,10 @@ pub struct FakeConfig {
     pub clock_tolerance: Duration,
     /// The one guild that exists.
     pub guild_id: String,
+    /// Channels (categories included) the guild may hold: Discord's 500
+    /// ([`crate::validate::limits::CHANNELS_PER_GUILD`]); higher only to
+    /// measure a client with more runs than one guild takes.
+    pub guild_channel_limit: usize,
     /// When set, REST calls must carry `Authorization: Bot <this>`; otherwise
     /// any non-empty bot token is accepted.
     pub bot_token: Option<String>,
@@ -72,6 +76,7 @@ impl Default for FakeConfig {
             rest_window: Duration::from_secs(1),
             clock_tolerance: Duration::from_millis(100),
             guild_id: "1".into(),
+            guild_channel_limit: crate::validate::limits::CHANNELS_PER_GUILD,
             bot_token: None,
         }
     }

@@ -86,6 +86,10 @@ struct Cli {
     /// The one guild that exists.
     #[arg(long, env = "FAKE_DISCORD_GUILD_ID", default_value = "1")]
     guild_id: String,
+    /// Channels (categories included) the guild holds at most: Discord's
+    /// 500. Raise it only to measure a client past one guild's worth of runs.
+    #[arg(long, env = "FAKE_DISCORD_GUILD_CHANNEL_LIMIT", default_value_t = fake_discord::validate::limits::CHANNELS_PER_GUILD)]
+    guild_channel_limit: usize,
     /// Require `Authorization: Bot <this>` on REST calls (default: any bot token).
     #[arg(long, env = "FAKE_DISCORD_BOT_TOKEN", hide_env_values = true)]
     bot_token: Option<String>,
@@ -117,6 +121,7 @@ async fn main() -> anyhow::Result<()> {
         rest_window: Duration::from_millis(cli.rest_window_ms),
         clock_tolerance: Duration::from_millis(cli.clock_tolerance_ms),
         guild_id: cli.guild_id,
+        guild_channel_limit: cli.guild_channel_limit,
         bot_token: cli.bot_token,
     };
     let fake = FakeDiscord::start(config).await?;

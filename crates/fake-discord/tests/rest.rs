@@ -123,6 +123,30 @@ async fn a_guild_holds_500_channels() {
 }
 
 #[tokio::test]
+async fn a_raised_guild_channel_limit_takes_more_and_no_more() {
+    let fake = FakeDiscord::start(FakeConfig {
+        guild_channel_limit: 502,
+        ..fast()
+    })
+    .await
+    .unwrap();
+    for i in 0..500 {
+        fake.create_channel(&format!("c{i}"), 0, None);
+    }
+    let bot = Bot::new(&fake);
+    for expected in [
+        StatusCode::CREATED,
+        StatusCode::CREATED,
+        StatusCode::BAD_REQUEST,
+    ] {
+        let (status, body) = bot
+            .post("/guilds/1/channels", json!({"name": "one-more"}))
+            .await;
+        assert_eq!(status, expected, "{body}");
+    }
+}
+
+#[tokio::test]
 async fn channel_names_and_types_are_checked() {
     let fake = FakeDiscord::start(fast()).await.unwrap();
     let bot = Bot::new(&fake);

@@ -35,3 +35,25 @@ async fn connection_errors_do_not_show_the_password() {
     let err = PostgresStore::connect(&url, 2).await.unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
+
+/// A request cancelled while it waits for the provisioning lock (its client
+/// gave up, or the server's request timeout) must not leave the lock to be
+/// granted later to an idle pooled session that never unlocks: the other
+/// replica still gets it once the holder is done.
+#[tokio::test]
+async fn a_cancelled_lock_wait_does_not_wedge_provisioning() {
+    let Some(url) = test_support::fresh_database().await.unwrap() else {
+        return;
+    };
+    let a = PostgresStore::connect(&url, 2).await.unwrap();
+    let b = PostgresStore::connect(&url, 2).await.unwrap();
+    let held = a.provision_lock().await.unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(500), b.provision_lock()).await;
+    assert!(waited.is_err(), "b got the lock while a held it");
+    drop(held);
+    // b's pooled connections are busy with nothing; a asks again.
+    tokio::time::timeout(Duration::from_secs(10), a.provision_lock())
+        .await
+        .expect("the lock came back to a within 10 s")
+        .unwrap();
+}

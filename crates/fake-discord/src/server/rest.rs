@@ -362,11 +362,12 @@ async fn create_channel(
                 ));
             }
             let created = app.with(|s| {
-                if s.guild_channel_count() >= limits::CHANNELS_PER_GUILD {
+                let limit = s.config.guild_channel_limit;
+                if s.guild_channel_count() >= limit {
                     return Err(ApiError::new(
                         StatusCode::BAD_REQUEST,
                         codes::MAX_GUILD_CHANNELS,
-                        "Maximum number of guild channels reached (500)",
+                        &format!("Maximum number of guild channels reached ({limit})"),
                     ));
                 }
                 if let Some(p) = &parent {
