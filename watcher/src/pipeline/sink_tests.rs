@@ -246,6 +246,16 @@ fn checkpoint(dir: &Path) -> Checkpoint {
         .unwrap_or_default()
 }
 
+/// A Discord answering each request after `latency`, and an observer whose
+/// latency estimate says as much.
+fn slow_discord(latency: Duration) -> (Arc<Counts>, Scripted) {
+    let observer = Arc::new(Counts {
+        latency,
+        ..Counts::default()
+    });
+    (observer, Scripted::new(&[], latency))
+}
+
 /// The real sink loop over the real sender, posting to `discord`.
 fn pipeline(
     dir: &Path,
@@ -471,12 +481,7 @@ async fn the_summary_goes_out_within_the_shutdown_budget() {
     const LINES: u64 = 40;
     const BUDGET: Duration = Duration::from_secs(5);
     let dir = tempfile::tempdir().unwrap();
-    let latency = Duration::from_millis(400);
-    let observer = Arc::new(Counts {
-        latency,
-        ..Counts::default()
-    });
-    let discord = Scripted::new(&[], latency);
+    let (observer, discord) = slow_discord(Duration::from_millis(400));
     let (tx, rx) = crate::queue::bounded(64, 1 << 20);
     feed(&tx, 0..LINES).await;
     let shutdown = Shutdown::new();
@@ -588,12 +593,7 @@ async fn busy_end(handed: Option<Arc<Mutex<Vec<Kept>>>>) -> BusyEnd {
         );
         dlq.append(&entry).unwrap();
     }
-    let latency = Duration::from_millis(400);
-    let observer = Arc::new(Counts {
-        latency,
-        ..Counts::default()
-    });
-    let discord = Scripted::new(&[], latency);
+    let (observer, discord) = slow_discord(Duration::from_millis(400));
     let (tx, rx) = crate::queue::bounded(64, 1 << 20);
     feed(&tx, 0..BUSY_LINES).await;
     let shutdown = Shutdown::new();
@@ -722,12 +722,7 @@ async fn without_bot_bridge_the_rest_is_kept_and_a_restart_delivers_it_first() {
 #[tokio::test(start_paused = true)]
 async fn the_hand_over_waits_for_ingest_to_read_to_the_end() {
     let dir = tempfile::tempdir().unwrap();
-    let latency = Duration::from_millis(400);
-    let observer = Arc::new(Counts {
-        latency,
-        ..Counts::default()
-    });
-    let discord = Scripted::new(&[], latency);
+    let (observer, discord) = slow_discord(Duration::from_millis(400));
     // Far smaller than the backlog: ingest waits on it.
     let (tx, rx) = crate::queue::bounded(4, 1 << 20);
     let handed = Arc::new(Mutex::new(Vec::new()));
@@ -780,12 +775,7 @@ async fn the_hand_over_waits_for_ingest_to_read_to_the_end() {
 #[tokio::test(start_paused = true)]
 async fn the_hand_over_carries_the_channels_recent_sends() {
     let dir = tempfile::tempdir().unwrap();
-    let latency = Duration::from_millis(400);
-    let observer = Arc::new(Counts {
-        latency,
-        ..Counts::default()
-    });
-    let discord = Scripted::new(&[], latency);
+    let (observer, discord) = slow_discord(Duration::from_millis(400));
     let (tx, rx) = crate::queue::bounded(64, 1 << 20);
     feed(&tx, 0..BUSY_LINES).await;
     let paced = Arc::new(Mutex::new(None));
