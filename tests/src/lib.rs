@@ -534,6 +534,24 @@ pub async fn started_ops_addr(p: &Proc) -> String {
         .to_owned()
 }
 
+/// A watcher's environment with operator input on: an empty transcript and
+/// the agent's FIFO (`in.fifo`) in `dir`, state in `dir/state`, `secret` as
+/// `INPUT_SECRET`. Also returns the FIFO's path.
+pub fn input_watcher_env(dir: &Path, secret: &str) -> (Vec<(&'static str, String)>, PathBuf) {
+    let transcript = dir.join("t.jsonl");
+    std::fs::write(&transcript, "").expect("write the transcript");
+    let fifo = dir.join("in.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .expect("make the FIFO");
+    let mut env = watcher_env(&transcript, &dir.join("state"));
+    env.extend([
+        ("INPUT_ADDR", "127.0.0.1:0".to_string()),
+        ("INPUT_SECRET", secret.to_string()),
+        ("AGENT_INPUT_FIFO", fifo.display().to_string()),
+    ]);
+    (env, fifo)
+}
+
 /// A bot-bridge process and the API and ops addresses its "started" line
 /// names; the e2e files that start bot-bridge wrap it with their own calls.
 pub struct BridgeProc {

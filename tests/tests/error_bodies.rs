@@ -105,16 +105,7 @@ async fn long_uris(public: &str, path: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watcher_errors_from_every_layer_are_json() {
     let dir = tempfile::tempdir().unwrap();
-    let transcript = dir.path().join("t.jsonl");
-    std::fs::write(&transcript, "").unwrap();
-    let fifo = dir.path().join("input.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut env = e2e::watcher_env(&transcript, &dir.path().join("state"));
-    env.extend([
-        ("INPUT_ADDR", "127.0.0.1:0".to_string()),
-        ("INPUT_SECRET", "input-secret".to_string()),
-        ("AGENT_INPUT_FIFO", fifo.display().to_string()),
-    ]);
+    let (env, _fifo) = e2e::input_watcher_env(dir.path(), "input-secret");
     let watcher = Proc::start("watcher", &[], &env);
     let ops = started_ops_addr(&watcher).await;
     let input = watcher

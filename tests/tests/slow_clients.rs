@@ -174,16 +174,7 @@ fn start_limited(name: &str, env: &[(&str, String)]) -> Proc {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_on_every_port_never_starve_the_probes() {
     let dir = tempfile::tempdir().unwrap();
-    let transcript = dir.path().join("t.jsonl");
-    std::fs::write(&transcript, "").unwrap();
-    let fifo = dir.path().join("input.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let mut watcher_env = e2e::watcher_env(&transcript, &dir.path().join("state"));
-    watcher_env.extend([
-        ("INPUT_ADDR", "127.0.0.1:0".to_string()),
-        ("INPUT_SECRET", "input-secret".to_string()),
-        ("AGENT_INPUT_FIFO", fifo.display().to_string()),
-    ]);
+    let (watcher_env, _fifo) = e2e::input_watcher_env(dir.path(), "input-secret");
     let watcher = start_limited("watcher", &watcher_env);
     let watcher_ops = started_ops_addr(&watcher).await;
     let input = watcher

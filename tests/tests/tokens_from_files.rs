@@ -38,23 +38,14 @@ async fn bot_bridge_api_token_with_a_trailing_newline_matches() {
 #[tokio::test]
 async fn watcher_input_secret_with_a_trailing_newline_matches() {
     let dir = tempfile::tempdir().unwrap();
-    let transcript = dir.path().join("t.jsonl");
-    std::fs::write(&transcript, "").unwrap();
-    let fifo = dir.path().join("in.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let (mut env, fifo) = e2e::input_watcher_env(dir.path(), "input-secret\n");
     // A reader, so that an accepted input can be written.
     let reader = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags_nonblock()
         .open(&fifo)
         .unwrap();
-    let mut env = e2e::watcher_env(&transcript, &dir.path().join("state"));
-    env.extend([
-        ("INPUT_ADDR", "127.0.0.1:0".to_string()),
-        ("INPUT_SECRET", "input-secret\n".to_string()),
-        ("AGENT_INPUT_FIFO", fifo.display().to_string()),
-        ("RUN_ID", "run-1".to_string()),
-    ]);
+    env.push(("RUN_ID", "run-1".to_string()));
     let watcher = Proc::start("watcher", &[], &env);
     let input = watcher.wait_log("operator input listening", DEADLINE).await["input_addr"]
         .as_str()

@@ -821,6 +821,23 @@ struct Probes {
     failed: Vec<Duration>,
 }
 
+/// Runs `p` over `rx` to its end while a kubelet probes `health`'s liveness
+/// once a second: how long the run took and what the probes saw.
+async fn run_probed(
+    p: Pipeline<WebhookSender<Scripted>>,
+    rx: crate::queue::QueueRx,
+    health: Health,
+) -> (Duration, Probes) {
+    let (probes, probing) = probe_liveness(health, Duration::from_secs(1));
+    let start = Instant::now();
+    p.run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5)))
+        .await;
+    let took = Instant::now() - start;
+    probing.abort();
+    let seen = std::mem::take(&mut *probes.lock().unwrap());
+    (took, seen)
+}
+
 /// Probes `health`'s liveness every `every` until aborted.
 fn probe_liveness(
     health: Health,
@@ -874,14 +891,8 @@ async fn liveness_holds_through_a_rate_limit_wait_longer_than_its_bound() {
         },
         health.heartbeat("pipeline", LIVENESS_SILENCE),
     );
-    let (probes, probing) = probe_liveness(health, Duration::from_secs(1));
-    let start = Instant::now();
-    p.run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5)))
-        .await;
-    let took = Instant::now() - start;
-    probing.abort();
+    let (took, probes) = run_probed(p, rx, health).await;
     assert!(took >= RETRY_AFTER, "the 429's wait was honoured: {took:?}");
-    let probes = probes.lock().unwrap();
     assert!(probes.samples >= 90, "{} samples", probes.samples);
     assert!(
         probes.failed.is_empty(),
@@ -918,12 +929,7 @@ async fn liveness_holds_through_channel_window_waits() {
         },
         health.heartbeat("pipeline", LIVENESS_SILENCE),
     );
-    let (probes, probing) = probe_liveness(health, Duration::from_secs(1));
-    let start = Instant::now();
-    p.run(rx, Drain::new(Shutdown::new(), Duration::from_secs(5)))
-        .await;
-    let took = Instant::now() - start;
-    probing.abort();
+    let (took, probes) = run_probed(p, rx, health).await;
     // The header, three lines and the summary: four waits of a window.
     let stored = discord.stored();
     assert_eq!(stored.len(), LINES as usize + 2, "{stored:?}");
@@ -931,7 +937,6 @@ async fn liveness_holds_through_channel_window_waits() {
         took >= Duration::from_secs(4 * 59),
         "every message waited for its window: {took:?}"
     );
-    let probes = probes.lock().unwrap();
     assert!(probes.samples >= 4 * 59, "{} samples", probes.samples);
     assert!(
         probes.failed.is_empty(),
